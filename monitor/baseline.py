@@ -1,0 +1,188 @@
+"""Baselines: profiles of the training data, stored as versioned JSON with a sha256 fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import datetime, timezone
+
+import numpy as np
+
+from detectors import CategoricalProfile, NumericProfile
+from monitor.config import Config, ConfigError
+
+__all__ = ["Baseline", "BaselineError", "build_baseline", "read_table"]
+
+FORMAT = "driftmon.baseline"
+FORMAT_VERSION = 1
+
+
+class BaselineError(ValueError):
+    """A baseline file that cannot be used with this config."""
+
+
+def read_table(path: str):
+    """Read training data (CSV, Parquet or JSON Lines, by extension) into a pyarrow Table."""
+    lower = path.lower()
+    try:
+        if lower.endswith((".parquet", ".pq")):
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path)
+        if lower.endswith((".jsonl", ".ndjson", ".json")):
+            import pyarrow.json as pj
+
+            return pj.read_json(path)
+        if lower.endswith((".csv", ".csv.gz", ".tsv")):
+            import pyarrow.csv as pc
+
+            parse = pc.ParseOptions(delimiter="\t" if lower.endswith(".tsv") else ",")
+            return pc.read_csv(path, parse_options=parse)
+    except OSError as exc:
+        raise BaselineError(f"cannot read {path}: {exc}") from None
+    except Exception as exc:  # pyarrow raises its own ArrowInvalid with a useful message
+        raise BaselineError(f"cannot parse {path}: {exc}") from None
+    raise BaselineError(f"{path}: unknown data format (use .csv, .tsv, .parquet or .jsonl)")
+
+
+def _column(table, spec) -> "np.ndarray | list":
+    """The training column for a spec: by its name, else by its dotted path flattened."""
+    names = set(table.column_names)
+    for candidate in (spec.name, spec.source, spec.source.replace(".", "_")):
+        if candidate in names:
+            column = table.column(candidate)
+            break
+    else:
+        flat = table.flatten()  # nested JSON Lines: struct columns become "inputs.dti"
+        if spec.source in flat.column_names:
+            column = flat.column(spec.source)
+        else:
+            raise BaselineError(
+                f"training data has no column {spec.name!r} (nor {spec.source!r}); columns: {sorted(names)[:20]}"
+            )
+    if spec.type == "numeric":
+        try:
+            return column.cast("float64").to_numpy(zero_copy_only=False)
+        except Exception as exc:
+            raise BaselineError(f"column {spec.name!r} is declared numeric but is {column.type}: {exc}") from None
+    return column.to_pylist()
+
+
+class Baseline:
+    """Profiles of every monitored column of the training data.
+
+    Attributes
+    ----------
+    profiles : dict
+        Column name -> NumericProfile or CategoricalProfile.
+    roles : dict
+        Column name -> "feature", "prediction", "score" or "label".
+    meta : dict
+        Model, source file, row count and creation time.
+    fingerprint : str
+        ``sha256:`` of the canonical JSON of everything but the creation time.
+    """
+
+    def __init__(self, profiles: dict, roles: dict, meta: dict):
+        self.profiles = profiles
+        self.roles = roles
+        self.meta = meta
+        self.fingerprint = self._fingerprint()
+
+    def _content(self) -> dict:
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "model": self.meta.get("model"),
+            "source": self.meta.get("source"),
+            "columns": {
+                name: {"role": self.roles[name], "type": _type_of(p), "profile": p.to_dict()}
+                for name, p in self.profiles.items()
+            },
+        }
+
+    def _fingerprint(self) -> str:
+        canonical = json.dumps(self._content(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+    def to_json(self) -> str:
+        doc = self._content()
+        doc["created_at"] = self.meta.get("created_at")
+        doc["fingerprint"] = self.fingerprint
+        return json.dumps(doc, sort_keys=True, indent=1, allow_nan=False) + "\n"
+
+    def save(self, path: str) -> None:
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(self.to_json())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str) -> "Baseline":
+        try:
+            with open(path, encoding="utf-8") as fh:
+                doc = json.load(fh)
+        except OSError as exc:
+            raise BaselineError(f"cannot read baseline {path}: {exc.strerror}") from None
+        except json.JSONDecodeError as exc:
+            raise BaselineError(f"baseline {path} is not JSON: {exc}") from None
+        if doc.get("format") != FORMAT:
+            raise BaselineError(f"{path} is not a driftmon baseline (format {doc.get('format')!r})")
+        if doc.get("version") != FORMAT_VERSION:
+            raise BaselineError(f"{path}: baseline format version {doc.get('version')} is not supported")
+        profiles, roles = {}, {}
+        for name, entry in doc["columns"].items():
+            kind = NumericProfile if entry["type"] == "numeric" else CategoricalProfile
+            profiles[name] = kind.from_dict(entry["profile"])
+            roles[name] = entry["role"]
+        meta = {"model": doc.get("model"), "source": doc.get("source"), "created_at": doc.get("created_at")}
+        baseline = cls(profiles, roles, meta)
+        if doc.get("fingerprint") != baseline.fingerprint:
+            raise BaselineError(f"{path}: fingerprint mismatch: the file was edited or is corrupt")
+        return baseline
+
+    def check(self, config: Config) -> None:
+        """Raise ConfigError if a configured column is missing from the baseline or has another type."""
+        for role, spec in config.schema.columns():
+            profile = self.profiles.get(spec.name)
+            key = f"schema.{'features' if role == 'feature' else role}"
+            if profile is None:
+                raise ConfigError(key, f"{spec.name!r} is not in the baseline {config.baseline}; rebuild it")
+            if _type_of(profile) != spec.type:
+                raise ConfigError(
+                    key, f"{spec.name!r} is {spec.type} in the config but {_type_of(profile)} in the baseline"
+                )
+
+
+def _type_of(profile) -> str:
+    return "numeric" if isinstance(profile, NumericProfile) else "categorical"
+
+
+def _sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def build_baseline(config: Config, data_path: str, seed: int = 0) -> Baseline:
+    """Profile every configured column of the training data."""
+    table = read_table(data_path)
+    if table.num_rows == 0:
+        raise BaselineError(f"{data_path} has no rows")
+    profiles, roles = {}, {}
+    for role, spec in config.schema.columns():
+        values = _column(table, spec)
+        if spec.type == "numeric":
+            profiles[spec.name] = NumericProfile.fit(values, bins=config.drift.bins, seed=seed)
+        else:
+            profiles[spec.name] = CategoricalProfile.fit(values, max_categories=config.drift.max_categories)
+        roles[spec.name] = role
+    meta = {
+        "model": config.model,
+        "source": {"file": os.path.basename(data_path), "rows": table.num_rows, "sha256": _sha256_file(data_path)},
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return Baseline(profiles, roles, meta)

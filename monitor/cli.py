@@ -1,0 +1,190 @@
+"""The `driftmon` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from monitor import __version__
+from monitor.config import ConfigError, load_config
+
+__all__ = ["main"]
+
+log = logging.getLogger("driftmon")
+
+
+def _setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+def _load(path: str, need_baseline: bool = True):
+    from monitor.baseline import Baseline
+
+    config = load_config(path)
+    baseline = None
+    if need_baseline:
+        baseline = Baseline.load(config.baseline)
+        baseline.check(config)
+    return config, baseline
+
+
+def cmd_check_config(args) -> int:
+    config, baseline = _load(args.config, need_baseline=not args.no_baseline)
+    if config.kafka is not None:
+        from monitor.source import client_options
+
+        client_options(config.kafka)  # secrets are present
+    extra = f", baseline {baseline.fingerprint}" if baseline else ""
+    print(f"config ok: model {config.model}, {len(config.schema.features)} features{extra}")
+    return 0
+
+
+def cmd_baseline(args) -> int:
+    from monitor.baseline import build_baseline
+
+    config = load_config(args.config)
+    baseline = build_baseline(config, args.data, seed=args.seed)
+    out = args.out or config.baseline
+    baseline.save(out)
+    print(f"wrote {out}: {len(baseline.profiles)} columns from {baseline.meta['source']['rows']} rows, "
+          f"fingerprint {baseline.fingerprint}")
+    return 0
+
+
+def cmd_init(args) -> int:
+    from monitor.infer import starter_config
+
+    sys.stdout.write(starter_config(args.data, model=args.model))
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from monitor.pipeline import Pipeline
+
+    config, baseline = _load(args.config)
+    if config.window.duration is not None and config.schema.timestamp is None:
+        raise ConfigError("schema.timestamp", "replay with time windows needs an event time in the messages")
+    pipeline = Pipeline(config, baseline)
+    out = open(args.out, "w", encoding="utf-8") if args.out and args.out != "-" else sys.stdout
+    written = 0
+
+    def emit(results):
+        nonlocal written
+        for result in results:
+            out.write(json.dumps(result, sort_keys=True, allow_nan=False) + "\n")
+            written += 1
+
+    with open(args.input, "rb") as fh:
+        chunk = []
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            chunk.append(line)
+            if len(chunk) >= args.batch_size:
+                emit(pipeline.process(chunk)[0])
+                chunk = []
+        if chunk:
+            emit(pipeline.process(chunk)[0])
+    if not args.no_flush:
+        last = pipeline.flush()
+        if last is not None:
+            emit([last])
+    if out is not sys.stdout:
+        out.close()
+    invalid = ", ".join(f"{k} {v}" for k, v in sorted(pipeline.invalid.items())) or "none"
+    print(f"replayed {pipeline.consumed} messages (invalid: {invalid}) into {written} windows", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from monitor.daemon import Daemon
+
+    config, baseline = _load(args.config)
+    _setup_logging(config.log_level)
+    if args.port is not None:
+        config.http.port = args.port
+    daemon = Daemon(config, baseline)
+    daemon.install_signal_handlers()
+    return daemon.run()
+
+
+def cmd_demo(args) -> int:
+    from monitor.demo import run_demo
+
+    return run_demo(workdir=args.workdir, port=args.port, events=args.events, rate=args.rate,
+                    duration=args.duration)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="driftmon", description="Drift monitoring for ML models on Kafka.")
+    parser.add_argument("--version", action="version", version=f"driftmon {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="print a starter config with feature types inferred from training data")
+    p.add_argument("--data", required=True, help="training data: .csv, .parquet or .jsonl")
+    p.add_argument("--model", default="my-model")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("baseline", help="profile training data into a baseline file")
+    p.add_argument("--config", required=True)
+    p.add_argument("--data", required=True, help="training data: .csv, .parquet or .jsonl")
+    p.add_argument("--out", help="baseline file (default: the config's `baseline`)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the reservoir sample")
+    p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("check-config", help="validate a config (and its baseline)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--no-baseline", action="store_true", help="do not load the baseline")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("run", help="run the daemon")
+    p.add_argument("--config", required=True)
+    p.add_argument("--port", type=int, help="override http.port")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("replay", help="push a file of prediction logs through the pipeline, without Kafka")
+    p.add_argument("--config", required=True)
+    p.add_argument("--input", required=True, help="JSON Lines of prediction logs")
+    p.add_argument("--out", default="-", help="window results as JSON Lines (default: stdout)")
+    p.add_argument("--batch-size", type=int, default=5000)
+    p.add_argument("--no-flush", action="store_true", help="do not evaluate the last, incomplete window")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("demo", help="embedded broker, generated data, live drift in the terminal")
+    p.add_argument("--workdir", help="where to put generated files (default: a temporary folder)")
+    p.add_argument("--port", type=int, default=9108)
+    p.add_argument("--events", type=int, default=200_000, help="messages to produce")
+    p.add_argument("--rate", type=float, default=4000.0, help="messages per second")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command != "run":
+        _setup_logging(os.environ.get("DRIFTMON_LOG_LEVEL", "WARNING"))
+    from monitor.baseline import BaselineError
+
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except BaselineError as exc:
+        print(f"baseline error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

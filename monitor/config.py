@@ -1,0 +1,354 @@
+"""The driftmon configuration: one validated tree, read from YAML.
+
+Unknown keys are errors, so a misspelled key fails at start instead of being
+silently ignored. Secrets never live in the file: they are read from the
+environment variable (or mounted file) that the config names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from typing import Literal
+
+import msgspec
+import yaml
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the dotted key it concerns."""
+
+    def __init__(self, key: str, problem: str):
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{key}: {problem}" if key else problem)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str | int | float) -> float:
+    """Seconds in a duration such as ``"10m"``, ``"30s"``, ``"1.5h"`` or a bare number of seconds."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        if text <= 0:
+            raise ValueError(f"duration must be positive, got {text!r}")
+        return float(text)
+    match = _DURATION.match(str(text))
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 10m, 1h)")
+    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"duration must be positive, got {text!r}")
+    return seconds
+
+
+class _Node(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    pass
+
+
+def _check_duration(value, what: str) -> None:
+    try:
+        parse_duration(value)
+    except ValueError as exc:
+        raise ValueError(f"`{what}`: {exc}") from None
+
+
+class KafkaConfig(_Node):
+    bootstrap_servers: str | list[str]
+    topic: str
+    group_id: str
+    client_id: str = "driftmon"
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    max_poll_records: int = 5000
+    max_poll_interval_ms: int = 300_000
+    session_timeout_ms: int = 10_000
+    fetch_max_bytes: int = 52_428_800
+    max_partition_fetch_bytes: int = 8_388_608
+    commit_interval: str = "1s"
+    lag_interval: str = "15s"
+    dead_letter_topic: str | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    sasl_plain_username: str | None = None
+    # The password is a secret: only the name of the variable or file holding it is configured.
+    sasl_password_env: str = "DRIFTMON_KAFKA_SASL_PASSWORD"
+    sasl_password_file: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_check_hostname: bool = True
+
+    def __post_init__(self):
+        if not self.topic.strip():
+            raise ValueError("`topic` must not be empty")
+        if self.max_poll_records < 1:
+            raise ValueError("`max_poll_records` must be at least 1")
+        _check_duration(self.commit_interval, "commit_interval")
+        _check_duration(self.lag_interval, "lag_interval")
+        if self.security_protocol.startswith("SASL") and self.sasl_mechanism is None:
+            raise ValueError("`sasl_mechanism` is required with a SASL security_protocol")
+
+
+class FieldRef(_Node):
+    path: str | None = None
+    name: str | None = None
+
+
+FeatureType = Literal["numeric", "categorical"]
+EffectMethod = Literal["wasserstein", "jensen_shannon", "psi", "ks"]
+
+
+class DriftPolicy(_Node):
+    """Per-feature overrides of the drift decision (None: the type's default)."""
+
+    effect_method: EffectMethod | None = None
+    threshold: float | None = None
+    min_events: int | None = None
+
+    def __post_init__(self):
+        if self.threshold is not None and self.threshold <= 0:
+            raise ValueError("`threshold` must be positive")
+        if self.min_events is not None and self.min_events < 1:
+            raise ValueError("`min_events` must be at least 1")
+
+
+class Feature(_Node):
+    name: str
+    type: FeatureType
+    path: str | None = None
+    drift: DriftPolicy = msgspec.field(default_factory=DriftPolicy)
+    key: bool = False  # a key feature: drift here alone recommends retraining
+
+    def __post_init__(self):
+        if not self.name:
+            raise ValueError("`name` must not be empty")
+        if self.type == "categorical" and self.drift.effect_method in ("wasserstein", "ks"):
+            raise ValueError(f"`drift.effect_method` {self.drift.effect_method} needs a numeric feature")
+
+    @property
+    def source(self) -> str:
+        return self.path or self.name
+
+
+class Column(_Node):
+    name: str
+    type: FeatureType = "numeric"
+    path: str | None = None
+    drift: DriftPolicy = msgspec.field(default_factory=DriftPolicy)
+
+    @property
+    def source(self) -> str:
+        return self.path or self.name
+
+
+class SchemaConfig(_Node):
+    features: list[Feature]
+    id: FieldRef | None = None
+    timestamp: FieldRef | None = None
+    prediction: Column | None = None
+    score: Column | None = None
+    label: Column | None = None
+
+    def __post_init__(self):
+        if not self.features:
+            raise ValueError("`features` must list at least one feature")
+        seen: set[str] = set()
+        for feature in self.features:
+            if feature.name in seen:
+                raise ValueError(f"`features`: duplicate feature name {feature.name!r}")
+            seen.add(feature.name)
+        if self.score is not None and self.score.type != "numeric":
+            raise ValueError("`score.type` must be numeric")
+
+    def columns(self) -> list[tuple[str, Column | Feature]]:
+        """Every monitored column as (role, spec): features first, then prediction, score, label."""
+        out: list[tuple[str, Column | Feature]] = [("feature", f) for f in self.features]
+        for role in ("prediction", "score", "label"):
+            spec = getattr(self, role)
+            if spec is not None:
+                out.append((role, spec))
+        return out
+
+
+class TypeDefaults(_Node):
+    effect_method: EffectMethod
+    threshold: float
+
+
+class DriftConfig(_Node):
+    """Decision rule shared by every feature (see docs/statistics.md)."""
+
+    alpha: float = 0.01
+    min_events: int = 100
+    bins: int = 20
+    max_categories: int = 50
+    numeric: TypeDefaults = msgspec.field(
+        default_factory=lambda: TypeDefaults(effect_method="wasserstein", threshold=0.1)
+    )
+    categorical: TypeDefaults = msgspec.field(
+        default_factory=lambda: TypeDefaults(effect_method="jensen_shannon", threshold=0.05)
+    )
+
+    def __post_init__(self):
+        if not 0 < self.alpha < 1:
+            raise ValueError("`alpha` must be between 0 and 1")
+        if self.bins < 2:
+            raise ValueError("`bins` must be at least 2")
+        if self.min_events < 1:
+            raise ValueError("`min_events` must be at least 1")
+        if self.categorical.effect_method in ("wasserstein", "ks"):
+            raise ValueError("`categorical.effect_method` must be jensen_shannon or psi")
+
+
+class WindowConfig(_Node):
+    size: int | None = None
+    duration: str | None = None
+    grace: str = "0s"  # how long a time window stays open for late events after its end
+
+    def __post_init__(self):
+        if (self.size is None) == (self.duration is None):
+            raise ValueError("set exactly one of `size` (events) or `duration` (e.g. 10m)")
+        if self.size is not None and self.size < 1:
+            raise ValueError("`size` must be at least 1")
+        if self.duration is not None:
+            _check_duration(self.duration, "duration")
+        if self.grace not in ("0", "0s"):
+            _check_duration(self.grace, "grace")
+
+    @property
+    def duration_seconds(self) -> float | None:
+        return None if self.duration is None else parse_duration(self.duration)
+
+    @property
+    def grace_seconds(self) -> float:
+        return 0.0 if self.grace in ("0", "0s") else parse_duration(self.grace)
+
+
+class HttpConfig(_Node):
+    host: str = "0.0.0.0"
+    port: int = 9108
+
+    def __post_init__(self):
+        if not 0 <= self.port <= 65535:
+            raise ValueError("`port` must be between 0 and 65535")
+
+
+class StateConfig(_Node):
+    dir: str = "state"
+    checkpoint_interval: str = "10s"
+
+    def __post_init__(self):
+        _check_duration(self.checkpoint_interval, "checkpoint_interval")
+
+
+class Webhook(_Node):
+    url: str
+    timeout: str = "5s"
+
+    def __post_init__(self):
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError("`url` must start with http:// or https://")
+        _check_duration(self.timeout, "timeout")
+
+
+class AlertsConfig(_Node):
+    webhooks: list[Webhook] = msgspec.field(default_factory=list)
+
+
+class Config(_Node):
+    model: str
+    schema: SchemaConfig
+    baseline: str
+    window: WindowConfig
+    kafka: KafkaConfig | None = None
+    drift: DriftConfig = msgspec.field(default_factory=DriftConfig)
+    http: HttpConfig = msgspec.field(default_factory=HttpConfig)
+    state: StateConfig = msgspec.field(default_factory=StateConfig)
+    alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    def __post_init__(self):
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", self.model):
+            raise ValueError("`model` must be 1-128 characters of letters, digits, _ . : -")
+
+    def hash(self) -> str:
+        """sha256 of the canonical config, to tie results and triggers to the config that made them."""
+        return "sha256:" + hashlib.sha256(msgspec.json.encode(self, order="sorted")).hexdigest()
+
+
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_UNKNOWN = re.compile(r"Object contains unknown field `(?P<field>[^`]+)`")
+_MISSING = re.compile(r"Object missing required field `(?P<field>[^`]+)`")
+
+
+def _readable(error: msgspec.ValidationError) -> ConfigError:
+    """Turn msgspec's message into ``key.path: problem``."""
+    match = _AT.match(str(error))
+    message, path = match.group("msg"), (match.group("path") or "")
+    key = re.sub(r"\[(\d+)\]", r"[\1]", path.lstrip("."))
+    for pattern, problem in ((_UNKNOWN, "unknown key (check the spelling)"), (_MISSING, "required key is missing")):
+        found = pattern.match(message)
+        if found:
+            key = f"{key}.{found.group('field')}" if key else found.group("field")
+            return ConfigError(key, problem)
+    message = message.replace("`", "")
+    return ConfigError(key or "(top level)", message[:1].lower() + message[1:])
+
+
+def parse_config(data: object) -> Config:
+    """Validate a parsed YAML tree; raise ConfigError naming the key on any problem."""
+    if not isinstance(data, dict):
+        raise ConfigError("(top level)", "the config must be a mapping of keys")
+    try:
+        return msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        raise _readable(exc) from None
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """Read and validate a YAML config file.
+
+    Relative paths in the config (``baseline``, ``state.dir``) are resolved
+    against the config file's folder, so a config works from any cwd.
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"{path} is not valid YAML: {exc}") from None
+    config = parse_config(data)
+    base = os.path.dirname(os.path.abspath(path))
+    config.baseline = os.path.join(base, config.baseline)
+    config.state.dir = os.path.join(base, config.state.dir)
+    return config
+
+
+def kafka_secrets(kafka: KafkaConfig) -> dict:
+    """Client options holding secrets, read from the environment or a mounted file."""
+    if not kafka.security_protocol.startswith("SASL"):
+        return {}
+    password = os.environ.get(kafka.sasl_password_env)
+    if kafka.sasl_password_file:
+        try:
+            with open(kafka.sasl_password_file, encoding="utf-8") as fh:
+                password = fh.read().strip()
+        except OSError as exc:
+            raise ConfigError("kafka.sasl_password_file", f"cannot read: {exc.strerror}") from None
+    if kafka.sasl_mechanism != "OAUTHBEARER" and not password:
+        raise ConfigError(
+            "kafka.sasl_password_env",
+            f"no SASL password: set the environment variable {kafka.sasl_password_env} or kafka.sasl_password_file",
+        )
+    return {"sasl_plain_password": password}

@@ -1,0 +1,220 @@
+"""The long-running daemon: Kafka -> pipeline -> checkpoints, metrics, alerts."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from monitor import __version__
+from monitor.alerts import DriftAlerter, WebhookSender
+from monitor.baseline import Baseline
+from monitor.config import Config, parse_duration
+from monitor.metrics import DriftmonCollector, make_registry
+from monitor.pipeline import Pipeline
+from monitor.server import HttpServer
+from monitor.source import KafkaSource
+from monitor.state import StateStore
+
+__all__ = ["Daemon"]
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    """Consume, window, evaluate, checkpoint, serve.
+
+    The consuming loop owns the Kafka consumer. Periodic work (checkpoints,
+    consumer lag, closing idle time windows) runs as APScheduler jobs on their
+    own threads and takes the pipeline lock only for in-memory work.
+
+    Parameters
+    ----------
+    config : Config
+    baseline : Baseline
+    """
+
+    def __init__(self, config: Config, baseline: Baseline):
+        self.config = config
+        self.baseline = baseline
+        self.model = config.model
+        self.version = __version__
+        self.pipeline = Pipeline(config, baseline)
+        self.store = StateStore(config.state.dir, baseline.fingerprint)
+        restored = self.store.load()
+        if restored is not None:
+            self.pipeline.load_state_dict(restored)
+            log.info("restored checkpoint: window %d with %d events, positions %s",
+                     self.pipeline.window.index, self.pipeline.window.events, self.pipeline.positions)
+        self.lock = threading.RLock()
+        self.stopping = threading.Event()
+        self.lag: dict[int, int] = {}
+        self.checkpoints = 0
+        self.last_window_end: float | None = None
+        self.consuming = False
+        self.idle = False
+        self.listeners = []  # callables(result), e.g. the demo's live display
+        self.sender = WebhookSender(config.alerts.webhooks)
+        self.alerter = DriftAlerter(self.sender)
+        self.registry, self.batch_seconds = make_registry(
+            self.model, DriftmonCollector(self, [f.name for f in config.schema.features]))
+        self.http = HttpServer(self, config.http.host, config.http.port)
+        self.source: KafkaSource | None = None
+        self.scheduler: BackgroundScheduler | None = None
+        self._last_commit = 0.0
+
+    # ---- what the HTTP server and the collector read -------------------------------------------
+
+    def alert_stats(self) -> dict:
+        return self.alerter.stats()
+
+    def ready(self) -> tuple[bool, str]:
+        if self.stopping.is_set():
+            return False, "shutting down"
+        if not self.consuming:
+            return False, "waiting for a partition assignment"
+        return True, "ready: baseline loaded and consuming"
+
+    def status(self) -> dict:
+        with self.lock:
+            window = self.pipeline.window
+            return {
+                "model": self.model,
+                "version": self.version,
+                "config_hash": self.config.hash(),
+                "baseline": {"fingerprint": self.baseline.fingerprint, **self.baseline.meta},
+                "ready": self.ready()[0],
+                "messages_consumed": self.pipeline.consumed,
+                "messages_invalid": dict(self.pipeline.invalid),
+                "windows_evaluated": self.pipeline.windows_evaluated,
+                "open_window": {"index": window.index, "events": window.events},
+                "consumer_lag_messages": {str(k): v for k, v in sorted(self.lag.items())},
+                "last_window": self.pipeline.last_result,
+            }
+
+    # ---- work ----------------------------------------------------------------------------------
+
+    def _handle(self, results: list[dict]) -> None:
+        for result in results:
+            self.store.log_window(result)
+            self.last_window_end = _end_seconds(result)
+            self.alerter.observe(result)
+            for listener in self.listeners:
+                listener(result)
+        if results:
+            self.checkpoint()  # a closed window is durable before its offsets are committed
+
+    def checkpoint(self) -> None:
+        with self.lock:
+            self.store.save(self.pipeline.state_dict())
+            self.checkpoints += 1
+
+    def _poll_lag(self) -> None:
+        if self.source is None:
+            return
+        with self.lock:
+            positions = dict(self.pipeline.positions)
+        try:
+            self.lag = self.source.lag(positions)
+        except Exception as exc:  # a broker hiccup must not kill the job
+            log.warning("consumer lag poll failed: %s", exc)
+
+    def _tick(self) -> None:
+        if not self.idle:
+            return
+        with self.lock:
+            self._handle(self.pipeline.tick(time.time()))
+
+    def _consume_once(self) -> None:
+        batches = self.source.poll(timeout_ms=500)
+        if self.source.assigned:
+            self.consuming = True
+        self.idle = not batches
+        if not batches:
+            return
+        started = time.perf_counter()
+        with self.lock:
+            for pb in batches:
+                results, batch = self.pipeline.process(pb.values, pb.times, pb.key, pb.offsets)
+                if batch.rejected and self.config.kafka.dead_letter_topic:
+                    self.source.dead_letter(
+                        [(pb.values[i], reason, f"{pb.key}:{int(pb.offsets[i])}") for i, reason in batch.rejected])
+                self._handle(results)
+        self.batch_seconds.labels(self.model).observe(time.perf_counter() - started)
+        if time.monotonic() - self._last_commit >= parse_duration(self.config.kafka.commit_interval):
+            self._commit()
+
+    def _commit(self) -> None:
+        self.source.flush()  # dead letters are durable before their offsets are committed
+        with self.lock:
+            positions = dict(self.pipeline.positions)
+        try:
+            self.source.commit(positions)
+        except Exception as exc:  # a rebalance in progress; the next commit covers it
+            log.warning("offset commit failed: %s", exc)
+        self._last_commit = time.monotonic()
+
+    def install_signal_handlers(self) -> None:
+        def stop(signum, _frame):
+            log.info("received %s: draining and stopping", signal.Signals(signum).name)
+            self.stopping.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def start(self) -> "Daemon":
+        """Start the HTTP server, the Kafka consumer and the scheduled jobs (not the loop)."""
+        if self.config.kafka is None:
+            raise ValueError("kafka: the daemon needs a kafka section")
+        self.http.start()
+        log.info("serving /metrics /healthz /readyz /status on port %d", self.http.port)
+        self.source = KafkaSource(self.config.kafka, lambda: dict(self.pipeline.positions)).start()
+        self.scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
+        self.scheduler.add_job(self.checkpoint, "interval", id="checkpoint",
+                               seconds=parse_duration(self.config.state.checkpoint_interval))
+        self.scheduler.add_job(self._poll_lag, "interval", id="consumer-lag",
+                               seconds=parse_duration(self.config.kafka.lag_interval))
+        if self.config.window.duration is not None:
+            self.scheduler.add_job(self._tick, "interval", id="close-time-windows", seconds=1)
+        self.scheduler.start()
+        return self
+
+    def run(self) -> int:
+        """Consume until SIGTERM/SIGINT (or :meth:`stop`), then drain, checkpoint, commit and exit 0."""
+        if self.source is None:
+            self.start()
+        try:
+            while not self.stopping.is_set():
+                self._consume_once()
+        finally:
+            self.shutdown()
+        return 0
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def shutdown(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+        if self.source is not None:
+            self.checkpoint()
+            self._commit()
+            self.source.close()
+            self.source = None
+        self.sender.close(timeout=3.0)
+        self.http.stop()
+        log.info("stopped: %d messages consumed, %d windows evaluated",
+                 self.pipeline.consumed, self.pipeline.windows_evaluated)
+
+
+def _end_seconds(result: dict) -> float:
+    """The window's end as Unix time (the evaluation time when the window has no event times)."""
+    from datetime import datetime
+
+    end = result["window"]["end"]
+    if end is None:
+        return time.time()
+    return datetime.fromisoformat(end.replace("Z", "+00:00")).timestamp()

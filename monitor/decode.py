@@ -1,0 +1,254 @@
+"""Prediction-log decoding: JSON messages to numpy columns, one batch at a time.
+
+A msgspec Struct type is generated from the configured schema (dotted paths
+become nested Structs), so decoding, type checks and field extraction happen
+in C. A batch is decoded as one JSON array; only when that fails is it decoded
+message by message to find and count the bad ones, so a malformed message costs
+a slow path for its own batch and never loses the good messages beside it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from datetime import datetime, timezone
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from monitor.config import SchemaConfig
+
+__all__ = ["Batch", "Decoder", "INVALID_REASONS"]
+
+#: Every reason a message can be rejected for (metric label values; bounded).
+INVALID_REASONS = ("not_json", "wrong_type", "missing_field", "nan", "bad_timestamp")
+
+_NUMERIC = float | None
+_CATEGORICAL = str | int | bool | None
+_TIMESTAMP = str | float | None
+_ID = str | int
+
+
+class Batch:
+    """Columns of the valid messages of one batch.
+
+    Attributes
+    ----------
+    n : int
+        Valid messages.
+    columns : dict
+        Monitored column name -> float64 array (numeric, NaN = missing) or list (categorical, None = missing).
+    ids : list or None
+        Message ids, when the schema has an id.
+    timestamps : ndarray or None
+        Event times in epoch seconds (NaN where absent), when the schema has a timestamp.
+    valid : ndarray of bool
+        For every input message, whether it was decoded (aligned with the input).
+    invalid : Counter
+        Reason -> count of rejected messages.
+    rejected : list of (int, str)
+        Input index and reason of each rejected message, for a dead-letter topic.
+    """
+
+    __slots__ = ("n", "columns", "ids", "timestamps", "valid", "invalid", "rejected")
+
+    def __init__(self, n, columns, ids, timestamps, valid, invalid, rejected):
+        self.n = n
+        self.columns = columns
+        self.ids = ids
+        self.timestamps = timestamps
+        self.valid = valid
+        self.invalid = invalid
+        self.rejected = rejected
+
+    def slice(self, start: int, stop: int) -> "Batch":
+        """Rows ``start:stop`` of the valid messages."""
+        columns = {k: v[start:stop] for k, v in self.columns.items()}
+        ids = None if self.ids is None else self.ids[start:stop]
+        ts = None if self.timestamps is None else self.timestamps[start:stop]
+        return Batch(stop - start, columns, ids, ts, None, Counter(), [])
+
+
+class _Tree:
+    """Fields of one JSON object level: leaves (column name -> type) and nested objects."""
+
+    def __init__(self):
+        self.leaves: dict[str, tuple[str, Any]] = {}  # json key -> (column name, type)
+        self.children: dict[str, _Tree] = {}
+
+    def add(self, parts: list[str], column: str, type_) -> None:
+        if len(parts) == 1:
+            if parts[0] in self.leaves or parts[0] in self.children:
+                raise ValueError(f"path {'.'.join(parts)!r} is used twice")
+            self.leaves[parts[0]] = (column, type_)
+        else:
+            if parts[0] in self.leaves:
+                raise ValueError(f"path segment {parts[0]!r} is both a value and an object")
+            self.children.setdefault(parts[0], _Tree()).add(parts[1:], column, type_)
+
+    def build(self, name: str, required: set[str]):
+        """Return (Struct type, extraction plan) for this level."""
+        fields, plan = [], []
+        for key, (column, type_) in sorted(self.leaves.items()):
+            attr = f"f{len(fields)}"
+            if column in required:
+                fields.append((attr, type_, msgspec.field(name=key)))
+            else:
+                fields.append((attr, type_, msgspec.field(name=key, default=None)))
+            plan.append((len(plan), column, None))
+        for key, child in sorted(self.children.items()):
+            attr = f"f{len(fields)}"
+            child_type, child_plan = child.build(f"{name}_{key}", required)
+            empty = child_type()  # every field of a nested level is optional
+            fields.append((attr, child_type | None, msgspec.field(name=key, default=None)))
+            plan.append((len(plan), None, (child_plan, empty)))
+        # Required fields must come first in a Struct definition.
+        order = sorted(range(len(fields)), key=lambda i: fields[i][2].default is not msgspec.NODEFAULT)
+        fields = [fields[i] for i in order]
+        plan = [(order.index(i), col, sub) for i, col, sub in plan]
+        struct = msgspec.defstruct(name, fields, gc=False, forbid_unknown_fields=False)
+        return struct, plan
+
+
+def _parse_timestamp(value) -> float:
+    if value is None:
+        return math.nan
+    if isinstance(value, (int, float)):
+        return float(value)
+    dt = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+class Decoder:
+    """Decode batches of JSON prediction logs into columns.
+
+    Parameters
+    ----------
+    schema : SchemaConfig
+        Which fields to read, from which dotted paths, with which types.
+    """
+
+    _ID_COL = "\x00id"
+    _TS_COL = "\x00timestamp"
+
+    def __init__(self, schema: SchemaConfig):
+        self.schema = schema
+        self.numeric: list[str] = []
+        self.categorical: list[str] = []
+        tree, required = _Tree(), set()
+        for _role, spec in schema.columns():
+            if spec.type == "numeric":
+                self.numeric.append(spec.name)
+                tree.add(spec.source.split("."), spec.name, _NUMERIC)
+            else:
+                self.categorical.append(spec.name)
+                tree.add(spec.source.split("."), spec.name, _CATEGORICAL)
+        if schema.id is not None:
+            tree.add((schema.id.path or "id").split("."), self._ID_COL, _ID)
+            required.add(self._ID_COL)
+        if schema.timestamp is not None:
+            tree.add((schema.timestamp.path or "timestamp").split("."), self._TS_COL, _TIMESTAMP)
+        self._struct, self._plan = tree.build("Message", required)
+        self._one = msgspec.json.Decoder(self._struct)
+        self._many = msgspec.json.Decoder(list[self._struct])
+
+    def _decode_all(self, values: list[bytes]):
+        """Decode a batch; returns (messages, valid mask or None, invalid Counter, rejected)."""
+        if values and all(values):
+            try:
+                msgs = self._many.decode(b"[" + b",".join(values) + b"]")
+                # A message holding two comma-separated objects would shift every row after it.
+                if len(msgs) == len(values):
+                    return msgs, None, Counter(), []
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                pass
+        msgs, valid, invalid, rejected = [], np.zeros(len(values), dtype=bool), Counter(), []
+        decode = self._one.decode
+        for i, raw in enumerate(values):
+            try:
+                msgs.append(decode(raw))
+                valid[i] = True
+            except msgspec.ValidationError as exc:
+                text = str(exc)
+                if text.startswith("Object missing required field"):
+                    reason = "missing_field"
+                elif text.startswith("Number out of range"):
+                    reason = "nan"
+                else:
+                    reason = "wrong_type"
+                invalid[reason] += 1
+                rejected.append((i, reason))
+            except msgspec.DecodeError:
+                reason = "nan" if raw and (b"NaN" in raw or b"Infinity" in raw) and _is_json_with_nan(raw) else "not_json"
+                invalid[reason] += 1
+                rejected.append((i, reason))
+        return msgs, valid, invalid, rejected
+
+    def decode(self, values: list[bytes]) -> Batch:
+        """Decode one batch of raw message values."""
+        msgs, valid, invalid, rejected = self._decode_all(values)
+        if valid is None:
+            valid = np.ones(len(values), dtype=bool)
+        raw_columns: dict[str, list] = {}
+        self._extract(msgs, self._plan, raw_columns)
+        ids = raw_columns.pop(self._ID_COL, None)
+        ts_raw = raw_columns.pop(self._TS_COL, None)
+        timestamps = None
+        if ts_raw is not None:
+            timestamps, bad = self._timestamps(ts_raw)
+            if bad:
+                # Unparseable timestamps: reject those rows, keep the rest.
+                keep = [i for i in range(len(msgs)) if i not in bad]
+                positions = np.flatnonzero(valid)
+                for i in sorted(bad):
+                    valid[positions[i]] = False
+                    rejected.append((int(positions[i]), "bad_timestamp"))
+                invalid["bad_timestamp"] += len(bad)
+                raw_columns = {k: [v[i] for i in keep] for k, v in raw_columns.items()}
+                ids = None if ids is None else [ids[i] for i in keep]
+                timestamps = timestamps[keep]
+                msgs = keep
+        columns: dict[str, Any] = {}
+        for name in self.numeric:
+            columns[name] = np.array(raw_columns[name], dtype=np.float64)
+        for name in self.categorical:
+            columns[name] = raw_columns[name]
+        return Batch(len(msgs), columns, ids, timestamps, valid, invalid, rejected)
+
+    @staticmethod
+    def _timestamps(raw: list) -> tuple[np.ndarray, set[int]]:
+        try:
+            return np.array(raw, dtype=np.float64), set()  # the fast path: epoch seconds or null
+        except (TypeError, ValueError):
+            pass
+        out, bad = np.empty(len(raw)), set()
+        for i, value in enumerate(raw):
+            try:
+                out[i] = _parse_timestamp(value)
+            except (TypeError, ValueError):
+                bad.add(i)
+        return out, bad
+
+    @classmethod
+    def _extract(cls, msgs: list, plan, out: dict[str, list]) -> None:
+        rows = list(zip(*map(msgspec.structs.astuple, msgs))) if msgs else None
+        for index, column, sub in plan:
+            values = list(rows[index]) if rows is not None else []
+            if sub is None:
+                out[column] = values
+            else:
+                child_plan, empty = sub
+                values = [empty if v is None else v for v in values]
+                cls._extract(values, child_plan, out)
+
+
+def _is_json_with_nan(raw: bytes) -> bool:
+    """Whether the message is JSON once NaN/Infinity tokens are replaced (Python's json writes them)."""
+    try:
+        msgspec.json.decode(raw.replace(b"-Infinity", b"null").replace(b"Infinity", b"null").replace(b"NaN", b"null"))
+        return True
+    except msgspec.DecodeError:
+        return False

@@ -1,0 +1,197 @@
+"""Every Prometheus metric driftmon exports: names, help texts and the scrape-time collector.
+
+Values are read from the service's state at scrape time (a custom collector),
+so there is one source of truth and nothing to keep in sync. Labels come from
+configuration only (feature names, methods, reasons, partitions), never from
+message content, so cardinality is bounded by the config.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Histogram, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from monitor.decode import INVALID_REASONS
+
+__all__ = ["NAMES", "DriftmonCollector", "make_registry"]
+
+PREFIX = "driftmon_"
+
+#: name (without prefix) -> (type, help). Counters are named without `_total`; the client appends it.
+NAMES = {
+    "build_info": ("gauge", "Build and baseline of this driftmon process (always 1)."),
+    "messages_consumed": ("counter", "Messages read from the source, valid or not."),
+    "messages_invalid": ("counter", "Messages rejected, by reason."),
+    "late_events": ("counter", "Events whose event time fell before the open time window."),
+    "windows_evaluated": ("counter", "Windows closed and compared with the baseline."),
+    "window_events": ("gauge", "Events in the last evaluated window."),
+    "window_open_events": ("gauge", "Events so far in the open window."),
+    "feature_drift_score": ("gauge", "Drift statistic of a feature in the last window, by method."),
+    "feature_drift_p_value": ("gauge", "Multiplicity-adjusted p-value of the feature's drift test in the last window."),
+    "feature_drift_detected": ("gauge", "1 if the feature drifted in the last window, else 0."),
+    "feature_missing_ratio": ("gauge", "Share of missing values of the feature in the last window (0..1)."),
+    "feature_out_of_range_ratio": ("gauge", "Share of values outside the baseline's range in the last window (0..1)."),
+    "feature_unseen_ratio": ("gauge", "Share of categories never seen in the baseline in the last window (0..1)."),
+    "features_drifted": ("gauge", "Number of features that drifted in the last window."),
+    "prediction_drift_score": ("gauge", "Drift statistic of the prediction in the last window, by method."),
+    "prediction_drift_detected": ("gauge", "1 if the prediction drifted in the last window, else 0."),
+    "last_window_end_timestamp_seconds": ("gauge", "End of the last evaluated window, Unix time."),
+    "consumer_lag_messages": ("gauge", "Messages between the committed position and the partition end."),
+    "checkpoints": ("counter", "State checkpoints written."),
+    "batch_processing_seconds": ("histogram", "Time to decode, window and evaluate one polled batch."),
+    "alerts_firing": ("gauge", "Alerts currently firing, by kind."),
+    "notifications_sent": ("counter", "Notifications delivered, by sink and alert kind."),
+    "notification_failures": ("counter", "Failed notification attempts, by sink and reason."),
+    "outbox_pending": ("gauge", "Notifications waiting in the outbox."),
+}
+
+
+def name(key: str) -> str:
+    """Full metric name (without the `_total` counters get on exposition)."""
+    return PREFIX + key
+
+
+def make_registry(model: str, collector: "DriftmonCollector | None" = None) -> tuple[CollectorRegistry, Histogram]:
+    """A private registry with process metrics, the driftmon collector and the batch-time histogram."""
+    registry = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    if collector is not None:
+        registry.register(collector)
+    histogram = Histogram(
+        name("batch_processing_seconds"),
+        NAMES["batch_processing_seconds"][1],
+        ["model"],
+        registry=registry,
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+    )
+    return registry, histogram
+
+
+def _family(key: str, labels: list[str]):
+    kind, help_text = NAMES[key]
+    cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+    return cls(name(key), help_text, labels=["model", *labels])
+
+
+class DriftmonCollector(Collector):
+    """Yield every driftmon metric from the service's state at scrape time.
+
+    Parameters
+    ----------
+    service : object
+        Exposes ``model``, ``version``, ``baseline`` (with ``fingerprint``),
+        ``pipeline`` (counters and ``last_result``), ``lag`` (partition -> messages),
+        ``checkpoints``, ``last_window_end`` (Unix time or None), and optionally ``alert_stats()`` returning a dict with
+        ``firing`` (alert -> n), ``sent`` ((sink, alert) -> n), ``failures`` ((sink, reason) -> n), ``pending``.
+    features : list of str
+        Configured feature names, for pre-exported zero series.
+    """
+
+    def __init__(self, service, features: list[str]):
+        self.service = service
+        self.features = features
+
+    def collect(self):
+        s = self.service
+        m = s.model
+        p = s.pipeline
+        info = _family("build_info", ["version", "baseline_fingerprint"])
+        info.add_metric([m, s.version, s.baseline.fingerprint], 1)
+        yield info
+
+        fam = _family("messages_consumed", [])
+        fam.add_metric([m], p.consumed)
+        yield fam
+        fam = _family("messages_invalid", ["reason"])
+        for reason in INVALID_REASONS:  # pre-exported zeros so rate() works from the first failure
+            fam.add_metric([m, reason], p.invalid.get(reason, 0))
+        yield fam
+        fam = _family("late_events", [])
+        fam.add_metric([m], p.late)
+        yield fam
+        fam = _family("windows_evaluated", [])
+        fam.add_metric([m], p.windows_evaluated)
+        yield fam
+        fam = _family("window_open_events", [])
+        fam.add_metric([m], p.window.events)
+        yield fam
+        fam = _family("checkpoints", [])
+        fam.add_metric([m], s.checkpoints)
+        yield fam
+
+        lag = _family("consumer_lag_messages", ["partition"])
+        for partition, value in sorted(s.lag.items()):
+            lag.add_metric([m, str(partition)], value)
+        yield lag
+
+        yield from self._window_families(m, p.last_result)
+        yield from self._alert_families(m)
+
+    def _window_families(self, m: str, result: dict | None):
+        score = _family("feature_drift_score", ["feature", "method"])
+        pval = _family("feature_drift_p_value", ["feature"])
+        detected = _family("feature_drift_detected", ["feature"])
+        missing = _family("feature_missing_ratio", ["feature"])
+        out_of_range = _family("feature_out_of_range_ratio", ["feature"])
+        unseen = _family("feature_unseen_ratio", ["feature"])
+        pred_score = _family("prediction_drift_score", ["method"])
+        pred_detected = _family("prediction_drift_detected", [])
+        features = (result or {}).get("features", {})
+        for feature in self.features:
+            r = features.get(feature)
+            detected.add_metric([m, feature], 1 if r and r["drift"] else 0)
+            if r is None:
+                continue
+            for method, value in sorted(r["statistics"].items()):
+                if value is not None:
+                    score.add_metric([m, feature, method], value)
+            adjusted = r["test"].get("p_value_adjusted")
+            if adjusted is not None:
+                pval.add_metric([m, feature], adjusted)
+            if r.get("missing_ratio") is not None:
+                missing.add_metric([m, feature], r["missing_ratio"])
+            if r.get("out_of_range_ratio") is not None:
+                out_of_range.add_metric([m, feature], r["out_of_range_ratio"])
+            if r.get("unseen_ratio") is not None:
+                unseen.add_metric([m, feature], r["unseen_ratio"])
+        prediction = (result or {}).get("prediction")
+        pred_detected.add_metric([m], 1 if prediction and prediction["drift"] else 0)
+        if prediction:
+            for method, value in sorted(prediction["statistics"].items()):
+                if value is not None:
+                    pred_score.add_metric([m, method], value)
+        yield from (score, pval, detected, missing, out_of_range, unseen, pred_score, pred_detected)
+
+        drifted = _family("features_drifted", [])
+        drifted.add_metric([m], len((result or {}).get("drifted", [])))
+        yield drifted
+        if result is not None:
+            events = _family("window_events", [])
+            events.add_metric([m], result["window"]["events"])
+            yield events
+        end = getattr(self.service, "last_window_end", None)
+        if end is not None:
+            fam = _family("last_window_end_timestamp_seconds", [])
+            fam.add_metric([m], end)
+            yield fam
+
+    def _alert_families(self, m: str):
+        stats_fn = getattr(self.service, "alert_stats", None)
+        stats = stats_fn() if stats_fn else {"firing": {}, "sent": {}, "failures": {}, "pending": 0}
+        firing = _family("alerts_firing", ["alert"])
+        for alert, n in sorted(stats["firing"].items()):
+            firing.add_metric([m, alert], n)
+        yield firing
+        sent = _family("notifications_sent", ["sink", "alert"])
+        for (sink, alert), n in sorted(stats["sent"].items()):
+            sent.add_metric([m, sink, alert], n)
+        yield sent
+        failures = _family("notification_failures", ["sink", "reason"])
+        for (sink, reason), n in sorted(stats["failures"].items()):
+            failures.add_metric([m, sink, reason], n)
+        yield failures
+        pending = _family("outbox_pending", [])
+        pending.add_metric([m], stats["pending"])
+        yield pending

@@ -1,0 +1,79 @@
+"""HTTP endpoints: /metrics, /healthz, /readyz, /status."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client.exposition import choose_encoder
+
+__all__ = ["HttpServer"]
+
+log = logging.getLogger(__name__)
+
+
+class HttpServer:
+    """Serve the service's endpoints on a background thread.
+
+    Parameters
+    ----------
+    service : object
+        Exposes ``registry``, ``ready() -> (bool, str)`` and ``status() -> dict``.
+    host, port : str, int
+        Where to listen; port 0 picks a free port (see :attr:`port` after :meth:`start`).
+    """
+
+    def __init__(self, service, host: str = "0.0.0.0", port: int = 9108):
+        self.service = service
+        self.host = host
+        self.port = port
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "HttpServer":
+        service = self.service
+
+        class Handler(BaseHTTPRequestHandler):
+            def _send(self, code: int, body: bytes, content_type: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def do_GET(self):  # noqa: N802 (the stdlib's naming)
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    encoder, content_type = choose_encoder(self.headers.get("Accept"))
+                    self._send(200, encoder(service.registry), content_type)
+                elif path == "/healthz":
+                    self._send(200, b"ok\n", "text/plain; charset=utf-8")
+                elif path == "/readyz":
+                    ready, why = service.ready()
+                    self._send(200 if ready else 503, (why + "\n").encode(), "text/plain; charset=utf-8")
+                elif path == "/status":
+                    body = json.dumps(service.status(), indent=1, sort_keys=True, allow_nan=False).encode()
+                    self._send(200, body + b"\n", "application/json")
+                else:
+                    self._send(404, b"not found: try /metrics /healthz /readyz /status\n", "text/plain")
+
+            do_HEAD = do_GET
+
+            def log_message(self, fmt, *args):  # scrapes every 15 s would flood the log
+                log.debug("http %s", fmt % args)
+
+        self._httpd = ThreadingHTTPServer((self.host, self.port), Handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="driftmon-http", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None

@@ -1,0 +1,104 @@
+"""Checkpoints and the window log, written atomically to the state directory (JSON, never pickle)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+__all__ = ["StateStore"]
+
+CHECKPOINT_VERSION = 1
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class StateStore:
+    """A state directory holding ``checkpoint.json`` and ``windows.jsonl``.
+
+    The checkpoint is replaced atomically (write, fsync, rename, fsync the
+    directory), so a crash at any moment leaves either the old or the new one.
+    The window log is append-only and deduplicated by window index: a window
+    evaluated again after a crash (between its log line and the checkpoint that
+    covers it) is not written twice.
+
+    Parameters
+    ----------
+    directory : str
+        Created if missing.
+    fingerprint : str
+        The baseline fingerprint; a checkpoint made against another baseline is not restored.
+    max_log_bytes : int
+        The window log is rotated to ``windows.jsonl.1`` past this size.
+    """
+
+    def __init__(self, directory: str, fingerprint: str, max_log_bytes: int = 64 << 20):
+        self.directory = directory
+        self.fingerprint = fingerprint
+        self.max_log_bytes = max_log_bytes
+        os.makedirs(directory, exist_ok=True)
+        self.checkpoint_path = os.path.join(directory, "checkpoint.json")
+        self.log_path = os.path.join(directory, "windows.jsonl")
+        self.last_logged = self._last_logged_index()
+
+    def save(self, state: dict) -> None:
+        doc = {"version": CHECKPOINT_VERSION, "baseline_fingerprint": self.fingerprint, "pipeline": state}
+        tmp = self.checkpoint_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh, allow_nan=False, separators=(",", ":"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.checkpoint_path)
+        _fsync_dir(self.directory)
+
+    def load(self) -> dict | None:
+        """The saved pipeline state, or None when there is none (or it belongs to another baseline)."""
+        try:
+            with open(self.checkpoint_path, encoding="utf-8") as fh:
+                doc = json.load(fh)
+        except FileNotFoundError:
+            return None
+        if doc.get("version") != CHECKPOINT_VERSION or doc.get("baseline_fingerprint") != self.fingerprint:
+            return None
+        return doc["pipeline"]
+
+    def _last_logged_index(self) -> int:
+        last = -1
+        for path in (self.log_path + ".1", self.log_path):
+            try:
+                with open(path, "rb+") as fh:
+                    data = fh.read()
+                    end = data.rfind(b"\n") + 1
+                    if end < len(data):
+                        fh.truncate(end)  # a line torn by a crash mid-write
+                    for line in data[:end].splitlines():
+                        try:
+                            last = max(last, json.loads(line)["window"]["index"])
+                        except (ValueError, KeyError, TypeError):
+                            continue
+            except FileNotFoundError:
+                continue
+        return last
+
+    def log_window(self, result: dict) -> bool:
+        """Append a window result unless its index was logged already; True if written."""
+        index = result["window"]["index"]
+        if index <= self.last_logged:
+            return False
+        line = json.dumps(result, sort_keys=True, allow_nan=False) + "\n"
+        try:
+            if os.path.getsize(self.log_path) + len(line) > self.max_log_bytes:
+                os.replace(self.log_path, self.log_path + ".1")  # bounded disk: keep one old file
+        except FileNotFoundError:
+            pass
+        with open(self.log_path, "a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.last_logged = index
+        return True

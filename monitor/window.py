@@ -1,0 +1,174 @@
+"""Tumbling windows of streaming distributions, evaluated against the baseline when they close."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+
+from detectors import (
+    CategoricalProfile,
+    CategoryCounter,
+    FeaturePolicy,
+    NumericHistogram,
+    compare_categorical,
+    compare_numeric,
+    decide,
+)
+from monitor.baseline import Baseline
+from monitor.config import Config
+from monitor.decode import Batch
+
+__all__ = ["Window", "Evaluator", "iso"]
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds as an ISO 8601 UTC string (None stays None)."""
+    if ts is None or (isinstance(ts, float) and math.isnan(ts)):
+        return None
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Window:
+    """One open window: streaming accumulators for every column plus bookkeeping.
+
+    Parameters
+    ----------
+    baseline : Baseline
+        Supplies each column's bin edges and known categories.
+    index : int
+        Sequence number of this window (0, 1, ...), stable across restarts.
+    start, end : float or None
+        Bounds in epoch seconds for time windows; None for count windows.
+    """
+
+    def __init__(self, baseline: Baseline, index: int = 0, start: float | None = None, end: float | None = None):
+        self.baseline = baseline
+        self.index = index
+        self.start = start
+        self.end = end
+        self._reset()
+
+    def _reset(self) -> None:
+        self.events = 0
+        self.first_time = math.inf
+        self.last_time = -math.inf
+        self.offsets: dict[str, list[int]] = {}  # "topic:partition" -> [first, last] offset in this window
+        self.accumulators = {}
+        for name, profile in self.baseline.profiles.items():
+            if isinstance(profile, CategoricalProfile):
+                self.accumulators[name] = CategoryCounter(profile.categories, profile.other_categories)
+            else:
+                self.accumulators[name] = NumericHistogram(profile.edges, profile.min, profile.max)
+
+    def update(self, batch: Batch) -> "Window":
+        """Add the rows of a batch (already cut to this window)."""
+        if batch.n == 0:
+            return self
+        for name, acc in self.accumulators.items():
+            acc.update(batch.columns[name])
+        self.events += batch.n
+        if batch.timestamps is not None and batch.n:
+            lo, hi = float(batch.timestamps.min()), float(batch.timestamps.max())
+            if not math.isnan(lo):
+                self.first_time = min(self.first_time, lo)
+                self.last_time = max(self.last_time, hi)
+        return self
+
+    def add_offsets(self, key: str, first: int, last: int) -> None:
+        span = self.offsets.get(key)
+        if span is None:
+            self.offsets[key] = [first, last]
+        else:
+            span[0], span[1] = min(span[0], first), max(span[1], last)
+
+    def bounds(self) -> tuple[float | None, float | None]:
+        """Reported start and end: the time window's bounds, else the first and last event times."""
+        if self.start is not None:
+            return self.start, self.end
+        if self.events and math.isfinite(self.first_time):
+            return self.first_time, self.last_time
+        return None, None
+
+    def state_dict(self) -> dict:
+        return {
+            "index": self.index,
+            "start": self.start,
+            "end": self.end,
+            "events": self.events,
+            "first_time": self.first_time if math.isfinite(self.first_time) else None,
+            "last_time": self.last_time if math.isfinite(self.last_time) else None,
+            "offsets": self.offsets,
+            "accumulators": {name: acc.state_dict() for name, acc in self.accumulators.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> "Window":
+        self.index = state["index"]
+        self.start = state["start"]
+        self.end = state["end"]
+        self.events = state["events"]
+        self.first_time = math.inf if state["first_time"] is None else state["first_time"]
+        self.last_time = -math.inf if state["last_time"] is None else state["last_time"]
+        self.offsets = {k: list(v) for k, v in state["offsets"].items()}
+        for name, acc_state in state["accumulators"].items():
+            self.accumulators[name].load_state_dict(acc_state)
+        return self
+
+
+class Evaluator:
+    """Compare a closed window with the baseline and decide which columns drifted.
+
+    Features form one family for the multiple-testing correction; the
+    prediction, score and label are judged as a second family, so adding
+    features never makes prediction drift harder to detect.
+    """
+
+    def __init__(self, config: Config, baseline: Baseline):
+        self.config = config
+        self.baseline = baseline
+        drift = config.drift
+        self.policies = {}
+        for _role, spec in config.schema.columns():
+            defaults = drift.numeric if spec.type == "numeric" else drift.categorical
+            self.policies[spec.name] = FeaturePolicy(
+                effect_method=spec.drift.effect_method or defaults.effect_method,
+                effect_threshold=spec.drift.threshold if spec.drift.threshold is not None else defaults.threshold,
+                min_events=spec.drift.min_events or drift.min_events,
+            )
+        self.features = [f.name for f in config.schema.features]
+        self.outputs = [spec.name for role, spec in config.schema.columns() if role != "feature"]
+
+    def _compare(self, name: str, window: Window) -> dict:
+        profile = self.baseline.profiles[name]
+        acc = window.accumulators[name]
+        if isinstance(profile, CategoricalProfile):
+            return compare_categorical(profile, acc, self.policies[name])
+        return compare_numeric(profile, acc, self.policies[name])
+
+    def evaluate(self, window: Window, complete: bool = True) -> dict:
+        """The window result (the shape documented in docs/DESIGN.md)."""
+        alpha = self.config.drift.alpha
+        features = decide({name: self._compare(name, window) for name in self.features}, alpha=alpha)
+        outputs = decide({name: self._compare(name, window) for name in self.outputs}, alpha=alpha)
+        start, end = window.bounds()
+        if window.events == 0:
+            status = "empty"
+        elif window.events < self.config.drift.min_events:
+            status = "insufficient_data"
+        else:
+            status = "ok"
+        info = {"index": window.index, "start": iso(start), "end": iso(end), "events": window.events,
+                "status": status, "complete": complete}
+        if window.offsets:
+            info["offsets"] = {k: list(v) for k, v in sorted(window.offsets.items())}
+        result = {
+            "model": self.config.model,
+            "baseline_fingerprint": self.baseline.fingerprint,
+            "window": info,
+            "drifted": sorted(name for name, r in features.items() if r["drift"]),
+            "features": features,
+        }
+        for role in ("prediction", "score", "label"):
+            spec = getattr(self.config.schema, role)
+            if spec is not None:
+                result[role] = outputs[spec.name]
+        return result
