@@ -134,7 +134,10 @@ class Baseline:
         profiles, roles = {}, {}
         for name, entry in doc["columns"].items():
             kind = NumericProfile if entry["type"] == "numeric" else CategoricalProfile
-            profiles[name] = kind.from_dict(entry["profile"])
+            try:
+                profiles[name] = kind.from_dict(entry["profile"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise BaselineError(f"{path}: column {name!r} has an invalid profile: {exc}") from None
             roles[name] = entry["role"]
         meta = {"model": doc.get("model"), "source": doc.get("source"), "created_at": doc.get("created_at")}
         baseline = cls(profiles, roles, meta)

@@ -1,0 +1,36 @@
+"""Shared test helpers: config files, baselines and message streams on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow.parquet as pq
+import yaml
+
+from monitor.baseline import build_baseline
+from monitor.config import load_config
+
+
+def write_setup(tmp, synth, train_rows: int = 20_000, **overrides):
+    """Write train.parquet, driftmon.yaml and baseline.json for a synth schema; return (config_path, config)."""
+    tmp = str(tmp)
+    train = os.path.join(tmp, "train.parquet")
+    pq.write_table(synth.training_table(train_rows), train)
+    path = os.path.join(tmp, "driftmon.yaml")
+    with open(path, "w") as fh:
+        yaml.safe_dump(synth.config(**overrides), fh, sort_keys=False)
+    config = load_config(path)
+    build_baseline(config, train).save(config.baseline)
+    return path, config
+
+
+def write_jsonl(path, messages) -> None:
+    with open(path, "wb") as fh:
+        for m in messages:
+            fh.write(m + b"\n")
+
+
+def read_jsonl(path) -> list[dict]:
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]

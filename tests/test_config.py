@@ -1,0 +1,140 @@
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from monitor.config import ConfigError, parse_config, parse_duration
+from monitor.synth import car_loan
+
+
+def base() -> dict:
+    return car_loan().config(kafka={"bootstrap_servers": "127.0.0.1:9092", "topic": "t", "group_id": "g"})
+
+
+def error_of(tree) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse_config(tree)
+    return info.value
+
+
+def test_valid_config_parses_with_defaults():
+    config = parse_config(base())
+    assert config.model == "car-loan"
+    assert config.window.size == 5000
+    assert config.drift.alpha == 0.01
+    assert config.drift.numeric.effect_method == "wasserstein"
+    assert config.http.port == 9108
+    assert [f.name for f in config.schema.features][:2] == ["car_value", "salary_range"]
+    assert config.schema.features[2].source == "inputs.dti"
+
+
+def test_unknown_key_is_named():
+    tree = base()
+    tree["windw"] = {"size": 3}
+    err = error_of(tree)
+    assert err.key == "windw" and "unknown key" in err.problem
+
+
+def test_nested_unknown_key_is_named_with_its_path():
+    tree = base()
+    tree["kafka"]["bootstrap_server"] = "x"
+    assert error_of(tree).key == "kafka.bootstrap_server"
+
+
+def test_wrong_type_names_the_key():
+    tree = base()
+    tree["window"] = {"size": "big"}
+    err = error_of(tree)
+    assert err.key == "window.size" and "int" in err.problem
+
+
+def test_missing_required_key():
+    tree = base()
+    del tree["model"]
+    err = error_of(tree)
+    assert err.key == "model" and "missing" in err.problem
+
+
+def test_window_needs_exactly_one_of_size_or_duration():
+    tree = base()
+    tree["window"] = {"size": 10, "duration": "5m"}
+    err = error_of(tree)
+    assert err.key == "window" and "exactly one" in err.problem
+
+
+def test_bad_feature_type_names_the_list_index():
+    tree = base()
+    tree["schema"]["features"][1]["type"] = "text"
+    err = error_of(tree)
+    assert err.key == "schema.features[1].type"
+
+
+def test_duplicate_features_rejected():
+    tree = base()
+    tree["schema"]["features"].append(dict(tree["schema"]["features"][0]))
+    assert "duplicate" in error_of(tree).problem
+
+
+def test_categorical_cannot_use_numeric_effect():
+    tree = base()
+    tree["schema"]["features"][1]["drift"] = {"effect_method": "wasserstein"}
+    assert error_of(tree).key == "schema.features[1]"
+
+
+def test_per_feature_threshold_is_accepted():
+    tree = base()
+    tree["schema"]["features"][0]["drift"] = {"threshold": 0.3, "min_events": 50}
+    feature = parse_config(tree).schema.features[0]
+    assert feature.drift.threshold == 0.3 and feature.drift.min_events == 50
+
+
+def test_secret_is_not_a_config_key():
+    tree = base()
+    tree["kafka"]["sasl_plain_password"] = "hunter2"
+    assert error_of(tree).key == "kafka.sasl_plain_password"
+
+
+@pytest.mark.parametrize("text,seconds", [("10m", 600), ("30s", 30), ("1.5h", 5400), ("250ms", 0.25), (7, 7)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["10", "ten minutes", "-5s", "0s"])
+def test_parse_duration_rejects(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_check_config_cli_exits_nonzero_and_names_key(tmp_path):
+    tree = base()
+    tree["http"] = {"port": "nine"}
+    path = tmp_path / "driftmon.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    proc = subprocess.run([sys.executable, "-m", "monitor.cli", "check-config", "--config", str(path), "--no-baseline"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "config error: http.port:" in proc.stderr
+
+
+def test_check_config_cli_reports_missing_baseline(tmp_path):
+    path = tmp_path / "driftmon.yaml"
+    path.write_text(yaml.safe_dump(base()))
+    proc = subprocess.run([sys.executable, "-m", "monitor.cli", "check-config", "--config", str(path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "baseline.json" in proc.stderr
+
+
+def test_sasl_without_password_fails_at_start(monkeypatch):
+    from monitor.source import client_options
+
+    tree = base()
+    tree["kafka"].update(security_protocol="SASL_SSL", sasl_mechanism="PLAIN", sasl_plain_username="u")
+    config = parse_config(tree)
+    monkeypatch.delenv("DRIFTMON_KAFKA_SASL_PASSWORD", raising=False)
+    with pytest.raises(ConfigError) as info:
+        client_options(config.kafka)
+    assert info.value.key == "kafka.sasl_password_env"
+    monkeypatch.setenv("DRIFTMON_KAFKA_SASL_PASSWORD", "s3cret")
+    assert client_options(config.kafka)["sasl_plain_password"] == "s3cret"
