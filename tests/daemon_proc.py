@@ -1,0 +1,94 @@
+"""Run `driftmon run` as a real subprocess and talk to it over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+
+class DaemonProcess:
+    def __init__(self, config_path: str, port: int, log_path: str):
+        self.config_path = config_path
+        self.port = port
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "DaemonProcess":
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "monitor.cli", "run", "--config", self.config_path, "--port", str(self.port)],
+            stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self.wait(lambda: self.get("/healthz") is not None, 30, "healthz")
+        return self
+
+    def get(self, path: str) -> bytes | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+                return r.read()
+        except urllib.error.HTTPError as exc:
+            return None if exc.code >= 500 else exc.read()
+        except OSError:
+            return None
+
+    def status(self) -> dict | None:
+        body = self.get("/status")
+        return None if body is None else json.loads(body)
+
+    def metrics(self) -> dict[tuple, float]:
+        """(name, sorted label items) -> value of every sample on /metrics."""
+        text = self.get("/metrics").decode()
+        out = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        return out
+
+    def wait(self, predicate, timeout: float, what: str):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited ({self.proc.returncode}) while waiting for {what}:\n{self.log()}")
+            try:
+                value = predicate()
+            except (TypeError, KeyError):
+                value = None
+            if value:
+                return value
+            time.sleep(0.1)
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}:\n{self.log()}")
+
+    def wait_windows(self, n: int, timeout: float = 60) -> dict:
+        return self.wait(lambda: (s := self.status()) and s["windows_evaluated"] >= n and s, timeout, f"{n} windows")
+
+    def terminate(self, timeout: float = 10.0) -> tuple[int, float]:
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout)
+        return code, time.monotonic() - started
+
+    def kill9(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, "rb") as fh:
+                return fh.read()[-6000:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if getattr(self, "_log", None):
+            self._log.close()

@@ -1,0 +1,162 @@
+"""The daemon as users run it: a real broker, `driftmon run` as a process, HTTP, webhooks, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from monitor.synth import car_loan
+from monitor.tansu import free_port
+from tests.daemon_proc import DaemonProcess
+from tests.helpers import read_jsonl, write_jsonl, write_setup
+from tests.receiver import Receiver
+
+pytestmark = pytest.mark.integration
+
+WINDOW = 1000
+
+
+def produce(bootstrap: str, topic: str, messages: list[bytes], rate: float | None = None) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=10)
+    started = time.monotonic()
+    for i, m in enumerate(messages):
+        producer.send(topic, value=m)
+        if rate and i % 200 == 0:
+            time.sleep(max(0.0, i / rate - (time.monotonic() - started)))
+    producer.flush()
+    producer.close()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def setup_daemon(tmp_path, broker, receiver=None, partitions=1, **overrides):
+    topic = f"predictions-{uuid.uuid4().hex[:8]}"
+    broker.create_topic(topic, partitions=partitions)
+    kafka = {"bootstrap_servers": broker.bootstrap, "topic": topic, "group_id": f"driftmon-{topic}",
+             "max_poll_interval_ms": 5000, "session_timeout_ms": 5000, "lag_interval": "1s",
+             "commit_interval": "200ms"}
+    alerts = {"webhooks": [{"url": receiver.url + "/hook"}]} if receiver else {}
+    path, config = write_setup(tmp_path, car_loan(seed=1), window={"size": WINDOW}, kafka=kafka, alerts=alerts,
+                               state={"dir": "state", "checkpoint_interval": "1s"}, **overrides)
+    daemon = DaemonProcess(path, free_port(), str(tmp_path / "daemon.log"))
+    return topic, path, config, daemon
+
+
+def test_daemon_metrics_status_webhooks_and_graceful_stop(tmp_path, broker, receiver):
+    topic, path, config, daemon = setup_daemon(tmp_path, broker, receiver)
+    messages = car_loan(seed=21).messages(6000, drift_at=3000)
+    bad = [b"{not json", b'{"id": "x", "car_value": "cheap"}', b'{"car_value": 1.0}', b'{"id": "y", "car_value": NaN}']
+    messages[100:100] = bad
+    try:
+        daemon.start()
+        assert daemon.get("/readyz") is None or daemon.status()["ready"] in (True, False)
+        produce(broker.bootstrap, topic, messages)
+        status = daemon.wait_windows(6, timeout=90)
+        assert daemon.wait(lambda: daemon.get("/readyz") == b"ready: baseline loaded and consuming\n", 10, "readyz")
+
+        # /status: the latest window in the documented shape
+        last = status["last_window"]
+        assert last["window"]["events"] == WINDOW and last["window"]["index"] == 5
+        assert "car_value" in last["drifted"]
+        assert last["features"]["car_value"]["drift"] is True
+        assert last["features"]["age"]["drift"] is False
+        assert status["baseline"]["fingerprint"].startswith("sha256:")
+        assert status["messages_invalid"] == {"not_json": 1, "wrong_type": 1, "missing_field": 1, "nan": 1}
+
+        # /metrics, parsed with the Prometheus client's own parser
+        m = daemon.wait(lambda: (x := daemon.metrics()) and
+                        x.get(("driftmon_consumer_lag_messages", (("model", "car-loan"), ("partition", "0")))) == 0
+                        and x, 20, "lag 0")
+        key = lambda name, **labels: (name, tuple(sorted({"model": "car-loan", **labels}.items())))  # noqa: E731
+        assert m[key("driftmon_messages_consumed_total")] == 6004
+        assert m[key("driftmon_messages_invalid_total", reason="not_json")] == 1
+        assert m[key("driftmon_messages_invalid_total", reason="nan")] == 1
+        assert m[key("driftmon_windows_evaluated_total")] == 6
+        assert m[key("driftmon_feature_drift_detected", feature="car_value")] == 1
+        assert m[key("driftmon_feature_drift_detected", feature="region")] == 0
+        assert m[key("driftmon_feature_drift_score", feature="car_value", method="wasserstein")] > 0.1
+        assert m[key("driftmon_feature_missing_ratio", feature="car_value")] == 0
+        assert key("driftmon_prediction_drift_score", method="psi") in m
+        assert m[key("driftmon_last_window_end_timestamp_seconds")] > 1.7e9
+        fp = status["baseline"]["fingerprint"]
+        assert m[key("driftmon_build_info", version="0.1.0", baseline_fingerprint=fp)] == 1
+
+        # webhook: a firing alert for the drifted window, posted to a real HTTP receiver
+        got = receiver.wait_for(lambda p: any(x["status"] == "firing" for x in p), path="/hook")
+        firing = next(x for x in got if x["status"] == "firing")
+        assert firing["alert"] == "feature_drift" and firing["model"] == "car-loan"
+        assert firing["baseline_fingerprint"] == fp
+        names = {f["name"] for f in firing["features"]}
+        assert "car_value" in names and "age" not in names
+        f = next(f for f in firing["features"] if f["name"] == "car_value")
+        assert f["score"] >= f["threshold"] and f["p_value"] <= 0.01 and f["method"] == "wasserstein"
+        assert firing["window"]["events"] == WINDOW and "car_value" in firing["summary"]
+
+        # SIGTERM: drain, commit, exit 0 within 10 s
+        code, took = daemon.terminate(timeout=10)
+        assert code == 0 and took < 10
+    finally:
+        daemon.close()
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=config.kafka.group_id,
+                             enable_auto_commit=False)
+    tp = TopicPartition(topic, 0)
+    assert consumer.committed(tp) == 6004
+    consumer.close()
+
+
+def test_kill_9_mid_stream_loses_and_double_counts_nothing(tmp_path, broker):
+    topic, path, config, daemon = setup_daemon(tmp_path, broker)
+    total = 24_000
+    messages = car_loan(seed=33).messages(total, drift_at=12_000)
+    producer = threading.Thread(target=produce, args=(broker.bootstrap, topic, messages, 3000.0))
+    try:
+        daemon.start()
+        producer.start()
+        daemon.wait_windows(3, timeout=90)
+        time.sleep(0.37)  # somewhere inside a window, between checkpoints
+        daemon.kill9()
+        restarted = DaemonProcess(path, daemon.port, str(tmp_path / "daemon2.log")).start()
+        try:
+            producer.join()
+            restarted.wait_windows(total // WINDOW, timeout=120)
+            assert "restored checkpoint" in restarted.log()
+            code, _ = restarted.terminate()
+            assert code == 0
+        finally:
+            restarted.close()
+    finally:
+        daemon.close()
+    logged = read_jsonl(os.path.join(config.state.dir, "windows.jsonl"))
+    assert [w["window"]["index"] for w in logged] == list(range(total // WINDOW))
+    assert [w["window"]["events"] for w in logged] == [WINDOW] * (total // WINDOW)
+    assert [w["window"]["offsets"][f"{topic}:0"] for w in logged] == [
+        [i * WINDOW, (i + 1) * WINDOW - 1] for i in range(total // WINDOW)]
+
+    # the same stream through `driftmon replay`: identical windows (statistics to float rounding)
+    logs = tmp_path / "produced.jsonl"
+    write_jsonl(logs, messages)
+    from monitor.baseline import Baseline
+    from monitor.pipeline import Pipeline
+
+    replay = Pipeline(config, Baseline.load(config.baseline))
+    expected = []
+    for i in range(0, total, 777):
+        expected += replay.process(messages[i:i + 777])[0]
+    for got, want in zip(logged, expected):
+        for name, r in want["features"].items():
+            g = got["features"][name]
+            assert g["events"] == r["events"] and g["drift"] == r["drift"]
+            for stat, value in r["statistics"].items():
+                assert g["statistics"][stat] == pytest.approx(value, rel=1e-9, abs=1e-12), (name, stat)
+    assert [w["drifted"] for w in logged] == [w["drifted"] for w in expected]
