@@ -485,14 +485,20 @@ def operations(cfg: Config = CONFIG) -> dict:
                  "not committed and a restart would reprocess them.",
                  "opm", [b.target(f"60 * sum by (model) (rate(driftmon_checkpoints_total{s}{rate}))", "{{model}}")],
                  w=8, min=0)
+    # The process collector's series carry no `model` label of their own: take it from
+    # driftmon_build_info of the same target, which also applies the model filter.
+    job = "{" + cfg.selector + "}"
+    with_model = f"* on (job, instance) group_left (model) max by (job, instance, model) (driftmon_build_info{s})"
     b.timeseries("CPU usage",
                  "CPU time used per second by each driftmon process (100% = one core).",
-                 "percentunit", [b.target(f"sum by (model, instance) (rate(process_cpu_seconds_total{s}{rate}))",
-                                          "{{model}} {{instance}}")], w=8, min=0)
+                 "percentunit", [b.target(
+                     f"sum by (model, instance) (\n  rate(process_cpu_seconds_total{job}{rate})\n  {with_model}\n)",
+                     "{{model}} {{instance}}")], w=8, min=0)
     b.timeseries("Resident memory",
                  "Resident memory (RSS) of each driftmon process.",
-                 "bytes", [b.target(f"sum by (model, instance) (process_resident_memory_bytes{s})",
-                                    "{{model}} {{instance}}")], w=8, min=0)
+                 "bytes", [b.target(
+                     f"sum by (model, instance) (\n  process_resident_memory_bytes{job}\n  {with_model}\n)",
+                     "{{model}} {{instance}}")], w=8, min=0)
     b.table("Build info",
             "Version and baseline fingerprint of each running daemon. Two fingerprints for one model mean "
             "replicas disagree about the baseline.",

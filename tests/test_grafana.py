@@ -201,7 +201,13 @@ def test_panel_conventions(uid, panel):
         selectors = _selectors(expr)
         assert selectors, expr
         for name, matchers in selectors:
-            assert JOB_MATCHER in matchers and MODEL_MATCHER in matchers, f"{name}{{{matchers}}} in {expr}"
+            assert JOB_MATCHER in matchers, f"{name}{{{matchers}}} in {expr}"
+            if name.startswith("process_"):
+                # Process-collector series have no `model` label: it comes from a join with build info.
+                assert "group_left (model)" in expr
+                assert f"driftmon_build_info{{{JOB_MATCHER}, {MODEL_MATCHER}}}" in expr
+            else:
+                assert MODEL_MATCHER in matchers, f"{name}{{{matchers}}} in {expr}"
         # Every range in a query is a rate window, and rate windows are $__rate_interval.
         assert set(re.findall(r"\[([^\]]*)\]", expr)) <= {"$__rate_interval"}, expr
         if re.search(r"\b(rate|irate|increase)\(", expr):

@@ -204,7 +204,15 @@ def groups(cfg: Config = CONFIG) -> list[dict]:
         _alert(
             cfg,
             "DriftmonDown",
-            f"up{{{s}}} == 0",
+            # `up` has no `model` label unless the scrape config adds one: take it from the
+            # target's last day of driftmon_build_info, and keep the bare `up` when there is none.
+            f"""
+            (up{{{s}}} == 0)
+              * on (job, instance) group_left (model)
+              max by (job, instance, model) (max_over_time(driftmon_build_info{{{s}}}[1d]))
+            or on (job, instance)
+            up{{{s}}} == 0
+            """,
             cfg.down_for,
             "critical",
             "driftmon target {{ $labels.instance }} is down.",
