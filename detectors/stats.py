@@ -1,0 +1,345 @@
+"""Two-sample statistics on binned counts.
+
+Every function takes count vectors: ``p`` holds the baseline counts and ``q``
+the window counts, bin for bin, both of the same length. Counts, not
+proportions, because the tests need the sample sizes. Nothing here keeps
+state; the accumulators in :mod:`detectors.accumulate` produce the counts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import chdtrc, kolmogorov, rel_entr
+
+__all__ = [
+    "chi2_homogeneity",
+    "holm",
+    "js_distance",
+    "ks_binned",
+    "psi",
+    "wasserstein_binned",
+    "wasserstein_error_bound",
+]
+
+
+def _pair(p, q):
+    p = np.asarray(p, dtype=float)
+    q = np.asarray(q, dtype=float)
+    if p.ndim != 1 or p.shape != q.shape:
+        raise ValueError(f"p and q must be 1-D of the same length, got shapes {p.shape} and {q.shape}")
+    if p.size == 0:
+        raise ValueError("p and q must not be empty")
+    if (p < 0).any() or (q < 0).any() or not (np.isfinite(p).all() and np.isfinite(q).all()):
+        raise ValueError("counts must be finite and non-negative")
+    if p.sum() <= 0 or q.sum() <= 0:
+        raise ValueError("both samples must have a positive total count")
+    return p, q
+
+
+def psi(p, q, eps=1e-4):
+    """Population stability index.
+
+    ``sum((b_i - a_i) * ln(b_i / a_i))`` over bins, where ``a`` and ``b`` are the
+    baseline and window proportions, each floored at ``eps`` (and not
+    renormalized). The floor keeps a bin that is empty on one side finite: it
+    then contributes about ``share * ln(share / eps)``, so ``eps`` caps how much
+    a brand-new bin can weigh.
+
+    Parameters
+    ----------
+    p, q : array_like
+        Baseline and window counts per bin.
+    eps : float
+        Floor for the proportions, in (0, 1).
+
+    Returns
+    -------
+    float
+        Natural-log PSI, >= 0.
+
+    Examples
+    --------
+    >>> round(psi([50, 50], [40, 60]), 6)
+    0.040547
+    """
+    if not 0 < eps < 1:
+        raise ValueError(f"eps must be in (0, 1), got {eps!r}")
+    p, q = _pair(p, q)
+    a = np.maximum(p / p.sum(), eps)
+    b = np.maximum(q / q.sum(), eps)
+    return float(np.sum((b - a) * np.log(b / a)))
+
+
+def js_distance(p, q):
+    """Jensen-Shannon distance in base 2 (0 = identical, 1 = disjoint).
+
+    The square root of the Jensen-Shannon divergence between the two
+    normalized count vectors; equals
+    ``scipy.spatial.distance.jensenshannon(p / p.sum(), q / q.sum(), base=2)``.
+
+    Examples
+    --------
+    >>> js_distance([1, 0], [0, 1])
+    1.0
+    >>> round(js_distance([50, 50], [40, 60]), 6)
+    0.085435
+    """
+    p, q = _pair(p, q)
+    a = p / p.sum()
+    b = q / q.sum()
+    m = (a + b) / 2.0
+    js = (rel_entr(a, m).sum() + rel_entr(b, m).sum()) / (2.0 * np.log(2.0))
+    # Rounding can leave a tiny negative divergence for identical inputs.
+    return float(np.sqrt(min(max(js, 0.0), 1.0)))
+
+
+def _boundaries(edges, lo, hi):
+    edges = np.asarray(edges, dtype=float)
+    if edges.ndim != 1:
+        raise ValueError("edges must be 1-D")
+    if edges.size:
+        # The open tails end at the extreme observed values; clamping only
+        # matters for callers who pass a lo/hi that does not cover the edges.
+        lo = min(float(lo), float(edges[0]))
+        hi = max(float(hi), float(edges[-1]))
+    elif hi < lo:
+        raise ValueError(f"hi ({hi}) must be >= lo ({lo})")
+    return np.concatenate(([lo], edges, [hi]))
+
+
+def _wasserstein_setup(edges, p, q, lo, hi, p_sums, q_sums):
+    p, q = _pair(p, q)
+    b = _boundaries(edges, lo, hi)
+    if b.size != p.size + 1:
+        raise ValueError(f"{p.size} bins need {p.size - 1} edges, got {b.size - 2}")
+    if (p_sums is None) != (q_sums is None):
+        raise ValueError("give both p_sums and q_sums or neither")
+    if p_sums is not None:
+        p_sums = np.asarray(p_sums, dtype=float)
+        q_sums = np.asarray(q_sums, dtype=float)
+        if p_sums.shape != p.shape or q_sums.shape != q.shape:
+            raise ValueError("p_sums and q_sums must have one entry per bin")
+    a, c = p / p.sum(), q / q.sum()
+    # d[i] = F_p - F_q at boundary i; both CDFs are 0 at lo and 1 at hi.
+    d = np.concatenate(([0.0], np.cumsum(a - c)))
+    d[-1] = 0.0
+    return p, q, a, c, b, d, p_sums, q_sums
+
+
+def wasserstein_binned(edges, p, q, lo, hi, *, p_sums=None, q_sums=None):
+    """Wasserstein-1 distance between two binned samples.
+
+    ``W1 = integral |F_p - F_q| dx``. Bins are ``(-inf, edges[0]], ...,
+    (edges[-1], inf)``; the open tails are closed at ``lo`` and ``hi``, the
+    smallest and largest value seen in either sample. Both CDFs are known
+    exactly at the bin boundaries; what happens inside a bin depends on the
+    information given.
+
+    Without sums, mass is spread uniformly inside each bin (both CDFs linear),
+    and the integral of the resulting piecewise-linear ``|F_p - F_q|`` is
+    exact. Error: at a fraction ``t`` into a bin of width ``w`` holding the
+    normalized masses ``a`` and ``b``, each true CDF lies between its values at
+    the bin ends, so it is within ``a * max(t, 1 - t)`` (resp. ``b * ...``) of
+    its linear stand-in. Integrating over the bin,
+    ``|W_binned - W_exact| <= 3/4 * sum_i w_i (a_i + b_i) <= 3/2 * max_i w_i``.
+    The tails are usually the widest bins, and uniform mass there
+    overstates W1: a 0.1 std shift of a normal sample reads about 0.12.
+
+    With ``p_sums`` and ``q_sums`` (the sum of the values in each bin) the
+    signed integral over each bin is exact, by parts:
+    ``integral_a^b F = b F(b) - a F(a) - (sum of values in (a, b]) / n``
+    (``lo`` and ``hi`` then drop out). Summing the absolute values gives a
+    lower bound of W1 that is exact whenever ``F_p - F_q`` keeps its sign
+    inside every bin, as for any shift or scale change of one distribution.
+    When it changes sign within a bin, the shortfall is at most
+    ``2 w_i min(U_i, -L_i)`` with ``[L_i, U_i]`` the range the difference
+    can take in the bin; overall at most ``sum_i w_i (a_i + b_i)``.
+
+    Parameters
+    ----------
+    edges : array_like
+        Interior bin edges, increasing, ``len(p) - 1`` of them.
+    p, q : array_like
+        Baseline and window counts per bin.
+    lo, hi : float
+        Minimum and maximum over both samples.
+    p_sums, q_sums : array_like, optional
+        Sum of the values in each bin, for both samples.
+
+    Returns
+    -------
+    float
+        W1 in the units of the data (the caller divides by the baseline std).
+
+    Examples
+    --------
+    >>> wasserstein_binned([1.0], [10, 0], [0, 10], 0.0, 2.0)
+    1.0
+    >>> wasserstein_binned([1.0], [10, 0], [0, 10], 0.0, 2.0, p_sums=[5.0, 0.0], q_sums=[0.0, 20.0])
+    1.5
+    >>> wasserstein_binned([1.0], [10, 0], [0, 10], 0.0, 2.0, p_sums=[8.0, 0.0], q_sums=[0.0, 15.0])
+    0.7
+    """
+    p, q, a, c, b, d, p_sums, q_sums = _wasserstein_setup(edges, p, q, lo, hi, p_sums, q_sums)
+    if p_sums is not None:
+        bd = b * d
+        signed = bd[1:] - bd[:-1] - (p_sums / p.sum() - q_sums / q.sum())
+        return float(np.abs(signed).sum())
+    left, right = d[:-1], d[1:]
+    al, ar = np.abs(left), np.abs(right)
+    total = al + ar
+    # A linear piece that crosses zero integrates to w * (l^2 + r^2) / (2 (|l| + |r|)).
+    crossing = np.divide(left**2 + right**2, 2.0 * total, out=np.zeros_like(total), where=total > 0)
+    per_bin = np.diff(b) * np.where(left * right >= 0, total / 2.0, crossing)
+    return float(per_bin.sum())
+
+
+def wasserstein_error_bound(edges, p, q, lo, hi, *, p_sums=None, q_sums=None):
+    """Bound on ``|wasserstein_binned(...) - W1 of the raw samples|``.
+
+    Same arguments as :func:`wasserstein_binned`; the derivations are there.
+    Without sums: ``3/4 * sum_i w_i (p_i / n_p + q_i / n_q)``. With sums:
+    ``sum_i 2 w_i min(U_i, -L_i)`` over bins where the CDF difference can
+    change sign.
+
+    Examples
+    --------
+    >>> wasserstein_error_bound([1.0], [10, 0], [0, 10], 0.0, 2.0)
+    1.5
+    >>> wasserstein_error_bound([1.0], [10, 0], [0, 10], 0.0, 2.0, p_sums=[5.0, 0.0], q_sums=[0.0, 20.0])
+    0.0
+    """
+    p, q, a, c, b, d, p_sums, q_sums = _wasserstein_setup(edges, p, q, lo, hi, p_sums, q_sums)
+    w = np.diff(b)
+    if p_sums is None:
+        return float(0.75 * np.sum(w * (a + c)))
+    # Inside bin i, F_p is in [P_{i-1}, P_i] and F_q in [Q_{i-1}, Q_i], so the
+    # difference is at most d[i-1] + a_i and d[i] + c_i, at least d[i-1] - c_i and d[i] - a_i.
+    upper = np.minimum(d[:-1] + a, d[1:] + c)
+    lower = np.maximum(d[:-1] - c, d[1:] - a)
+    return float(np.sum(2.0 * w * np.minimum(np.maximum(upper, 0.0), np.maximum(-lower, 0.0))))
+
+
+def ks_binned(p, q):
+    """Two-sample Kolmogorov-Smirnov test on binned samples.
+
+    The statistic is ``max |F_p - F_q|`` over the bin edges only. Inside bin
+    ``i`` the gap can grow by at most ``min(p_i / n_p, q_i / n_q)`` (the gap at
+    a point inside is ``F_p`` at one end minus ``F_q`` at the other, and both
+    ends are within ``D_binned``), so
+    ``D_binned <= D_exact <= D_binned + error_bound``. With one bin per
+    distinct value the two are equal.
+
+    The p-value is the asymptotic Kolmogorov tail ``kstwobign.sf(D * sqrt(n_eff))``
+    with ``n_eff = n_p * n_q / (n_p + n_q)``. It is conservative twice over:
+    ``D_binned <= D_exact``, and for finite samples the limit overstates the tail
+    (at ``n_eff`` in the thousands by about 1% relative; ``scipy.stats.kstwo``
+    would be tighter but costs milliseconds per call). Ties also make the test
+    conservative.
+
+    Returns
+    -------
+    statistic : float
+    p_value : float
+    error_bound : float
+        ``max_i min(p_i / n_p, q_i / n_q)``.
+
+    Examples
+    --------
+    >>> d, pv, err = ks_binned([50, 50], [30, 70])
+    >>> round(d, 6), round(pv, 4), round(err, 6)
+    (0.2, 0.0366, 0.5)
+    """
+    p, q = _pair(p, q)
+    n_p, n_q = p.sum(), q.sum()
+    a, b = p / n_p, q / n_q
+    d = float(np.max(np.abs(np.cumsum(a - b)[:-1]), initial=0.0))
+    n_eff = n_p * n_q / (n_p + n_q)
+    p_value = float(min(max(kolmogorov(d * np.sqrt(n_eff)), 0.0), 1.0))
+    error_bound = float(np.max(np.minimum(a, b)))
+    return d, p_value, error_bound
+
+
+def chi2_homogeneity(p, q, min_expected=5.0):
+    """Pearson chi-square test that two samples share one categorical distribution.
+
+    A test of homogeneity on the 2 x k table ``[p, q]``: the baseline is a
+    sample too, so its noise counts (a goodness-of-fit test against the
+    baseline proportions would ignore it and over-alarm). Columns empty in
+    both rows are dropped. Columns whose smaller expected count is below
+    ``min_expected`` are pooled into one column, because with small expected
+    counts the statistic's null distribution is far from chi-square and a few
+    stray counts in a rare column would dominate it; pooling keeps their mass
+    in the test. If the pooled column is still too small it is merged into the
+    smallest remaining column.
+
+    Parameters
+    ----------
+    p, q : array_like
+        Baseline and window counts per category.
+    min_expected : float
+        Smallest expected count a column may keep on its own.
+
+    Returns
+    -------
+    statistic : float
+    dof : int
+        Degrees of freedom, ``columns - 1`` after pooling.
+    p_value : float
+        1.0 when fewer than two columns remain (nothing to compare).
+
+    Examples
+    --------
+    >>> stat, dof, pv = chi2_homogeneity([30, 70], [50, 50])
+    >>> round(stat, 4), dof, round(pv, 5)
+    (8.3333, 1, 0.00389)
+    """
+    if min_expected < 0:
+        raise ValueError(f"min_expected must be >= 0, got {min_expected!r}")
+    p, q = _pair(p, q)
+    keep = (p + q) > 0
+    p, q = p[keep], q[keep]
+    n_p, n_q = p.sum(), q.sum()
+    share = min(n_p, n_q) / (n_p + n_q)
+    sparse = (p + q) * share < min_expected
+    if sparse.any():
+        p = np.append(p[~sparse], p[sparse].sum())
+        q = np.append(q[~sparse], q[sparse].sum())
+        if (p[-1] + q[-1]) * share < min_expected and p.size > 1:
+            j = int(np.argmin(p[:-1] + q[:-1]))
+            p[j] += p[-1]
+            q[j] += q[-1]
+            p, q = p[:-1], q[:-1]
+    if p.size < 2:
+        return 0.0, 0, 1.0
+    table = np.vstack([p, q])
+    expected = np.outer([n_p, n_q], p + q) / (n_p + n_q)
+    stat = float(np.sum((table - expected) ** 2 / expected))
+    dof = int(p.size - 1)
+    return stat, dof, float(chdtrc(dof, stat))
+
+
+def holm(p_values):
+    """Holm-Bonferroni adjusted p-values.
+
+    The i-th smallest p-value is multiplied by ``m - i + 1`` (i from 1), then a
+    running maximum keeps the order monotone and values are capped at 1.
+    Rejecting every hypothesis whose adjusted p-value is ``<= alpha`` keeps
+    the family-wise error rate at ``alpha`` under any dependence.
+
+    Examples
+    --------
+    >>> holm([0.01, 0.04, 0.03, 0.5]).tolist()
+    [0.04, 0.09, 0.09, 0.5]
+    """
+    p = np.asarray(p_values, dtype=float)
+    if p.ndim != 1:
+        raise ValueError("p_values must be 1-D")
+    if p.size and (np.isnan(p).any() or (p < 0).any() or (p > 1).any()):
+        raise ValueError("p_values must lie in [0, 1]")
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    adjusted = np.minimum(np.maximum.accumulate((m - np.arange(m)) * p[order]), 1.0)
+    out = np.empty(m)
+    out[order] = adjusted
+    return out
