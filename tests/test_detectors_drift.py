@@ -1,0 +1,253 @@
+"""compare_numeric, compare_categorical, decide and FeaturePolicy."""
+
+import ast
+import doctest
+import json
+import pathlib
+
+import numpy as np
+import pytest
+from scipy import stats as ss
+
+import detectors
+from detectors import (
+    CategoricalProfile,
+    CategoryCounter,
+    FeaturePolicy,
+    NumericHistogram,
+    NumericProfile,
+    compare_categorical,
+    compare_numeric,
+    decide,
+)
+from detectors import accumulate, drift, profile, stats
+
+NUMERIC_KEYS = {
+    "type", "drift", "status", "events", "missing_ratio", "out_of_range_ratio", "statistics",
+    "ks_p_value", "ks_error_bound", "effect", "test",
+}
+CATEGORICAL_KEYS = {"type", "drift", "status", "events", "missing_ratio", "unseen_ratio", "statistics", "effect", "test"}
+
+
+def _walk(x):
+    if isinstance(x, dict):
+        for v in x.values():
+            yield from _walk(v)
+    elif isinstance(x, list):
+        for v in x:
+            yield from _walk(v)
+    else:
+        yield x
+
+
+def assert_json_safe(result):
+    json.dumps(result, allow_nan=False)
+    for leaf in _walk(result):
+        assert leaf is None or type(leaf) in (bool, int, float, str), type(leaf)
+
+
+@pytest.fixture(scope="module")
+def numeric_profile():
+    return NumericProfile.fit(np.random.default_rng(0).normal(10, 2, 20_000))
+
+
+def _hist(prof, x):
+    return NumericHistogram(prof.edges, prof.min, prof.max).update(x)
+
+
+# ---------------------------------------------------------------- compare_numeric
+
+
+def test_compare_numeric_shape_and_values(numeric_profile):
+    rng = np.random.default_rng(1)
+    x = rng.normal(10.5, 2, 3_000)
+    x[:30] = np.nan
+    x[30:40] = 100.0
+    result = compare_numeric(numeric_profile, _hist(numeric_profile, x), FeaturePolicy())
+    assert set(result) == NUMERIC_KEYS
+    assert set(result["statistics"]) == {"psi", "jensen_shannon", "wasserstein", "ks"}
+    assert_json_safe(result)
+    assert result["type"] == "numeric" and result["status"] == "ok" and result["drift"] is False
+    assert result["events"] == 3_000
+    assert result["missing_ratio"] == pytest.approx(30 / 3000)
+    v = x[30:]
+    assert result["out_of_range_ratio"] == pytest.approx(np.mean((v < numeric_profile.min) | (v > numeric_profile.max)))
+    assert result["out_of_range_ratio"] >= 10 / 2970
+    # A quarter-std shift (plus a few outliers) reads as about 0.25 std.
+    assert result["statistics"]["wasserstein"] == pytest.approx(
+        ss.wasserstein_distance(numeric_profile.reservoir, x[30:]) / numeric_profile.std, abs=0.1
+    )
+    assert 0.15 < result["statistics"]["wasserstein"] < 0.4
+    assert result["effect"] == {"method": "wasserstein", "value": result["statistics"]["wasserstein"], "threshold": 0.1}
+    assert result["test"] == {"method": "ks", "p_value": result["ks_p_value"], "p_value_adjusted": None, "alpha": None}
+    assert result["ks_p_value"] < 1e-6 and 0 < result["ks_error_bound"] <= 0.06
+
+
+def test_compare_numeric_insufficient_data(numeric_profile):
+    result = compare_numeric(numeric_profile, _hist(numeric_profile, np.full(50, 13.0)), FeaturePolicy(min_events=100))
+    assert_json_safe(result)
+    assert result["status"] == "insufficient_data" and result["drift"] is False
+    assert result["test"]["p_value"] is None and result["ks_p_value"] is None
+    assert result["statistics"]["wasserstein"] > 1  # still described
+    decide({"f": result})
+    assert result["drift"] is False and result["test"]["p_value_adjusted"] is None
+
+    empty = compare_numeric(numeric_profile, _hist(numeric_profile, np.full(5, np.nan)))
+    assert_json_safe(empty)
+    assert empty["events"] == 5 and empty["missing_ratio"] == 1.0 and empty["out_of_range_ratio"] is None
+    assert set(empty["statistics"].values()) == {None} and empty["effect"]["value"] is None
+
+
+def test_compare_numeric_constant_baseline_has_no_std_scale():
+    prof = NumericProfile.fit(np.zeros(1_000))
+    result = compare_numeric(prof, _hist(prof, np.ones(500)))
+    assert_json_safe(result)
+    assert result["statistics"]["wasserstein"] is None
+    assert result["statistics"]["ks"] == pytest.approx(1.0)
+    ks_policy = compare_numeric(prof, _hist(prof, np.ones(500)), FeaturePolicy(effect_method="ks"))
+    decide({"f": ks_policy})
+    assert ks_policy["drift"] is True
+
+
+def test_compare_numeric_chi2_test_option(numeric_profile):
+    x = np.random.default_rng(2).normal(10, 2, 2_000)
+    result = compare_numeric(numeric_profile, _hist(numeric_profile, x), FeaturePolicy(test="chi2"))
+    p, q = numeric_profile.counts, _hist(numeric_profile, x).counts
+    assert result["test"]["method"] == "chi2"
+    assert result["test"]["p_value"] == pytest.approx(ss.chi2_contingency(np.vstack([p, q]), correction=False).pvalue)
+
+
+def test_compare_numeric_rejects_foreign_histogram(numeric_profile):
+    with pytest.raises(ValueError):
+        compare_numeric(numeric_profile, NumericHistogram([0.0, 1.0], 0.0, 1.0).update(np.ones(200)))
+
+
+# ---------------------------------------------------------------- compare_categorical
+
+
+@pytest.fixture(scope="module")
+def cat_profile():
+    rng = np.random.default_rng(3)
+    names = np.array(["a", "b", "c", "d", "e", "f"], dtype=object)
+    values = names[rng.choice(6, 20_000, p=[0.4, 0.25, 0.15, 0.1, 0.07, 0.03])].tolist()
+    return CategoricalProfile.fit(values + [None] * 200, max_categories=4)
+
+
+def _counter(prof, values):
+    return CategoryCounter(prof.categories, prof.other_categories).update(values)
+
+
+def test_compare_categorical_shape_and_values(cat_profile):
+    values = ["a"] * 400 + ["b"] * 250 + ["c"] * 150 + ["d"] * 100 + ["e"] * 70 + ["f"] * 30 + [None] * 10
+    result = compare_categorical(cat_profile, _counter(cat_profile, values), FeaturePolicy())
+    assert set(result) == CATEGORICAL_KEYS
+    assert set(result["statistics"]) == {"psi", "jensen_shannon", "chi2"}
+    assert_json_safe(result)
+    assert result["status"] == "ok" and result["events"] == 1010
+    assert result["missing_ratio"] == pytest.approx(10 / 1010) and result["unseen_ratio"] == 0.0
+    assert result["statistics"]["jensen_shannon"] < 0.03
+    assert result["effect"]["method"] == "jensen_shannon" and result["effect"]["threshold"] == 0.05
+    assert result["test"]["method"] == "chi2" and result["test"]["p_value"] > 0.01
+    # The test is chi-square homogeneity over [categories..., other] (unseen column empty).
+    p = list(cat_profile.counts) + [cat_profile.other_count]
+    q = [400, 250, 150, 100, 100]
+    ref = ss.chi2_contingency(np.array([p, q]), correction=False)
+    assert result["statistics"]["chi2"] == pytest.approx(ref.statistic)
+    assert result["test"]["p_value"] == pytest.approx(ref.pvalue)
+
+
+def test_unseen_categories_are_drift_evidence(cat_profile):
+    known = ["a"] * 380 + ["b"] * 250 + ["c"] * 150 + ["d"] * 100 + ["e"] * 70 + ["f"] * 30
+    p = list(cat_profile.counts) + [cat_profile.other_count, 0]
+
+    # Enough unseen values to expect >= 5 in both rows: the unseen column stands alone.
+    result = compare_categorical(cat_profile, _counter(cat_profile, known + [f"new{i % 7}" for i in range(120)]))
+    assert result["unseen_ratio"] == pytest.approx(120 / 1100)
+    ref = ss.chi2_contingency(np.array([p, [380, 250, 150, 100, 100, 120]]), correction=False)
+    assert ref.expected_freq.min() >= 5
+    assert result["statistics"]["chi2"] == pytest.approx(ref.statistic)
+    assert result["test"]["p_value"] == pytest.approx(ref.pvalue, abs=1e-300)
+    decide({"f": result})
+    assert result["drift"] is True
+
+    # A small unseen column (40 values, 1.9 expected in the window row) is pooled into
+    # another column: less power, but the excess still shows and JS sees the new mass.
+    small = compare_categorical(cat_profile, _counter(cat_profile, known + ["new"] * 40))
+    unpooled = ss.chi2_contingency(np.array([p, [380, 250, 150, 100, 100, 40]]), correction=False)
+    assert small["statistics"]["chi2"] < unpooled.statistic / 10
+    assert small["statistics"]["jensen_shannon"] > 0.1
+    decide({"f": small})
+    assert small["drift"] is True
+
+
+def test_compare_categorical_policy_checks(cat_profile):
+    with pytest.raises(ValueError):
+        compare_categorical(cat_profile, _counter(cat_profile, ["a"]), FeaturePolicy(effect_method="wasserstein"))
+    with pytest.raises(ValueError):
+        compare_categorical(cat_profile, _counter(cat_profile, ["a"]), FeaturePolicy(test="ks"))
+    with pytest.raises(ValueError):
+        compare_categorical(cat_profile, CategoryCounter(["a", "b"]).update(["a"]))
+    small = compare_categorical(cat_profile, _counter(cat_profile, ["a"] * 99 + [None] * 5))
+    assert small["status"] == "insufficient_data" and small["test"]["p_value"] is None
+
+
+# ---------------------------------------------------------------- decide
+
+
+def _result(value, threshold, p_value, status="ok"):
+    return {"status": status, "drift": False, "effect": {"value": value, "threshold": threshold},
+            "test": {"p_value": p_value, "p_value_adjusted": None, "alpha": None}}
+
+
+def test_decide_needs_effect_and_holm_significance():
+    results = {
+        "big_and_significant": _result(0.3, 0.1, 1e-6),
+        "big_not_significant": _result(0.3, 0.1, 0.02),
+        "small_but_significant": _result(0.05, 0.1, 1e-12),
+        "too_few_events": _result(0.9, 0.1, None, status="insufficient_data"),
+        "undefined_effect": _result(None, 0.1, 1e-9),
+    }
+    assert decide(results, alpha=0.01) is results
+    assert [r["drift"] for r in results.values()] == [True, False, False, False, False]
+    # Holm over the four tested features: ranks 1e-12, 1e-9, 1e-6, 0.02 get factors 4, 3, 2, 1.
+    adjusted = {k: r["test"]["p_value_adjusted"] for k, r in results.items()}
+    assert adjusted.pop("too_few_events") is None
+    assert list(adjusted.values()) == pytest.approx([2e-6, 0.02, 4e-12, 3e-9], rel=1e-12)
+    assert all(r["test"]["alpha"] == 0.01 for r in results.values())
+    with pytest.raises(ValueError):
+        decide(results, alpha=0)
+
+
+def test_feature_policy_defaults_and_validation():
+    assert FeaturePolicy().resolve("numeric") == ("wasserstein", 0.1, "ks")
+    assert FeaturePolicy().resolve("categorical") == ("jensen_shannon", 0.05, "chi2")
+    assert FeaturePolicy(effect_method="psi", effect_threshold=0.2).resolve("numeric") == ("psi", 0.2, "ks")
+    assert FeaturePolicy(min_events=np.int64(5)).min_events == 5
+    for bad in (dict(effect_method="hellinger"), dict(effect_threshold=-1), dict(effect_threshold=float("nan")),
+                dict(test="t"), dict(min_events=0), dict(min_events=2.5)):
+        with pytest.raises(ValueError):
+            FeaturePolicy(**bad)
+    with pytest.raises(ValueError):
+        FeaturePolicy(effect_method="ks").resolve("categorical")
+
+
+# ---------------------------------------------------------------- package rules
+
+
+def test_docstring_examples_hold():
+    for module in (stats, profile, accumulate, drift):
+        failed, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert attempted > 0 and failed == 0, module.__name__
+
+
+def test_detectors_imports_only_pure_libraries():
+    allowed = {"__future__", "collections", "dataclasses", "numbers", "numpy", "scipy"}
+    for path in pathlib.Path(detectors.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                roots = {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                roots = {node.module.split(".")[0]}
+            else:
+                continue
+            assert roots <= allowed, (path.name, roots)
