@@ -127,7 +127,8 @@ class Feature(_Node):
     type: FeatureType
     path: str | None = None
     drift: DriftPolicy = msgspec.field(default_factory=DriftPolicy)
-    key: bool = False  # a key feature: drift here alone recommends retraining
+    key: bool = False  # a key feature: sustained drift here alone recommends retraining
+    weight: float = 1.0  # its share of the model's drift weight, for the retraining policy
 
     def __post_init__(self):
         if not self.name:
@@ -261,8 +262,113 @@ class Webhook(_Node):
         _check_duration(self.timeout, "timeout")
 
 
+AlertKind = Literal["feature_drift", "prediction_drift", "label_drift", "data_quality", "retrain_recommended"]
+ALERT_KINDS = ("feature_drift", "prediction_drift", "label_drift", "data_quality", "retrain_recommended")
+
+
+class Sink(_Node):
+    """Where notifications go. Secrets (HMAC key, PagerDuty routing key) come from env or a mounted file."""
+
+    type: Literal["webhook", "slack", "pagerduty", "alertmanager", "kafka"]
+    name: str | None = None  # the `sink` metric label; default type-index
+    url: str | None = None
+    topic: str | None = None  # kafka
+    alerts: list[AlertKind] | None = None  # which kinds; default all (kafka: retrain_recommended)
+    timeout: str = "5s"
+    hmac_secret_env: str | None = None
+    hmac_secret_file: str | None = None
+    routing_key_env: str = "DRIFTMON_PAGERDUTY_ROUTING_KEY"
+    routing_key_file: str | None = None
+    alertmanager_ttl: str = "24h"  # endsAt of a firing alert, refreshed on every repeat
+
+    def __post_init__(self):
+        if self.type == "kafka":
+            if not self.topic:
+                raise ValueError("`topic` is required for a kafka sink")
+        elif self.type != "pagerduty" and not self.url:
+            raise ValueError(f"`url` is required for a {self.type} sink")
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError("`url` must start with http:// or https://")
+        _check_duration(self.timeout, "timeout")
+        _check_duration(self.alertmanager_ttl, "alertmanager_ttl")
+        if self.name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.name):
+            raise ValueError("`name` must be 1-64 characters of letters, digits, _ . -")
+
+    def kinds(self) -> tuple[str, ...]:
+        if self.alerts is not None:
+            return tuple(self.alerts)
+        return ("retrain_recommended",) if self.type == "kafka" else ALERT_KINDS
+
+
+class DataQualityThresholds(_Node):
+    """A `data_quality` alert fires when a window passes one of these (0..1 shares)."""
+
+    missing_ratio: float = 0.05  # increase of the missing share over the baseline's
+    out_of_range_ratio: float = 0.05
+    unseen_ratio: float = 0.05
+    invalid_ratio: float = 0.01  # of the messages consumed while the window was open
+
+    def __post_init__(self):
+        for key in ("missing_ratio", "out_of_range_ratio", "unseen_ratio", "invalid_ratio"):
+            if not 0 < getattr(self, key) <= 1:
+                raise ValueError(f"`{key}` must be in (0, 1]")
+
+
+class RetrainPolicy(_Node):
+    """When to recommend retraining (see docs/alerting.md)."""
+
+    windows: int = 3  # K: drift must be sustained this many consecutive windows
+    drift_weight_share: float = 0.3  # share of the total feature weight that is in sustained drift
+    on_critical_prediction_drift: bool = True
+
+    def __post_init__(self):
+        if self.windows < 1:
+            raise ValueError("`windows` must be at least 1")
+        if not 0 < self.drift_weight_share <= 1:
+            raise ValueError("`drift_weight_share` must be in (0, 1]")
+
+
+class OutboxConfig(_Node):
+    max_pending: int = 10_000
+    backoff_initial: str = "1s"
+    backoff_max: str = "60s"
+
+    def __post_init__(self):
+        if self.max_pending < 1:
+            raise ValueError("`max_pending` must be at least 1")
+        _check_duration(self.backoff_initial, "backoff_initial")
+        _check_duration(self.backoff_max, "backoff_max")
+
+
 class AlertsConfig(_Node):
-    webhooks: list[Webhook] = msgspec.field(default_factory=list)
+    webhooks: list[Webhook] = msgspec.field(default_factory=list)  # shorthand for sinks of type webhook
+    sinks: list[Sink] = msgspec.field(default_factory=list)
+    fire_after: int = 2  # consecutive drifted windows before an alert fires
+    resolve_after: int = 3  # consecutive clean windows before it resolves
+    repeat_interval: str = "4h"
+    critical_ratio: float = 2.0  # evidence this many times its threshold makes an alert critical
+    runbook_url: str = "https://github.com/driftmon/driftmon/blob/main/docs/runbook.md"
+    data_quality: DataQualityThresholds = msgspec.field(default_factory=DataQualityThresholds)
+    retrain: RetrainPolicy = msgspec.field(default_factory=RetrainPolicy)
+    outbox: OutboxConfig = msgspec.field(default_factory=OutboxConfig)
+
+    def __post_init__(self):
+        if self.fire_after < 1 or self.resolve_after < 1:
+            raise ValueError("`fire_after` and `resolve_after` must be at least 1")
+        if self.critical_ratio <= 1:
+            raise ValueError("`critical_ratio` must be above 1")
+        _check_duration(self.repeat_interval, "repeat_interval")
+        names = [s.name for s in self.all_sinks()]
+        if len(set(names)) != len(names):
+            raise ValueError("`sinks`: sink names must be unique")
+
+    def all_sinks(self) -> list[Sink]:
+        """Configured sinks, webhooks shorthand included, each with its name set."""
+        sinks = [Sink(type="webhook", url=w.url, timeout=w.timeout) for w in self.webhooks] + list(self.sinks)
+        out = []
+        for i, sink in enumerate(sinks):
+            out.append(sink if sink.name else msgspec.structs.replace(sink, name=f"{sink.type}-{i}"))
+        return out
 
 
 class Config(_Node):

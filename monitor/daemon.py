@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -10,12 +11,14 @@ import time
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from monitor import __version__
-from monitor.alerts import DriftAlerter, WebhookSender
+from monitor.alerting import AlertEngine, window_end_seconds
 from monitor.baseline import Baseline
 from monitor.config import Config, parse_duration
 from monitor.metrics import DriftmonCollector, make_registry
+from monitor.outbox import Outbox
 from monitor.pipeline import Pipeline
 from monitor.server import HttpServer
+from monitor.sinks import Dispatcher
 from monitor.source import KafkaSource
 from monitor.state import StateStore
 
@@ -44,9 +47,17 @@ class Daemon:
         self.version = __version__
         self.pipeline = Pipeline(config, baseline)
         self.store = StateStore(config.state.dir, baseline.fingerprint)
+        missing = {name: p.missing_ratio for name, p in baseline.profiles.items()}
+        self.alerts = AlertEngine(config, baseline.fingerprint, missing)
+        alerts_cfg = config.alerts
+        self.outbox = Outbox(os.path.join(config.state.dir, "outbox.sqlite"), alerts_cfg.outbox.max_pending)
+        self.dispatcher = Dispatcher(alerts_cfg.all_sinks(), self.outbox, config.kafka,
+                                     parse_duration(alerts_cfg.outbox.backoff_initial),
+                                     parse_duration(alerts_cfg.outbox.backoff_max))
         restored = self.store.load()
         if restored is not None:
-            self.pipeline.load_state_dict(restored)
+            self.pipeline.load_state_dict(restored["pipeline"])
+            self.alerts.load_state_dict(restored["alerts"])
             log.info("restored checkpoint: window %d with %d events, positions %s",
                      self.pipeline.window.index, self.pipeline.window.events, self.pipeline.positions)
         self.lock = threading.RLock()
@@ -57,8 +68,6 @@ class Daemon:
         self.consuming = False
         self.idle = False
         self.listeners = []  # callables(result), e.g. the demo's live display
-        self.sender = WebhookSender(config.alerts.webhooks)
-        self.alerter = DriftAlerter(self.sender)
         self.registry, self.batch_seconds = make_registry(
             self.model, DriftmonCollector(self, [f.name for f in config.schema.features]))
         self.http = HttpServer(self, config.http.host, config.http.port)
@@ -69,7 +78,9 @@ class Daemon:
     # ---- what the HTTP server and the collector read -------------------------------------------
 
     def alert_stats(self) -> dict:
-        return self.alerter.stats()
+        return {"firing": self.alerts.firing(), "sent": dict(self.dispatcher.sent),
+                "failures": dict(self.dispatcher.failures), "pending": self.outbox.pending(),
+                "dropped": self.outbox.dropped}
 
     def ready(self) -> tuple[bool, str]:
         if self.stopping.is_set():
@@ -99,9 +110,10 @@ class Daemon:
 
     def _handle(self, results: list[dict]) -> None:
         for result in results:
+            # Notifications are durable in the outbox before the checkpoint that covers their window.
+            self.dispatcher.submit(self.alerts.observe(result))
             self.store.log_window(result)
-            self.last_window_end = _end_seconds(result)
-            self.alerter.observe(result)
+            self.last_window_end = window_end_seconds(result)
             for listener in self.listeners:
                 listener(result)
         if results:
@@ -109,7 +121,7 @@ class Daemon:
 
     def checkpoint(self) -> None:
         with self.lock:
-            self.store.save(self.pipeline.state_dict())
+            self.store.save({"pipeline": self.pipeline.state_dict(), "alerts": self.alerts.state_dict()})
             self.checkpoints += 1
 
     def _poll_lag(self) -> None:
@@ -169,6 +181,7 @@ class Daemon:
         """Start the HTTP server, the Kafka consumer and the scheduled jobs (not the loop)."""
         if self.config.kafka is None:
             raise ValueError("kafka: the daemon needs a kafka section")
+        self.dispatcher.start()
         self.http.start()
         log.info("serving /metrics /healthz /readyz /status on port %d", self.http.port)
         self.source = KafkaSource(self.config.kafka, lambda: dict(self.pipeline.positions)).start()
@@ -204,17 +217,10 @@ class Daemon:
             self._commit()
             self.source.close()
             self.source = None
-        self.sender.close(timeout=3.0)
+        self.dispatcher.close(timeout=2.0)
+        self.outbox.close()
         self.http.stop()
         log.info("stopped: %d messages consumed, %d windows evaluated",
                  self.pipeline.consumed, self.pipeline.windows_evaluated)
 
 
-def _end_seconds(result: dict) -> float:
-    """The window's end as Unix time (the evaluation time when the window has no event times)."""
-    from datetime import datetime
-
-    end = result["window"]["end"]
-    if end is None:
-        return time.time()
-    return datetime.fromisoformat(end.replace("Z", "+00:00")).timestamp()

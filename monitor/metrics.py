@@ -44,6 +44,7 @@ NAMES = {
     "notifications_sent": ("counter", "Notifications delivered, by sink and alert kind."),
     "notification_failures": ("counter", "Failed notification attempts, by sink and reason."),
     "outbox_pending": ("gauge", "Notifications waiting in the outbox."),
+    "notifications_dropped": ("counter", "Notifications dropped because the outbox was full."),
 }
 
 
@@ -84,7 +85,7 @@ class DriftmonCollector(Collector):
         Exposes ``model``, ``version``, ``baseline`` (with ``fingerprint``),
         ``pipeline`` (counters and ``last_result``), ``lag`` (partition -> messages),
         ``checkpoints``, ``last_window_end`` (Unix time or None), and optionally ``alert_stats()`` returning a dict with
-        ``firing`` (alert -> n), ``sent`` ((sink, alert) -> n), ``failures`` ((sink, reason) -> n), ``pending``.
+        ``firing`` (alert -> n), ``sent`` ((sink, alert) -> n), ``failures`` ((sink, reason) -> n), ``pending``, ``dropped``.
     features : list of str
         Configured feature names, for pre-exported zero series.
     """
@@ -179,7 +180,7 @@ class DriftmonCollector(Collector):
 
     def _alert_families(self, m: str):
         stats_fn = getattr(self.service, "alert_stats", None)
-        stats = stats_fn() if stats_fn else {"firing": {}, "sent": {}, "failures": {}, "pending": 0}
+        stats = stats_fn() if stats_fn else {"firing": {}, "sent": {}, "failures": {}, "pending": 0, "dropped": 0}
         firing = _family("alerts_firing", ["alert"])
         for alert, n in sorted(stats["firing"].items()):
             firing.add_metric([m, alert], n)
@@ -195,3 +196,6 @@ class DriftmonCollector(Collector):
         pending = _family("outbox_pending", [])
         pending.add_metric([m], stats["pending"])
         yield pending
+        dropped = _family("notifications_dropped", [])
+        dropped.add_metric([m], stats["dropped"])
+        yield dropped

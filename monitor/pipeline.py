@@ -67,6 +67,7 @@ class Pipeline:
         batch = self.decoder.decode(values)
         self.consumed += len(values)
         self.invalid.update(batch.invalid)
+        self.window.invalid += len(batch.rejected)
         if batch.n and times is not None:
             valid_times = np.asarray(times, dtype=np.float64)[batch.valid]
             if batch.timestamps is None:

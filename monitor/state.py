@@ -47,7 +47,7 @@ class StateStore:
         self.last_logged = self._last_logged_index()
 
     def save(self, state: dict) -> None:
-        doc = {"version": CHECKPOINT_VERSION, "baseline_fingerprint": self.fingerprint, "pipeline": state}
+        doc = {"version": CHECKPOINT_VERSION, "baseline_fingerprint": self.fingerprint, "state": state}
         tmp = self.checkpoint_path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(doc, fh, allow_nan=False, separators=(",", ":"))
@@ -57,7 +57,7 @@ class StateStore:
         _fsync_dir(self.directory)
 
     def load(self) -> dict | None:
-        """The saved pipeline state, or None when there is none (or it belongs to another baseline)."""
+        """The saved state, or None when there is none (or it belongs to another baseline)."""
         try:
             with open(self.checkpoint_path, encoding="utf-8") as fh:
                 doc = json.load(fh)
@@ -65,7 +65,7 @@ class StateStore:
             return None
         if doc.get("version") != CHECKPOINT_VERSION or doc.get("baseline_fingerprint") != self.fingerprint:
             return None
-        return doc["pipeline"]
+        return doc["state"]
 
     def _last_logged_index(self) -> int:
         last = -1

@@ -50,6 +50,7 @@ class Window:
 
     def _reset(self) -> None:
         self.events = 0
+        self.invalid = 0  # messages rejected while this window was open
         self.first_time = math.inf
         self.last_time = -math.inf
         self.offsets: dict[str, list[int]] = {}  # "topic:partition" -> [first, last] offset in this window
@@ -95,6 +96,7 @@ class Window:
             "start": self.start,
             "end": self.end,
             "events": self.events,
+            "invalid": self.invalid,
             "first_time": self.first_time if math.isfinite(self.first_time) else None,
             "last_time": self.last_time if math.isfinite(self.last_time) else None,
             "offsets": self.offsets,
@@ -106,6 +108,7 @@ class Window:
         self.start = state["start"]
         self.end = state["end"]
         self.events = state["events"]
+        self.invalid = state["invalid"]
         self.first_time = math.inf if state["first_time"] is None else state["first_time"]
         self.last_time = -math.inf if state["last_time"] is None else state["last_time"]
         self.offsets = {k: list(v) for k, v in state["offsets"].items()}
@@ -129,9 +132,13 @@ class Evaluator:
         self.policies = {}
         for _role, spec in config.schema.columns():
             defaults = drift.numeric if spec.type == "numeric" else drift.categorical
+            method = spec.drift.effect_method or defaults.effect_method
+            threshold = spec.drift.threshold
+            if threshold is None and method == defaults.effect_method:
+                threshold = defaults.threshold
+            # Otherwise None: each effect method has its own calibrated default (detectors.FeaturePolicy).
             self.policies[spec.name] = FeaturePolicy(
-                effect_method=spec.drift.effect_method or defaults.effect_method,
-                effect_threshold=spec.drift.threshold if spec.drift.threshold is not None else defaults.threshold,
+                effect_method=method, effect_threshold=threshold,
                 min_events=spec.drift.min_events or drift.min_events,
             )
         self.features = [f.name for f in config.schema.features]
@@ -157,7 +164,7 @@ class Evaluator:
         else:
             status = "ok"
         info = {"index": window.index, "start": iso(start), "end": iso(end), "events": window.events,
-                "status": status, "complete": complete}
+                "invalid": window.invalid, "status": status, "complete": complete}
         if window.offsets:
             info["offsets"] = {k: list(v) for k, v in sorted(window.offsets.items())}
         result = {

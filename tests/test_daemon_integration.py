@@ -93,15 +93,21 @@ def test_daemon_metrics_status_webhooks_and_graceful_stop(tmp_path, broker, rece
         assert m[key("driftmon_build_info", version="0.1.0", baseline_fingerprint=fp)] == 1
 
         # webhook: a firing alert for the drifted window, posted to a real HTTP receiver
-        got = receiver.wait_for(lambda p: any(x["status"] == "firing" for x in p), path="/hook")
-        firing = next(x for x in got if x["status"] == "firing")
-        assert firing["alert"] == "feature_drift" and firing["model"] == "car-loan"
+        # (fire_after 2: windows 3 and 4 drift, so it fires with window 4)
+        is_car = lambda x: x["alert"] == "feature_drift" and x["subject"] == "car_value"  # noqa: E731
+        got = receiver.wait_for(lambda p: any(is_car(x) for x in p), path="/hook")
+        firing = next(x for x in got if is_car(x))
+        assert firing["status"] == "firing" and firing["model"] == "car-loan"
         assert firing["baseline_fingerprint"] == fp
-        names = {f["name"] for f in firing["features"]}
-        assert "car_value" in names and "age" not in names
-        f = next(f for f in firing["features"] if f["name"] == "car_value")
-        assert f["score"] >= f["threshold"] and f["p_value"] <= 0.01 and f["method"] == "wasserstein"
-        assert firing["window"]["events"] == WINDOW and "car_value" in firing["summary"]
+        assert firing["dedup_key"] == "car-loan/feature_drift/car_value"
+        assert firing["severity"] in ("warning", "critical") and firing["runbook_url"].endswith("#driftmon-feature-drift")
+        assert firing["window"]["index"] == 4 and firing["window"]["events"] == WINDOW
+        assert firing["starts_at"] and firing["ends_at"] is None
+        [f] = firing["features"]
+        assert f["name"] == "car_value" and f["method"] == "wasserstein"
+        assert f["score"] >= f["threshold"] and f["p_value"] <= 0.01
+        assert "car_value" in firing["summary"]
+        assert not any(x["alert"] == "feature_drift" and x["subject"] == "age" for x in got)
 
         # SIGTERM: drain, commit, exit 0 within 10 s
         code, took = daemon.terminate(timeout=10)

@@ -1,0 +1,336 @@
+"""The alert lifecycle: from window results to firing, repeated and resolved notifications.
+
+Every alert has a stable dedup key (model/kind/subject). It fires after
+``fire_after`` consecutive bad windows, re-notifies at most every
+``repeat_interval`` while firing (or at once when it escalates to critical),
+and resolves after ``resolve_after`` consecutive clean windows. A flapping
+signal (bad, clean, bad, ...) therefore neither fires nor, once firing,
+resolves and re-fires: it pages at most once.
+
+Time is the window's end (event time), so a replay of the same stream gives
+the same notifications as the live daemon did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import deque
+from datetime import datetime, timezone
+
+from monitor.config import Config, parse_duration
+
+__all__ = ["AlertEngine", "Evidence", "collect_evidence", "window_end_seconds"]
+
+
+class Evidence:
+    """What one window says about one alert subject."""
+
+    __slots__ = ("bad", "ratio", "details")
+
+    def __init__(self, bad: bool, ratio: float, details: dict):
+        self.bad = bad
+        self.ratio = ratio  # evidence / threshold; >= critical_ratio is critical
+        self.details = details
+
+
+def _ratio(value, threshold) -> float:
+    if value is None or not threshold:
+        return 0.0
+    return float(value) / float(threshold)
+
+
+def _drift_details(name: str, r: dict) -> dict:
+    return {
+        "name": name,
+        "method": r["effect"]["method"],
+        "score": r["effect"]["value"],
+        "threshold": r["effect"]["threshold"],
+        "p_value": r["test"].get("p_value_adjusted"),
+        "test": r["test"]["method"],
+    }
+
+
+def collect_evidence(result: dict, config: Config, baseline_missing: dict[str, float]) -> dict[tuple, Evidence]:
+    """(kind, subject) -> Evidence for every alert subject this window speaks about."""
+    out: dict[tuple, Evidence] = {}
+    window = result["window"]
+    dq = config.alerts.data_quality
+    for name, r in result["features"].items():
+        if r["status"] == "ok":
+            out[("feature_drift", name)] = Evidence(
+                bool(r["drift"]), _ratio(r["effect"]["value"], r["effect"]["threshold"]), _drift_details(name, r))
+        if window["events"] == 0:
+            continue
+        checks = [("missing", (r.get("missing_ratio") or 0.0) - baseline_missing.get(name, 0.0), dq.missing_ratio)]
+        if r.get("out_of_range_ratio") is not None:
+            checks.append(("out_of_range", r["out_of_range_ratio"], dq.out_of_range_ratio))
+        if r.get("unseen_ratio") is not None:
+            checks.append(("unseen", r["unseen_ratio"], dq.unseen_ratio))
+        for check, value, threshold in checks:
+            details = {"name": name, "check": check, "value": value, "threshold": threshold}
+            out[("data_quality", f"{name}:{check}")] = Evidence(value >= threshold, _ratio(value, threshold), details)
+    for role, kind in (("prediction", "prediction_drift"), ("label", "label_drift")):
+        r = result.get(role)
+        if r is not None and r["status"] == "ok":
+            name = getattr(config.schema, role).name
+            out[(kind, role)] = Evidence(bool(r["drift"]), _ratio(r["effect"]["value"], r["effect"]["threshold"]),
+                                         _drift_details(name, r))
+    invalid = window.get("invalid", 0)
+    seen = window["events"] + invalid
+    if seen:
+        share = invalid / seen
+        out[("data_quality", "invalid_messages")] = Evidence(
+            share >= dq.invalid_ratio, _ratio(share, dq.invalid_ratio),
+            {"name": "invalid_messages", "check": "invalid", "value": share, "threshold": dq.invalid_ratio})
+    return out
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def window_end_seconds(result: dict) -> float:
+    """The window's end as Unix time (now, when the window has no event times)."""
+    end = result["window"].get("end")
+    if end is None:
+        return time.time()
+    return datetime.fromisoformat(end.replace("Z", "+00:00")).timestamp()
+
+
+class _State:
+    __slots__ = ("bad", "good", "firing", "severity", "starts_at", "last_sent", "episode", "seq", "details",
+                 "first_window")
+
+    def __init__(self):
+        self.bad = 0
+        self.good = 0
+        self.firing = False
+        self.severity = None
+        self.starts_at = None
+        self.last_sent = None
+        self.episode = 0
+        self.seq = 0
+        self.details = None
+        self.first_window = None
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "_State":
+        s = cls()
+        for k in cls.__slots__:
+            setattr(s, k, d[k])
+        return s
+
+
+_RUNBOOK_ANCHOR = {
+    "feature_drift": "driftmon-feature-drift",
+    "prediction_drift": "driftmon-prediction-drift",
+    "label_drift": "driftmon-label-drift",
+    "data_quality": "driftmon-data-quality",
+    "retrain_recommended": "driftmon-retrain-recommended",
+}
+
+
+class AlertEngine:
+    """Turn window results into notifications, with dedup, repeat and resolve.
+
+    Parameters
+    ----------
+    config : Config
+    baseline_fingerprint : str
+    baseline_missing : dict
+        Feature -> missing share in the baseline, so only an increase counts as a data-quality problem.
+    """
+
+    def __init__(self, config: Config, baseline_fingerprint: str, baseline_missing: dict[str, float] | None = None):
+        self.config = config
+        self.baseline_fingerprint = baseline_fingerprint
+        self.baseline_missing = baseline_missing or {}
+        self.alerts = config.alerts
+        self.config_hash = config.hash()
+        self.repeat_seconds = parse_duration(self.alerts.repeat_interval)
+        self.weights = {f.name: f.weight for f in config.schema.features}
+        self.key_features = {f.name for f in config.schema.features if f.key}
+        self._reset()
+
+    def _reset(self) -> None:
+        self.states: dict[str, _State] = {}
+        self.episodes: dict[str, int] = {}  # dedup key -> episodes so far, so each gets its own idempotency key
+        self.recent = deque(maxlen=max(self.alerts.retrain.windows, self.alerts.fire_after) + 1)
+
+    # ---- lifecycle ----------------------------------------------------------------------------------
+
+    def dedup_key(self, kind: str, subject: str) -> str:
+        return f"{self.config.model}/{kind}/{subject}"
+
+    def observe(self, result: dict) -> list[dict]:
+        """Advance every alert with one window's result; return the notifications to send, in order."""
+        now = window_end_seconds(result)
+        info = {k: result["window"].get(k) for k in ("index", "start", "end", "events", "offsets")
+                if result["window"].get(k) is not None}
+        self.recent.append(info)
+        evidence = collect_evidence(result, self.config, self.baseline_missing)
+        out = []
+        for (kind, subject), ev in evidence.items():
+            out += self._step(kind, subject, ev, now, result, fire_after=self.alerts.fire_after)
+        retrain = self._retrain_evidence(evidence)
+        if retrain is not None:
+            out += self._step("retrain_recommended", "model", retrain, now, result, fire_after=1)
+        return out
+
+    def _severity(self, ratio: float) -> str:
+        return "critical" if ratio >= self.alerts.critical_ratio else "warning"
+
+    def _step(self, kind, subject, ev: Evidence, now, result, fire_after) -> list[dict]:
+        key = self.dedup_key(kind, subject)
+        st = self.states.get(key)
+        if st is None:
+            if not ev.bad:
+                return []  # nothing to remember about a subject that was never bad
+            st = self.states[key] = _State()
+        if ev.bad:
+            st.bad += 1
+            st.good = 0
+            st.details = ev.details
+            if st.bad == 1:
+                st.first_window = result["window"]["index"]
+            severity = self._severity(ev.ratio)
+            if not st.firing:
+                if st.bad >= fire_after:
+                    st.firing, st.severity, st.starts_at = True, severity, now
+                    st.episode = self.episodes[key] = self.episodes.get(key, 0) + 1
+                    return [self._notify(kind, subject, st, "firing", now, result)]
+                return []
+            escalated = severity == "critical" and st.severity == "warning"
+            st.severity = "critical" if escalated else st.severity
+            if escalated or now - st.last_sent >= self.repeat_seconds:
+                return [self._notify(kind, subject, st, "firing", now, result)]
+            return []
+        st.good += 1
+        st.bad = 0
+        if st.firing and st.good >= self.alerts.resolve_after:
+            st.firing = False
+            note = self._notify(kind, subject, st, "resolved", now, result)
+            del self.states[key]  # the next episode starts clean
+            return [note]
+        if not st.firing and st.good >= self.alerts.resolve_after:
+            del self.states[key]
+        return []
+
+    def _retrain_evidence(self, evidence: dict) -> Evidence | None:
+        policy = self.alerts.retrain
+        sustained = []
+        for name in self.weights:
+            st = self.states.get(self.dedup_key("feature_drift", name))
+            if st is not None and st.bad >= policy.windows:
+                sustained.append(name)
+        total = sum(self.weights.values()) or 1.0
+        share = sum(self.weights[n] for n in sustained) / total
+        keys = sorted(set(sustained) & self.key_features)
+        pred = evidence.get(("prediction_drift", "prediction"))
+        pred_state = self.states.get(self.dedup_key("prediction_drift", "prediction"))
+        # A single noisy window must not start a retraining: the prediction alert itself must be firing.
+        critical_prediction = bool(policy.on_critical_prediction_drift and pred is not None and pred.bad
+                                   and pred_state is not None and pred_state.firing
+                                   and pred_state.severity == "critical")
+        have_any = any(k[0] == "feature_drift" for k in evidence) or pred is not None
+        if not have_any:
+            return None  # an empty or thin window says nothing either way
+        bad = share >= policy.drift_weight_share or bool(keys) or critical_prediction
+        top = sorted((evidence[("feature_drift", n)].details for n in sustained if ("feature_drift", n) in evidence),
+                     key=lambda d: -(d["score"] or 0.0))
+        reasons = []
+        if share >= policy.drift_weight_share:
+            reasons.append(f"{share:.0%} of the feature weight in sustained drift (policy {policy.drift_weight_share:.0%})")
+        if keys:
+            reasons.append(f"key feature(s) in sustained drift: {', '.join(keys)}")
+        if critical_prediction:
+            reasons.append("critical prediction drift")
+        ratio = max(share / policy.drift_weight_share, 2.0 if (keys or critical_prediction) else 0.0)
+        return Evidence(bad, ratio, {"drift_weight_share": share, "sustained_features": top, "key_features": keys,
+                                     "critical_prediction_drift": critical_prediction, "reasons": reasons})
+
+    # ---- payloads -----------------------------------------------------------------------------------
+
+    def _notify(self, kind, subject, st: _State, status, now, result) -> dict:
+        st.last_sent = now
+        st.seq += 1
+        key = self.dedup_key(kind, subject)
+        episode = st.episode
+        model = self.config.model
+        details = st.details or {}
+        window = {k: result["window"].get(k) for k in ("index", "start", "end", "events")}
+        if result["window"].get("offsets"):
+            window["offsets"] = result["window"]["offsets"]
+        payload = {
+            "status": status,
+            "alert": kind,
+            "model": model,
+            "subject": subject,
+            "severity": st.severity,
+            "dedup_key": key,
+            "notification_id": f"{key}#{episode}.{st.seq}",
+            "starts_at": _iso(st.starts_at),
+            "ends_at": _iso(now) if status == "resolved" else None,
+            "runbook_url": f"{self.alerts.runbook_url}#{_RUNBOOK_ANCHOR[kind]}",
+            "window": window,
+            "baseline_fingerprint": self.baseline_fingerprint,
+            "features": [],
+        }
+        if kind in ("feature_drift", "prediction_drift", "label_drift"):
+            payload["features"] = [details] if status == "firing" else []
+            what = {"feature_drift": f"feature {subject}", "prediction_drift": "the prediction",
+                    "label_drift": "the label"}[kind]
+            if status == "firing":
+                payload["summary"] = (f"{model}: {what} drifted ({details.get('method')} {details.get('score', 0):.3g}"
+                                      f" >= {details.get('threshold', 0):.3g}) for {st.bad} window(s)")
+            else:
+                payload["summary"] = f"{model}: {what} is back in line with the baseline; resolved"
+        elif kind == "data_quality":
+            payload["check"] = details
+            payload["summary"] = (f"{model}: data quality: {details.get('name')} {details.get('check')} share "
+                                  f"{details.get('value', 0):.3g} >= {details.get('threshold', 0):.3g}"
+                                  if status == "firing" else f"{model}: data quality of {subject} recovered; resolved")
+        else:
+            evidence = details
+            payload["features"] = evidence.get("sustained_features", [])
+            payload["evidence"] = {
+                "reasons": evidence.get("reasons", []),
+                "drift_weight_share": evidence.get("drift_weight_share"),
+                "key_features": evidence.get("key_features", []),
+                "critical_prediction_drift": evidence.get("critical_prediction_drift", False),
+                "windows": list(self.recent),
+            }
+            payload["config_hash"] = self.config_hash
+            payload["idempotency_key"] = hashlib.sha256(
+                f"{model}|{self.baseline_fingerprint}|{episode}|{st.first_window}".encode()).hexdigest()[:32]
+            payload["summary"] = (f"{model}: retraining recommended: {'; '.join(evidence.get('reasons', []))}"
+                                  if status == "firing" else f"{model}: retraining no longer recommended; resolved")
+        payload["description"] = payload["summary"]
+        return payload
+
+    # ---- what metrics and checkpoints read -----------------------------------------------------------
+
+    def firing(self) -> dict[str, int]:
+        """Alert kind -> number of alerts firing (every kind present, zeros included)."""
+        counts = {kind: 0 for kind in _RUNBOOK_ANCHOR}
+        for key, st in self.states.items():
+            if st.firing:
+                counts[key.split("/")[1]] += 1
+        return counts
+
+    def state_dict(self) -> dict:
+        return {"states": {k: s.to_dict() for k, s in self.states.items()}, "recent": list(self.recent),
+                "episodes": dict(self.episodes)}
+
+    def load_state_dict(self, state: dict) -> "AlertEngine":
+        self._reset()
+        self.states = {k: _State.from_dict(v) for k, v in state["states"].items()}
+        self.recent.extend(state["recent"])
+        self.episodes = dict(state["episodes"])
+        return self

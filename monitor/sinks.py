@@ -1,0 +1,320 @@
+"""Notification sinks: generic webhook (optionally HMAC-signed), Slack, PagerDuty, Alertmanager, Kafka.
+
+Each sink turns driftmon's notification (the generic payload) into its receiver's
+format and sends it, raising :class:`DeliveryError` with a bounded reason label
+on failure. Delivery threads (one per sink) drain the outbox with exponential
+backoff and jitter, off the consuming thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+from monitor import __version__
+from monitor.config import ConfigError, KafkaConfig, Sink, parse_duration
+from monitor.outbox import Outbox
+
+__all__ = ["DeliveryError", "Dispatcher", "make_sink"]
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Driftmon-Signature"
+
+
+class DeliveryError(Exception):
+    """A failed send. ``reason`` is a metric label; ``retry`` says whether trying again can help."""
+
+    def __init__(self, reason: str, message: str, retry: bool = True):
+        super().__init__(message)
+        self.reason = reason
+        self.retry = retry
+
+
+def _secret(env: str | None, path: str | None, key: str) -> str | None:
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return fh.read().strip()
+        except OSError as exc:
+            raise ConfigError(key.replace("_env", "_file"), f"cannot read: {exc.strerror}") from None
+    if env:
+        value = os.environ.get(env)
+        if not value:
+            raise ConfigError(key, f"environment variable {env} is not set")
+        return value
+    return None
+
+
+class HttpSink:
+    """POST JSON to a URL."""
+
+    def __init__(self, cfg: Sink):
+        self.cfg = cfg
+        self.name = cfg.name
+        self.timeout = parse_duration(cfg.timeout)
+
+    def url(self) -> str:
+        return self.cfg.url
+
+    def body(self, note: dict) -> object:
+        return note
+
+    def headers(self, body: bytes) -> dict:
+        return {}
+
+    def send(self, note: dict) -> None:
+        body = json.dumps(self.body(note), allow_nan=False, sort_keys=True).encode()
+        headers = {"Content-Type": "application/json", "User-Agent": f"driftmon/{__version__}",
+                   **self.headers(body)}
+        request = urllib.request.Request(self.url(), data=body, method="POST", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                response.read()
+        except urllib.error.HTTPError as exc:
+            # 4xx means the receiver will never take this body, except for throttling and timeouts.
+            retry = exc.code >= 500 or exc.code in (408, 429)
+            raise DeliveryError(f"http_{exc.code // 100}xx", f"HTTP {exc.code} from {self.name}", retry) from None
+        except (urllib.error.URLError, OSError) as exc:
+            text = str(getattr(exc, "reason", exc))
+            reason = "timeout" if "timed out" in text else "connection"
+            raise DeliveryError(reason, f"{self.name}: {text}") from None
+
+
+class WebhookSink(HttpSink):
+    """driftmon's own JSON payload; with a secret, an HMAC-SHA256 of the body in ``X-Driftmon-Signature``."""
+
+    def __init__(self, cfg: Sink):
+        super().__init__(cfg)
+        secret = _secret(cfg.hmac_secret_env, cfg.hmac_secret_file, "alerts.sinks.hmac_secret_env")
+        self.secret = secret.encode() if secret else None
+
+    def headers(self, body: bytes) -> dict:
+        if self.secret is None:
+            return {}
+        return {SIGNATURE_HEADER: "sha256=" + hmac.new(self.secret, body, hashlib.sha256).hexdigest()}
+
+
+class SlackSink(HttpSink):
+    """Slack incoming-webhook format."""
+
+    def body(self, note: dict) -> dict:
+        icon = {"firing": ":rotating_light:" if note["severity"] == "critical" else ":warning:",
+                "resolved": ":white_check_mark:"}[note["status"]]
+        lines = [f"{icon} *{note['status'].upper()}* [{note['severity']}] {note['summary']}"]
+        for f in note.get("features", [])[:10]:
+            lines.append(f"• `{f['name']}` {f['method']} {f['score']:.3g} (threshold {f['threshold']:.3g})")
+        lines.append(f"<{note['runbook_url']}|runbook> · dedup `{note['dedup_key']}`")
+        return {"text": "\n".join(lines)}
+
+
+class PagerDutySink(HttpSink):
+    """PagerDuty Events API v2: trigger and resolve, keyed by the dedup key."""
+
+    DEFAULT_URL = "https://events.pagerduty.com/v2/enqueue"
+
+    def __init__(self, cfg: Sink):
+        super().__init__(cfg)
+        self.routing_key = _secret(cfg.routing_key_env, cfg.routing_key_file, "alerts.sinks.routing_key_env")
+
+    def url(self) -> str:
+        return self.cfg.url or self.DEFAULT_URL
+
+    def body(self, note: dict) -> dict:
+        event = {"routing_key": self.routing_key, "dedup_key": note["dedup_key"],
+                 "event_action": "trigger" if note["status"] == "firing" else "resolve"}
+        if note["status"] == "firing":
+            event["payload"] = {
+                "summary": note["summary"][:1024],
+                "source": f"driftmon/{note['model']}",
+                "severity": note["severity"],
+                "component": note["model"],
+                "group": note["alert"],
+                "class": note["alert"],
+                "custom_details": {k: note[k] for k in ("subject", "features", "window", "baseline_fingerprint")},
+            }
+            event["links"] = [{"href": note["runbook_url"], "text": "runbook"}]
+        return event
+
+
+class AlertmanagerSink(HttpSink):
+    """Alertmanager v2 API (``/api/v2/alerts``), so pages follow the team's Alertmanager routing."""
+
+    def url(self) -> str:
+        return self.cfg.url.rstrip("/") + "/api/v2/alerts"
+
+    def body(self, note: dict) -> list:
+        alertname = "Driftmon" + "".join(part.title() for part in note["alert"].split("_"))
+        labels = {"alertname": alertname, "model": note["model"], "severity": note["severity"],
+                  "alert": note["alert"], "subject": note["subject"]}
+        if note["alert"] in ("feature_drift", "data_quality") and note["subject"] not in ("invalid_messages",):
+            labels["feature"] = note["subject"].split(":")[0]
+        starts = note["starts_at"]
+        if note["status"] == "resolved":
+            ends = note["ends_at"]
+        else:
+            # A firing alert holds until then unless refreshed (every repeat) or resolved.
+            ends = (datetime.now(timezone.utc) + timedelta(seconds=parse_duration(self.cfg.alertmanager_ttl)))
+            ends = ends.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return [{
+            "labels": labels,
+            "annotations": {"summary": note["summary"], "description": note["description"],
+                            "runbook_url": note["runbook_url"], "dedup_key": note["dedup_key"]},
+            "startsAt": starts,
+            "endsAt": ends,
+            "generatorURL": note["runbook_url"],
+        }]
+
+
+class KafkaSink:
+    """Produce notifications to a topic, keyed by the idempotency key (or dedup key)."""
+
+    def __init__(self, cfg: Sink, kafka: KafkaConfig | None):
+        if kafka is None:
+            raise ConfigError("alerts.sinks", "a kafka sink needs the `kafka` section for its brokers")
+        self.cfg = cfg
+        self.name = cfg.name
+        self.kafka = kafka
+        self._producer = None
+
+    def send(self, note: dict) -> None:
+        from kafka import KafkaProducer
+        from kafka.errors import KafkaError
+
+        from monitor.source import client_options
+
+        try:
+            if self._producer is None:
+                self._producer = KafkaProducer(acks="all", **client_options(self.kafka))
+            key = (note.get("idempotency_key") or note["dedup_key"]).encode()
+            body = json.dumps(note, allow_nan=False, sort_keys=True).encode()
+            self._producer.send(self.cfg.topic, key=key, value=body).get(timeout=parse_duration(self.cfg.timeout))
+        except KafkaError as exc:
+            raise DeliveryError("kafka", f"{self.name}: {exc}") from None
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=5)
+
+
+def make_sink(cfg: Sink, kafka: KafkaConfig | None = None):
+    kinds = {"webhook": WebhookSink, "slack": SlackSink, "pagerduty": PagerDutySink,
+             "alertmanager": AlertmanagerSink}
+    if cfg.type == "kafka":
+        return KafkaSink(cfg, kafka)
+    return kinds[cfg.type](cfg)
+
+
+class Dispatcher:
+    """Enqueue notifications in the outbox and deliver them, one thread per sink.
+
+    Parameters
+    ----------
+    sinks : list of Sink
+    outbox : Outbox
+    kafka : KafkaConfig, optional
+        Brokers for kafka sinks.
+    backoff_initial, backoff_max : float
+        Seconds; retry n waits min(max, initial * 2**n) with full jitter.
+    seed : int
+        Seed of the jitter.
+    """
+
+    def __init__(self, sinks: list[Sink], outbox: Outbox, kafka: KafkaConfig | None = None,
+                 backoff_initial: float = 1.0, backoff_max: float = 60.0, seed: int = 0):
+        self.configs = sinks
+        self.outbox = outbox
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.seed = seed
+        self.sinks = [make_sink(cfg, kafka) for cfg in sinks]  # secrets are checked here, at start
+        self.sent: Counter = Counter()  # (sink, alert) -> n
+        self.failures: Counter = Counter()  # (sink, reason) -> n
+        self._wake = threading.Condition()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def submit(self, notes: list[dict]) -> None:
+        """Make notifications durable in the outbox (on the caller's thread) and wake the senders."""
+        for note in notes:
+            targets = [cfg.name for cfg in self.configs if note["alert"] in cfg.kinds()]
+            if targets:
+                self.outbox.put(targets, note)
+        if notes:
+            with self._wake:
+                self._wake.notify_all()
+
+    def start(self) -> "Dispatcher":
+        for i, sink in enumerate(self.sinks):
+            thread = threading.Thread(target=self._run, args=(sink, random.Random(self.seed + i)),
+                                      name=f"driftmon-sink-{sink.name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def _wait(self, seconds: float) -> None:
+        with self._wake:
+            self._wake.wait(timeout=max(0.0, min(seconds, 1.0)))
+
+    def _run(self, sink, rng: random.Random) -> None:
+        while not self._stop.is_set():
+            head = self.outbox.head(sink.name)
+            if head is None:
+                self._wait(1.0)
+                continue
+            row_id, note, attempts, next_attempt = head
+            delay = next_attempt - time.time()
+            if delay > 0:
+                self._wait(delay)
+                continue
+            try:
+                sink.send(note)
+            except DeliveryError as exc:
+                self.failures[(sink.name, exc.reason)] += 1
+                if not exc.retry:
+                    log.error("%s rejected %s (%s); dropping it", sink.name, note["notification_id"], exc)
+                    self.outbox.done(row_id)
+                    continue
+                backoff = min(self.backoff_max, self.backoff_initial * 2 ** min(attempts, 30))
+                self.outbox.retry_later(row_id, time.time() + rng.uniform(0.5, 1.0) * backoff)
+                if attempts == 0 or attempts % 10 == 0:
+                    log.warning("%s: delivery of %s failed (%s); retrying with backoff", sink.name,
+                                note["notification_id"], exc)
+                continue
+            except Exception as exc:  # a bug in one sink must not kill its thread silently
+                self.failures[(sink.name, "error")] += 1
+                log.exception("%s: unexpected error sending %s: %s", sink.name, note["notification_id"], exc)
+                self.outbox.retry_later(row_id, time.time() + self.backoff_max)
+                continue
+            self.outbox.done(row_id)
+            self.sent[(sink.name, note["alert"])] += 1
+
+    def drain(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the outbox to empty; True if it did."""
+        deadline = time.monotonic() + timeout
+        while self.outbox.pending() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.outbox.pending() == 0
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Try to deliver what is pending for up to ``timeout`` seconds, then stop; the rest stays in the outbox."""
+        if self.sinks:
+            self.drain(timeout)
+        self._stop.set()
+        with self._wake:
+            self._wake.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=2.0)
+        for sink in self.sinks:
+            if hasattr(sink, "close"):
+                sink.close()
