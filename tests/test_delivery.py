@@ -1,0 +1,248 @@
+"""Notification delivery to real receivers: HTTP webhooks, Alertmanager, Kafka; outbox durability."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+from monitor.config import Sink, parse_config
+from monitor.outbox import Outbox
+from monitor.sinks import SIGNATURE_HEADER, Dispatcher
+from monitor.tansu import free_port
+from tests.receiver import Receiver
+
+
+def note(i: int, key: str = "m/feature_drift/x", status: str = "firing", alert: str = "feature_drift") -> dict:
+    return {
+        "status": status, "alert": alert, "model": "m", "subject": key.split("/")[-1], "severity": "warning",
+        "dedup_key": key, "notification_id": f"{key}#1.{i}", "starts_at": "2026-01-01T00:00:00.000Z",
+        "ends_at": "2026-01-01T01:00:00.000Z" if status == "resolved" else None,
+        "runbook_url": "https://example/runbook.md#driftmon-feature-drift",
+        "window": {"index": i, "start": None, "end": None, "events": 10}, "baseline_fingerprint": "sha256:f",
+        "features": [{"name": "x", "method": "wasserstein", "score": 0.3, "threshold": 0.1, "p_value": 1e-6,
+                      "test": "ks"}],
+        "summary": f"m: feature x drifted #{i}", "description": f"m: feature x drifted #{i}",
+    }
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def dispatcher(tmp_path, sinks, name="outbox.sqlite", **kw):
+    outbox = Outbox(str(tmp_path / name), kw.pop("max_pending", 1000))
+    return Dispatcher(sinks, outbox, backoff_initial=0.05, backoff_max=0.2, **kw), outbox
+
+
+def test_webhook_hmac_signature_verifies(tmp_path, receiver, monkeypatch):
+    monkeypatch.setenv("HOOK_SECRET", "s3cret-key")
+    d, _ = dispatcher(tmp_path, [Sink(type="webhook", name="hook", url=receiver.url + "/h",
+                                      hmac_secret_env="HOOK_SECRET")])
+    d.start()
+    d.submit([note(1)])
+    assert d.drain(10)
+    d.close()
+    [req] = receiver.requests
+    expected = "sha256=" + hmac.new(b"s3cret-key", req["body"], hashlib.sha256).hexdigest()
+    assert req["headers"][SIGNATURE_HEADER] == expected
+    tampered = req["body"].replace(b"drifted", b"Drifted")
+    assert hmac.new(b"s3cret-key", tampered, hashlib.sha256).hexdigest() != expected[7:]
+    assert json.loads(req["body"])["notification_id"] == "m/feature_drift/x#1.1"
+    assert d.sent[("hook", "feature_drift")] == 1
+
+
+def test_missing_hmac_secret_fails_at_start(tmp_path, monkeypatch):
+    from monitor.config import ConfigError
+
+    monkeypatch.delenv("NOPE_SECRET", raising=False)
+    with pytest.raises(ConfigError, match="NOPE_SECRET"):
+        dispatcher(tmp_path, [Sink(type="webhook", url="http://127.0.0.1:1/", hmac_secret_env="NOPE_SECRET")])
+
+
+def test_receiver_down_then_up_loses_nothing_and_keeps_order(tmp_path, receiver):
+    receiver.status = 503
+    d, outbox = dispatcher(tmp_path, [Sink(type="webhook", name="hook", url=receiver.url + "/h")])
+    d.start()
+    keys = ["m/feature_drift/a", "m/feature_drift/b"]
+    d.submit([note(i, keys[i % 2], "resolved" if i >= 8 else "firing") for i in range(10)])
+    time.sleep(1.0)
+    assert receiver.requests == [] and outbox.pending() == 10
+    assert d.failures[("hook", "http_5xx")] >= 2  # it kept trying, with backoff
+    receiver.status = 200
+    assert d.drain(15)
+    d.close()
+    got = receiver.payloads()
+    assert [g["notification_id"] for g in got] == [note(i, keys[i % 2])["notification_id"] for i in range(10)]
+    assert d.sent[("hook", "feature_drift")] == 10
+
+
+def test_restart_with_pending_notifications_delivers_them_as_queued(tmp_path, receiver):
+    receiver.status = 503
+    d, outbox = dispatcher(tmp_path, [Sink(type="webhook", name="hook", url=receiver.url + "/h")])
+    d.start()
+    queued = [note(i) for i in range(5)]
+    d.submit(queued)
+    time.sleep(0.3)
+    d.close(timeout=0.2)
+    outbox.close()
+    receiver.status = 200
+    d2, outbox2 = dispatcher(tmp_path, [Sink(type="webhook", name="hook", url=receiver.url + "/h")])
+    assert outbox2.pending() == 5
+    d2.start()
+    assert d2.drain(10)
+    d2.close()
+    assert receiver.payloads() == json.loads(json.dumps(queued))
+
+
+def test_outbox_dedupes_and_caps(tmp_path, receiver):
+    d, outbox = dispatcher(tmp_path, [Sink(type="webhook", name="hook", url=receiver.url + "/h")], max_pending=3)
+    d.submit([note(1), note(1)])  # the same notification re-created after a crash
+    assert outbox.pending() == 1
+    d.start()
+    assert d.drain(10)
+    d.submit([note(1)])  # already delivered: its tombstone still dedupes it
+    assert outbox.pending() == 0
+    d.close()
+    receiver.status = 503
+    d2, outbox2 = dispatcher(tmp_path, [Sink(type="webhook", name="hook", url=receiver.url + "/h")], "o2.sqlite",
+                             max_pending=3)
+    d2.submit([note(i) for i in range(10, 15)])
+    assert outbox2.pending() == 3 and outbox2.dropped == 2
+    assert len(receiver.requests) == 1
+
+
+def test_slack_and_pagerduty_formats(tmp_path, receiver, monkeypatch):
+    monkeypatch.setenv("PD_KEY", "R0UTING")
+    d, _ = dispatcher(tmp_path, [
+        Sink(type="slack", name="slack", url=receiver.url + "/slack"),
+        Sink(type="pagerduty", name="pd", url=receiver.url + "/pd", routing_key_env="PD_KEY"),
+    ])
+    d.start()
+    d.submit([note(1), note(2, status="resolved")])
+    assert d.drain(10)
+    d.close()
+    slack = receiver.payloads("/slack")
+    assert len(slack) == 2 and "FIRING" in slack[0]["text"] and "`x` wasserstein 0.3" in slack[0]["text"]
+    assert "RESOLVED" in slack[1]["text"]
+    trigger, resolve = receiver.payloads("/pd")
+    assert trigger["event_action"] == "trigger" and trigger["routing_key"] == "R0UTING"
+    assert trigger["dedup_key"] == "m/feature_drift/x" == resolve["dedup_key"]
+    assert trigger["payload"]["severity"] == "warning" and trigger["payload"]["source"] == "driftmon/m"
+    assert resolve["event_action"] == "resolve" and "payload" not in resolve
+
+
+def test_sink_kind_filter(tmp_path, receiver):
+    d, outbox = dispatcher(tmp_path, [Sink(type="webhook", name="retrain-only", url=receiver.url + "/r",
+                                           alerts=["retrain_recommended"])])
+    d.submit([note(1), note(2, "m/retrain_recommended/model", alert="retrain_recommended")])
+    assert outbox.pending() == 1
+
+
+# ---- a real Alertmanager ---------------------------------------------------------------------------
+
+def alertmanager_binary() -> str:
+    path = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("prometheus-alertmanager is not installed: run scripts/setup.sh")
+        pytest.skip("prometheus-alertmanager is not installed: run scripts/setup.sh")
+    return path
+
+
+@pytest.fixture
+def alertmanager(tmp_path, receiver):
+    port = free_port()
+    config = tmp_path / "alertmanager.yml"
+    config.write_text(f"""
+route:
+  receiver: hook
+  group_by: [alertname, model, feature]
+  group_wait: 0s
+  group_interval: 1s
+  repeat_interval: 1h
+receivers:
+  - name: hook
+    webhook_configs:
+      - url: {receiver.url}/am
+        send_resolved: true
+""")
+    log = open(tmp_path / "alertmanager.log", "wb")
+    proc = subprocess.Popen([alertmanager_binary(), f"--config.file={config}", f"--storage.path={tmp_path / 'am'}",
+                             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/-/ready", timeout=1) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise AssertionError((tmp_path / "alertmanager.log").read_text())
+        time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+    log.close()
+
+
+@pytest.mark.integration
+def test_alertmanager_routes_driftmon_alerts(tmp_path, receiver, alertmanager):
+    d, _ = dispatcher(tmp_path, [Sink(type="alertmanager", name="am", url=alertmanager)])
+    d.start()
+    d.submit([note(1)])
+    assert d.drain(10)
+    got = receiver.wait_for(lambda p: any(x["status"] == "firing" for x in p), path="/am")
+    [alert] = got[0]["alerts"]
+    assert alert["labels"]["alertname"] == "DriftmonFeatureDrift"
+    assert alert["labels"]["model"] == "m" and alert["labels"]["feature"] == "x"
+    assert alert["labels"]["severity"] == "warning"
+    assert alert["annotations"]["runbook_url"].endswith("#driftmon-feature-drift")
+    assert alert["annotations"]["summary"] == "m: feature x drifted #1"
+    # and the resolve reaches the receiver through Alertmanager's routing too
+    resolved = note(2, status="resolved")
+    resolved["ends_at"] = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+    d.submit([resolved])
+    got = receiver.wait_for(lambda p: any(x["status"] == "resolved" for x in p), path="/am", timeout=30)
+    d.close()
+    assert any(a["labels"]["feature"] == "x" for x in got if x["status"] == "resolved" for a in x["alerts"])
+
+
+@pytest.mark.integration
+def test_kafka_sink_keys_retraining_triggers(tmp_path, broker):
+    from kafka import KafkaConsumer
+
+    topic = f"retrain-{uuid.uuid4().hex[:8]}"
+    broker.create_topic(topic)
+    config = parse_config({"model": "m", "baseline": "b", "window": {"size": 10},
+                           "schema": {"features": [{"name": "x", "type": "numeric"}]},
+                           "kafka": {"bootstrap_servers": broker.bootstrap, "topic": "p", "group_id": "g"}})
+    outbox = Outbox(str(tmp_path / "o.sqlite"))
+    d = Dispatcher([Sink(type="kafka", name="trigger", topic=topic)], outbox, config.kafka,
+                   backoff_initial=0.05, backoff_max=0.5)
+    d.start()
+    trigger = note(1, "m/retrain_recommended/model", alert="retrain_recommended")
+    trigger["idempotency_key"] = "abc123"
+    d.submit([note(0), trigger])  # the feature alert is filtered out: kafka sinks default to retraining triggers
+    assert d.drain(30)
+    d.close()
+    consumer = KafkaConsumer(topic, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest",
+                             consumer_timeout_ms=5000)
+    records = list(consumer)
+    consumer.close()
+    assert [(r.key, json.loads(r.value)["alert"]) for r in records] == [(b"abc123", "retrain_recommended")]
