@@ -166,3 +166,32 @@ def test_kill_9_mid_stream_loses_and_double_counts_nothing(tmp_path, broker):
             for stat, value in r["statistics"].items():
                 assert g["statistics"][stat] == pytest.approx(value, rel=1e-9, abs=1e-12), (name, stat)
     assert [w["drifted"] for w in logged] == [w["drifted"] for w in expected]
+
+
+def test_notifications_pending_at_shutdown_are_sent_after_restart(tmp_path, broker, receiver):
+    receiver.status = 503  # on-call's receiver is down
+    topic, path, config, daemon = setup_daemon(tmp_path, broker, receiver)
+    produce(broker.bootstrap, topic, car_loan(seed=5).messages(5000, drift_at=1000))
+    try:
+        daemon.start()
+        daemon.wait_windows(5, timeout=90)
+        pending = daemon.wait(lambda: (m := daemon.metrics())[("driftmon_outbox_pending", (("model", "car-loan"),))]
+                              and m, 20, "pending notifications")
+        queued = pending[("driftmon_outbox_pending", (("model", "car-loan"),))]
+        failures = sum(v for (name, labels), v in pending.items() if name == "driftmon_notification_failures_total")
+        assert queued >= 1 and failures >= 1
+        assert daemon.terminate()[0] == 0
+    finally:
+        daemon.close()
+    assert receiver.payloads() == []
+    receiver.status = 200
+    restarted = DaemonProcess(path, free_port(), str(tmp_path / "daemon2.log")).start()
+    try:
+        got = receiver.wait_for(lambda p: len(p) >= queued, timeout=60)
+        restarted.wait(lambda: restarted.metrics()[("driftmon_outbox_pending", (("model", "car-loan"),))] == 0,
+                       20, "empty outbox")
+    finally:
+        restarted.close()
+    assert len(got) == queued
+    assert {x["alert"] for x in got} >= {"feature_drift"}
+    assert len({x["notification_id"] for x in got}) == len(got)  # nothing sent twice
