@@ -127,13 +127,18 @@ class _State:
         return s
 
 
+#: Sections of docs/runbook.md (GitHub anchors); data-quality notifications link to the section of their check.
 _RUNBOOK_ANCHOR = {
-    "feature_drift": "driftmon-feature-drift",
-    "prediction_drift": "driftmon-prediction-drift",
-    "label_drift": "driftmon-label-drift",
-    "data_quality": "driftmon-data-quality",
-    "retrain_recommended": "driftmon-retrain-recommended",
+    "feature_drift": "driftmonfeaturedrift",
+    "prediction_drift": "driftmonpredictiondrift",
+    "label_drift": "label-drift",
+    "retrain_recommended": "driftmonretrainrecommended",
+    "data_quality": "driftmoninvalidmessageshigh",
+    "data_quality:missing": "driftmonfeaturemissingratiohigh",
+    "data_quality:out_of_range": "driftmonfeatureoutofrangeratiohigh",
+    "data_quality:unseen": "driftmonfeatureunseencategories",
 }
+ALERT_KINDS = ("feature_drift", "prediction_drift", "label_drift", "data_quality", "retrain_recommended")
 
 
 class AlertEngine:
@@ -257,6 +262,11 @@ class AlertEngine:
 
     # ---- payloads -----------------------------------------------------------------------------------
 
+    @staticmethod
+    def _anchor(kind: str, subject: str) -> str:
+        check = subject.rsplit(":", 1)[-1] if kind == "data_quality" and ":" in subject else None
+        return _RUNBOOK_ANCHOR.get(f"{kind}:{check}", _RUNBOOK_ANCHOR[kind])
+
     def _notify(self, kind, subject, st: _State, status, now, result) -> dict:
         st.last_sent = now
         st.seq += 1
@@ -277,7 +287,7 @@ class AlertEngine:
             "notification_id": f"{key}#{episode}.{st.seq}",
             "starts_at": _iso(st.starts_at),
             "ends_at": _iso(now) if status == "resolved" else None,
-            "runbook_url": f"{self.alerts.runbook_url}#{_RUNBOOK_ANCHOR[kind]}",
+            "runbook_url": f"{self.alerts.runbook_url}#{self._anchor(kind, subject)}",
             "window": window,
             "baseline_fingerprint": self.baseline_fingerprint,
             "features": [],
@@ -318,7 +328,7 @@ class AlertEngine:
 
     def firing(self) -> dict[str, int]:
         """Alert kind -> number of alerts firing (every kind present, zeros included)."""
-        counts = {kind: 0 for kind in _RUNBOOK_ANCHOR}
+        counts = {kind: 0 for kind in ALERT_KINDS}
         for key, st in self.states.items():
             if st.firing:
                 counts[key.split("/")[1]] += 1

@@ -178,3 +178,14 @@ def test_notification_ids_are_stable_for_the_same_stream():
         engine = AlertEngine(config, "x")
         ids.append([n["notification_id"] for r in stream for n in engine.observe(r)])
     assert ids[0] == ids[1] and len(ids[0]) == len(set(ids[0])) == 2
+
+
+def test_every_notification_runbook_link_has_a_section():
+    from pathlib import Path
+
+    from monitor.alerting import _RUNBOOK_ANCHOR
+    from tests.test_rules import github_anchors
+
+    anchors = github_anchors((Path(__file__).parent.parent / "docs" / "runbook.md").read_text())
+    missing = {kind: a for kind, a in _RUNBOOK_ANCHOR.items() if a not in anchors}
+    assert not missing

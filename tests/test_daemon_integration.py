@@ -100,7 +100,7 @@ def test_daemon_metrics_status_webhooks_and_graceful_stop(tmp_path, broker, rece
         assert firing["status"] == "firing" and firing["model"] == "car-loan"
         assert firing["baseline_fingerprint"] == fp
         assert firing["dedup_key"] == "car-loan/feature_drift/car_value"
-        assert firing["severity"] in ("warning", "critical") and firing["runbook_url"].endswith("#driftmon-feature-drift")
+        assert firing["severity"] in ("warning", "critical") and firing["runbook_url"].endswith("docs/runbook.md#driftmonfeaturedrift")
         assert firing["window"]["index"] == 4 and firing["window"]["events"] == WINDOW
         assert firing["starts_at"] and firing["ends_at"] is None
         [f] = firing["features"]
