@@ -5,22 +5,33 @@ No I/O, logging or service code lives here; ``monitor`` builds on it.
 
 from .accumulate import CategoryCounter, NumericHistogram
 from .drift import FeaturePolicy, compare_categorical, compare_numeric, decide
+from .fairness import DEFAULT_MIN_GROUP_SIZE, GroupAccumulator, fairness_report
+from .performance import ClassificationAccumulator, ConfidenceBasedEstimator, RegressionAccumulator, performance_drop_test
 from .profile import CategoricalProfile, NumericProfile
+from .sequential import ErrorRateDetector
 from .stats import chi2_homogeneity, holm, js_distance, ks_binned, psi, wasserstein_binned, wasserstein_error_bound
 
 __all__ = [
     "CategoricalProfile",
     "CategoryCounter",
+    "ClassificationAccumulator",
+    "ConfidenceBasedEstimator",
+    "DEFAULT_MIN_GROUP_SIZE",
+    "ErrorRateDetector",
     "FeaturePolicy",
+    "GroupAccumulator",
     "NumericHistogram",
     "NumericProfile",
+    "RegressionAccumulator",
     "chi2_homogeneity",
     "compare_categorical",
     "compare_numeric",
     "decide",
+    "fairness_report",
     "holm",
     "js_distance",
     "ks_binned",
+    "performance_drop_test",
     "psi",
     "wasserstein_binned",
     "wasserstein_error_bound",
