@@ -360,10 +360,16 @@ class KafkaBroker(_Broker):
 
     name = "kafka"
 
-    def __init__(self, version: str = KAFKA_VERSION, heap: str = "512m") -> None:
+    def __init__(self, version: str = KAFKA_VERSION, heap: str = "512m",
+                 server_properties: dict[str, str] | None = None) -> None:
+        """``server_properties`` adds to / overrides the generated server.properties
+        (e.g. ``{"auto.create.topics.enable": "true"}``). The defaults keep Kafka's own
+        limits, such as ``group.min.session.timeout.ms=6000``, so that a client config
+        that a real cluster would refuse fails here too."""
         super().__init__()
         self.version = version
         self.heap = heap
+        self.server_properties = dict(server_properties or {})
         self.libs = kafka_libs(version)  # fail early and clearly
         self.java = java_binary()
         self.controller_port: int | None = None
@@ -399,6 +405,7 @@ class KafkaBroker(_Broker):
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
         }
+        props.update(self.server_properties)
         (self.workdir / "server.properties").write_text(
             "".join(f"{k}={v}\n" for k, v in props.items()))
         (self.workdir / "log4j2.properties").write_text(_LOG4J2)

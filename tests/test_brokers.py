@@ -197,3 +197,14 @@ def test_cluster_ids_never_look_like_options():
 def test_tansu_binary_is_executable():
     path = brokers.tansu_binary()
     assert os.access(path, os.X_OK)
+
+
+def test_kafka_server_properties_override(tmp_path):
+    with brokers.KafkaBroker(server_properties={"auto.create.topics.enable": "true"}) as b:
+        text = (b.workdir / "server.properties").read_text()
+        assert "auto.create.topics.enable=true" in text
+        producer = KafkaProducer(bootstrap_servers=b.bootstrap)
+        try:
+            assert producer.send("auto-created", b"x").get(timeout=30).offset == 0
+        finally:
+            producer.close(timeout=5)
