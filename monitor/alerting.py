@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 
 from monitor.config import Config, parse_duration
 
-__all__ = ["AlertEngine", "Evidence", "collect_evidence", "window_end_seconds"]
+__all__ = ["AlertEngine", "Evidence", "collect_evidence", "performance_evidence", "window_end_seconds"]
 
 
 class Evidence:
@@ -86,6 +86,53 @@ def collect_evidence(result: dict, config: Config, baseline_missing: dict[str, f
     return out
 
 
+def performance_evidence(result: dict) -> dict[tuple, Evidence]:
+    """(kind, subject) -> Evidence from a performance window (see docs/performance.md)."""
+    out: dict[tuple, Evidence] = {}
+
+    def drops(prefix: str, tests: dict, segment: dict | None = None) -> None:
+        for metric, t in tests.items():
+            if t.get("p_value") is None:
+                continue
+            gap = abs((t["value"] or 0.0) - t["baseline"])
+            ratio = gap / t["margin"] if t["margin"] else (2.0 if t["drop"] else 0.0)
+            details = {"metric": metric, "value": t["value"], "baseline": t["baseline"], "margin": t["margin"],
+                       "p_value": t["p_value"], "test": t["test"], "n": t["n"]}
+            if segment:
+                details["segment"] = segment
+            out[("performance_drop", f"{prefix}{metric}")] = Evidence(bool(t["drop"]), ratio, details)
+
+    drops("", result.get("drops", {}))
+    for field, values in result.get("segments", {}).items():
+        for value, seg in values.items():
+            drops(f"{field}={value}:", seg.get("drops", {}), {"field": field, "value": value})
+    errors = result.get("error_rate")
+    if errors is not None:
+        out[("performance_drop", "error_rate")] = Evidence(
+            bool(errors["drift_detected"]), 2.0 if errors["drift_detected"] else 0.0,
+            {"metric": "error_rate", "value": errors["estimate"], "test": "adwin", "detections": errors["detections"]})
+    for attr, report in result.get("fairness", {}).items():
+        overall = report["overall"]
+        ratio_value = overall.get("demographic_parity_ratio")
+        bound = report["parity_ratio_bound"]
+        severity_ratio = 0.0 if not ratio_value else bound / ratio_value
+        out[("fairness", attr)] = Evidence(bool(report["alert"]), severity_ratio, {
+            "attribute": attr, "demographic_parity_ratio": ratio_value, "bound": bound,
+            "demographic_parity_difference": overall.get("demographic_parity_difference"),
+            "equal_opportunity_difference": overall.get("equal_opportunity_difference"),
+            "equalized_odds_difference": overall.get("equalized_odds_difference"),
+            "min_group": overall.get("min_group"), "max_group": overall.get("max_group"),
+            "groups": {g: {k: v[k] for k in ("n", "positive_rate", "tpr", "fpr", "accuracy")}
+                       for g, v in report["groups"].items()},
+            "insufficient": report["insufficient"]})
+    label = result.get("label_drift")
+    if label is not None and label["status"] == "ok":
+        out[("label_drift", "label")] = Evidence(bool(label["drift"]),
+                                                 _ratio(label["effect"]["value"], label["effect"]["threshold"]),
+                                                 _drift_details("label", label))
+    return out
+
+
 def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
@@ -137,8 +184,11 @@ _RUNBOOK_ANCHOR = {
     "data_quality:missing": "driftmonfeaturemissingratiohigh",
     "data_quality:out_of_range": "driftmonfeatureoutofrangeratiohigh",
     "data_quality:unseen": "driftmonfeatureunseencategories",
+    "performance_drop": "performance-drop",
+    "fairness": "fairness",
 }
-ALERT_KINDS = ("feature_drift", "prediction_drift", "label_drift", "data_quality", "retrain_recommended")
+ALERT_KINDS = ("feature_drift", "prediction_drift", "label_drift", "data_quality", "retrain_recommended",
+               "performance_drop", "fairness")
 
 
 class AlertEngine:
@@ -260,6 +310,14 @@ class AlertEngine:
         return Evidence(bad, ratio, {"drift_weight_share": share, "sustained_features": top, "key_features": keys,
                                      "critical_prediction_drift": critical_prediction, "reasons": reasons})
 
+    def observe_performance(self, result: dict) -> list[dict]:
+        """Advance performance, fairness and label-drift alerts with one labelled window's result."""
+        now = window_end_seconds(result)
+        out = []
+        for (kind, subject), ev in performance_evidence(result).items():
+            out += self._step(kind, subject, ev, now, result, fire_after=self.alerts.fire_after)
+        return out
+
     # ---- payloads -----------------------------------------------------------------------------------
 
     @staticmethod
@@ -301,6 +359,24 @@ class AlertEngine:
                                       f" >= {details.get('threshold', 0):.3g}) for {st.bad} window(s)")
             else:
                 payload["summary"] = f"{model}: {what} is back in line with the baseline; resolved"
+        elif kind == "performance_drop":
+            payload["performance"] = details
+            where = ""
+            if details.get("segment"):
+                where = f" for {details['segment']['field']}={details['segment']['value']}"
+            value = details.get("value")
+            payload["summary"] = (
+                f"{model}: {details.get('metric')}{where} dropped to {value:.3g} (baseline {details.get('baseline'):.3g},"
+                f" margin {details.get('margin'):.3g}, p={details.get('p_value'):.2g})"
+                if status == "firing" and details.get("metric") != "error_rate" and value is not None
+                else f"{model}: the error rate rose (ADWIN detected a change)" if status == "firing"
+                else f"{model}: {subject} is back within its margin; resolved")
+        elif kind == "fairness":
+            payload["fairness"] = details
+            payload["summary"] = (
+                f"{model}: {subject}: demographic parity ratio {details.get('demographic_parity_ratio'):.3g} < "
+                f"{details.get('bound')} ({details.get('min_group')} vs {details.get('max_group')})"
+                if status == "firing" else f"{model}: fairness across {subject} is back within bounds; resolved")
         elif kind == "data_quality":
             payload["check"] = details
             payload["summary"] = (f"{model}: data quality: {details.get('name')} {details.get('check')} share "

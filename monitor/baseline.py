@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
 from datetime import datetime, timezone
 
 import numpy as np
 
 from detectors import CategoricalProfile, NumericProfile
-from monitor.config import Config, ConfigError
+from monitor.config import Column, Config, ConfigError
 
 __all__ = ["Baseline", "BaselineError", "build_baseline", "read_table"]
 
@@ -66,7 +67,7 @@ def _column(table, spec) -> "np.ndarray | list":
             return column.cast("float64").to_numpy(zero_copy_only=False)
         except Exception as exc:
             raise BaselineError(f"column {spec.name!r} is declared numeric but is {column.type}: {exc}") from None
-    return column.to_pylist()
+    return [_norm_category(v) for v in column.to_pylist()]
 
 
 class Baseline:
@@ -84,10 +85,11 @@ class Baseline:
         ``sha256:`` of the canonical JSON of everything but the creation time.
     """
 
-    def __init__(self, profiles: dict, roles: dict, meta: dict):
+    def __init__(self, profiles: dict, roles: dict, meta: dict, extras: dict | None = None):
         self.profiles = profiles
         self.roles = roles
         self.meta = meta
+        self.extras = extras or {}  # "performance" (labelled baseline metrics), "segments" (top values)
         self.fingerprint = self._fingerprint()
 
     def _content(self) -> dict:
@@ -100,6 +102,7 @@ class Baseline:
                 name: {"role": self.roles[name], "type": _type_of(p), "profile": p.to_dict()}
                 for name, p in self.profiles.items()
             },
+            "extras": self.extras,
         }
 
     def _fingerprint(self) -> str:
@@ -140,14 +143,14 @@ class Baseline:
                 raise BaselineError(f"{path}: column {name!r} has an invalid profile: {exc}") from None
             roles[name] = entry["role"]
         meta = {"model": doc.get("model"), "source": doc.get("source"), "created_at": doc.get("created_at")}
-        baseline = cls(profiles, roles, meta)
+        baseline = cls(profiles, roles, meta, doc.get("extras", {}))
         if doc.get("fingerprint") != baseline.fingerprint:
             raise BaselineError(f"{path}: fingerprint mismatch: the file was edited or is corrupt")
         return baseline
 
     def check(self, config: Config) -> None:
         """Raise ConfigError if a configured column is missing from the baseline or has another type."""
-        for role, spec in config.schema.columns():
+        for role, spec in config.drift_columns():
             profile = self.profiles.get(spec.name)
             key = f"schema.{'features' if role == 'feature' else role}"
             if profile is None:
@@ -156,6 +159,13 @@ class Baseline:
                 raise ConfigError(
                     key, f"{spec.name!r} is {spec.type} in the config but {_type_of(profile)} in the baseline"
                 )
+        for segment in config.segments:
+            if segment.name not in self.extras.get("segments", {}):
+                raise ConfigError("segments", f"{segment.name!r} is not in the baseline; rebuild it")
+        if config.schema.label is not None and config.schema.prediction is not None \
+                and "performance" not in self.extras:
+            raise ConfigError("schema.label", "the baseline has no performance: rebuild it with labelled data "
+                                              "(driftmon baseline --validation ...)")
 
 
 def _type_of(profile) -> str:
@@ -170,8 +180,13 @@ def _sha256_file(path: str) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def build_baseline(config: Config, data_path: str, seed: int = 0) -> Baseline:
-    """Profile every configured column of the training data."""
+def build_baseline(config: Config, data_path: str, seed: int = 0, validation_path: str | None = None) -> Baseline:
+    """Profile every configured column of the training data.
+
+    With a label and a prediction configured, the baseline also records the model's performance on
+    labelled data (``validation_path``, else the training data when it has prediction and label columns)
+    and the score calibration used to estimate performance before labels arrive.
+    """
     table = read_table(data_path)
     if table.num_rows == 0:
         raise BaselineError(f"{data_path} has no rows")
@@ -188,4 +203,36 @@ def build_baseline(config: Config, data_path: str, seed: int = 0) -> Baseline:
         "source": {"file": os.path.basename(data_path), "rows": table.num_rows, "sha256": _sha256_file(data_path)},
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    return Baseline(profiles, roles, meta)
+    extras: dict = {}
+    if config.segments:
+        extras["segments"] = {}
+        for segment in config.segments:
+            values = [_norm_category(v) for v in _column(table, Column(name=segment.name, type="categorical",
+                                                                        path=segment.path))]
+            counts = Counter(v for v in values if v is not None)
+            top = sorted(counts, key=lambda v: (-counts[v], v))[:segment.max_values]
+            extras["segments"][segment.name] = sorted(top)
+    schema = config.schema
+    if schema.label is not None and schema.prediction is not None:
+        labelled = read_table(validation_path) if validation_path else table
+        try:
+            label = _column(labelled, schema.label)
+            prediction = _column(labelled, schema.prediction)
+            score = _column(labelled, schema.score) if schema.score else None
+        except BaselineError as exc:
+            if validation_path:
+                raise
+            raise BaselineError(f"{exc}: give labelled data with --validation for the baseline performance") from None
+        from monitor.performance import baseline_performance
+
+        extras["performance"] = baseline_performance(config, label, prediction, score, config.labels.positive)
+        extras["performance"]["source"] = os.path.basename(validation_path or data_path)
+    return Baseline(profiles, roles, meta, extras)
+
+
+def _norm_category(value):
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)

@@ -77,6 +77,7 @@ class KafkaConfig(_Node):
     commit_interval: str = "1s"
     lag_interval: str = "15s"
     dead_letter_topic: str | None = None
+    labels_topic: str | None = None  # labels arriving later, joined to predictions by id
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
     sasl_plain_username: str | None = None
@@ -262,8 +263,10 @@ class Webhook(_Node):
         _check_duration(self.timeout, "timeout")
 
 
-AlertKind = Literal["feature_drift", "prediction_drift", "label_drift", "data_quality", "retrain_recommended"]
-ALERT_KINDS = ("feature_drift", "prediction_drift", "label_drift", "data_quality", "retrain_recommended")
+AlertKind = Literal["feature_drift", "prediction_drift", "label_drift", "data_quality", "retrain_recommended",
+                    "performance_drop", "fairness"]
+ALERT_KINDS = ("feature_drift", "prediction_drift", "label_drift", "data_quality", "retrain_recommended",
+               "performance_drop", "fairness")
 
 
 class Sink(_Node):
@@ -371,6 +374,69 @@ class AlertsConfig(_Node):
         return out
 
 
+class LabelsConfig(_Node):
+    """Ground truth: inline on the prediction message, or late on `kafka.labels_topic`."""
+
+    id_path: str | None = None  # id in label messages (default: schema.id.path)
+    timestamp_path: str | None = None  # event time in label messages (default: the broker timestamp)
+    ttl: str = "7d"  # how long a prediction waits for its label
+    max_pending: int = 200_000  # predictions plus early labels waiting; the oldest are evicted past it
+    window: int = 1000  # labelled predictions per performance window
+    positive: str | None = None  # the positive class of a binary classifier (default: the baseline's minority)
+    threshold: float = 0.5  # score threshold for the positive class (confidence-based estimation)
+
+    def __post_init__(self):
+        _check_duration(self.ttl, "ttl")
+        if self.max_pending < 1 or self.window < 1:
+            raise ValueError("`max_pending` and `window` must be at least 1")
+        if not 0 < self.threshold < 1:
+            raise ValueError("`threshold` must be between 0 and 1")
+
+
+class PerformanceConfig(_Node):
+    """When a metric counts as dropped (see docs/performance.md)."""
+
+    metrics: list[Literal["accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "ece",
+                          "mae", "rmse", "mape", "r2"]] | None = None
+    margin: float = 0.05  # absolute drop below the baseline that matters
+    alpha: float = 0.01  # one-sided test that the drop exceeds the margin
+    error_delta: float = 0.002  # ADWIN confidence of the in-window error-rate detector
+
+    def __post_init__(self):
+        if self.margin < 0:
+            raise ValueError("`margin` must not be negative")
+        if not 0 < self.alpha < 1:
+            raise ValueError("`alpha` must be between 0 and 1")
+
+
+class Segment(_Node):
+    name: str
+    path: str | None = None
+    max_values: int = 10  # the baseline's most frequent values; the rest are "other"
+
+    def __post_init__(self):
+        if not 1 <= self.max_values <= 100:
+            raise ValueError("`max_values` must be between 1 and 100")
+
+    @property
+    def source(self) -> str:
+        return self.path or self.name
+
+
+class FairnessConfig(_Node):
+    attributes: list[Segment]
+    favourable: str = "1"  # the prediction value that benefits the subject (e.g. the loan is approved)
+    parity_ratio_bound: float = 0.8  # the four-fifths rule
+    min_group_size: int | None = None  # default 385: a rate's 95% interval is at most +-0.05 wide
+    alpha: float = 0.05
+
+    def __post_init__(self):
+        if not self.attributes:
+            raise ValueError("`attributes` must list at least one attribute")
+        if not 0 < self.parity_ratio_bound <= 1:
+            raise ValueError("`parity_ratio_bound` must be in (0, 1]")
+
+
 class Config(_Node):
     model: str
     schema: SchemaConfig
@@ -381,11 +447,43 @@ class Config(_Node):
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
     state: StateConfig = msgspec.field(default_factory=StateConfig)
     alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
+    labels: LabelsConfig = msgspec.field(default_factory=LabelsConfig)
+    performance: PerformanceConfig = msgspec.field(default_factory=PerformanceConfig)
+    segments: list[Segment] = msgspec.field(default_factory=list)
+    fairness: FairnessConfig | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     def __post_init__(self):
         if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", self.model):
             raise ValueError("`model` must be 1-128 characters of letters, digits, _ . : -")
+        if self.kafka is not None and self.kafka.labels_topic:
+            if self.schema.label is None:
+                raise ValueError("`schema.label` is required with `kafka.labels_topic`")
+            if self.schema.id is None:
+                raise ValueError("`schema.id` is required to join labels from `kafka.labels_topic`")
+        if self.fairness is not None and self.schema.prediction is None:
+            raise ValueError("`fairness` needs `schema.prediction`")
+        names = [s.name for s in self.segments] + [a.name for a in (self.fairness.attributes if self.fairness else [])]
+        taken = {spec.name for _role, spec in self.schema.columns()}
+        clash = [n for n in names if n in taken]
+        if clash:
+            raise ValueError(f"segment/fairness names must differ from monitored columns: {clash}")
+
+    @property
+    def labels_on_topic(self) -> bool:
+        return bool(self.kafka is not None and self.kafka.labels_topic)
+
+    def drift_columns(self) -> list:
+        """Columns read from prediction messages and compared window by window (label only when inline)."""
+        return [(role, spec) for role, spec in self.schema.columns()
+                if not (role == "label" and self.labels_on_topic)]
+
+    def extra_columns(self) -> list[Segment]:
+        """Segment and fairness fields read from prediction messages (no drift statistics of their own)."""
+        out = {s.name: s for s in self.segments}
+        for a in self.fairness.attributes if self.fairness else []:
+            out.setdefault(a.name, a)
+        return list(out.values())
 
     def hash(self) -> str:
         """sha256 of the canonical config, to tie results and triggers to the config that made them."""

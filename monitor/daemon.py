@@ -92,6 +92,7 @@ class Daemon:
     def status(self) -> dict:
         with self.lock:
             window = self.pipeline.window
+            tracker = self.pipeline.tracker
             return {
                 "model": self.model,
                 "version": self.version,
@@ -104,11 +105,19 @@ class Daemon:
                 "open_window": {"index": window.index, "events": window.events},
                 "consumer_lag_messages": {str(k): v for k, v in sorted(self.lag.items())},
                 "last_window": self.pipeline.last_result,
+                "last_performance": tracker.last_result if tracker else None,
+                "labels": None if tracker is None else {
+                    "received": tracker.join.received, "matched": tracker.join.matched,
+                    "expired": tracker.join.expired, "pending": tracker.join.pending},
             }
 
     # ---- work ----------------------------------------------------------------------------------
 
     def _handle(self, results: list[dict]) -> None:
+        performance = self.pipeline.take_performance()
+        for result in performance:
+            self.dispatcher.submit(self.alerts.observe_performance(result))
+            self.store.log_window(result, "performance")
         for result in results:
             # Notifications are durable in the outbox before the checkpoint that covers their window.
             self.dispatcher.submit(self.alerts.observe(result))
@@ -116,7 +125,7 @@ class Daemon:
             self.last_window_end = window_end_seconds(result)
             for listener in self.listeners:
                 listener(result)
-        if results:
+        if results or performance:
             self.checkpoint()  # a closed window is durable before its offsets are committed
 
     def checkpoint(self) -> None:
@@ -148,9 +157,14 @@ class Daemon:
         if not batches:
             return
         started = time.perf_counter()
+        labels_topic = self.config.kafka.labels_topic
         with self.lock:
             for pb in batches:
-                results, batch = self.pipeline.process(pb.values, pb.times, pb.key, pb.offsets)
+                if labels_topic and pb.topic == labels_topic:
+                    batch = self.pipeline.process_labels(pb.values, pb.times, pb.key, pb.offsets)
+                    results = []
+                else:
+                    results, batch = self.pipeline.process(pb.values, pb.times, pb.key, pb.offsets)
                 if batch.rejected and self.config.kafka.dead_letter_topic:
                     self.source.dead_letter(
                         [(pb.values[i], reason, f"{pb.key}:{int(pb.offsets[i])}") for i, reason in batch.rejected])

@@ -62,6 +62,13 @@ class Batch:
         self.invalid = invalid
         self.rejected = rejected
 
+    def take(self, rows: np.ndarray) -> "Batch":
+        """The valid-message rows at the given positions."""
+        columns = {k: v[rows] if isinstance(v, np.ndarray) else [v[i] for i in rows] for k, v in self.columns.items()}
+        ids = None if self.ids is None else [self.ids[i] for i in rows]
+        ts = None if self.timestamps is None else self.timestamps[rows]
+        return Batch(len(rows), columns, ids, ts, None, Counter(), [])
+
     def slice(self, start: int, stop: int) -> "Batch":
         """Rows ``start:stop`` of the valid messages."""
         columns = {k: v[start:stop] for k, v in self.columns.items()}
@@ -129,18 +136,22 @@ class Decoder:
     ----------
     schema : SchemaConfig
         Which fields to read, from which dotted paths, with which types.
+    columns : list of (role, spec), optional
+        The monitored columns to read (default: all of the schema's).
+    extra : list of Segment, optional
+        Further categorical fields (segments, fairness attributes) to read.
     """
 
     _ID_COL = "\x00id"
     _TS_COL = "\x00timestamp"
 
-    def __init__(self, schema: SchemaConfig):
+    def __init__(self, schema: SchemaConfig, columns: list | None = None, extra: list = ()):
         self.schema = schema
         self.numeric: list[str] = []
         self.categorical: list[str] = []
         tree, required = _Tree(), set()
-        for _role, spec in schema.columns():
-            if spec.type == "numeric":
+        for _role, spec in (schema.columns() if columns is None else columns) + [("extra", e) for e in extra]:
+            if getattr(spec, "type", "categorical") == "numeric":
                 self.numeric.append(spec.name)
                 tree.add(spec.source.split("."), spec.name, _NUMERIC)
             else:

@@ -44,6 +44,20 @@ NAMES = {
     "notifications_sent": ("counter", "Notifications delivered, by sink and alert kind."),
     "notification_failures": ("counter", "Failed notification attempts, by sink and reason."),
     "outbox_pending": ("gauge", "Notifications waiting in the outbox."),
+    "labels_received": ("counter", "Labels received (inline or from the labels topic)."),
+    "labels_matched": ("counter", "Labels joined to their prediction."),
+    "labels_expired": ("counter", "Predictions or early labels dropped unmatched (TTL or cap)."),
+    "labels_pending": ("gauge", "Predictions and early labels waiting in the join."),
+    "label_delay_seconds": ("histogram", "Time from a prediction to its label (event time)."),
+    "performance_windows_evaluated": ("counter", "Labelled windows evaluated."),
+    "performance": ("gauge", "Realized performance in the last labelled window, by metric and segment."),
+    "baseline_performance": ("gauge", "Performance on the baseline's labelled data, by metric."),
+    "estimated_performance": ("gauge", "Performance estimated from scores (no labels) in the last window."),
+    "performance_drop_detected": ("gauge", "1 if the metric dropped significantly past its margin, by segment."),
+    "error_rate_changes": ("counter", "Increases of the error rate detected by the sequential detector."),
+    "fairness_parity_ratio": ("gauge", "Demographic parity ratio (min/max positive rate) across an attribute."),
+    "fairness_positive_rate": ("gauge", "Rate of favourable predictions per group of an attribute."),
+    "segment_features_drifted": ("gauge", "Features that drifted within a segment value in the last window."),
     "notifications_dropped": ("counter", "Notifications dropped because the outbox was full."),
 }
 
@@ -129,6 +143,60 @@ class DriftmonCollector(Collector):
 
         yield from self._window_families(m, p.last_result)
         yield from self._alert_families(m)
+        if p.tracker is not None:
+            yield from self._performance_families(m, p.tracker, s.baseline)
+
+    def _performance_families(self, m: str, tracker, baseline):
+        from prometheus_client.core import HistogramMetricFamily
+
+        from monitor.performance import DELAY_BUCKETS
+
+        join = tracker.join
+        for key, value in (("labels_received", join.received), ("labels_matched", join.matched),
+                           ("labels_expired", join.expired), ("labels_pending", join.pending),
+                           ("performance_windows_evaluated", tracker.windows_evaluated)):
+            fam = _family(key, [])
+            fam.add_metric([m], value)
+            yield fam
+        delay = HistogramMetricFamily(name("label_delay_seconds"), NAMES["label_delay_seconds"][1], labels=["model"])
+        cumulative, buckets = 0, []
+        for bound, count in zip(DELAY_BUCKETS, tracker.delay_counts):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else str(float(bound)), cumulative))
+        delay.add_metric([m], buckets, sum_value=tracker.delay_sum)
+        yield delay
+        reference = (baseline.extras.get("performance") or {}).get("metrics", {})
+        fam = _family("baseline_performance", ["metric"])
+        for metric in tracker.metrics:
+            if reference.get(metric) is not None:
+                fam.add_metric([m, metric], reference[metric])
+        yield fam
+        perf = _family("performance", ["metric", "segment"])
+        dropped = _family("performance_drop_detected", ["metric", "segment"])
+        parity = _family("fairness_parity_ratio", ["attribute"])
+        rates = _family("fairness_positive_rate", ["attribute", "group"])
+        result = tracker.last_result
+        if result is not None:
+            sections = [("all", result)] + [(f"{field}={value}", seg) for field, values in result["segments"].items()
+                                             for value, seg in values.items()]
+            for segment, section in sections:
+                for metric in tracker.metrics:
+                    value = section["metrics"].get(metric)
+                    if value is not None:
+                        perf.add_metric([m, metric, segment], value)
+                for metric, test in section["drops"].items():
+                    dropped.add_metric([m, metric, segment], 1 if test["drop"] else 0)
+            for attr, report in result["fairness"].items():
+                ratio = report["overall"].get("demographic_parity_ratio")
+                if ratio is not None:
+                    parity.add_metric([m, attr], ratio)
+                for group, g in report["groups"].items():
+                    if g.get("positive_rate") is not None:
+                        rates.add_metric([m, attr, group], g["positive_rate"])
+        yield from (perf, dropped, parity, rates)
+        fam = _family("error_rate_changes", [])
+        fam.add_metric([m], tracker.errors.detections if tracker.errors is not None else 0)
+        yield fam
 
     def _window_families(self, m: str, result: dict | None):
         score = _family("feature_drift_score", ["feature", "method"])
@@ -168,6 +236,16 @@ class DriftmonCollector(Collector):
         drifted = _family("features_drifted", [])
         drifted.add_metric([m], len((result or {}).get("drifted", [])))
         yield drifted
+        estimated = _family("estimated_performance", ["metric"])
+        for metric, value in sorted(((result or {}).get("estimated_performance") or {}).items()):
+            if metric in ("accuracy", "precision", "recall", "f1") and value is not None:
+                estimated.add_metric([m, metric], value)
+        yield estimated
+        segments = _family("segment_features_drifted", ["segment"])
+        for field, values in sorted(((result or {}).get("segments") or {}).items()):
+            for value, summary in sorted(values.items()):
+                segments.add_metric([m, f"{field}={value}"], len(summary["drifted"]))
+        yield segments
         if result is not None:
             events = _family("window_events", [])
             events.add_metric([m], result["window"]["events"])

@@ -32,17 +32,42 @@ class Pipeline:
     def __init__(self, config: Config, baseline: Baseline):
         self.config = config
         self.baseline = baseline
-        self.decoder = Decoder(config.schema)
+        self.decoder = Decoder(config.schema, columns=config.drift_columns(), extra=config.extra_columns())
         self.evaluator = Evaluator(config, baseline)
         self.size = config.window.size
         self.duration = config.window.duration_seconds
-        self.window = Window(baseline, index=0)
+        self.tracker = None
+        if config.schema.label is not None and config.schema.prediction is not None:
+            from monitor.performance import PerformanceTracker
+
+            self.tracker = PerformanceTracker(config, baseline)
+        self.performance: list[dict] = []  # closed performance windows, drained by take_performance()
+        self.window = self._new_window(0)
         self.consumed = 0
         self.invalid: Counter = Counter()
         self.late = 0
         self.windows_evaluated = 0
         self.last_result: dict | None = None
         self.positions: dict[str, int] = {}  # "topic:partition" -> next offset to read
+
+    def _new_window(self, index: int, start: float | None = None, end: float | None = None) -> Window:
+        config, estimator = self.config, None
+        perf = self.baseline.extras.get("performance") or {}
+        if config.schema.score is not None and perf.get("estimator"):
+            from detectors import ConfidenceBasedEstimator
+
+            estimator = ConfidenceBasedEstimator(positive=1)
+            estimator.load_state_dict(perf["estimator"])
+        segments = {s.name: set(self.baseline.extras.get("segments", {}).get(s.name, [])) for s in config.segments}
+        return Window(self.baseline, index, start, end, names=[spec.name for _r, spec in config.drift_columns()],
+                      segments=segments, estimator=estimator,
+                      score=config.schema.score.name if config.schema.score else None,
+                      threshold=config.labels.threshold)
+
+    def take_performance(self) -> list[dict]:
+        """Performance windows closed since the last call."""
+        out, self.performance = self.performance, []
+        return out
 
     # ---- feeding -------------------------------------------------------------------------------
 
@@ -78,9 +103,22 @@ class Pipeline:
                     batch.timestamps[missing] = valid_times[missing]
         valid_offsets = None if offsets is None else np.asarray(offsets)[batch.valid]
         results = self._route(batch, source, valid_offsets)
+        if self.tracker is not None:
+            self.performance += self.tracker.on_predictions(batch)
         if source is not None and offsets is not None and len(offsets):
             self.positions[source] = int(offsets[-1]) + 1
         return results, batch
+
+    def process_labels(self, values: list[bytes], times: np.ndarray | None = None,
+                       source: str | None = None, offsets: np.ndarray | None = None) -> Batch:
+        """Process one batch of raw label messages (from `kafka.labels_topic`)."""
+        results, batch = self.tracker.on_labels(values, times)
+        self.performance += results
+        self.consumed += len(values)
+        self.invalid.update(batch.invalid)
+        if source is not None and offsets is not None and len(offsets):
+            self.positions[source] = int(offsets[-1]) + 1
+        return batch
 
     def _feed(self, batch: Batch, start: int, stop: int, source, offsets) -> None:
         if stop <= start:
@@ -129,10 +167,10 @@ class Pipeline:
         result = self.evaluator.evaluate(self.window, complete=complete)
         self.windows_evaluated += 1
         self.last_result = result
-        window = Window(self.baseline, index=self.window.index + 1)
         if next_start is not None:
-            window.start, window.end = next_start, next_start + self.duration
-        self.window = window
+            self.window = self.window.fresh(self.window.index + 1, next_start, next_start + self.duration)
+        else:
+            self.window = self.window.fresh(self.window.index + 1)
         return result
 
     # ---- time --------------------------------------------------------------------------------------
@@ -167,10 +205,13 @@ class Pipeline:
             "positions": dict(self.positions),
             "windows_evaluated": self.windows_evaluated,
             "last_result": self.last_result,
+            "performance": None if self.tracker is None else self.tracker.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> "Pipeline":
-        self.window = Window(self.baseline).load_state_dict(state["window"])
+        self.window = self._new_window(0).load_state_dict(state["window"])
+        if self.tracker is not None and state.get("performance") is not None:
+            self.tracker.load_state_dict(state["performance"])
         self.positions = {k: int(v) for k, v in state["positions"].items()}
         self.windows_evaluated = int(state["windows_evaluated"])
         self.last_result = state["last_result"]

@@ -43,10 +43,11 @@ def partition_key(tp: TopicPartition) -> str:
 class PartitionBatch:
     """The records one poll returned for one partition, as columns."""
 
-    __slots__ = ("key", "partition", "values", "times", "offsets")
+    __slots__ = ("key", "topic", "partition", "values", "times", "offsets")
 
-    def __init__(self, key, partition, values, times, offsets):
+    def __init__(self, key, topic, partition, values, times, offsets):
         self.key = key
+        self.topic = topic
         self.partition = partition
         self.values = values
         self.times = times
@@ -100,7 +101,8 @@ class KafkaSource:
             metrics_enabled=False,  # kafka-python's own metrics cost a fifth of the consume rate
             **client_options(cfg),
         )
-        self._consumer.subscribe([cfg.topic], listener=_Listener(self))
+        topics = [cfg.topic] + ([cfg.labels_topic] if cfg.labels_topic else [])
+        self._consumer.subscribe(topics, listener=_Listener(self))
         return self
 
     # Rebalance callbacks run inside poll(), on the consuming thread.
@@ -120,10 +122,10 @@ class KafkaSource:
     def poll(self, timeout_ms: int = 500) -> list[PartitionBatch]:
         records = self._consumer.poll(timeout_ms=timeout_ms, max_records=self.cfg.max_poll_records)
         out = []
-        for tp in sorted(records, key=lambda t: t.partition):
+        for tp in sorted(records, key=lambda t: (t.topic, t.partition)):
             recs = records[tp]
             out.append(PartitionBatch(
-                partition_key(tp), tp.partition,
+                partition_key(tp), tp.topic, tp.partition,
                 [r.value for r in recs],
                 np.fromiter((r.timestamp for r in recs), dtype=np.float64, count=len(recs)) / 1000.0,
                 np.fromiter((r.offset for r in recs), dtype=np.int64, count=len(recs)),
@@ -152,7 +154,7 @@ class KafkaSource:
         out = {}
         for tp, end in ends.items():
             position = positions.get(partition_key(tp))
-            if position is not None:
+            if position is not None and tp.topic == self.cfg.topic:
                 out[tp.partition] = max(0, end - position)
         return out
 

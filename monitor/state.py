@@ -19,7 +19,7 @@ def _fsync_dir(path: str) -> None:
 
 
 class StateStore:
-    """A state directory holding ``checkpoint.json`` and ``windows.jsonl``.
+    """A state directory holding ``checkpoint.json``, ``windows.jsonl`` and ``performance.jsonl``.
 
     The checkpoint is replaced atomically (write, fsync, rename, fsync the
     directory), so a crash at any moment leaves either the old or the new one.
@@ -43,8 +43,8 @@ class StateStore:
         self.max_log_bytes = max_log_bytes
         os.makedirs(directory, exist_ok=True)
         self.checkpoint_path = os.path.join(directory, "checkpoint.json")
-        self.log_path = os.path.join(directory, "windows.jsonl")
-        self.last_logged = self._last_logged_index()
+        self.logs = {name: os.path.join(directory, f"{name}.jsonl") for name in ("windows", "performance")}
+        self.last_logged = {name: self._last_logged_index(path) for name, path in self.logs.items()}
 
     def save(self, state: dict) -> None:
         doc = {"version": CHECKPOINT_VERSION, "baseline_fingerprint": self.fingerprint, "state": state}
@@ -67,9 +67,14 @@ class StateStore:
             return None
         return doc["state"]
 
-    def _last_logged_index(self) -> int:
+    @property
+    def log_path(self) -> str:
+        return self.logs["windows"]
+
+    @staticmethod
+    def _last_logged_index(log_path: str) -> int:
         last = -1
-        for path in (self.log_path + ".1", self.log_path):
+        for path in (log_path + ".1", log_path):
             try:
                 with open(path, "rb+") as fh:
                     data = fh.read()
@@ -85,20 +90,21 @@ class StateStore:
                 continue
         return last
 
-    def log_window(self, result: dict) -> bool:
-        """Append a window result unless its index was logged already; True if written."""
+    def log_window(self, result: dict, log: str = "windows") -> bool:
+        """Append a result to a log (``windows`` or ``performance``) unless its index is there; True if written."""
         index = result["window"]["index"]
-        if index <= self.last_logged:
+        if index <= self.last_logged[log]:
             return False
+        path = self.logs[log]
         line = json.dumps(result, sort_keys=True, allow_nan=False) + "\n"
         try:
-            if os.path.getsize(self.log_path) + len(line) > self.max_log_bytes:
-                os.replace(self.log_path, self.log_path + ".1")  # bounded disk: keep one old file
+            if os.path.getsize(path) + len(line) > self.max_log_bytes:
+                os.replace(path, path + ".1")  # bounded disk: keep one old file
         except FileNotFoundError:
             pass
-        with open(self.log_path, "a", encoding="utf-8") as fh:
+        with open(path, "a", encoding="utf-8") as fh:
             fh.write(line)
             fh.flush()
             os.fsync(fh.fileno())
-        self.last_logged = index
+        self.last_logged[log] = index
         return True

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from datetime import datetime, timezone
 
+import numpy as np
+
 from detectors import (
     CategoricalProfile,
     CategoryCounter,
@@ -19,6 +21,13 @@ from monitor.config import Config
 from monitor.decode import Batch
 
 __all__ = ["Window", "Evaluator", "iso"]
+
+
+def _category(value, known) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "other"
+    text = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+    return text if text in known else "other"
 
 
 def iso(ts: float | None) -> str | None:
@@ -41,11 +50,18 @@ class Window:
         Bounds in epoch seconds for time windows; None for count windows.
     """
 
-    def __init__(self, baseline: Baseline, index: int = 0, start: float | None = None, end: float | None = None):
+    def __init__(self, baseline: Baseline, index: int = 0, start: float | None = None, end: float | None = None,
+                 names: list[str] | None = None, segments: dict | None = None, estimator=None,
+                 score: str | None = None, threshold: float = 0.5):
         self.baseline = baseline
         self.index = index
         self.start = start
         self.end = end
+        self.names = list(baseline.profiles) if names is None else names
+        self.segments = segments or {}  # field -> known values ("other" pools the rest)
+        self.estimator = estimator  # a fitted ConfidenceBasedEstimator, or None
+        self.score = score
+        self.threshold = threshold
         self._reset()
 
     def _reset(self) -> None:
@@ -55,7 +71,10 @@ class Window:
         self.last_time = -math.inf
         self.offsets: dict[str, list[int]] = {}  # "topic:partition" -> [first, last] offset in this window
         self.accumulators = {}
-        for name, profile in self.baseline.profiles.items():
+        self.by_segment: dict[str, dict[str, Window]] = {field: {} for field in self.segments}
+        self.estimated = {"tp": 0.0, "fp": 0.0, "fn": 0.0, "tn": 0.0, "n": 0, "sparse": 0}
+        for name in self.names:
+            profile = self.baseline.profiles[name]
             if isinstance(profile, CategoricalProfile):
                 self.accumulators[name] = CategoryCounter(profile.categories, profile.other_categories)
             else:
@@ -68,6 +87,16 @@ class Window:
         for name, acc in self.accumulators.items():
             acc.update(batch.columns[name])
         self.events += batch.n
+        if self.estimator is not None:
+            for key, value in self.estimator.expected_counts(batch.columns[self.score], self.threshold).items():
+                self.estimated[key] += value
+        for field, known in self.segments.items():
+            values = np.array([_category(v, known) for v in batch.columns[field]], dtype=object)
+            for value in sorted(set(values.tolist())):
+                sub = self.by_segment[field].get(value)
+                if sub is None:
+                    sub = self.by_segment[field][value] = Window(self.baseline, names=self.names)
+                sub.update(batch.take(np.flatnonzero(values == value)))
         if batch.timestamps is not None and batch.n:
             lo, hi = float(batch.timestamps.min()), float(batch.timestamps.max())
             if not math.isnan(lo):
@@ -101,6 +130,8 @@ class Window:
             "last_time": self.last_time if math.isfinite(self.last_time) else None,
             "offsets": self.offsets,
             "accumulators": {name: acc.state_dict() for name, acc in self.accumulators.items()},
+            "estimated": self.estimated,
+            "segments": {f: {v: w.state_dict() for v, w in subs.items()} for f, subs in self.by_segment.items()},
         }
 
     def load_state_dict(self, state: dict) -> "Window":
@@ -114,7 +145,17 @@ class Window:
         self.offsets = {k: list(v) for k, v in state["offsets"].items()}
         for name, acc_state in state["accumulators"].items():
             self.accumulators[name].load_state_dict(acc_state)
+        self.estimated = dict(state["estimated"])
+        for field, subs in state["segments"].items():
+            for value, sub in subs.items():
+                self.by_segment.setdefault(field, {})[value] = Window(self.baseline, names=self.names) \
+                    .load_state_dict(sub)
         return self
+
+    def fresh(self, index: int, start: float | None = None, end: float | None = None) -> "Window":
+        """An empty window with the same columns, segments and estimator."""
+        return Window(self.baseline, index, start, end, self.names, self.segments, self.estimator, self.score,
+                      self.threshold)
 
 
 class Evaluator:
@@ -130,7 +171,7 @@ class Evaluator:
         self.baseline = baseline
         drift = config.drift
         self.policies = {}
-        for _role, spec in config.schema.columns():
+        for _role, spec in config.drift_columns():
             defaults = drift.numeric if spec.type == "numeric" else drift.categorical
             method = spec.drift.effect_method or defaults.effect_method
             threshold = spec.drift.threshold
@@ -142,7 +183,7 @@ class Evaluator:
                 min_events=spec.drift.min_events or drift.min_events,
             )
         self.features = [f.name for f in config.schema.features]
-        self.outputs = [spec.name for role, spec in config.schema.columns() if role != "feature"]
+        self.outputs = [spec.name for role, spec in config.drift_columns() if role != "feature"]
 
     def _compare(self, name: str, window: Window) -> dict:
         profile = self.baseline.profiles[name]
@@ -174,8 +215,24 @@ class Evaluator:
             "drifted": sorted(name for name, r in features.items() if r["drift"]),
             "features": features,
         }
-        for role in ("prediction", "score", "label"):
-            spec = getattr(self.config.schema, role)
-            if spec is not None:
+        for role, spec in self.config.drift_columns():
+            if role != "feature":
                 result[role] = outputs[spec.name]
+        if window.estimator is not None:
+            from detectors import ConfidenceBasedEstimator
+
+            result["estimated_performance"] = ConfidenceBasedEstimator.metrics_from_counts(window.estimated)
+        if window.by_segment:
+            result["segments"] = {
+                field: {value: self._segment_summary(sub) for value, sub in sorted(subs.items())}
+                for field, subs in window.by_segment.items()}
         return result
+
+    def _segment_summary(self, window: Window) -> dict:
+        """Feature drift within one segment value (its own Holm family)."""
+        if window.events < self.config.drift.min_events:
+            return {"events": window.events, "status": "insufficient_data", "drifted": []}
+        features = decide({name: self._compare(name, window) for name in self.features}, alpha=self.config.drift.alpha)
+        return {"events": window.events, "status": "ok",
+                "drifted": sorted(name for name, r in features.items() if r["drift"]),
+                "effects": {name: r["effect"]["value"] for name, r in features.items()}}

@@ -1,0 +1,368 @@
+"""Labelled predictions: the label join, realized performance per window, segments, fairness.
+
+Predictions wait for their labels in :class:`~monitor.join.LabelJoin` (or
+carry them inline). Every ``labels.window`` labelled predictions close a
+performance window, evaluated against the baseline's performance: metric
+values, one-sided drop tests, per-segment metrics, group fairness and label
+drift. A sequential detector (ADWIN) watches the per-prediction error stream
+across windows for drops that happen inside one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from detectors import (
+    CategoricalProfile,
+    CategoryCounter,
+    ClassificationAccumulator,
+    ErrorRateDetector,
+    FeaturePolicy,
+    GroupAccumulator,
+    NumericHistogram,
+    RegressionAccumulator,
+    compare_categorical,
+    compare_numeric,
+    decide,
+    fairness_report,
+    performance_drop_test,
+)
+from monitor.config import Column, Config, Feature, FieldRef, SchemaConfig, parse_duration
+from monitor.decode import Decoder
+from monitor.join import LabelJoin
+
+__all__ = ["PerformanceTracker", "baseline_performance", "DELAY_BUCKETS"]
+
+#: Label delay histogram buckets, in seconds (a click in seconds, a repaid loan in months).
+DELAY_BUCKETS = (1, 10, 60, 300, 1800, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400, 90 * 86400, math.inf)
+
+_PROPORTIONS = {"accuracy": "n", "precision": "predicted_positive", "recall": "actual_positive"}
+_DEFAULT_METRICS = {"classification": ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "ece"),
+                    "regression": ("mae", "rmse", "mape", "r2")}
+
+
+def _task(config: Config) -> str:
+    return "regression" if config.schema.prediction.type == "numeric" else "classification"
+
+
+def _norm(value):
+    """Labels and predictions compared as text; integral floats as ints (1.0 and 1 are one class)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _accumulator(task: str, positive):
+    return ClassificationAccumulator(positive=positive) if task == "classification" else RegressionAccumulator()
+
+
+def baseline_performance(config: Config, label, prediction, score=None, positive=None) -> dict:
+    """Performance of the model on labelled baseline data, and the score calibration for estimation."""
+    from detectors import ConfidenceBasedEstimator
+
+    task = _task(config)
+    out = {"task": task}
+    if task == "classification":
+        labels = [_norm(v) for v in label]
+        preds = [_norm(v) for v in prediction]
+        classes = sorted({v for v in labels if v is not None})
+        if positive is None and len(classes) == 2:
+            counts = {c: labels.count(c) for c in classes}
+            positive = min(classes, key=lambda c: (counts[c], c))  # the minority class, as usual
+        acc = ClassificationAccumulator(positive=positive)
+        sc = None if score is None or positive is None else np.asarray(score, dtype=float)
+        acc.update(labels, preds, sc)
+        out["positive"] = positive
+        if sc is not None:
+            y = np.array([1 if v == positive else (0 if v is not None else -1) for v in labels])
+            ok = (y >= 0) & ~np.isnan(sc)
+            est = ConfidenceBasedEstimator(positive=1).fit(sc[ok], y[ok])
+            out["estimator"] = est.state_dict()
+    else:
+        acc = RegressionAccumulator()
+        acc.update(np.asarray(label, dtype=float), np.asarray(prediction, dtype=float))
+    out["metrics"] = acc.metrics()
+    out["n"] = acc.n
+    return out
+
+
+class PerformanceTracker:
+    """Join labels to predictions and evaluate labelled windows.
+
+    Parameters
+    ----------
+    config : Config
+    baseline : Baseline
+        Supplies the label profile, the baseline performance and the segment values.
+    """
+
+    def __init__(self, config: Config, baseline):
+        self.config = config
+        self.baseline = baseline
+        self.task = _task(config)
+        perf = baseline.extras.get("performance") or {}
+        self.reference = perf.get("metrics", {})
+        self.positive = config.labels.positive or perf.get("positive")
+        self.metrics = tuple(config.performance.metrics or _DEFAULT_METRICS[self.task])
+        self.label_name = config.schema.label.name
+        self.pred_name = config.schema.prediction.name
+        self.score_name = config.schema.score.name if config.schema.score else None
+        self.segment_values = baseline.extras.get("segments", {})
+        self.attributes = [a.name for a in config.fairness.attributes] if config.fairness else []
+        self.join = LabelJoin(parse_duration(config.labels.ttl), config.labels.max_pending)
+        self.label_decoder = None
+        if config.labels_on_topic:
+            label = config.schema.label
+            column = Column(name=label.name, type=label.type, path=label.path)
+            schema = SchemaConfig(
+                features=[Feature(name=label.name, type=label.type, path=label.path)],
+                id=FieldRef(path=config.labels.id_path or config.schema.id.path or "id"),
+                timestamp=FieldRef(path=config.labels.timestamp_path) if config.labels.timestamp_path else None)
+            self.label_decoder = Decoder(schema, columns=[("label", column)])
+        self.errors = ErrorRateDetector(delta=config.performance.error_delta) if self.task == "classification" \
+            else None
+        self.delay_counts = [0] * len(DELAY_BUCKETS)
+        self.delay_sum = 0.0
+        self.index = 0
+        self.windows_evaluated = 0
+        self.last_result: dict | None = None
+        self._new_window()
+
+    def _new_window(self) -> None:
+        self.acc = _accumulator(self.task, self.positive)
+        self.by_segment = {field: {} for field in self.segment_values}
+        self.groups = {a: GroupAccumulator(self.config.fairness.favourable) for a in self.attributes}
+        profile = self.baseline.profiles.get(self.label_name)
+        if isinstance(profile, CategoricalProfile):
+            self.label_acc = CategoryCounter(profile.categories, profile.other_categories)
+        elif profile is not None:
+            self.label_acc = NumericHistogram(profile.edges, profile.min, profile.max)
+        else:
+            self.label_acc = None
+        self.labelled = 0
+        self.first_time = math.inf
+        self.last_time = -math.inf
+
+    # ---- input ----------------------------------------------------------------------------------
+
+    def _segment(self, field: str, value) -> str:
+        value = _norm(value)
+        known = self.segment_values[field]
+        return value if value in known else "other"
+
+    def on_predictions(self, batch) -> list[dict]:
+        """Feed a decoded prediction batch; returns the performance windows it closed."""
+        if batch.n == 0:
+            return []
+        cols = batch.columns
+        times = batch.timestamps if batch.timestamps is not None else np.full(batch.n, np.nan)
+        extras = list(self.segment_values) + [a for a in self.attributes if a not in self.segment_values]
+        score = cols[self.score_name] if self.score_name else [None] * batch.n
+        rows = [list(r) for r in zip(cols[self.pred_name], (None if s != s else s for s in score),
+                                     times.tolist(), *(cols[e] for e in extras))]
+        if self.label_decoder is None:
+            labels = cols[self.label_name]
+            matched = [(row, label, 0.0) for row, label in zip(rows, labels)
+                       if label is not None and not (isinstance(label, float) and math.isnan(label))]
+            return self._add(matched, count_received=True)
+        if batch.ids is None:
+            return []
+        return self._add(self.join.add_predictions(batch.ids, times.tolist(), rows))
+
+    def on_labels(self, values: list[bytes], times: np.ndarray | None):
+        """Feed raw label messages; returns (closed performance windows, decoded batch)."""
+        batch = self.label_decoder.decode(values)
+        if batch.n == 0:
+            return [], batch
+        if batch.timestamps is None or np.isnan(batch.timestamps).any():
+            fallback = np.asarray(times, dtype=float)[batch.valid] if times is not None else np.full(batch.n, np.nan)
+            batch.timestamps = fallback if batch.timestamps is None else np.where(
+                np.isnan(batch.timestamps), fallback, batch.timestamps)
+        labels = batch.columns[self.label_name]
+        labels = labels.tolist() if isinstance(labels, np.ndarray) else labels
+        keep = [i for i, v in enumerate(labels) if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        matched = self.join.add_labels([batch.ids[i] for i in keep], batch.timestamps[keep].tolist(),
+                                       [labels[i] for i in keep])
+        self.join.expire()
+        return self._add(matched), batch
+
+    def _add(self, matched: list, count_received: bool = False) -> list[dict]:
+        if count_received:
+            self.join.received += len(matched)
+            self.join.matched += len(matched)
+        results = []
+        size = self.config.labels.window
+        start = 0
+        while start < len(matched):
+            take = matched[start:start + size - self.labelled]
+            self._update(take)
+            start += len(take)
+            if self.labelled >= size:
+                results.append(self._close())
+        return results
+
+    def _update(self, matched: list) -> None:
+        if not matched:
+            return
+        rows = [m[0] for m in matched]
+        delays = np.array([m[2] for m in matched], dtype=float)
+        for d in delays[~np.isnan(delays)]:
+            self.delay_counts[int(np.searchsorted(DELAY_BUCKETS, d))] += 1
+        self.delay_sum += float(np.nansum(delays))
+        preds = [r[0] for r in rows]
+        times = np.array([r[2] for r in rows], dtype=float)
+        if np.isfinite(times).any():
+            self.first_time = min(self.first_time, float(np.nanmin(times)))
+            self.last_time = max(self.last_time, float(np.nanmax(times)))
+        if self.task == "classification":
+            labels = [_norm(m[1]) for m in matched]
+            preds = [_norm(p) for p in preds]
+            scores = None
+            if self.score_name and self.positive is not None:
+                scores = np.array([np.nan if r[1] is None else r[1] for r in rows], dtype=float)
+            self.acc.update(labels, preds, scores)
+            errors = np.array([int(lab != pred) for lab, pred in zip(labels, preds) if lab is not None
+                               and pred is not None], dtype=np.int8)
+            self.errors.update(errors)
+            if self.label_acc is not None:
+                self.label_acc.update(labels)
+        else:
+            labels = np.array([np.nan if m[1] is None else float(m[1]) for m in matched])
+            preds = np.array([np.nan if p is None else float(p) for p in preds])
+            self.acc.update(labels, preds)
+            if self.label_acc is not None:
+                self.label_acc.update(labels)
+        offset = 3
+        for j, field in enumerate(self.segment_values):
+            values = [self._segment(field, r[offset + j]) for r in rows]
+            for value in sorted(set(values)):
+                idx = [i for i, v in enumerate(values) if v == value]
+                acc = self.by_segment[field].setdefault(value, _accumulator(self.task, self.positive))
+                if self.task == "classification":
+                    acc.update([labels[i] for i in idx], [preds[i] for i in idx])
+                else:
+                    acc.update(labels[idx], preds[idx])
+        extras = list(self.segment_values) + [a for a in self.attributes if a not in self.segment_values]
+        for attr in self.attributes:
+            col = offset + extras.index(attr)
+            groups = [_norm(r[col]) for r in rows]
+            y_true = labels if self.task == "classification" else None
+            self.groups[attr].update(groups, preds, y_true)
+        self.labelled += len(matched)
+
+    # ---- evaluation ------------------------------------------------------------------------------
+
+    def _drops(self, acc) -> dict:
+        values = acc.metrics()
+        errs = acc.std_errors()
+        out = {}
+        for metric in self.metrics:
+            base = self.reference.get(metric)
+            value = values.get(metric)
+            n = values.get("n") or 0
+            if metric in ("precision", "recall") and self.task == "classification" and self.positive is not None:
+                n = self._denominator(acc, metric)
+            if base is None or value is None:
+                continue
+            if metric not in _PROPORTIONS and not errs.get(metric):
+                continue  # no standard error (ECE): reported, never tested
+            out[metric] = performance_drop_test(
+                metric, base, value, n, margin=self.config.performance.margin, std_err=errs.get(metric),
+                alpha=self.config.performance.alpha)
+        return out
+
+    def _denominator(self, acc, metric: str) -> int:
+        labels = [str(x) for x in acc.labels]
+        cm = np.asarray(acc.confusion_matrix)
+        if self.positive not in labels:
+            return 0
+        k = labels.index(self.positive)
+        return int(cm[:, k].sum()) if metric == "precision" else int(cm[k, :].sum())
+
+    def _close(self) -> dict:
+        fairness = self.config.fairness
+        result = {
+            "model": self.config.model,
+            "baseline_fingerprint": self.baseline.fingerprint,
+            "window": {"index": self.index, "labelled": self.labelled,
+                       "start": _iso(self.first_time), "end": _iso(self.last_time)},
+            "task": self.task,
+            "metrics": {k: v for k, v in self.acc.metrics().items() if k in self.metrics or k == "n"},
+            "baseline": {k: self.reference.get(k) for k in self.metrics},
+            "drops": self._drops(self.acc),
+            "segments": {},
+            "fairness": {},
+            "error_rate": None,
+        }
+        for field, accs in self.by_segment.items():
+            result["segments"][field] = {
+                value: {"metrics": {k: v for k, v in acc.metrics().items() if k in self.metrics or k == "n"},
+                        "drops": self._drops(acc)}
+                for value, acc in sorted(accs.items())
+            }
+        for attr, acc in self.groups.items():
+            result["fairness"][attr] = fairness_report(
+                acc, min_group_size=fairness.min_group_size, alpha=fairness.alpha,
+                parity_ratio_bound=fairness.parity_ratio_bound)
+        if self.errors is not None:
+            result["error_rate"] = {"estimate": self.errors.estimate, "detections": self.errors.detections,
+                                    "drift_detected": bool(self.errors.drift_detected)}
+        if self.label_acc is not None:
+            profile = self.baseline.profiles[self.label_name]
+            compare = compare_categorical if isinstance(profile, CategoricalProfile) else compare_numeric
+            result["label_drift"] = decide({"label": compare(profile, self.label_acc, FeaturePolicy(
+                min_events=self.config.drift.min_events))}, alpha=self.config.drift.alpha)["label"]
+        self.index += 1
+        self.windows_evaluated += 1
+        self.last_result = result
+        self._new_window()
+        return result
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            "join": self.join.state_dict(),
+            "acc": self.acc.state_dict(),
+            "by_segment": {f: {v: a.state_dict() for v, a in accs.items()} for f, accs in self.by_segment.items()},
+            "groups": {a: g.state_dict() for a, g in self.groups.items()},
+            "label_acc": None if self.label_acc is None else self.label_acc.state_dict(),
+            "errors": None if self.errors is None else self.errors.state_dict(),
+            "labelled": self.labelled,
+            "first_time": None if math.isinf(self.first_time) else self.first_time,
+            "last_time": None if math.isinf(self.last_time) else self.last_time,
+            "delay_counts": self.delay_counts, "delay_sum": self.delay_sum,
+            "index": self.index, "windows_evaluated": self.windows_evaluated, "last_result": self.last_result,
+        }
+
+    def load_state_dict(self, state: dict) -> "PerformanceTracker":
+        self._new_window()
+        self.join.load_state_dict(state["join"])
+        self.acc.load_state_dict(state["acc"])
+        for field, accs in state["by_segment"].items():
+            for value, s in accs.items():
+                self.by_segment.setdefault(field, {})[value] = _accumulator(self.task, self.positive)
+                self.by_segment[field][value].load_state_dict(s)
+        for attr, s in state["groups"].items():
+            self.groups[attr].load_state_dict(s)
+        if self.label_acc is not None and state["label_acc"] is not None:
+            self.label_acc.load_state_dict(state["label_acc"])
+        if self.errors is not None and state["errors"] is not None:
+            self.errors.load_state_dict(state["errors"])
+        self.labelled = state["labelled"]
+        self.first_time = math.inf if state["first_time"] is None else state["first_time"]
+        self.last_time = -math.inf if state["last_time"] is None else state["last_time"]
+        self.delay_counts, self.delay_sum = list(state["delay_counts"]), state["delay_sum"]
+        self.index, self.windows_evaluated = state["index"], state["windows_evaluated"]
+        self.last_result = state["last_result"]
+        return self
+
+
+def _iso(ts: float) -> str | None:
+    from monitor.window import iso
+
+    return iso(ts) if math.isfinite(ts) else None
