@@ -44,7 +44,7 @@ def setup_daemon(tmp_path, broker, receiver=None, partitions=1, **overrides):
     topic = f"predictions-{uuid.uuid4().hex[:8]}"
     broker.create_topic(topic, partitions=partitions)
     kafka = {"bootstrap_servers": broker.bootstrap, "topic": topic, "group_id": f"driftmon-{topic}",
-             "max_poll_interval_ms": 5000, "session_timeout_ms": 5000, "lag_interval": "1s",
+             "max_poll_interval_ms": 6000, "session_timeout_ms": 6000, "lag_interval": "1s",
              "commit_interval": "200ms"}
     alerts = {"webhooks": [{"url": receiver.url + "/hook"}]} if receiver else {}
     path, config = write_setup(tmp_path, car_loan(seed=1), window={"size": WINDOW}, kafka=kafka, alerts=alerts,

@@ -114,7 +114,7 @@ def test_every_panel_query_returns_data_and_rules_load(tmp_path, prometheus):
         topic = "predictions"
         broker.create_topic(topic)
         kafka = {"bootstrap_servers": broker.bootstrap, "topic": topic, "group_id": "driftmon-dash",
-                 "max_poll_interval_ms": 5000, "session_timeout_ms": 5000, "lag_interval": "1s"}
+                 "max_poll_interval_ms": 6000, "session_timeout_ms": 6000, "lag_interval": "1s"}
         alerts = {"webhooks": [{"url": receiver.url + "/ok"}, {"url": f"http://127.0.0.1:{free_port()}/down"}],
                   "outbox": {"backoff_initial": "100ms", "backoff_max": "1s"}}
         path, _ = write_setup(tmp_path, car_loan(seed=1), window={"size": 1000}, kafka=kafka, alerts=alerts,
