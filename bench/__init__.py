@@ -1,0 +1,1 @@
+"""driftmon benchmarks: run with ``python -m bench.run`` (see bench/README.md)."""

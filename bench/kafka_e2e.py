@@ -1,0 +1,184 @@
+"""Figure 2: end-to-end throughput from a real Apache Kafka broker.
+
+The topic is filled once with N wide() messages. Then, alternating:
+
+* ceiling: a bare kafka-python ``KafkaConsumer`` in a fresh group, auto-commit off,
+  with exactly the options ``monitor.source.KafkaSource`` uses (max_poll_records 5000,
+  metrics off, the same fetch sizes), polling until it has seen all N messages and
+  doing nothing with them;
+* subject: ``monitor.daemon.Daemon`` in-process (HTTP server, scheduler, state store,
+  checkpoints on every closed window, offset commits), in a fresh group with a fresh
+  state dir, running its consume loop (``_consume_once``, the body of ``Daemon.run``)
+  until the pipeline has consumed all N messages.
+
+Both rates are counted from the moment the first non-empty poll returns (so the
+group join is left out of both) to the moment the last message is in:
+(N - first batch) / elapsed.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+from bench.common import crc32c_status, interleave, log, make_setup, message_pool, summarize
+
+TARGET_RATIO = 0.60
+TOPIC = "bench-wide"
+
+
+def _consumer_options(kcfg) -> dict:
+    """The KafkaConsumer arguments KafkaSource.start() uses, for the same KafkaConfig."""
+    from monitor.source import client_options
+
+    return dict(
+        group_id=kcfg.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset=kcfg.auto_offset_reset,
+        max_poll_records=kcfg.max_poll_records,
+        max_poll_interval_ms=kcfg.max_poll_interval_ms,
+        session_timeout_ms=kcfg.session_timeout_ms,
+        heartbeat_interval_ms=max(100, kcfg.session_timeout_ms // 3),
+        fetch_max_bytes=kcfg.fetch_max_bytes,
+        max_partition_fetch_bytes=kcfg.max_partition_fetch_bytes,
+        metrics_enabled=False,
+        **client_options(kcfg),
+    )
+
+
+def _produce(bootstrap: str, pool: list[bytes], n: int) -> float:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=50, batch_size=1 << 20,
+                             max_request_size=8 << 20)
+    started = time.perf_counter()
+    size = len(pool)
+    for i in range(n):
+        producer.send(TOPIC, value=pool[i % size])
+    producer.flush(timeout=300)
+    elapsed = time.perf_counter() - started
+    producer.close(timeout=10)
+    return n / elapsed
+
+
+def run(quick: bool = False) -> dict:
+    import msgspec
+
+    from monitor.config import Config
+    from monitor.daemon import Daemon
+    from monitor.synth import wide
+
+    try:
+        from tests.brokers import BrokerToolMissing, KafkaBroker
+    except ImportError as exc:  # the repo's tests/ folder is not on the path
+        return {"skipped": f"cannot import tests.brokers: {exc}"}
+
+    n_messages = 30_000 if quick else 500_000
+    pool_n = 10_000 if quick else 50_000
+    rounds = 1 if quick else 5
+    train_rows = 20_000 if quick else 100_000
+    crc = crc32c_status()
+    log(f"kafka: crc32c importable: {crc['importable']}, used by kafka-python: {crc['used_by_kafka_python']}")
+
+    try:
+        broker = KafkaBroker()
+    except BrokerToolMissing as exc:
+        return {"skipped": str(exc), "crc32c": crc}
+    tmp = tempfile.mkdtemp(prefix="driftmon-bench-kafka-")
+    synth = wide(0)
+    _, base_config, baseline = make_setup(tmp, synth, train_rows)
+    pool = message_pool(pool_n, seed=1)
+    broker.start()
+    try:
+        log(f"kafka: broker {broker.version} up in {broker.startup_seconds:.1f}s on {broker.bootstrap}")
+        broker.create_topic(TOPIC, 1)
+        produce_rate = _produce(broker.bootstrap, pool, n_messages)
+        log(f"kafka: produced {n_messages:,} messages at {produce_rate:,.0f} msg/s")
+
+        counter = iter(range(1_000_000))
+
+        def config_for(kind: str) -> Config:
+            tree = msgspec.to_builtins(base_config)
+            tree["kafka"] = {"bootstrap_servers": broker.bootstrap, "topic": TOPIC,
+                             "group_id": f"bench-{kind}-{next(counter)}"}
+            tree["http"] = {"host": "127.0.0.1", "port": 0}
+            tree["state"] = {"dir": tempfile.mkdtemp(prefix="state-", dir=tmp)}
+            return msgspec.convert(tree, Config)
+
+        def run_ceiling() -> dict:
+            from kafka import KafkaConsumer
+
+            kcfg = config_for("ceiling").kafka
+            consumer = KafkaConsumer(**_consumer_options(kcfg))
+            consumer.subscribe([kcfg.topic])
+            seen = 0
+            first = None
+            deadline = time.monotonic() + 600
+            try:
+                while seen < n_messages and time.monotonic() < deadline:
+                    records = consumer.poll(timeout_ms=500, max_records=kcfg.max_poll_records)
+                    got = sum(len(v) for v in records.values())
+                    if got and first is None:
+                        first = (time.perf_counter(), got)
+                    seen += got
+                end = time.perf_counter()
+            finally:
+                consumer.close(autocommit=False)
+            if seen < n_messages:
+                raise RuntimeError(f"ceiling consumer saw only {seen} of {n_messages} messages")
+            return {"rate": (n_messages - first[1]) / (end - first[0]), "seconds": end - first[0]}
+
+        def run_subject() -> dict:
+            daemon = Daemon(config_for("daemon"), baseline)
+            daemon.start()
+            first = []
+            real_poll = daemon.source.poll
+
+            def timed_poll(timeout_ms: int = 500):
+                out = real_poll(timeout_ms)
+                if out and not first:
+                    first.append((time.perf_counter(), sum(len(pb.values) for pb in out)))
+                return out
+
+            daemon.source.poll = timed_poll
+            deadline = time.monotonic() + 600
+            try:
+                while daemon.pipeline.consumed < n_messages and time.monotonic() < deadline:
+                    daemon._consume_once()
+                end = time.perf_counter()
+                consumed = daemon.pipeline.consumed
+                invalid = dict(daemon.pipeline.invalid)
+                windows = daemon.pipeline.windows_evaluated
+            finally:
+                daemon.shutdown()
+            if consumed < n_messages:
+                raise RuntimeError(f"daemon consumed only {consumed} of {n_messages} messages")
+            if invalid:
+                raise RuntimeError(f"daemon rejected messages: {invalid}")
+            return {"rate": (n_messages - first[0][1]) / (end - first[0][0]), "seconds": end - first[0][0],
+                    "windows": windows}
+
+        rounds_out = interleave(run_ceiling, run_subject, rounds, log=log, label="kafka")
+    finally:
+        broker.stop()
+    summary = summarize(rounds_out, "rate")
+    return {
+        "what": "monitor.daemon.Daemon consume loop (poll + Pipeline.process + checkpoints + commits) from Apache Kafka",
+        "ceiling_what": "bare kafka-python KafkaConsumer, same options as KafkaSource, no processing",
+        "broker": f"Apache Kafka {broker.version} (KRaft, one node, loopback)",
+        "topic_partitions": 1,
+        "messages": n_messages,
+        "rounds": rounds,
+        "produce_msgs_per_s": produce_rate,
+        "crc32c": crc,
+        "windows_per_round": rounds_out[0]["subject"]["windows"],
+        "subject_msgs_per_s": summary["subject_median"],
+        "ceiling_msgs_per_s": summary["ceiling_median"],
+        "ratio": summary["ratio_median"],
+        # What driftmon adds to every message on top of consuming it, and the budget the target leaves.
+        "added_us_per_msg": 1e6 * (1 / summary["subject_median"] - 1 / summary["ceiling_median"]),
+        "budget_us_per_msg": 1e6 * (1 / TARGET_RATIO - 1) / summary["ceiling_median"],
+        "detail": summary,
+        "target": {"ratio": TARGET_RATIO},
+        "met": summary["ratio_median"] >= TARGET_RATIO,
+    }

@@ -1,0 +1,229 @@
+"""Run driftmon's benchmarks and write bench/results.json and bench/RESULTS.md.
+
+Usage::
+
+    python -m bench.run            # the full run (about 5 minutes on 2 cores)
+    python -m bench.run --quick    # a smoke run with small sizes (under a minute)
+    python -m bench.run --only pipeline,memory
+
+Every figure is reported next to a ceiling measured in the same run, with ceiling and
+subject runs interleaved and medians reported, because this machine's speed wanders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python bench/run.py`: import the package from the repo root, not bench/
+    _repo = str(Path(__file__).resolve().parent.parent)
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+    sys.path.insert(0, _repo)
+
+from bench.common import REPO, log, machine_info  # noqa: E402
+
+BENCHES = ("pipeline", "kafka", "memory", "evidently")
+
+
+def _module(name: str):
+    if name == "pipeline":
+        from bench import throughput as mod
+    elif name == "kafka":
+        from bench import kafka_e2e as mod
+    elif name == "memory":
+        from bench import memory as mod
+    else:
+        from bench import evidently_compare as mod
+    return mod
+
+
+def _rate(x) -> str:
+    return f"{x:,.0f} msg/s"
+
+
+def _met(entry: dict) -> str:
+    if "error" in entry:
+        return "error"
+    if "skipped" in entry:
+        return "skipped"
+    return "yes" if entry.get("met") else "**no**"
+
+
+def markdown(doc: dict) -> str:
+    m = doc["machine"]
+    v = m["versions"]
+    lines = [
+        "# driftmon benchmark results",
+        "",
+        f"Run {doc['started_at']} ({'quick smoke run' if doc['quick'] else 'full run'}), "
+        f"{doc['seconds']:.0f} s. Each figure sits next to a ceiling measured in the same run "
+        "(ceiling and subject runs interleaved; medians; the ratio is the median of the per-round ratios).",
+        "",
+        "| figure | driftmon | ceiling / reference | ratio | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    r = doc["results"]
+    if "pipeline" in r:
+        p = r["pipeline"]
+        if "error" in p or "skipped" in p:
+            lines.append(f"| 1. pipeline throughput | {p.get('error') or p.get('skipped')} | | | >= 200,000 msg/s | {_met(p)} |")
+        else:
+            lines.append(
+                f"| 1. in-process pipeline throughput (batches of {p['batch']}, {p['window']}-event windows) "
+                f"| {_rate(p['subject_msgs_per_s'])} | {_rate(p['ceiling_msgs_per_s'])} (msgspec decode into columns) "
+                f"| {p['ratio']:.2f} | >= {p['target']['subject_msgs_per_s']:,} msg/s | {_met(p)} |")
+    if "kafka" in r:
+        k = r["kafka"]
+        if "error" in k or "skipped" in k:
+            lines.append(f"| 2. end-to-end from Kafka | {k.get('error') or k.get('skipped')} | | | >= 60% | {_met(k)} |")
+        else:
+            lines.append(
+                f"| 2. end-to-end from Apache Kafka ({k['messages']:,} msgs, daemon consume + process) "
+                f"| {_rate(k['subject_msgs_per_s'])} | {_rate(k['ceiling_msgs_per_s'])} (bare kafka-python consume) "
+                f"| {k['ratio']:.2f} | >= {k['target']['ratio']:.2f} | {_met(k)} |")
+    if "memory" in r:
+        mm = r["memory"]
+        if "error" in mm or "skipped" in mm:
+            lines.append(f"| 3. memory | {mm.get('error') or mm.get('skipped')} | | | < 200 MB, flat | {_met(mm)} |")
+        else:
+            lines.append(
+                f"| 3. peak RSS over {mm['messages']:,} msgs (growth after {mm['checkpoint']:,}: "
+                f"{mm['growth_after_checkpoint_mib']:+.1f} MiB) | {mm['peak_mib']:.1f} MiB "
+                f"| {mm['rss_at_checkpoint_mib']:.1f} MiB (RSS after {mm['checkpoint']:,}) "
+                f"| {mm['peak_over_checkpoint']:.3f} | < {mm['target']['peak_mib']:.0f} MiB, "
+                f"growth <= {mm['target']['flat_tolerance_mib']:.0f} MiB | {_met(mm)} |")
+    if "evidently" in r:
+        e = r["evidently"]
+        if "error" in e or "skipped" in e:
+            lines.append(f"| 4. vs Evidently | {e.get('error') or e.get('skipped')} | | | >= 50x | {_met(e)} |")
+        else:
+            lines.append(
+                f"| 4. drift check, {e['rows']:,} + {e['rows']:,} rows x {e['features']} features "
+                f"| {e['driftmon_seconds']:.3f} s | {e['evidently_seconds']:.2f} s (Evidently "
+                f"{e['evidently_version']} DataDriftPreset) | {e['speedup']:.0f}x faster "
+                f"| >= {e['target']['speedup']:.0f}x | {_met(e)} |")
+    lines += ["", "## Details", ""]
+    if "pipeline" in r and "subject_msgs_per_s" in r["pipeline"]:
+        p = r["pipeline"]
+        lines.append(
+            f"- **Pipeline**: {p['rounds']} rounds of {p['messages_per_round']:,} messages from a pool of "
+            f"{p['pool']:,} distinct wide() messages (mean {p['mean_message_bytes']:.0f} bytes, {p['columns']} "
+            f"monitored columns), {p['windows_per_round']} windows evaluated per round: {1e6 / p['subject_msgs_per_s']:.2f} us "
+            f"per message (ceiling {1e6 / p['ceiling_msgs_per_s']:.2f} us). Per-round rates: driftmon "
+            f"{', '.join(f'{x:,.0f}' for x in p['detail']['subject_all'])}; ceiling "
+            f"{', '.join(f'{x:,.0f}' for x in p['detail']['ceiling_all'])}.")
+    if "kafka" in r and "subject_msgs_per_s" in r["kafka"]:
+        k = r["kafka"]
+        crc = k["crc32c"]
+        lines.append(
+            f"- **Kafka**: {k['broker']}, 1 partition, {k['messages']:,} messages produced once at "
+            f"{k['produce_msgs_per_s']:,.0f} msg/s; {k['rounds']} rounds, each a fresh consumer group "
+            f"(the daemon also with a fresh state dir). crc32c importable: **{crc['importable']}** "
+            f"(used by kafka-python: {crc['used_by_kafka_python']}). The daemon adds {k['added_us_per_msg']:.1f} us "
+            f"per message to consuming it (the target leaves {k['budget_us_per_msg']:.1f} us). Per-round rates: daemon "
+            f"{', '.join(f'{x:,.0f}' for x in k['detail']['subject_all'])}; bare consumer "
+            f"{', '.join(f'{x:,.0f}' for x in k['detail']['ceiling_all'])}.")
+    if "memory" in r and "peak_mib" in r["memory"]:
+        mm = r["memory"]
+        samples = mm["samples"]
+        pick = samples if len(samples) <= 10 else samples[:: max(1, len(samples) // 10)] + [samples[-1]]
+        heavy = ", ".join(mm["heavy_modules_loaded"]) or "none"
+        lines.append(
+            f"- **Memory**: subprocess; VmRSS of the bare interpreter {mm['rss_interpreter_mib']:.1f} MiB, after "
+            f"importing monitor.pipeline {mm['rss_after_imports_mib']:.1f} MiB (heavy modules it loaded: {heavy}), "
+            f"after loading the config, the baseline and a pool of {mm['pool']:,} messages "
+            f"{mm['rss_after_setup_mib']:.1f} MiB; VmRSS by messages processed: "
+            + ", ".join(f"{s['messages']:,}: {s['rss_mib']:.1f}" for s in pick)
+            + f" MiB; peak (VmHWM) {mm['peak_mib']:.1f} MiB; {mm['msgs_per_s']:,.0f} msg/s, "
+            f"{mm['windows']:,} windows.")
+    if "evidently" in r and "speedup" in r["evidently"]:
+        e = r["evidently"]
+        d = e["drifted"]
+        lines.append(
+            f"- **Evidently**: {e['rounds']} rounds. Per-round times: Evidently "
+            f"{', '.join(f'{x:.2f}' for x in e['detail']['ceiling_all'])} s; driftmon "
+            f"{', '.join(f'{x:.3f}' for x in e['detail']['subject_all'])} s. Drifted columns found: "
+            f"driftmon {d['driftmon']}, Evidently {d['evidently']} (truth: {d['truth']}). "
+            f"driftmon from {e['rows']:,} raw JSON messages instead of Parquet (baseline + Pipeline.process): "
+            f"{e['driftmon_from_json_seconds']:.3f} s.")
+    lines += [
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| CPU | {m['cpu_model']} |",
+        f"| cores | {m['cores']} ({m['cores_usable']} usable) |",
+        f"| memory | {m['memory_gib']} GiB |",
+        f"| kernel | {m['kernel']} |",
+        f"| Python | {m['python']} ({m['python_implementation']}) |",
+    ]
+    for name in ("numpy", "msgspec", "kafka-python", "crc32c", "evidently", "pandas", "scipy", "pyarrow"):
+        lines.append(f"| {name} | {v.get(name)} |")
+    lines.append(f"| crc32c importable | {m['crc32c']['importable']} |")
+    g = m.get("git", {})
+    if g.get("commit"):
+        dirty = g.get("uncommitted_in_monitor_detectors") or []
+        note = f" + uncommitted changes in {len(dirty)} file(s) of monitor/, detectors/" if dirty else ""
+        lines.append(f"| code | commit {g['commit'][:12]}{note} |")
+    if m["openblas_env"]:
+        lines.append(f"| OpenBLAS env | {m['openblas_env']} |")
+    lines += ["", "Reproduce with `python -m bench.run` (see bench/README.md).", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, one or two rounds: a smoke run")
+    parser.add_argument("--only", default=",".join(BENCHES),
+                        help=f"comma-separated subset of {','.join(BENCHES)}")
+    parser.add_argument("--out", default=None,
+                        help="folder for results.json and RESULTS.md (default: bench/, or bench/quick/ with --quick)")
+    args = parser.parse_args(argv)
+    only = [b.strip() for b in args.only.split(",") if b.strip()]
+    unknown = set(only) - set(BENCHES)
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    out = Path(args.out) if args.out else (REPO / "bench" / ("quick" if args.quick else ""))
+    out.mkdir(parents=True, exist_ok=True)
+    os.chdir(REPO)  # tests.brokers and the memory child import from the repo root
+
+    started = time.perf_counter()
+    doc = {
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "machine": machine_info(),
+        "results": {},
+    }
+    log(f"machine: {doc['machine']['cpu_model']}, {doc['machine']['cores']} cores, "
+        f"Python {doc['machine']['python']}; crc32c importable: {doc['machine']['crc32c']['importable']}")
+    failed = False
+    for name in BENCHES:
+        if name not in only:
+            continue
+        log(f"== {name}")
+        t0 = time.perf_counter()
+        try:
+            doc["results"][name] = _module(name).run(quick=args.quick)
+        except Exception as exc:  # one broken benchmark must not lose the others' figures
+            traceback.print_exc()
+            doc["results"][name] = {"error": f"{type(exc).__name__}: {exc}"}
+            failed = True
+        doc["results"][name]["bench_seconds"] = round(time.perf_counter() - t0, 1)
+    doc["seconds"] = time.perf_counter() - started
+    (out / "results.json").write_text(json.dumps(doc, indent=1, default=float) + "\n", encoding="utf-8")
+    text = markdown(doc)
+    (out / "RESULTS.md").write_text(text, encoding="utf-8")
+    print(text)
+    log(f"wrote {out / 'results.json'} and {out / 'RESULTS.md'} in {doc['seconds']:.0f} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
