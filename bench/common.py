@@ -139,6 +139,17 @@ def make_setup(directory: str | os.PathLike, synth, train_rows: int, config_over
     return str(path), config, Baseline.load(config.baseline)
 
 
+def scratch_dir(prefix: str) -> str:
+    """A temp dir removed when the process exits."""
+    import atexit
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
 def message_pool(n: int, seed: int = 1) -> list[bytes]:
     """``n`` distinct wide() messages (generated once; benchmarks cycle through them)."""
     from monitor.synth import wide

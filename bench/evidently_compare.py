@@ -18,11 +18,10 @@ Parquet (the current window fed through ``Pipeline.process``), for information.
 
 from __future__ import annotations
 
-import tempfile
 from collections import Counter
 from pathlib import Path
 
-from bench.common import FIXED_START, Timer, interleave, log, make_setup, summarize
+from bench.common import FIXED_START, Timer, interleave, log, make_setup, scratch_dir, summarize
 
 TARGET_SPEEDUP = 50.0
 
@@ -62,7 +61,7 @@ def run(quick: bool = False) -> dict:
     rows = 10_000 if quick else 100_000
     rounds = 1 if quick else 3
 
-    tmp = Path(tempfile.mkdtemp(prefix="driftmon-bench-evidently-"))
+    tmp = Path(scratch_dir("driftmon-bench-evidently-"))
     reference_synth, current_synth = wide(0), wide(1, drift=True)
     _, config, _ = make_setup(tmp, reference_synth, 1000, {"window": {"size": rows}}, drop=("prediction", "score"))
     features = [f.name for f in config.schema.features]

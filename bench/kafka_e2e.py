@@ -21,7 +21,7 @@ from __future__ import annotations
 import tempfile
 import time
 
-from bench.common import crc32c_status, interleave, log, make_setup, message_pool, summarize
+from bench.common import crc32c_status, interleave, log, make_setup, message_pool, scratch_dir, summarize
 
 TARGET_RATIO = 0.60
 TOPIC = "bench-wide"
@@ -84,7 +84,7 @@ def run(quick: bool = False) -> dict:
         broker = KafkaBroker()
     except BrokerToolMissing as exc:
         return {"skipped": str(exc), "crc32c": crc}
-    tmp = tempfile.mkdtemp(prefix="driftmon-bench-kafka-")
+    tmp = scratch_dir("driftmon-bench-kafka-")
     synth = wide(0)
     _, base_config, baseline = make_setup(tmp, synth, train_rows)
     pool = message_pool(pool_n, seed=1)

@@ -16,7 +16,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 
 BATCH = 2000
@@ -26,7 +25,7 @@ FLAT_TOLERANCE_MIB = 5.0
 
 
 def run(quick: bool = False) -> dict:
-    from bench.common import REPO, log, make_setup, message_pool
+    from bench.common import REPO, log, make_setup, message_pool, scratch_dir
     from monitor.synth import wide
 
     total = 300_000 if quick else 5_000_000
@@ -34,7 +33,7 @@ def run(quick: bool = False) -> dict:
     pool_n = 10_000 if quick else 20_000
     train_rows = 20_000 if quick else 100_000
 
-    tmp = tempfile.mkdtemp(prefix="driftmon-bench-memory-")
+    tmp = scratch_dir("driftmon-bench-memory-")
     config_path, _, _ = make_setup(tmp, wide(0), train_rows)
     pool_path = os.path.join(tmp, "pool.jsonl")
     with open(pool_path, "wb") as fh:

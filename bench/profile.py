@@ -30,12 +30,12 @@ def _print(profile: cProfile.Profile, top: int, out) -> None:
 
 
 def profile_pipeline(messages: int, top: int, out=sys.stdout) -> None:
-    from bench.common import batches_from_pool, make_setup, message_pool
+    from bench.common import batches_from_pool, make_setup, message_pool, scratch_dir
     from bench.throughput import BATCH
     from monitor.pipeline import Pipeline
     from monitor.synth import wide
 
-    _, config, baseline = make_setup(tempfile.mkdtemp(prefix="driftmon-profile-"), wide(0), 100_000)
+    _, config, baseline = make_setup(scratch_dir("driftmon-profile-"), wide(0), 100_000)
     pool = message_pool(min(messages, 100_000), seed=1)
     pipeline = Pipeline(config, baseline)
     for chunk in batches_from_pool(pool, BATCH, 20_000):  # warm-up
@@ -56,14 +56,14 @@ def profile_pipeline(messages: int, top: int, out=sys.stdout) -> None:
 def profile_daemon(messages: int, top: int, out=sys.stdout) -> None:
     import msgspec
 
-    from bench.common import make_setup, message_pool
+    from bench.common import make_setup, message_pool, scratch_dir
     from bench.kafka_e2e import TOPIC, _produce
     from monitor.config import Config
     from monitor.daemon import Daemon
     from monitor.synth import wide
     from tests.brokers import KafkaBroker
 
-    tmp = tempfile.mkdtemp(prefix="driftmon-profile-")
+    tmp = scratch_dir("driftmon-profile-")
     _, config, baseline = make_setup(tmp, wide(0), 100_000)
     pool = message_pool(50_000, seed=1)
     with KafkaBroker() as broker:

@@ -14,12 +14,12 @@ float64 array of epoch seconds (msgspec parses the ISO 8601 timestamps in C).
 from __future__ import annotations
 
 import datetime as _dt
-import tempfile
 
 import msgspec
 import numpy as np
 
-from bench.common import Timer, batches_from_pool, interleave, log, make_setup, message_pool, summarize
+from bench.common import (Timer, batches_from_pool, interleave, log, make_setup, message_pool, scratch_dir,
+                          summarize)
 
 BATCH = 2000
 WINDOW = 5000
@@ -89,7 +89,7 @@ def run(quick: bool = False) -> dict:
     rounds = 2 if quick else 5
     train_rows = 20_000 if quick else 100_000
 
-    tmp = tempfile.mkdtemp(prefix="driftmon-bench-pipeline-")
+    tmp = scratch_dir("driftmon-bench-pipeline-")
     synth = wide(0)
     _, config, baseline = make_setup(tmp, synth, train_rows, {"window": {"size": WINDOW}})
     log(f"pipeline: generating a pool of {pool_n:,} wide() messages")
