@@ -64,6 +64,10 @@ class Daemon:
         self.stopping = threading.Event()
         self.lag: dict[int, int] = {}
         self.checkpoints = 0
+        self._snapshots = 0  # snapshots taken; a checkpoint never replaces a newer one
+        self._saved = 0
+        self._save_lock = threading.Lock()
+        self._durable_positions: dict[str, int] = dict(self.pipeline.positions)
         self.last_window_end: float | None = None
         self.consuming = False
         self.idle = False
@@ -129,9 +133,20 @@ class Daemon:
             self.checkpoint()  # a closed window is durable before its offsets are committed
 
     def checkpoint(self) -> None:
+        """Snapshot the state under the lock; write it outside, so the consuming loop waits only for the copy."""
         with self.lock:
-            self.store.save({"pipeline": self.pipeline.state_dict(), "alerts": self.alerts.state_dict()})
+            self._snapshots += 1
+            seq = self._snapshots
+            state = {"pipeline": self.pipeline.state_dict(), "alerts": self.alerts.state_dict()}
+        with self._save_lock:
+            if seq <= self._saved:
+                return  # a newer snapshot is on disk already
+            self.store.save(state)
+            self._saved = seq
             self.checkpoints += 1
+            # Only offsets whose events are durable in a checkpoint may be committed: a restart that
+            # finds no usable checkpoint resumes from the committed offsets and must not skip events.
+            self._durable_positions = dict(state["pipeline"]["positions"])
 
     def _poll_lag(self) -> None:
         if self.source is None:
@@ -175,8 +190,8 @@ class Daemon:
 
     def _commit(self) -> None:
         self.source.flush()  # dead letters are durable before their offsets are committed
-        with self.lock:
-            positions = dict(self.pipeline.positions)
+        with self._save_lock:
+            positions = dict(self._durable_positions)
         try:
             self.source.commit(positions)
         except Exception as exc:  # a rebalance in progress; the next commit covers it

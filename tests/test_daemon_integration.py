@@ -195,3 +195,29 @@ def test_notifications_pending_at_shutdown_are_sent_after_restart(tmp_path, brok
     assert len(got) == queued
     assert {x["alert"] for x in got} >= {"feature_drift"}
     assert len({x["notification_id"] for x in got}) == len(got)  # nothing sent twice
+
+
+def test_kill_9_before_any_checkpoint_skips_nothing(tmp_path, broker):
+    """Offsets are committed only once their events are in a checkpoint, so a restart that finds no
+    checkpoint re-reads them instead of skipping them."""
+    topic, path, config, daemon = setup_daemon(tmp_path, broker)
+    text = open(path).read().replace("checkpoint_interval: 1s", "checkpoint_interval: 10m")
+    open(path, "w").write(text)
+    messages = car_loan(seed=44).messages(2000)
+    try:
+        daemon.start()
+        produce(broker.bootstrap, topic, messages[:600])
+        daemon.wait(lambda: daemon.status()["messages_consumed"] == 600, 60, "600 consumed")
+        time.sleep(1.5)  # several commit intervals pass
+        assert not os.path.exists(os.path.join(config.state.dir, "checkpoint.json"))
+        daemon.kill9()
+        restarted = DaemonProcess(path, daemon.port, str(tmp_path / "daemon2.log")).start()
+        try:
+            produce(broker.bootstrap, topic, messages[600:])
+            restarted.wait_windows(2, timeout=60)
+        finally:
+            restarted.close()
+    finally:
+        daemon.close()
+    logged = read_jsonl(os.path.join(config.state.dir, "windows.jsonl"))
+    assert [w["window"]["offsets"][f"{topic}:0"] for w in logged] == [[0, 999], [1000, 1999]]
