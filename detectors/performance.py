@@ -16,8 +16,7 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
-from scipy.special import chdtrc, ndtr
-from scipy.stats import binomtest
+from scipy.special import bdtr, chdtrc, ndtr
 
 __all__ = [
     "ClassificationAccumulator",
@@ -600,8 +599,9 @@ def performance_drop_test(
     baseline set, widen ``margin``.
 
     * accuracy, precision, recall (proportions; binary precision/recall
-      only): exact binomial test (``scipy.stats.binomtest``,
-      ``alternative="less"``) of k = round(value * n) successes out of
+      only): exact one-sided binomial test (the lower tail P(X <= k), as
+      ``scipy.stats.binomtest(..., alternative="less")``, computed with
+      ``scipy.special.bdtr`` so the daemon need not import scipy.stats) of k = round(value * n) successes out of
       ``n``, against p0 = baseline - margin. ``n`` must be the metric's
       denominator: rows for accuracy, predicted positives for precision,
       actual positives for recall. ``test = "binomial_exact"``.
@@ -677,7 +677,7 @@ def performance_drop_test(
             raise ValueError(f"{metric} values must be in [0, 1]")
         k = int(round(window_value * n))
         # p0 <= 0: the metric cannot fall below the threshold, nothing to detect.
-        p_value = 1.0 if threshold <= 0 else float(binomtest(k, int(n), p=min(threshold, 1.0), alternative="less").pvalue)
+        p_value = 1.0 if threshold <= 0 else float(min(1.0, bdtr(k, int(n), min(threshold, 1.0))))
     else:
         if std_err is None or not std_err > 0:
             raise ValueError(f"{metric} needs a positive std_err for the normal test, got {std_err!r}")

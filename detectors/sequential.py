@@ -11,7 +11,6 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
-from river import drift as river_drift
 
 __all__ = ["ErrorRateDetector"]
 
@@ -124,7 +123,10 @@ class ErrorRateDetector:
         self._reset()
 
     def _new_detector(self):
-        return river_drift.ADWIN(delta=self.delta, clock=self.clock)
+        # Imported here: river pulls in pandas and more (~85 MiB), needed only when labels are monitored.
+        from river.drift import ADWIN
+
+        return ADWIN(delta=self.delta, clock=self.clock)
 
     def _reset(self):
         self._detector = self._new_detector()

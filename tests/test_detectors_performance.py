@@ -510,3 +510,14 @@ def test_new_modules_import_only_pure_libraries():
             else:
                 continue
             assert roots <= allowed, (name, roots)
+
+
+def test_binomial_drop_test_matches_scipy_binomtest():
+    from scipy.stats import binomtest
+
+    from detectors import performance_drop_test
+
+    for value, n, base, margin in [(0.85, 1000, 0.90, 0.02), (0.70, 300, 0.75, 0.0), (0.5, 40, 0.9, 0.1)]:
+        r = performance_drop_test("accuracy", base, value, n, margin=margin)
+        expected = binomtest(round(value * n), n, p=base - margin, alternative="less").pvalue
+        assert r["p_value"] == pytest.approx(expected, rel=1e-9)
