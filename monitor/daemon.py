@@ -64,6 +64,7 @@ class Daemon:
         self.stopping = threading.Event()
         self.lag: dict[int, int] = {}
         self.checkpoints = 0
+        self._changed = True  # state changed since the last snapshot
         self._snapshots = 0  # snapshots taken; a checkpoint never replaces a newer one
         self._saved = 0
         self._save_lock = threading.Lock()
@@ -78,6 +79,8 @@ class Daemon:
         self.source: KafkaSource | None = None
         self.scheduler: BackgroundScheduler | None = None
         self._last_commit = 0.0
+        self._committed: dict[str, int] = {}
+        self._commit_seconds = parse_duration(config.kafka.commit_interval) if config.kafka else 1.0
 
     # ---- what the HTTP server and the collector read -------------------------------------------
 
@@ -129,12 +132,15 @@ class Daemon:
             self.last_window_end = window_end_seconds(result)
             for listener in self.listeners:
                 listener(result)
-        if results or performance:
-            self.checkpoint()  # a closed window is durable before its offsets are committed
+        # The checkpoint that makes these windows durable comes before their offsets are committed
+        # (_commit); the window log and the outbox dedupe what a crash in between makes us redo.
 
     def checkpoint(self) -> None:
         """Snapshot the state under the lock; write it outside, so the consuming loop waits only for the copy."""
         with self.lock:
+            if not self._changed:
+                return  # the checkpoint on disk is current
+            self._changed = False
             self._snapshots += 1
             seq = self._snapshots
             state = {"pipeline": self.pipeline.state_dict(), "alerts": self.alerts.state_dict()}
@@ -162,15 +168,24 @@ class Daemon:
         if not self.idle:
             return
         with self.lock:
-            self._handle(self.pipeline.tick(time.time()))
+            results = self.pipeline.tick(time.time())
+            self._handle(results)
+            self._changed = self._changed or bool(results)
+        if results:
+            self.checkpoint()
 
     def _consume_once(self) -> None:
         batches = self.source.poll(timeout_ms=500)
         if self.source.assigned:
             self.consuming = True
         self.idle = not batches
-        if not batches:
-            return
+        if batches:
+            self._process(batches)
+        if time.monotonic() - self._last_commit >= self._commit_seconds:
+            self.checkpoint()
+            self._commit()
+
+    def _process(self, batches) -> None:
         started = time.perf_counter()
         labels_topic = self.config.kafka.labels_topic
         with self.lock:
@@ -184,16 +199,19 @@ class Daemon:
                     self.source.dead_letter(
                         [(pb.values[i], reason, f"{pb.key}:{int(pb.offsets[i])}") for i, reason in batch.rejected])
                 self._handle(results)
+            self._changed = True
         self.batch_seconds.labels(self.model).observe(time.perf_counter() - started)
-        if time.monotonic() - self._last_commit >= parse_duration(self.config.kafka.commit_interval):
-            self._commit()
 
     def _commit(self) -> None:
         self.source.flush()  # dead letters are durable before their offsets are committed
         with self._save_lock:
             positions = dict(self._durable_positions)
+        self._last_commit = time.monotonic()
+        if positions == self._committed:
+            return
         try:
             self.source.commit(positions)
+            self._committed = positions
         except Exception as exc:  # a rebalance in progress; the next commit covers it
             log.warning("offset commit failed: %s", exc)
         self._last_commit = time.monotonic()

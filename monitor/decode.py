@@ -26,7 +26,8 @@ INVALID_REASONS = ("not_json", "wrong_type", "missing_field", "nan", "bad_timest
 
 _NUMERIC = float | None
 _CATEGORICAL = str | int | bool | None
-_TIMESTAMP = str | float | None
+# msgspec parses RFC 3339 text in C (about 3x faster than datetime.fromisoformat per message).
+_TIMESTAMP = datetime | float | None
 _ID = str | int
 
 
@@ -118,15 +119,13 @@ class _Tree:
         return struct, plan
 
 
-def _parse_timestamp(value) -> float:
+def _epoch(value) -> float:
+    """Epoch seconds of a decoded timestamp; a time without a zone is UTC."""
     if value is None:
         return math.nan
-    if isinstance(value, (int, float)):
-        return float(value)
-    dt = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
+    if isinstance(value, datetime):
+        return (value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)).timestamp()
+    return float(value)
 
 
 class Decoder:
@@ -186,6 +185,8 @@ class Decoder:
                 text = str(exc)
                 if text.startswith("Object missing required field"):
                     reason = "missing_field"
+                elif text.startswith("Invalid RFC3339"):
+                    reason = "bad_timestamp"
                 elif text.startswith("Number out of range"):
                     reason = "nan"
                 else:
@@ -207,21 +208,7 @@ class Decoder:
         self._extract(msgs, self._plan, raw_columns)
         ids = raw_columns.pop(self._ID_COL, None)
         ts_raw = raw_columns.pop(self._TS_COL, None)
-        timestamps = None
-        if ts_raw is not None:
-            timestamps, bad = self._timestamps(ts_raw)
-            if bad:
-                # Unparseable timestamps: reject those rows, keep the rest.
-                keep = [i for i in range(len(msgs)) if i not in bad]
-                positions = np.flatnonzero(valid)
-                for i in sorted(bad):
-                    valid[positions[i]] = False
-                    rejected.append((int(positions[i]), "bad_timestamp"))
-                invalid["bad_timestamp"] += len(bad)
-                raw_columns = {k: [v[i] for i in keep] for k, v in raw_columns.items()}
-                ids = None if ids is None else [ids[i] for i in keep]
-                timestamps = timestamps[keep]
-                msgs = keep
+        timestamps = None if ts_raw is None else self._timestamps(ts_raw)
         columns: dict[str, Any] = {}
         for name in self.numeric:
             columns[name] = np.array(raw_columns[name], dtype=np.float64)
@@ -230,18 +217,11 @@ class Decoder:
         return Batch(len(msgs), columns, ids, timestamps, valid, invalid, rejected)
 
     @staticmethod
-    def _timestamps(raw: list) -> tuple[np.ndarray, set[int]]:
+    def _timestamps(raw: list) -> np.ndarray:
         try:
-            return np.array(raw, dtype=np.float64), set()  # the fast path: epoch seconds or null
-        except (TypeError, ValueError):
-            pass
-        out, bad = np.empty(len(raw)), set()
-        for i, value in enumerate(raw):
-            try:
-                out[i] = _parse_timestamp(value)
-            except (TypeError, ValueError):
-                bad.add(i)
-        return out, bad
+            return np.array(raw, dtype=np.float64)  # the fast path: epoch seconds or null
+        except TypeError:
+            return np.fromiter(map(_epoch, raw), dtype=np.float64, count=len(raw))
 
     @classmethod
     def _extract(cls, msgs: list, plan, out: dict[str, list]) -> None:

@@ -49,8 +49,9 @@ class StateStore:
     def save(self, state: dict) -> None:
         doc = {"version": CHECKPOINT_VERSION, "baseline_fingerprint": self.fingerprint, "state": state}
         tmp = self.checkpoint_path + ".tmp"
+        text = json.dumps(doc, allow_nan=False, separators=(",", ":"))  # the C encoder; json.dump is pure Python
         with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, allow_nan=False, separators=(",", ":"))
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.checkpoint_path)
