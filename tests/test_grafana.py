@@ -12,7 +12,6 @@ Needs `promtool` (Debian package `prometheus`) on PATH.
 """
 
 import importlib.util
-import json
 import os
 import re
 import shutil
