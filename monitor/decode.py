@@ -26,8 +26,8 @@ INVALID_REASONS = ("not_json", "wrong_type", "missing_field", "nan", "bad_timest
 
 _NUMERIC = float | None
 _CATEGORICAL = str | int | bool | None
-# msgspec parses RFC 3339 text in C (about 3x faster than datetime.fromisoformat per message).
-_TIMESTAMP = datetime | float | None
+# Text is parsed per batch by numpy (0.04 us a value) when it is UTC ("...Z"), else per value.
+_TIMESTAMP = str | float | None
 _ID = str | int
 
 
@@ -39,7 +39,7 @@ class Batch:
     n : int
         Valid messages.
     columns : dict
-        Monitored column name -> float64 array (numeric, NaN = missing) or list (categorical, None = missing).
+        Monitored column name -> float64 array (numeric, NaN = missing) or tuple (categorical, None = missing).
     ids : list or None
         Message ids, when the schema has an id.
     timestamps : ndarray or None
@@ -120,12 +120,13 @@ class _Tree:
 
 
 def _epoch(value) -> float:
-    """Epoch seconds of a decoded timestamp; a time without a zone is UTC."""
+    """Epoch seconds of a timestamp (ISO 8601 text or a number); a time without a zone is UTC."""
     if value is None:
         return math.nan
-    if isinstance(value, datetime):
-        return (value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)).timestamp()
-    return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    dt = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
+    return (dt if dt.tzinfo is not None else dt.replace(tzinfo=timezone.utc)).timestamp()
 
 
 class Decoder:
@@ -185,8 +186,6 @@ class Decoder:
                 text = str(exc)
                 if text.startswith("Object missing required field"):
                     reason = "missing_field"
-                elif text.startswith("Invalid RFC3339"):
-                    reason = "bad_timestamp"
                 elif text.startswith("Number out of range"):
                     reason = "nan"
                 else:
@@ -207,8 +206,23 @@ class Decoder:
         raw_columns: dict[str, list] = {}
         self._extract(msgs, self._plan, raw_columns)
         ids = raw_columns.pop(self._ID_COL, None)
+        ids = None if ids is None else list(ids)
         ts_raw = raw_columns.pop(self._TS_COL, None)
-        timestamps = None if ts_raw is None else self._timestamps(ts_raw)
+        timestamps = None
+        if ts_raw is not None:
+            timestamps, bad = self._timestamps(ts_raw)
+            if bad:
+                # Unparseable timestamps: reject those rows, keep the rest.
+                keep = [i for i in range(len(msgs)) if i not in bad]
+                positions = np.flatnonzero(valid)
+                for i in sorted(bad):
+                    valid[positions[i]] = False
+                    rejected.append((int(positions[i]), "bad_timestamp"))
+                invalid["bad_timestamp"] += len(bad)
+                raw_columns = {k: tuple(v[i] for i in keep) for k, v in raw_columns.items()}
+                ids = None if ids is None else [ids[i] for i in keep]
+                timestamps = timestamps[keep]
+                msgs = keep
         columns: dict[str, Any] = {}
         for name in self.numeric:
             columns[name] = np.array(raw_columns[name], dtype=np.float64)
@@ -217,22 +231,39 @@ class Decoder:
         return Batch(len(msgs), columns, ids, timestamps, valid, invalid, rejected)
 
     @staticmethod
-    def _timestamps(raw: list) -> np.ndarray:
+    def _timestamps(raw: list) -> tuple[np.ndarray, set[int]]:
+        """Epoch seconds (NaN where absent) and the positions of unparseable values."""
         try:
-            return np.array(raw, dtype=np.float64)  # the fast path: epoch seconds or null
-        except TypeError:
-            return np.fromiter(map(_epoch, raw), dtype=np.float64, count=len(raw))
+            return np.array(raw, dtype=np.float64), set()  # epoch seconds or null
+        except (TypeError, ValueError):
+            pass
+        if all(type(v) is str and v.endswith("Z") for v in raw):
+            try:  # UTC text, the common case: numpy parses the batch in C
+                parsed = np.array([v[:-1] for v in raw], dtype="datetime64[us]")
+                if not np.isnat(parsed).any():
+                    return parsed.astype(np.int64) / 1e6, set()
+            except ValueError:
+                pass
+        out, bad = np.empty(len(raw)), set()
+        for i, value in enumerate(raw):
+            try:
+                out[i] = _epoch(value)
+            except (TypeError, ValueError):
+                bad.add(i)
+        return out, bad
 
     @classmethod
-    def _extract(cls, msgs: list, plan, out: dict[str, list]) -> None:
-        rows = list(zip(*map(msgspec.structs.astuple, msgs))) if msgs else None
+    def _extract(cls, msgs, plan, out: dict) -> None:
+        """Columns (tuples) of the structs, transposed in C; nested levels recursively."""
+        rows = list(zip(*map(msgspec.structs.astuple, msgs))) if len(msgs) else None
         for index, column, sub in plan:
-            values = list(rows[index]) if rows is not None else []
+            values = rows[index] if rows is not None else ()
             if sub is None:
                 out[column] = values
             else:
                 child_plan, empty = sub
-                values = [empty if v is None else v for v in values]
+                if None in values:  # an absent nested object: all its fields are missing
+                    values = [empty if v is None else v for v in values]
                 cls._extract(values, child_plan, out)
 
 

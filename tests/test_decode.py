@@ -50,7 +50,7 @@ def test_missing_and_null_values_are_missing_not_invalid(decoder):
     batch = decoder.decode([b'{"id": 1, "car_value": null}', b'{"id": 2, "inputs": null}'])
     assert batch.n == 2 and not batch.invalid
     assert np.isnan(batch.columns["car_value"]).all()
-    assert batch.columns["salary_range"] == [None, None]
+    assert list(batch.columns["salary_range"]) == [None, None]
 
 
 def test_epoch_and_iso_timestamps(decoder):
