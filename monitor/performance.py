@@ -179,6 +179,8 @@ class PerformanceTracker:
         if batch.n == 0:
             return [], batch
         if batch.timestamps is None or np.isnan(batch.timestamps).any():
+            if callable(times):
+                times = times()
             fallback = np.asarray(times, dtype=float)[batch.valid] if times is not None else np.full(batch.n, np.nan)
             batch.timestamps = fallback if batch.timestamps is None else np.where(
                 np.isnan(batch.timestamps), fallback, batch.timestamps)

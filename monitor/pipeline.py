@@ -79,8 +79,9 @@ class Pipeline:
         ----------
         values : list of bytes
             Raw JSON messages.
-        times : ndarray, optional
-            Per-message broker timestamps in epoch seconds; the event time where the message has none.
+        times : ndarray or callable returning one, optional
+            Per-message broker timestamps in epoch seconds; the event time where the message has none
+            (a callable is called only then).
         source, offsets : str and ndarray, optional
             Partition key and per-message offsets, recorded in window results and checkpoints.
 
@@ -94,12 +95,12 @@ class Pipeline:
         self.invalid.update(batch.invalid)
         self.window.invalid += len(batch.rejected)
         if batch.n and times is not None:
-            valid_times = np.asarray(times, dtype=np.float64)[batch.valid]
-            if batch.timestamps is None:
-                batch.timestamps = valid_times
-            else:
-                missing = np.isnan(batch.timestamps)
-                if missing.any():
+            missing = None if batch.timestamps is None else np.isnan(batch.timestamps)
+            if missing is None or missing.any():
+                valid_times = np.asarray(times() if callable(times) else times, dtype=np.float64)[batch.valid]
+                if missing is None:
+                    batch.timestamps = valid_times
+                else:
                     batch.timestamps[missing] = valid_times[missing]
         valid_offsets = None if offsets is None else np.asarray(offsets)[batch.valid]
         results = self._route(batch, source, valid_offsets)

@@ -43,15 +43,24 @@ def partition_key(tp: TopicPartition) -> str:
 class PartitionBatch:
     """The records one poll returned for one partition, as columns."""
 
-    __slots__ = ("key", "topic", "partition", "values", "times", "offsets")
+    __slots__ = ("key", "topic", "partition", "values", "offsets", "_records")
 
-    def __init__(self, key, topic, partition, values, times, offsets):
+    def __init__(self, key, topic, partition, records):
         self.key = key
         self.topic = topic
         self.partition = partition
-        self.values = values
-        self.times = times
-        self.offsets = offsets
+        self._records = records
+        self.values = [r.value for r in records]
+        first, last = records[0].offset, records[-1].offset
+        if last - first + 1 == len(records):  # no gaps (the usual case; compacted topics have them)
+            self.offsets = np.arange(first, last + 1, dtype=np.int64)
+        else:
+            self.offsets = np.fromiter((r.offset for r in records), dtype=np.int64, count=len(records))
+
+    def times(self) -> np.ndarray:
+        """Broker timestamps in epoch seconds (computed only when a message lacks its own event time)."""
+        recs = self._records
+        return np.fromiter((r.timestamp for r in recs), dtype=np.float64, count=len(recs)) / 1000.0
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -123,13 +132,8 @@ class KafkaSource:
         records = self._consumer.poll(timeout_ms=timeout_ms, max_records=self.cfg.max_poll_records)
         out = []
         for tp in sorted(records, key=lambda t: (t.topic, t.partition)):
-            recs = records[tp]
-            out.append(PartitionBatch(
-                partition_key(tp), tp.topic, tp.partition,
-                [r.value for r in recs],
-                np.fromiter((r.timestamp for r in recs), dtype=np.float64, count=len(recs)) / 1000.0,
-                np.fromiter((r.offset for r in recs), dtype=np.int64, count=len(recs)),
-            ))
+            if records[tp]:
+                out.append(PartitionBatch(partition_key(tp), tp.topic, tp.partition, records[tp]))
         return out
 
     def commit(self, positions: dict[str, int]) -> None:

@@ -46,10 +46,15 @@ class StateStore:
         self.logs = {name: os.path.join(directory, f"{name}.jsonl") for name in ("windows", "performance")}
         self.last_logged = {name: self._last_logged_index(path) for name, path in self.logs.items()}
 
-    def save(self, state: dict) -> None:
+    def encode(self, state: dict) -> str:
+        """The checkpoint document for a state (done under the caller's lock: the state may share live lists)."""
         doc = {"version": CHECKPOINT_VERSION, "baseline_fingerprint": self.fingerprint, "state": state}
+        return json.dumps(doc, allow_nan=False, separators=(",", ":"))  # the C encoder; json.dump is pure Python
+
+    def save(self, state: dict | str) -> None:
+        """Write a checkpoint (a state, or the text of :meth:`encode`) atomically."""
+        text = state if isinstance(state, str) else self.encode(state)
         tmp = self.checkpoint_path + ".tmp"
-        text = json.dumps(doc, allow_nan=False, separators=(",", ":"))  # the C encoder; json.dump is pure Python
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
