@@ -84,11 +84,15 @@ class KafkaSource:
         Returns the checkpointed "topic:partition" -> next offset map. On assignment,
         partitions found there are sought to it (the checkpoint is the source of truth);
         others start from the group's committed offset.
+    on_revoke : callable, optional
+        Called before partitions are taken away in a rebalance, while they can still be
+        committed, so that their next owner starts where this member's checkpoint ends.
     """
 
-    def __init__(self, cfg: KafkaConfig, positions):
+    def __init__(self, cfg: KafkaConfig, positions, on_revoke=None):
         self.cfg = cfg
         self.positions = positions
+        self.on_revoke = on_revoke
         self.assigned: frozenset[TopicPartition] = frozenset()
         self._consumer: KafkaConsumer | None = None
         self._lag_client: KafkaConsumer | None = None
@@ -126,6 +130,11 @@ class KafkaSource:
 
     def on_revoked(self, revoked) -> None:
         log.info("partitions revoked: %s", sorted(partition_key(tp) for tp in revoked))
+        if revoked and self.on_revoke is not None:
+            try:
+                self.on_revoke()
+            except Exception as exc:  # the rebalance goes on; the next owner may re-read a little
+                log.warning("checkpoint/commit before the rebalance failed: %s", exc)
         self.assigned = frozenset()
 
     def poll(self, timeout_ms: int = 500) -> list[PartitionBatch]:

@@ -228,3 +228,33 @@ def test_committed_offsets_never_run_ahead_of_the_checkpoint(tmp_path, broker):
     finally:
         daemon.close()
     assert first[0] == committed  # resumed exactly at the committed offset: nothing skipped
+
+
+def test_replicas_share_the_group_and_a_rebalance_counts_nothing_twice(tmp_path, kafka_broker):
+    """Two daemons in one consumer group split the partitions; the one that gives partitions away
+    checkpoints and commits first, so the other starts exactly where it stopped."""
+    topic, path, config, first = setup_daemon(tmp_path, kafka_broker, partitions=2)
+    second_dir = tmp_path / "second"
+    second_dir.mkdir()
+    text = open(path).read().replace("dir: state", f"dir: {second_dir / 'state'}")
+    second_path = second_dir / "driftmon.yaml"
+    second_path.write_text(text.replace("baseline: baseline.json", f"baseline: {tmp_path / 'baseline.json'}"))
+    messages = car_loan(seed=61).messages(8000)
+    try:
+        first.start()
+        produce(kafka_broker.bootstrap, topic, messages[:4000])
+        first.wait(lambda: first.status()["messages_consumed"] == 4000, 60, "first 4000")
+        second = DaemonProcess(str(second_path), free_port(), str(tmp_path / "second.log")).start()
+        try:
+            second.wait(lambda: second.get("/readyz") == b"ready: baseline loaded and consuming\n", 60,
+                        "second replica assigned")
+            produce(kafka_broker.bootstrap, topic, messages[4000:])
+            total = lambda: first.status()["messages_consumed"] + second.status()["messages_consumed"]  # noqa: E731
+            first.wait(lambda: total() >= 8000, 60, "all 8000 across replicas")
+            time.sleep(2)
+            assert total() == 8000
+            assert second.status()["messages_consumed"] > 0
+        finally:
+            second.close()
+    finally:
+        first.close()
