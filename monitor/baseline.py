@@ -190,9 +190,18 @@ def build_baseline(config: Config, data_path: str, seed: int = 0, validation_pat
     table = read_table(data_path)
     if table.num_rows == 0:
         raise BaselineError(f"{data_path} has no rows")
+    labelled = read_table(validation_path) if validation_path else None
     profiles, roles = {}, {}
     for role, spec in config.schema.columns():
-        values = _column(table, spec)
+        try:
+            values = _column(table, spec)
+        except BaselineError as exc:
+            # Training data often lacks the model's outputs: take them from the labelled set.
+            if role == "feature":
+                raise
+            if labelled is None:
+                raise BaselineError(f"{exc}; give labelled data with --validation") from None
+            values = _column(labelled, spec)
         if spec.type == "numeric":
             profiles[spec.name] = NumericProfile.fit(values, bins=config.drift.bins, seed=seed)
         else:
@@ -214,7 +223,7 @@ def build_baseline(config: Config, data_path: str, seed: int = 0, validation_pat
             extras["segments"][segment.name] = sorted(top)
     schema = config.schema
     if schema.label is not None and schema.prediction is not None:
-        labelled = read_table(validation_path) if validation_path else table
+        labelled = labelled if labelled is not None else table
         try:
             label = _column(labelled, schema.label)
             prediction = _column(labelled, schema.prediction)

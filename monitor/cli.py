@@ -48,11 +48,15 @@ def cmd_baseline(args) -> int:
     from monitor.baseline import build_baseline
 
     config = load_config(args.config)
-    baseline = build_baseline(config, args.data, seed=args.seed)
+    baseline = build_baseline(config, args.data, seed=args.seed, validation_path=args.validation)
     out = args.out or config.baseline
     baseline.save(out)
     print(f"wrote {out}: {len(baseline.profiles)} columns from {baseline.meta['source']['rows']} rows, "
           f"fingerprint {baseline.fingerprint}")
+    perf = baseline.extras.get("performance")
+    if perf:
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in perf["metrics"].items() if isinstance(v, float))
+        print(f"baseline performance on {perf['source']} ({perf['n']} labelled rows): {shown}")
     return 0
 
 
@@ -136,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="training data: .csv, .parquet or .jsonl")
     p.add_argument("--out", help="baseline file (default: the config's `baseline`)")
     p.add_argument("--seed", type=int, default=0, help="seed of the reservoir sample")
+    p.add_argument("--validation", help="labelled data (prediction, score, label columns) for the baseline "
+                                        "performance; default: the training data, when it has them")
     p.set_defaults(func=cmd_baseline)
 
     p = sub.add_parser("check-config", help="validate a config (and its baseline)")

@@ -149,3 +149,23 @@ def test_label_join_ttl_cap_and_early_labels():
     restored.add_predictions(["g"], [200.0], [[5]])
     assert restored.expire() == 2  # e and f are older than the watermark minus the TTL
     assert restored.pending == 1 and restored.matched == 3
+
+
+def test_baseline_cli_with_a_validation_set(tmp_path):
+    import subprocess
+    import sys
+
+    pq.write_table(pa.table({k: v for k, v in labelled(5000, seed=2).items() if k not in ("y_pred", "y")}),
+                   tmp_path / "train.parquet")  # training data without predictions or labels
+    pq.write_table(pa.table(labelled(3000, seed=3)), tmp_path / "val.parquet")
+    (tmp_path / "driftmon.yaml").write_text(yaml.safe_dump(labelled_config()))
+    args = [sys.executable, "-m", "monitor.cli", "baseline", "--config", str(tmp_path / "driftmon.yaml"),
+            "--data", str(tmp_path / "train.parquet")]
+    proc = subprocess.run(args, capture_output=True, text=True)
+    assert proc.returncode == 2 and "y_pred" in proc.stderr and "--validation" in proc.stderr
+    proc = subprocess.run(args + ["--validation", str(tmp_path / "val.parquet")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "baseline performance on val.parquet (3000 labelled rows)" in proc.stdout
+    perf = json.loads((tmp_path / "baseline.json").read_text())["extras"]["performance"]
+    cols = labelled(3000, seed=3)
+    assert perf["metrics"]["accuracy"] == pytest.approx(np.mean(np.array(cols["y"]) == np.array(cols["y_pred"])))
