@@ -141,14 +141,19 @@ class NumericProfile:
         x = x[finite]
         if x.size == 0:
             return cls([], [0], [0.0], missing, None, None, None, None, {}, [])
-        edges = np.unique(np.quantile(x, np.arange(1, bins) / bins, method="inverted_cdf"))
-        idx = bin_index(edges, x)
-        counts = np.bincount(idx, minlength=edges.size + 1)
-        sums = np.bincount(idx, weights=x, minlength=edges.size + 1)
-        quantiles = dict(zip(_QUANTILES, np.quantile(x, list(_QUANTILES.values()))))
+        # Sorted once: quantiles of sorted data are cheap (select is ~10x faster), and bin counts and
+        # sums come from positions and a cumulative sum instead of a pass per statistic.
+        xs = np.sort(x)
+        edges = np.unique(np.quantile(xs, np.arange(1, bins) / bins, method="inverted_cdf"))
+        # bin i is (edges[i-1], edges[i]]: its values end where the first value > edges[i] starts
+        ends = np.concatenate([np.searchsorted(xs, edges, side="right"), [xs.size]])
+        counts = np.diff(ends, prepend=0)
+        cumulative = np.concatenate([[0.0], np.cumsum(xs)])
+        sums = np.diff(cumulative[ends], prepend=0.0)
+        quantiles = dict(zip(_QUANTILES, np.quantile(xs, list(_QUANTILES.values()))))
         rng = np.random.default_rng(seed)
         reservoir = x if x.size <= reservoir_size else rng.choice(x, size=int(reservoir_size), replace=False)
-        return cls(edges, counts, sums, missing, x.min(), x.max(), x.mean(), x.std(), quantiles, reservoir)
+        return cls(edges, counts, sums, missing, xs[0], xs[-1], x.mean(), x.std(), quantiles, reservoir)
 
     @property
     def n(self):
