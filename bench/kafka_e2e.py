@@ -29,21 +29,9 @@ TOPIC = "bench-wide"
 
 def _consumer_options(kcfg) -> dict:
     """The KafkaConsumer arguments KafkaSource.start() uses, for the same KafkaConfig."""
-    from monitor.source import client_options
+    from monitor.source import consumer_options
 
-    return dict(
-        group_id=kcfg.group_id,
-        enable_auto_commit=False,
-        auto_offset_reset=kcfg.auto_offset_reset,
-        max_poll_records=kcfg.max_poll_records,
-        max_poll_interval_ms=kcfg.max_poll_interval_ms,
-        session_timeout_ms=kcfg.session_timeout_ms,
-        heartbeat_interval_ms=max(100, kcfg.session_timeout_ms // 3),
-        fetch_max_bytes=kcfg.fetch_max_bytes,
-        max_partition_fetch_bytes=kcfg.max_partition_fetch_bytes,
-        metrics_enabled=False,
-        **client_options(kcfg),
-    )
+    return consumer_options(kcfg)
 
 
 def _produce(bootstrap: str, pool: list[bytes], n: int) -> float:

@@ -12,7 +12,7 @@ from kafka.structs import OffsetAndMetadata
 
 from monitor.config import KafkaConfig, kafka_secrets
 
-__all__ = ["KafkaSource", "PartitionBatch", "client_options"]
+__all__ = ["KafkaSource", "PartitionBatch", "client_options", "consumer_options"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,23 @@ def client_options(cfg: KafkaConfig) -> dict:
         options["ssl_check_hostname"] = cfg.ssl_check_hostname
     options.update(kafka_secrets(cfg))
     return options
+
+
+def consumer_options(cfg: KafkaConfig) -> dict:
+    """The group consumer's options: auto-commit off, batched polls."""
+    return dict(
+        group_id=cfg.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset=cfg.auto_offset_reset,
+        max_poll_records=cfg.max_poll_records,
+        max_poll_interval_ms=cfg.max_poll_interval_ms,
+        session_timeout_ms=cfg.session_timeout_ms,
+        heartbeat_interval_ms=max(100, cfg.session_timeout_ms // 3),
+        fetch_max_bytes=cfg.fetch_max_bytes,
+        max_partition_fetch_bytes=cfg.max_partition_fetch_bytes,
+        metrics_enabled=False,  # kafka-python's own metrics cost a fifth of the consume rate
+        **client_options(cfg),
+    )
 
 
 def partition_key(tp: TopicPartition) -> str:
@@ -101,19 +118,7 @@ class KafkaSource:
 
     def start(self) -> "KafkaSource":
         cfg = self.cfg
-        self._consumer = KafkaConsumer(
-            group_id=cfg.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset=cfg.auto_offset_reset,
-            max_poll_records=cfg.max_poll_records,
-            max_poll_interval_ms=cfg.max_poll_interval_ms,
-            session_timeout_ms=cfg.session_timeout_ms,
-            heartbeat_interval_ms=max(100, cfg.session_timeout_ms // 3),
-            fetch_max_bytes=cfg.fetch_max_bytes,
-            max_partition_fetch_bytes=cfg.max_partition_fetch_bytes,
-            metrics_enabled=False,  # kafka-python's own metrics cost a fifth of the consume rate
-            **client_options(cfg),
-        )
+        self._consumer = KafkaConsumer(**consumer_options(cfg))
         topics = [cfg.topic] + ([cfg.labels_topic] if cfg.labels_topic else [])
         self._consumer.subscribe(topics, listener=_Listener(self))
         return self

@@ -34,3 +34,38 @@ def write_jsonl(path, messages) -> None:
 def read_jsonl(path) -> list[dict]:
     with open(path) as fh:
         return [json.loads(line) for line in fh if line.strip()]
+
+
+def start_service(args: list[str], log_path, url: str, timeout: float = 30.0):
+    """Start a server process (Prometheus, Alertmanager) and wait until ``url``/-/ready answers 200."""
+    import subprocess
+    import time
+    import urllib.request
+
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/-/ready", timeout=1) as r:
+                if r.status == 200:
+                    return proc, log
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            log.close()
+            raise AssertionError(open(log_path).read())
+        time.sleep(0.1)
+
+
+def load_module(path, name: str):
+    """Import a script that is not in a package (grafana/generate.py, deploy/prometheus/generate.py)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

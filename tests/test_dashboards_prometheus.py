@@ -7,11 +7,9 @@ every second and loads the shipped alert rules, which must evaluate without erro
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -22,20 +20,13 @@ import pytest
 from monitor.synth import car_loan
 from monitor.tansu import free_port
 from tests.daemon_proc import DaemonProcess
-from tests.helpers import write_setup
+from tests.helpers import load_module, start_service, write_setup
 from tests.receiver import Receiver
 from tests.test_daemon_integration import produce
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_generator():
-    spec = importlib.util.spec_from_file_location("driftmon_grafana", ROOT / "grafana" / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def prometheus_binary() -> str:
@@ -76,23 +67,10 @@ scrape_configs:
 """)
 
     write_config(1)
-    log = open(tmp_path / "prometheus.log", "wb")
-    proc = subprocess.Popen([prometheus_binary(), f"--config.file={config}",
-                             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
-                             "--web.enable-lifecycle"], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/-/ready", timeout=1) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError((tmp_path / "prometheus.log").read_text())
-        time.sleep(0.1)
+    proc, log = start_service([prometheus_binary(), f"--config.file={config}",
+                               f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
+                               "--web.enable-lifecycle"], tmp_path / "prometheus.log", url)
 
     def set_target(target_port: int) -> None:
         write_config(target_port)
@@ -135,7 +113,7 @@ def test_every_panel_query_returns_data_and_rules_load(tmp_path, prometheus):
             target = api(url, "/api/v1/targets")["activeTargets"]
             assert [t["health"] for t in target] == ["up"], target
 
-            generator = load_generator()
+            generator = load_module(ROOT / "grafana" / "generate.py", "driftmon_grafana")
             # feature: the "All" value; unseen-category panels only have data for categorical features
             variables = dict(generator.DEFAULT_VARIABLES, model="car-loan", feature=".*")
             empty, checked = [], 0

@@ -7,9 +7,7 @@ import hmac
 import json
 import os
 import shutil
-import subprocess
 import time
-import urllib.request
 import uuid
 
 import pytest
@@ -18,6 +16,7 @@ from monitor.config import Sink, parse_config
 from monitor.outbox import Outbox
 from monitor.sinks import SIGNATURE_HEADER, Dispatcher
 from monitor.tansu import free_port
+from tests.helpers import start_service
 from tests.receiver import Receiver
 
 
@@ -178,23 +177,10 @@ receivers:
       - url: {receiver.url}/am
         send_resolved: true
 """)
-    log = open(tmp_path / "alertmanager.log", "wb")
-    proc = subprocess.Popen([alertmanager_binary(), f"--config.file={config}", f"--storage.path={tmp_path / 'am'}",
-                             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
-                            stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/-/ready", timeout=1) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            raise AssertionError((tmp_path / "alertmanager.log").read_text())
-        time.sleep(0.1)
+    proc, log = start_service([alertmanager_binary(), f"--config.file={config}", f"--storage.path={tmp_path / 'am'}",
+                               f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+                              tmp_path / "alertmanager.log", url)
     yield url
     proc.terminate()
     proc.wait(timeout=10)

@@ -11,15 +11,15 @@
 Needs `promtool` (Debian package `prometheus`) on PATH.
 """
 
-import importlib.util
 import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import load_module
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,15 +42,7 @@ GRAFANA_UNITS = {
 }
 
 
-def _load_generator():
-    spec = importlib.util.spec_from_file_location("driftmon_grafana_generate", GRAFANA_DIR / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = _load_generator()
+gen = load_module(GRAFANA_DIR / "generate.py", "driftmon_grafana_generate")
 COMMITTED = gen.load_dashboards(DASHBOARD_DIR)
 
 

@@ -12,15 +12,15 @@ Needs `promtool` (Debian package `prometheus`) on PATH.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import load_module
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,15 +31,7 @@ RUNBOOK = ROOT / "docs" / "runbook.md"
 DESIGN = ROOT / "docs" / "DESIGN.md"
 
 
-def _load_generator():
-    spec = importlib.util.spec_from_file_location("driftmon_rules_generate", PROM_DIR / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = _load_generator()
+gen = load_module(PROM_DIR / "generate.py", "driftmon_rules_generate")
 
 
 def promtool(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
