@@ -7,9 +7,10 @@ with its drift switched on (``num_0`` shifted by a quarter of its standard devia
 * Evidently: read both files with pandas, ``Report([DataDriftPreset()]).run(...)`` with a
   DataDefinition naming the numeric and categorical columns, and ``snapshot.dict()`` to
   materialize every result.
-* driftmon: ``monitor.baseline.build_baseline`` on the reference file (the baseline
-  profile), then the current file read with ``monitor.baseline.read_table`` into one
-  100k-row window (``Window.update``) and ``Evaluator.evaluate`` on it.
+* driftmon: ``monitor.offline.compare_files`` (``driftmon compare --reference ...
+  --current ...``): ``build_baseline`` on the reference file (the baseline profile), the
+  current file read with ``read_table`` and counted column by column into one 100k-row
+  window, and ``Evaluator.evaluate`` on it.
 
 The drifted columns each tool reports are recorded next to the times, as a check that
 both did the job. A secondary figure times driftmon from raw JSON messages instead of
@@ -18,7 +19,6 @@ Parquet (the current window fed through ``Pipeline.process``), for information.
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 from bench.common import FIXED_START, Timer, interleave, log, make_setup, scratch_dir, summarize
@@ -52,11 +52,10 @@ def run(quick: bool = False) -> dict:
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
-    from monitor.baseline import build_baseline, read_table
-    from monitor.decode import Batch
+    from monitor.baseline import build_baseline
+    from monitor.offline import compare_files
     from monitor.pipeline import Pipeline
     from monitor.synth import wide
-    from monitor.window import Evaluator, Window
 
     rows = 10_000 if quick else 100_000
     rounds = 1 if quick else 3
@@ -81,16 +80,8 @@ def run(quick: bool = False) -> dict:
     verdicts: dict[str, list] = {}
 
     def run_driftmon() -> dict:
-        with Timer() as t:
-            baseline = build_baseline(config, ref_path)
-            table = read_table(cur_path)
-            columns = {}
-            for f in config.schema.features:
-                column = table.column(f.name)
-                columns[f.name] = (column.cast("float64").to_numpy(zero_copy_only=False) if f.type == "numeric"
-                                   else column.to_pylist())
-            window = Window(baseline).update(Batch(table.num_rows, columns, None, None, None, Counter(), []))
-            result = Evaluator(config, baseline).evaluate(window)
+        with Timer() as t:  # what `driftmon compare --reference ref --current cur` does
+            result = compare_files(config, cur_path, ref_path)
         verdicts["driftmon"] = result["drifted"]
         return {"seconds": t.seconds}
 
@@ -131,7 +122,7 @@ def run(quick: bool = False) -> dict:
     json_times.sort()
     return {
         "what": f"reference-vs-current drift check, {rows:,} + {rows:,} rows, {len(features)} features, from Parquet",
-        "subject_what": "driftmon: build_baseline(reference) + one Window.update + Evaluator.evaluate",
+        "subject_what": "driftmon compare: build_baseline(reference) + the current file counted into one window + evaluate",
         "ceiling_what": "Evidently Report([DataDriftPreset()]).run + snapshot.dict()",
         "rows": rows,
         "features": len(features),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .profile import bin_index, count_categories
+from .profile import count_categories
 
 __all__ = ["CategoryCounter", "NumericHistogram"]
 
@@ -83,16 +83,26 @@ class NumericHistogram:
             x = x[finite]
         if x.size == 0:
             return self
-        idx = bin_index(self.edges, x)
-        self._counts += np.bincount(idx, minlength=self._counts.size)
-        self._sums += np.bincount(idx, weights=x, minlength=self._sums.size)
+        # Sorting once is about twice as fast as a binary search per value from a few thousand values
+        # on: bin counts, sums, range and the out-of-range count all come from positions in it.
+        xs = np.sort(x)
+        ends = np.empty(self.edges.size + 1, dtype=np.int64)
+        ends[:-1] = np.searchsorted(xs, self.edges, side="right")  # bin i is (edges[i-1], edges[i]]
+        ends[-1] = xs.size
+        self._counts += np.diff(ends, prepend=0)
+        cumulative = np.empty(xs.size + 1)
+        cumulative[0] = 0.0
+        np.cumsum(xs, out=cumulative[1:])
+        self._sums += np.diff(cumulative[ends], prepend=0.0)
         if self.low is None:
             self._out_of_range += x.size
         else:
-            self._out_of_range += int(np.count_nonzero((x < self.low) | (x > self.high)))
-        self._min = min(self._min, float(x.min()))
-        self._max = max(self._max, float(x.max()))
-        mean = float(x.mean())
+            below = int(np.searchsorted(xs, self.low, side="left"))
+            above = xs.size - int(np.searchsorted(xs, self.high, side="right"))
+            self._out_of_range += below + above
+        self._min = min(self._min, float(xs[0]))
+        self._max = max(self._max, float(xs[-1]))
+        mean = float(cumulative[-1]) / x.size
         dev = x - mean
         self._combine(x.size, mean, float(dev @ dev))
         return self
@@ -269,8 +279,12 @@ class CategoryCounter:
     def update(self, values):
         """Add a batch of values (list or array of str/int/bool/None). Returns self."""
         counts, missing = count_categories(values)
-        self._missing += missing
-        self._add(counts)
+        return self.update_counts(counts, missing)
+
+    def update_counts(self, counts, missing=0):
+        """Add counts already made (category name -> count, plus missing values). Returns self."""
+        self._missing += int(missing)
+        self._add({str(k): int(c) for k, c in counts.items()})
         return self
 
     def _add(self, counts):

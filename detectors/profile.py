@@ -31,11 +31,6 @@ def _ratio(part, whole):
     return None if whole == 0 else part / whole
 
 
-def bin_index(edges, x):
-    """Bin of each value: bin i is ``(edges[i-1], edges[i]]``, tails open."""
-    return np.searchsorted(edges, x, side="left")
-
-
 def count_categories(values):
     """Count category names in ``values``.
 
@@ -150,7 +145,12 @@ class NumericProfile:
         counts = np.diff(ends, prepend=0)
         cumulative = np.concatenate([[0.0], np.cumsum(xs)])
         sums = np.diff(cumulative[ends], prepend=0.0)
-        quantiles = dict(zip(_QUANTILES, np.quantile(xs, list(_QUANTILES.values()))))
+        # numpy's default (linear) quantiles, read off the sorted values without another selection pass
+        position = np.array(list(_QUANTILES.values())) * (xs.size - 1)
+        low = np.floor(position).astype(np.int64)
+        high = np.minimum(low + 1, xs.size - 1)
+        values = xs[low] + (position - low) * (xs[high] - xs[low])
+        quantiles = dict(zip(_QUANTILES, values))
         rng = np.random.default_rng(seed)
         reservoir = x if x.size <= reservoir_size else rng.choice(x, size=int(reservoir_size), replace=False)
         return cls(edges, counts, sums, missing, xs[0], xs[-1], x.mean(), x.std(), quantiles, reservoir)
@@ -244,6 +244,14 @@ class CategoricalProfile:
         if int(max_categories) < 1:
             raise ValueError(f"max_categories must be >= 1, got {max_categories!r}")
         counts, missing = count_categories(values)
+        return cls.from_counts(counts, missing, max_categories)
+
+    @classmethod
+    def from_counts(cls, counts, missing=0, max_categories=50):
+        """Profile from counts already made (category name -> count, plus missing values)."""
+        if int(max_categories) < 1:
+            raise ValueError(f"max_categories must be >= 1, got {max_categories!r}")
+        counts = {str(k): int(c) for k, c in counts.items()}
         ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
         top = ranked[: int(max_categories)]
         rest = ranked[int(max_categories) :]
@@ -252,7 +260,7 @@ class CategoricalProfile:
             [c for _, c in top],
             sum(c for _, c in rest),
             [k for k, _ in rest[:MAX_OTHER_CATEGORIES]],
-            missing,
+            int(missing),
         )
 
     @property

@@ -48,8 +48,24 @@ def read_table(path: str):
     raise BaselineError(f"{path}: unknown data format (use .csv, .tsv, .parquet or .jsonl)")
 
 
-def _column(table, spec) -> "np.ndarray | list":
-    """The training column for a spec: by its name, else by its dotted path flattened."""
+def category_counts(column) -> tuple[dict, int]:
+    """Category name -> count and the missing count of an Arrow column, counted in C++."""
+    import pyarrow.compute as pc
+
+    missing = column.null_count
+    counts: dict[str, int] = {}
+    for entry in pc.value_counts(column).to_pylist():
+        value, n = entry["values"], entry["counts"]
+        key = _norm_category(value)
+        if key is None:
+            missing += 0 if value is None else n  # NaN in a float column (nulls are in null_count)
+            continue
+        counts[key] = counts.get(key, 0) + n
+    return counts, missing
+
+
+def _arrow_column(table, spec):
+    """The Arrow column for a spec: by its name, else by its dotted path flattened."""
     names = set(table.column_names)
     for candidate in (spec.name, spec.source, spec.source.replace(".", "_")):
         if candidate in names:
@@ -63,6 +79,12 @@ def _column(table, spec) -> "np.ndarray | list":
             raise BaselineError(
                 f"training data has no column {spec.name!r} (nor {spec.source!r}); columns: {sorted(names)[:20]}"
             )
+    return column
+
+
+def _column(table, spec) -> "np.ndarray | list":
+    """The training column for a spec as numpy floats (numeric) or a list of values (categorical)."""
+    column = _arrow_column(table, spec)
     if spec.type == "numeric":
         try:
             return column.cast("float64").to_numpy(zero_copy_only=False)
@@ -197,19 +219,21 @@ def build_baseline(config: Config, data_path: str, seed: int = 0, validation_pat
     labelled = read_table(validation_path) if validation_path else None
     profiles, roles = {}, {}
     for role, spec in config.schema.columns():
+        source = table
         try:
-            values = _column(table, spec)
+            _arrow_column(table, spec)
         except BaselineError as exc:
             # Training data often lacks the model's outputs: take them from the labelled set.
             if role == "feature":
                 raise
             if labelled is None:
                 raise BaselineError(f"{exc}; give labelled data with --validation") from None
-            values = _column(labelled, spec)
+            source = labelled
+        values = _column(source, spec) if spec.type == "numeric" else category_counts(_arrow_column(source, spec))
         if spec.type == "numeric":
             profiles[spec.name] = NumericProfile.fit(values, bins=config.drift.bins, seed=seed)
         else:
-            profiles[spec.name] = CategoricalProfile.fit(values, max_categories=config.drift.max_categories)
+            profiles[spec.name] = CategoricalProfile.from_counts(*values, max_categories=config.drift.max_categories)
         roles[spec.name] = role
     meta = {
         "model": config.model,

@@ -106,6 +106,22 @@ def cmd_replay(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from monitor.offline import compare_files
+
+    config = load_config(args.config)
+    try:
+        result = compare_files(config, args.current, args.reference)
+    except ValueError as exc:
+        print(f"compare error: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(json.dumps(result, sort_keys=True, allow_nan=False, indent=1 if args.pretty else None) + "\n")
+    drifted = result["drifted"]
+    print(f"{len(drifted)} of {len(result['features'])} features drifted" + (f": {', '.join(drifted)}" if drifted
+          else ""), file=sys.stderr)
+    return 1 if drifted and args.exit_code else 0
+
+
 def cmd_run(args) -> int:
     from monitor.daemon import Daemon
 
@@ -161,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=5000)
     p.add_argument("--no-flush", action="store_true", help="do not evaluate the last, incomplete window")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("compare", help="compare a data file with the baseline (or a reference file), no Kafka")
+    p.add_argument("--config", required=True)
+    p.add_argument("--current", required=True, help="current data: .csv, .parquet or .jsonl")
+    p.add_argument("--reference", help="reference data to profile instead of the config's baseline")
+    p.add_argument("--pretty", action="store_true", help="indent the JSON result")
+    p.add_argument("--exit-code", action="store_true", help="exit 1 when a feature drifted (for CI gates)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="embedded broker, generated data, live drift in the terminal")
     p.add_argument("--workdir", help="where to put generated files (default: a temporary folder)")
