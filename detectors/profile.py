@@ -139,7 +139,9 @@ class NumericProfile:
         # Sorted once: quantiles of sorted data are cheap (select is ~10x faster), and bin counts and
         # sums come from positions and a cumulative sum instead of a pass per statistic.
         xs = np.sort(x)
-        edges = np.unique(np.quantile(xs, np.arange(1, bins) / bins, method="inverted_cdf"))
+        # numpy's inverted-CDF quantiles (each edge an observed value), read off the sorted values
+        at = np.clip(np.ceil(xs.size * (np.arange(1, bins) / bins) - 1).astype(np.int64), 0, xs.size - 1)
+        edges = np.unique(xs[at])
         # bin i is (edges[i-1], edges[i]]: its values end where the first value > edges[i] starts
         ends = np.concatenate([np.searchsorted(xs, edges, side="right"), [xs.size]])
         counts = np.diff(ends, prepend=0)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 
 from detectors import CategoryCounter
-from monitor.baseline import Baseline, _arrow_column, _column, build_baseline, category_counts, read_table
+from monitor.baseline import (Baseline, _arrow_column, _column, build_baseline, categorical_names, category_counts,
+                              read_table)
 from monitor.config import Config
 from monitor.window import Evaluator, Window
 
@@ -24,7 +25,7 @@ def compare_files(config: Config, current_path: str, reference_path: str | None 
     else:
         baseline = Baseline.load(config.baseline)
         baseline.check(config)
-    table = read_table(current_path)
+    table = read_table(current_path, categorical_names(config))
     names = [spec.name for role, spec in config.drift_columns() if _present(table, spec)]
     missing = [spec.name for _role, spec in config.drift_columns() if spec.name not in names]
     if any(role == "feature" for role, spec in config.drift_columns() if spec.name in missing):
