@@ -9,7 +9,6 @@ from collections import Counter
 from datetime import datetime, timezone
 
 import numpy as np
-import pyarrow as pa
 
 from detectors import CategoricalProfile, NumericProfile
 from monitor.config import Column, Config, ConfigError
@@ -95,6 +94,8 @@ def _column(table, spec) -> "np.ndarray | list":
             return column.cast("float64").to_numpy(zero_copy_only=False)
         except Exception as exc:
             raise BaselineError(f"column {spec.name!r} is declared numeric but is {column.type}: {exc}") from None
+    import pyarrow as pa
+
     values = column.to_pylist()
     if pa.types.is_floating(column.type):  # 1.0 and 1 are one category (integral floats come from NaN-able ints)
         return [_norm_category(v) for v in values]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -23,7 +24,23 @@ from monitor.sinks import Dispatcher
 from monitor.source import KafkaSource
 from monitor.state import StateStore
 
-__all__ = ["Daemon"]
+__all__ = ["Daemon", "GC_GEN0_THRESHOLD", "streaming_gc"]
+
+#: Each batch allocates hundreds of thousands of short-lived, acyclic objects (records, structs); at the
+#: default generation-0 threshold (700) the cyclic collector runs hundreds of times a second for nothing.
+#: This threshold costs no memory here (RSS stays flat over millions of messages) and ~25% throughput back.
+GC_GEN0_THRESHOLD = 100_000
+
+
+@contextlib.contextmanager
+def streaming_gc():
+    """Run a block with the daemon's garbage-collector setting (for benchmarks and embedding)."""
+    old = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, *old[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
 
 log = logging.getLogger(__name__)
 
@@ -258,11 +275,8 @@ class Daemon:
         """Start the HTTP server, the Kafka consumer and the scheduled jobs (not the loop)."""
         if self.config.kafka is None:
             raise ValueError("kafka: the daemon needs a kafka section")
-        # Each batch allocates hundreds of thousands of short-lived, acyclic objects (records, structs);
-        # the default generation-0 threshold (700) runs the cyclic collector hundreds of times a second
-        # for nothing. A higher threshold costs no memory here and gives about 25% more throughput.
         self._gc_thresholds = gc.get_threshold()
-        gc.set_threshold(100_000, *self._gc_thresholds[1:])
+        gc.set_threshold(GC_GEN0_THRESHOLD, *self._gc_thresholds[1:])  # see GC_GEN0_THRESHOLD
         self.dispatcher.start()
         self.http.start()
         log.info("serving /metrics /healthz /readyz /status on port %d", self.http.port)
