@@ -50,6 +50,7 @@ class Config:
     overview_uid: str = "driftmon-overview"
     feature_uid: str = "driftmon-feature"
     operations_uid: str = "driftmon-operations"
+    performance_uid: str = "driftmon-performance"
     tags: tuple[str, ...] = ("driftmon",)
     refresh: str = "30s"
     time_from: str = "now-6h"
@@ -510,12 +511,83 @@ def operations(cfg: Config = CONFIG) -> dict:
                       b.panels, [_model_variable(cfg)])
 
 
+def performance(cfg: Config = CONFIG) -> dict:
+    b = _Builder(cfg)
+    s = b.sel
+    all_ = s[:-1] + ', segment="all"}'
+    seg = s[:-1] + ', segment!="all"}'
+    b.timeseries("Performance vs baseline",
+                 "Realized performance of each labelled window (solid) against the same metric on the baseline's "
+                 "labelled data (the constant lines), per model and metric. Accuracy, precision, recall, F1 and "
+                 "ROC AUC are better when higher; log loss and calibration error when lower.",
+                 "none", [b.target(f"max by (model, metric) (driftmon_performance{all_})", "{{model}} {{metric}}"),
+                          b.target(f"max by (model, metric) (driftmon_baseline_performance{s})",
+                                   "{{model}} {{metric}} (baseline)")], w=24, step=True)
+    b.timeseries("Estimated performance (no labels)",
+                 "Accuracy, precision, recall and F1 estimated from the calibrated scores of every drift window, "
+                 "before any label arrives (confidence-based estimation). A drop here warns ahead of the labels; "
+                 "it cannot see concept drift.",
+                 "percentunit", [b.target(f"max by (model, metric) (driftmon_estimated_performance{s})",
+                                          "{{model}} {{metric}}")], min=0, max=1, step=True)
+    b.timeseries("Performance drops",
+                 "1 when a metric, overall or for a segment value, is worse than the baseline by more than the "
+                 "configured margin with statistical confidence in the last labelled window.",
+                 "none", [b.target(f"max by (model, metric, segment) (driftmon_performance_drop_detected{s})",
+                                   "{{model}} {{segment}} {{metric}}")], min=0, max=1, step=True)
+    b.timeseries("Performance by segment",
+                 "Realized performance per segment value (top values of each segment field, the rest as other), "
+                 "per metric: a model can fail one segment while the average looks fine.",
+                 "none", [b.target(f"max by (model, segment, metric) (driftmon_performance{seg})",
+                                   "{{model}} {{segment}} {{metric}}")], step=True)
+    b.timeseries("Features drifting per segment",
+                 "Number of features that drifted within each segment value in the last window.",
+                 "none", [b.target(f"max by (model, segment) (driftmon_segment_features_drifted{s})",
+                                   "{{model}} {{segment}}")], min=0, step=True)
+    b.timeseries("Demographic parity ratio",
+                 "Lowest over highest rate of favourable predictions across the groups of each sensitive "
+                 "attribute (groups with enough events only). Below 0.8 breaks the four-fifths rule.",
+                 "percentunit", [b.target(f"min by (model, attribute) (driftmon_fairness_parity_ratio{s})",
+                                          "{{model}} {{attribute}}")], min=0, max=1, step=True)
+    b.timeseries("Favourable prediction rate by group",
+                 "Share of favourable predictions per group of each sensitive attribute, in the last labelled "
+                 "window.",
+                 "percentunit", [b.target(f"max by (model, attribute, group) (driftmon_fairness_positive_rate{s})",
+                                          "{{model}} {{attribute}}={{group}}")], min=0, max=1, step=True)
+    b.timeseries("Labels joined",
+                 "Labels received, matched to their prediction, and expired unmatched (TTL or cap), per second.",
+                 "ops", [b.target(f"sum by (model) (rate(driftmon_labels_received_total{s}[$__rate_interval]))",
+                                  "{{model}} received"),
+                         b.target(f"sum by (model) (rate(driftmon_labels_matched_total{s}[$__rate_interval]))",
+                                  "{{model}} matched"),
+                         b.target(f"sum by (model) (rate(driftmon_labels_expired_total{s}[$__rate_interval]))",
+                                  "{{model}} expired")], w=8, min=0)
+    b.timeseries("Labels pending",
+                 "Predictions waiting for their label plus labels waiting for their prediction.",
+                 "none", [b.target(f"sum by (model) (driftmon_labels_pending{s})", "{{model}}")], w=8, min=0)
+    b.timeseries("Label delay",
+                 "Median and 95th percentile of the time from a prediction to its label.",
+                 "s", [b.target("histogram_quantile(0.5, sum by (model, le) "
+                                f"(rate(driftmon_label_delay_seconds_bucket{s}[$__rate_interval])))", "{{model}} p50"),
+                       b.target("histogram_quantile(0.95, sum by (model, le) "
+                                f"(rate(driftmon_label_delay_seconds_bucket{s}[$__rate_interval])))", "{{model}} p95")],
+                 w=8, min=0)
+    b.timeseries("Error-rate changes",
+                 "Rises of the per-prediction error rate detected inside windows by the sequential detector "
+                 "(ADWIN), per interval.",
+                 "none", [b.target(f"sum by (model) (increase(driftmon_error_rate_changes_total{s}[$__rate_interval]))",
+                                   "{{model}}")], w=24, min=0)
+    return _dashboard(cfg, cfg.performance_uid, "driftmon / Performance and fairness",
+                      "Model performance from late labels, estimated performance, segments and group fairness.",
+                      b.panels, [_model_variable(cfg)])
+
+
 def dashboards(cfg: Config = CONFIG) -> dict[str, dict]:
     """File name -> dashboard, for every dashboard this generator owns."""
     return {
         "driftmon-overview.json": overview(cfg),
         "driftmon-feature.json": feature(cfg),
         "driftmon-operations.json": operations(cfg),
+        "driftmon-performance.json": performance(cfg),
     }
 
 

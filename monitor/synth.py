@@ -16,12 +16,13 @@ __all__ = ["Synth", "car_loan", "wide"]
 
 
 class _Spec:
-    def __init__(self, name, type_, draw, drift=None, path=None):
+    def __init__(self, name, type_, draw, drift=None, path=None, feature=True):
         self.name = name
         self.type = type_
         self.draw = draw  # (rng, n) -> values
         self.drift = drift  # (rng, n) -> values after the change point, or None
         self.path = path
+        self.feature = feature  # False: a field the messages carry (a segment) that is not monitored
 
 
 def _cat(levels, shares):
@@ -45,7 +46,8 @@ class Synth:
         # Fixed standardization, so a drifted input moves the score (per-batch scaling would hide it).
         ref_rng = np.random.default_rng(seed + 1)
         self._scale = {s.name: (float(np.mean(v)), float(np.std(v)) + 1e-9)
-                       for s in specs if s.type == "numeric" for v in [s.draw(ref_rng, 5000).astype(float)]}
+                       for s in specs if s.type == "numeric" and s.feature
+                       for v in [s.draw(ref_rng, 5000).astype(float)]}
 
     @property
     def drifting(self) -> list[str]:
@@ -65,7 +67,7 @@ class Synth:
     def _score(self, cols) -> np.ndarray:
         z = np.zeros(len(next(iter(cols.values()))))
         for s in self.specs:
-            if s.type == "numeric":
+            if s.name in self._scale:
                 mean, std = self._scale[s.name]
                 z += 0.6 * (cols[s.name].astype(float) - mean) / std / np.sqrt(len(self._scale))
         return 1.0 / (1.0 + np.exp(-(z + 0.3)))
@@ -108,7 +110,7 @@ class Synth:
                 "id": {"path": "id"},
                 "timestamp": {"path": "timestamp"},
                 "features": [{"name": s.name, "type": s.type, **({"path": s.path} if s.path else {})}
-                             for s in self.specs],
+                             for s in self.specs if s.feature],
                 "prediction": {"name": "y_pred", "type": "categorical"},
                 "score": {"name": "y_pred_proba", "type": "numeric"},
             },
@@ -124,7 +126,8 @@ def _iso(ts: float) -> str:
 
 
 def car_loan(seed: int = 0) -> Synth:
-    """Eight features of a car-loan model; car_value, salary_range and the debt ratio drift."""
+    """Eight features of a car-loan model (car_value, salary_range and the debt ratio drift), plus the
+    sales `channel` each request came through (not a feature: a segment)."""
     salary = ["<30k", "30-60k", "60-100k", ">100k"]
     specs = [
         _Spec("car_value", "numeric", lambda r, n: np.round(r.lognormal(10.0, 0.4, n), 2),
@@ -138,6 +141,7 @@ def car_loan(seed: int = 0) -> Synth:
         _Spec("region", "categorical", _cat(["north", "south", "east", "west", "central"], [3, 2, 2, 2, 1])),
         _Spec("loan_term_months", "categorical", _cat(["12", "24", "36", "48", "60"], [1, 2, 4, 2, 1])),
         _Spec("prior_loans", "numeric", lambda r, n: r.poisson(1.5, n).astype(float)),
+        _Spec("channel", "categorical", _cat(["web", "branch", "partner"], [5, 3, 2]), feature=False),
     ]
     return Synth(specs, seed)
 

@@ -12,14 +12,19 @@ from monitor.baseline import build_baseline
 from monitor.config import load_config
 
 
-def write_setup(tmp, synth, train_rows: int = 20_000, **overrides):
-    """Write train.parquet, driftmon.yaml and baseline.json for a synth schema; return (config_path, config)."""
+def write_setup(tmp, synth, train_rows: int = 20_000, schema: dict | None = None, **overrides):
+    """Write train.parquet, driftmon.yaml and baseline.json for a synth schema; return (config_path, config).
+
+    ``schema`` entries are added to the config's schema (e.g. a label); ``overrides`` replace top-level keys.
+    """
     tmp = str(tmp)
     train = os.path.join(tmp, "train.parquet")
     pq.write_table(synth.training_table(train_rows), train)
     path = os.path.join(tmp, "driftmon.yaml")
+    tree = synth.config(**overrides)
+    tree["schema"].update(schema or {})
     with open(path, "w") as fh:
-        yaml.safe_dump(synth.config(**overrides), fh, sort_keys=False)
+        yaml.safe_dump(tree, fh, sort_keys=False)
     config = load_config(path)
     build_baseline(config, train).save(config.baseline)
     return path, config

@@ -48,7 +48,7 @@ def api(url: str, path: str, **params) -> dict:
 
 @pytest.fixture
 def prometheus(tmp_path):
-    """Start Prometheus; yields (url, write_target(port))."""
+    """Start Prometheus; yields (url, set_target(port))."""
     port = free_port()
     config = tmp_path / "prometheus.yml"
     rules = ROOT / "deploy" / "prometheus" / "driftmon-rules.yml"
@@ -95,8 +95,11 @@ def test_every_panel_query_returns_data_and_rules_load(tmp_path, prometheus):
                  "max_poll_interval_ms": 6000, "session_timeout_ms": 6000, "lag_interval": "1s"}
         alerts = {"webhooks": [{"url": receiver.url + "/ok"}, {"url": f"http://127.0.0.1:{free_port()}/down"}],
                   "outbox": {"backoff_initial": "100ms", "backoff_max": "1s"}}
+        # Inline labels, a segment and a fairness attribute, so the performance dashboard has data too.
         path, _ = write_setup(tmp_path, car_loan(seed=1), window={"size": 1000}, kafka=kafka, alerts=alerts,
-                              state={"dir": "state"})
+                              state={"dir": "state"}, schema={"label": {"name": "repaid", "type": "categorical"}},
+                              labels={"window": 2000, "positive": "1"}, segments=[{"name": "channel"}],
+                              fairness={"attributes": [{"name": "channel"}], "favourable": "1"})
         daemon = DaemonProcess(path, free_port(), str(tmp_path / "daemon.log")).start()
         try:
             set_target(daemon.port)

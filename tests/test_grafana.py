@@ -116,7 +116,7 @@ def test_generator_check_mode_agrees():
 
 
 def test_stable_uids_and_titles():
-    assert set(COMMITTED) == {"driftmon-overview", "driftmon-feature", "driftmon-operations"}
+    assert set(COMMITTED) == {"driftmon-overview", "driftmon-feature", "driftmon-operations", "driftmon-performance"}
     for d in COMMITTED.values():
         assert d["id"] is None, "exported dashboards carry no instance-specific id"
         assert 36 <= d["schemaVersion"] <= 41
