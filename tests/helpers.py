@@ -74,3 +74,24 @@ def load_module(path, name: str):
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def promtool(*args, cwd=None):
+    """Run Debian's promtool; a missing promtool fails the test (skips only outside CI with DRIFTMON_ALLOW_SKIP=1)."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    exe = shutil.which("promtool")
+    if exe is None:
+        message = "promtool is not on PATH: install Debian's `prometheus` package (scripts/setup.sh)"
+        if not os.environ.get("CI") and os.environ.get("DRIFTMON_ALLOW_SKIP") == "1":
+            pytest.skip(message)
+        pytest.fail(message)
+    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def report(proc) -> str:
+    """A finished process's command and output, for assertion messages."""
+    return f"$ {' '.join(proc.args)}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"

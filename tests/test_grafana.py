@@ -11,15 +11,13 @@
 Needs `promtool` (Debian package `prometheus`) on PATH.
 """
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import load_module
+from tests.helpers import load_module, promtool, report
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,18 +52,8 @@ PANELS = [(uid, panel) for uid, d in COMMITTED.items() for panel in _panels(d)]
 PANEL_IDS = [f"{uid}/{panel['title']}" for uid, panel in PANELS]
 
 
-def promtool(*args) -> subprocess.CompletedProcess:
-    exe = shutil.which("promtool")
-    if exe is None:
-        message = "promtool is not on PATH: install Debian's `prometheus` package (scripts/setup.sh)"
-        if not os.environ.get("CI") and os.environ.get("DRIFTMON_ALLOW_SKIP") == "1":
-            pytest.skip(message)
-        pytest.fail(message)
-    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=120)
 
 
-def _report(proc: subprocess.CompletedProcess) -> str:
-    return f"$ {' '.join(proc.args)}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
 
 
 def check_promql(exprs: list[tuple[str, str]], tmp_path: Path) -> subprocess.CompletedProcess:
@@ -261,8 +249,8 @@ def test_every_query_parses_with_promtool(tmp_path):
                 exprs.append((f"{uid} / variable {v['name']}", gen.substitute(m.group(1), gen.DEFAULT_VARIABLES)))
     assert len(exprs) > 30
     proc = check_promql(exprs, tmp_path)
-    assert proc.returncode == 0, _report(proc) + "\n" + _where(exprs)
-    assert f"SUCCESS: {len(exprs)} rules found" in proc.stdout, _report(proc)
+    assert proc.returncode == 0, report(proc) + "\n" + _where(exprs)
+    assert f"SUCCESS: {len(exprs)} rules found" in proc.stdout, report(proc)
 
 
 def test_promql_check_rejects_a_broken_query(tmp_path):
@@ -270,7 +258,7 @@ def test_promql_check_rejects_a_broken_query(tmp_path):
         'sum by (model) (rate(driftmon_messages_consumed_total{job="driftmon", model=~"$model"}[$__rate_interval])',
         gen.DEFAULT_VARIABLES))]
     proc = check_promql(broken, tmp_path)
-    assert proc.returncode != 0, _report(proc)
+    assert proc.returncode != 0, report(proc)
 
 
 # ----------------------------------------------------------------------------- iter_panel_queries

@@ -12,7 +12,6 @@ Needs `promtool` (Debian package `prometheus`) on PATH.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import shutil
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import load_module
+from tests.helpers import load_module, promtool, report
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,18 +33,8 @@ DESIGN = ROOT / "docs" / "DESIGN.md"
 gen = load_module(PROM_DIR / "generate.py", "driftmon_rules_generate")
 
 
-def promtool(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    exe = shutil.which("promtool")
-    if exe is None:
-        message = "promtool is not on PATH: install Debian's `prometheus` package (scripts/setup.sh)"
-        if not os.environ.get("CI") and os.environ.get("DRIFTMON_ALLOW_SKIP") == "1":
-            pytest.skip(message)
-        pytest.fail(message)
-    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=120, cwd=cwd)
 
 
-def _report(proc: subprocess.CompletedProcess) -> str:
-    return f"$ {' '.join(proc.args)}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
 
 
 def _alerts() -> list[dict]:
@@ -96,14 +85,14 @@ def allowed_series_names() -> set[str]:
 
 def test_promtool_check_rules():
     proc = promtool("check", "rules", RULES)
-    assert proc.returncode == 0, _report(proc)
-    assert f"SUCCESS: {len(ALERTS)} rules found" in proc.stdout, _report(proc)
+    assert proc.returncode == 0, report(proc)
+    assert f"SUCCESS: {len(ALERTS)} rules found" in proc.stdout, report(proc)
 
 
 def test_promtool_unit_tests():
     assert UNIT_TESTS, "no promtool unit tests in deploy/prometheus/tests/"
     proc = promtool("test", "rules", *UNIT_TESTS)
-    assert proc.returncode == 0, _report(proc)
+    assert proc.returncode == 0, report(proc)
 
 
 def test_promtool_rejects_a_broken_rule(tmp_path):
@@ -117,8 +106,8 @@ def test_promtool_rejects_a_broken_rule(tmp_path):
         "    for: 5m\n"
     )
     proc = promtool("check", "rules", broken)
-    assert proc.returncode != 0, _report(proc)
-    assert "Broken" in proc.stdout + proc.stderr or "parse error" in proc.stdout + proc.stderr, _report(proc)
+    assert proc.returncode != 0, report(proc)
+    assert "Broken" in proc.stdout + proc.stderr or "parse error" in proc.stdout + proc.stderr, report(proc)
 
 
 def test_unit_tests_reject_rules_with_another_threshold(tmp_path):
@@ -127,8 +116,8 @@ def test_unit_tests_reject_rules_with_another_threshold(tmp_path):
     mutated = dataclasses.replace(gen.CONFIG, outbox_pending=1000)
     (tmp_path / "driftmon-rules.yml").write_text(gen.render(mutated))
     proc = promtool("test", "rules", *sorted((tmp_path / "tests").glob("*.yml")))
-    assert proc.returncode != 0, _report(proc)
-    assert "DriftmonOutboxBackingUp" in proc.stdout + proc.stderr, _report(proc)
+    assert proc.returncode != 0, report(proc)
+    assert "DriftmonOutboxBackingUp" in proc.stdout + proc.stderr, report(proc)
 
 
 # ----------------------------------------------------------------------------- generator
