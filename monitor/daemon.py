@@ -183,6 +183,8 @@ class Daemon:
         with self.lock:
             if not self._changed:
                 return  # the checkpoint on disk is current
+            if self.source is not None and self.config.kafka.dead_letter_topic:
+                self.source.flush()  # rejected messages reach the dead-letter topic before their offsets are durable
             self._changed = False
             self._snapshots += 1
             seq = self._snapshots

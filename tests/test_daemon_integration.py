@@ -258,3 +258,27 @@ def test_replicas_share_the_group_and_a_rebalance_counts_nothing_twice(tmp_path,
             second.close()
     finally:
         first.close()
+
+
+def test_rejected_messages_go_to_the_dead_letter_topic_with_their_reason(tmp_path, broker):
+    dlq = f"dlq-{uuid.uuid4().hex[:8]}"
+    broker.create_topic(dlq)
+    topic, path, config, daemon = setup_daemon(tmp_path, broker)
+    text = open(path).read().replace("commit_interval: 200ms", f"commit_interval: 200ms\n  dead_letter_topic: {dlq}")
+    open(path, "w").write(text)
+    messages = car_loan(seed=71).messages(50)
+    messages[10:10] = [b"{broken", b'{"id": "q", "car_value": "x"}']
+    try:
+        daemon.start()
+        produce(broker.bootstrap, topic, messages)
+        daemon.wait(lambda: daemon.status()["messages_consumed"] == 52, 60, "52 consumed")
+        assert daemon.terminate()[0] == 0
+    finally:
+        daemon.close()
+    consumer = KafkaConsumer(dlq, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest",
+                             consumer_timeout_ms=5000)
+    records = list(consumer)
+    consumer.close()
+    assert [r.value for r in records] == [b"{broken", b'{"id": "q", "car_value": "x"}']
+    assert [dict(r.headers)["driftmon-reason"] for r in records] == [b"not_json", b"wrong_type"]
+    assert [dict(r.headers)["driftmon-source"] for r in records] == [f"{topic}:0:10".encode(), f"{topic}:0:11".encode()]
