@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 
 import numpy as np
@@ -186,7 +185,8 @@ class Pipeline:
         if self.duration is None:
             return results
         if self.window.start is None:
-            self._open_at(math.floor(now / self.duration))
+            # No event yet: the first event opens the window, so a backlog of old events that arrives
+            # after an idle start is not lumped into a window of the wall clock.
             return results
         while self.window.end + self.config.window.grace_seconds <= now:
             results.append(self._close(next_start=self.window.end))

@@ -85,6 +85,7 @@ def test_time_windows_by_event_time(tmp_path):
     baseline = Baseline.load(config.baseline)
     msgs = car_loan(seed=9).messages(1000, start_time=1_000_000.0, rate=100.0)  # 10 s of events
     p = Pipeline(config, baseline)
+    assert p.tick(2_000_000_000.0) == [] and p.window.start is None  # an idle start opens no window
     results = run(p, msgs, 128)
     assert [r["window"]["events"] for r in results] == [200] * 4
     assert results[0]["window"]["start"] == "1970-01-12T13:46:40.000Z"
