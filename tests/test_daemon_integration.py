@@ -282,3 +282,21 @@ def test_rejected_messages_go_to_the_dead_letter_topic_with_their_reason(tmp_pat
     assert [r.value for r in records] == [b"{broken", b'{"id": "q", "car_value": "x"}']
     assert [dict(r.headers)["driftmon-reason"] for r in records] == [b"not_json", b"wrong_type"]
     assert [dict(r.headers)["driftmon-source"] for r in records] == [f"{topic}:0:10".encode(), f"{topic}:0:11".encode()]
+
+
+def test_time_window_closes_on_the_clock_when_traffic_stops(tmp_path, broker):
+    topic, path, config, daemon = setup_daemon(tmp_path, broker)
+    text = open(path).read().replace("window:\n  size: 1000", "window:\n  duration: 2s")
+    open(path, "w").write(text)
+    try:
+        daemon.start()
+        daemon.wait(lambda: daemon.get("/readyz") == b"ready: baseline loaded and consuming\n", 60, "assignment")
+        produce(broker.bootstrap, topic, car_loan(seed=81).messages(300, rate=1000.0))  # event times: now
+        status = daemon.wait_windows(2, timeout=30)  # no more traffic: the clock closes them
+        windows = read_jsonl(os.path.join(config.state.dir, "windows.jsonl"))
+    finally:
+        daemon.close()
+    assert sum(w["window"]["events"] for w in windows) == 300
+    assert windows[-1]["window"]["status"] == "empty" and windows[-1]["drifted"] == []
+    starts = [w["window"]["start"] for w in windows]
+    assert len(set(starts)) == len(starts) and status["open_window"]["events"] == 0
