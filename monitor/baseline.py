@@ -13,7 +13,7 @@ import numpy as np
 from detectors import CategoricalProfile, NumericProfile
 from monitor.config import Column, Config, ConfigError
 
-__all__ = ["Baseline", "BaselineError", "build_baseline", "read_table"]
+__all__ = ["Baseline", "BaselineError", "build_baseline", "category_name", "read_table", "segment_value"]
 
 FORMAT = "driftmon.baseline"
 FORMAT_VERSION = 1
@@ -60,7 +60,7 @@ def category_counts(column) -> tuple[dict, int]:
     counts: dict[str, int] = {}
     for entry in pc.value_counts(column).to_pylist():
         value, n = entry["values"], entry["counts"]
-        key = _norm_category(value)
+        key = category_name(value)
         if key is None:
             missing += 0 if value is None else n  # NaN in a float column (nulls are in null_count)
             continue
@@ -98,7 +98,7 @@ def _column(table, spec) -> "np.ndarray | list":
 
     values = column.to_pylist()
     if pa.types.is_floating(column.type):  # 1.0 and 1 are one category (integral floats come from NaN-able ints)
-        return [_norm_category(v) for v in values]
+        return [category_name(v) for v in values]
     return values
 
 
@@ -258,7 +258,7 @@ def build_baseline(config: Config, data_path: str, seed: int = 0, validation_pat
     if config.segments:
         extras["segments"] = {}
         for segment in config.segments:
-            values = [_norm_category(v) for v in _column(table, Column(name=segment.name, type="categorical",
+            values = [category_name(v) for v in _column(table, Column(name=segment.name, type="categorical",
                                                                         path=segment.path))]
             counts = Counter(v for v in values if v is not None)
             top = sorted(counts, key=lambda v: (-counts[v], v))[:segment.max_values]
@@ -281,9 +281,16 @@ def build_baseline(config: Config, data_path: str, seed: int = 0, validation_pat
     return Baseline(profiles, roles, meta, extras)
 
 
-def _norm_category(value):
+def category_name(value) -> str | None:
+    """A category as text (None for missing); integral floats as ints, so 1.0 and 1 are one category."""
     if value is None or (isinstance(value, float) and value != value):
         return None
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+def segment_value(value, known) -> str:
+    """The segment a value belongs to: its category name when the baseline knows it, else "other"."""
+    name = category_name(value)
+    return name if name in known else "other"

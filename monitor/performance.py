@@ -29,6 +29,7 @@ from detectors import (
     fairness_report,
     performance_drop_test,
 )
+from monitor.baseline import category_name, segment_value
 from monitor.config import Column, Config, Feature, FieldRef, SchemaConfig, parse_duration
 from monitor.decode import Decoder
 from monitor.join import LabelJoin
@@ -47,15 +48,6 @@ def _task(config: Config) -> str:
     return "regression" if config.schema.prediction.type == "numeric" else "classification"
 
 
-def _norm(value):
-    """Labels and predictions compared as text; integral floats as ints (1.0 and 1 are one class)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
 def _accumulator(task: str, positive):
     return ClassificationAccumulator(positive=positive) if task == "classification" else RegressionAccumulator()
 
@@ -67,8 +59,8 @@ def baseline_performance(config: Config, label, prediction, score=None, positive
     task = _task(config)
     out = {"task": task}
     if task == "classification":
-        labels = [_norm(v) for v in label]
-        preds = [_norm(v) for v in prediction]
+        labels = [category_name(v) for v in label]
+        preds = [category_name(v) for v in prediction]
         classes = sorted({v for v in labels if v is not None})
         if positive is None and len(classes) == 2:
             counts = {c: labels.count(c) for c in classes}
@@ -113,6 +105,8 @@ class PerformanceTracker:
         self.score_name = config.schema.score.name if config.schema.score else None
         self.segment_values = baseline.extras.get("segments", {})
         self.attributes = [a.name for a in config.fairness.attributes] if config.fairness else []
+        # Extra fields carried in each waiting row, after prediction, score and time: segments, then attributes.
+        self.extras = list(self.segment_values) + [a for a in self.attributes if a not in self.segment_values]
         self.join = LabelJoin(parse_duration(config.labels.ttl), config.labels.max_pending)
         self.label_decoder = None
         if config.labels_on_topic:
@@ -149,21 +143,15 @@ class PerformanceTracker:
 
     # ---- input ----------------------------------------------------------------------------------
 
-    def _segment(self, field: str, value) -> str:
-        value = _norm(value)
-        known = self.segment_values[field]
-        return value if value in known else "other"
-
     def on_predictions(self, batch) -> list[dict]:
         """Feed a decoded prediction batch; returns the performance windows it closed."""
         if batch.n == 0:
             return []
         cols = batch.columns
         times = batch.timestamps if batch.timestamps is not None else np.full(batch.n, np.nan)
-        extras = list(self.segment_values) + [a for a in self.attributes if a not in self.segment_values]
         score = cols[self.score_name] if self.score_name else [None] * batch.n
         rows = [list(r) for r in zip(cols[self.pred_name], (None if s != s else s for s in score),
-                                     times.tolist(), *(cols[e] for e in extras))]
+                                     times.tolist(), *(cols[e] for e in self.extras))]
         if self.label_decoder is None:
             labels = cols[self.label_name]
             matched = [(row, label, 0.0) for row, label in zip(rows, labels)
@@ -221,8 +209,8 @@ class PerformanceTracker:
             self.first_time = min(self.first_time, float(np.nanmin(times)))
             self.last_time = max(self.last_time, float(np.nanmax(times)))
         if self.task == "classification":
-            labels = [_norm(m[1]) for m in matched]
-            preds = [_norm(p) for p in preds]
+            labels = [category_name(m[1]) for m in matched]
+            preds = [category_name(p) for p in preds]
             scores = None
             if self.score_name and self.positive is not None:
                 scores = np.array([np.nan if r[1] is None else r[1] for r in rows], dtype=float)
@@ -240,7 +228,7 @@ class PerformanceTracker:
                 self.label_acc.update(labels)
         offset = 3
         for j, field in enumerate(self.segment_values):
-            values = [self._segment(field, r[offset + j]) for r in rows]
+            values = [segment_value(r[offset + j], self.segment_values[field]) for r in rows]
             for value in sorted(set(values)):
                 idx = [i for i, v in enumerate(values) if v == value]
                 acc = self.by_segment[field].setdefault(value, _accumulator(self.task, self.positive))
@@ -248,10 +236,9 @@ class PerformanceTracker:
                     acc.update([labels[i] for i in idx], [preds[i] for i in idx])
                 else:
                     acc.update(labels[idx], preds[idx])
-        extras = list(self.segment_values) + [a for a in self.attributes if a not in self.segment_values]
         for attr in self.attributes:
-            col = offset + extras.index(attr)
-            groups = [_norm(r[col]) for r in rows]
+            col = offset + self.extras.index(attr)
+            groups = [category_name(r[col]) for r in rows]
             y_true = labels if self.task == "classification" else None
             self.groups[attr].update(groups, preds, y_true)
         self.labelled += len(matched)

@@ -16,18 +16,11 @@ from detectors import (
     compare_numeric,
     decide,
 )
-from monitor.baseline import Baseline
+from monitor.baseline import Baseline, segment_value
 from monitor.config import Config
 from monitor.decode import Batch
 
 __all__ = ["Window", "Evaluator", "iso"]
-
-
-def _category(value, known) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "other"
-    text = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
-    return text if text in known else "other"
 
 
 def iso(ts: float | None) -> str | None:
@@ -91,7 +84,7 @@ class Window:
             for key, value in self.estimator.expected_counts(batch.columns[self.score], self.threshold).items():
                 self.estimated[key] += value
         for field, known in self.segments.items():
-            values = np.array([_category(v, known) for v in batch.columns[field]], dtype=object)
+            values = np.array([segment_value(v, known) for v in batch.columns[field]], dtype=object)
             for value in sorted(set(values.tolist())):
                 sub = self.by_segment[field].get(value)
                 if sub is None:
