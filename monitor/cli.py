@@ -68,20 +68,21 @@ def cmd_init(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    from monitor.pipeline import Pipeline
+    from monitor.replay import Replay
 
     config, baseline = _load(args.config)
     if config.window.duration is not None and config.schema.timestamp is None:
         raise ConfigError("schema.timestamp", "replay with time windows needs an event time in the messages")
-    pipeline = Pipeline(config, baseline)
+    replay = Replay(config, baseline)
     out = open(args.out, "w", encoding="utf-8") if args.out and args.out != "-" else sys.stdout
-    written = 0
+    alerts = open(args.alerts, "w", encoding="utf-8") if args.alerts else None
 
-    def emit(results):
-        nonlocal written
-        for result in results:
-            out.write(json.dumps(result, sort_keys=True, allow_nan=False) + "\n")
-            written += 1
+    def emit(records, notes):
+        for record in records:
+            out.write(json.dumps(record, sort_keys=True, allow_nan=False) + "\n")
+        if alerts is not None:
+            for note in notes:
+                alerts.write(json.dumps(note, sort_keys=True, allow_nan=False) + "\n")
 
     with open(args.input, "rb") as fh:
         chunk = []
@@ -91,18 +92,20 @@ def cmd_replay(args) -> int:
                 continue
             chunk.append(line)
             if len(chunk) >= args.batch_size:
-                emit(pipeline.process(chunk)[0])
+                emit(*replay.process(chunk))
                 chunk = []
         if chunk:
-            emit(pipeline.process(chunk)[0])
+            emit(*replay.process(chunk))
     if not args.no_flush:
-        last = pipeline.flush()
-        if last is not None:
-            emit([last])
+        emit(*replay.flush())
     if out is not sys.stdout:
         out.close()
+    if alerts is not None:
+        alerts.close()
+    pipeline = replay.pipeline
     invalid = ", ".join(f"{k} {v}" for k, v in sorted(pipeline.invalid.items())) or "none"
-    print(f"replayed {pipeline.consumed} messages (invalid: {invalid}) into {written} windows", file=sys.stderr)
+    print(f"replayed {pipeline.consumed} messages (invalid: {invalid}) into {replay.windows} drift and "
+          f"{replay.performance_windows} performance windows, {replay.notifications} notifications", file=sys.stderr)
     return 0
 
 
@@ -173,7 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replay", help="push a file of prediction logs through the pipeline, without Kafka")
     p.add_argument("--config", required=True)
     p.add_argument("--input", required=True, help="JSON Lines of prediction logs")
-    p.add_argument("--out", default="-", help="window results as JSON Lines (default: stdout)")
+    p.add_argument("--out", default="-", help="drift and performance window results as JSON Lines, each tagged "
+                                              "\"kind\" (default: stdout)")
+    p.add_argument("--alerts", help="every notification the alert engine would send, as JSON Lines")
     p.add_argument("--batch-size", type=int, default=5000)
     p.add_argument("--no-flush", action="store_true", help="do not evaluate the last, incomplete window")
     p.set_defaults(func=cmd_replay)

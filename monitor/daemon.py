@@ -19,6 +19,7 @@ from monitor.config import Config, parse_duration
 from monitor.metrics import DriftmonCollector, make_registry
 from monitor.outbox import Outbox
 from monitor.pipeline import Pipeline
+from monitor.replay import advance_alerts
 from monitor.server import HttpServer
 from monitor.sinks import Dispatcher
 from monitor.source import KafkaSource
@@ -156,11 +157,7 @@ class Daemon:
         performance = self.pipeline.take_performance()
         if not results and not performance:
             return
-        notes = []
-        for result in performance:
-            notes += self.alerts.observe_performance(result)
-        for result in results:
-            notes += self.alerts.observe(result)
+        notes = advance_alerts(self.alerts, results, performance)
         self._outgoing = {"windows": results, "performance": performance, "notifications": notes}
         self._changed = True
         self.checkpoint()
