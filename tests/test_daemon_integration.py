@@ -7,6 +7,7 @@ import os
 import threading
 import time
 import uuid
+from datetime import datetime
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -207,13 +208,18 @@ def test_committed_offsets_never_run_ahead_of_the_checkpoint(tmp_path, broker):
         daemon.start()
         produce(broker.bootstrap, topic, messages[:600])
         daemon.wait(lambda: daemon.status()["messages_consumed"] == 600, 60, "600 consumed")
-        daemon.wait(lambda: os.path.exists(checkpoint), 10, "a checkpoint")
-        time.sleep(1.5)  # several commit intervals
-        daemon.kill9()
-        with open(checkpoint) as fh:
-            saved = json.load(fh)["state"]["pipeline"]["positions"][f"{topic}:0"]
         consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=config.kafka.group_id,
                                  enable_auto_commit=False)
+
+        def saved_position():
+            with open(checkpoint) as fh:
+                return json.load(fh)["state"]["pipeline"]["positions"][f"{topic}:0"]
+
+        # waits on the conditions, not on a number of commit intervals passing
+        daemon.wait(lambda: saved_position() == 600, 30, "a checkpoint of all 600")
+        daemon.wait(lambda: consumer.committed(TopicPartition(topic, 0)) is not None, 30, "a commit")
+        daemon.kill9()
+        saved = saved_position()
         committed = consumer.committed(TopicPartition(topic, 0))
         consumer.close()
         assert committed is not None and committed <= saved == 600
@@ -291,12 +297,22 @@ def test_time_window_closes_on_the_clock_when_traffic_stops(tmp_path, broker):
     try:
         daemon.start()
         daemon.wait(lambda: daemon.get("/readyz") == b"ready: baseline loaded and consuming\n", 60, "assignment")
-        produce(broker.bootstrap, topic, car_loan(seed=81).messages(300, rate=1000.0))  # event times: now
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=10)
+        producer.partitions_for(topic)  # connected before the clock is read
+        # The 300 events span 0.3 s of event time starting on a window boundary, so they fall in one
+        # 2 s window whatever the wall clock says (a start at "now" can straddle a boundary). The next
+        # boundary is less than 2 s ahead, so the clock closes that window soon after.
+        start = (int(time.time()) // 2 + 1) * 2.0
+        for m in car_loan(seed=81).messages(300, start_time=start, rate=1000.0):
+            producer.send(topic, value=m)
+        producer.flush()
+        producer.close()
         status = daemon.wait_windows(2, timeout=30)  # no more traffic: the clock closes them
         windows = read_jsonl(os.path.join(config.state.dir, "windows.jsonl"))
     finally:
         daemon.close()
-    assert sum(w["window"]["events"] for w in windows) == 300
-    assert windows[-1]["window"]["status"] == "empty" and windows[-1]["drifted"] == []
-    starts = [w["window"]["start"] for w in windows]
-    assert len(set(starts)) == len(starts) and status["open_window"]["events"] == 0
+    seconds = lambda iso: datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()  # noqa: E731
+    assert [w["window"]["events"] for w in windows[:2]] == [300, 0]
+    assert all(w["window"]["status"] == "empty" and w["drifted"] == [] for w in windows[1:])
+    starts = [seconds(w["window"]["start"]) for w in windows]
+    assert starts == [start + 2 * i for i in range(len(windows))] and status["open_window"]["events"] == 0

@@ -46,6 +46,20 @@ def api(url: str, path: str, **params) -> dict:
     return body["data"]
 
 
+def wait_query(url: str, expr: str, predicate, timeout: float = 60) -> float:
+    """Wait until an instant query's first value satisfies ``predicate``; return that value."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        result = api(url, "/api/v1/query", query=expr)["result"]
+        if result:
+            last = float(result[0]["value"][1])
+            if predicate(last):
+                return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting on {expr} (last value {last})")
+
+
 @pytest.fixture
 def prometheus(tmp_path):
     """Start Prometheus; yields (url, set_target(port))."""
@@ -107,11 +121,16 @@ def test_every_panel_query_returns_data_and_rules_load(tmp_path, prometheus):
             messages[50:50] = [b"not json", b'{"id": 1, "car_value": "x"}']
             produce(broker.bootstrap, topic, messages[:4000])
             daemon.wait_windows(3, timeout=60)
-            time.sleep(3)  # a few scrapes of the first counters, so that rate() has two points
+            scraped = 'count_over_time(driftmon_messages_consumed_total[10m])'
+            wait_query(url, scraped, lambda n: n >= 2)  # two scrapes of the first counters: rate() has points
             produce(broker.bootstrap, topic, messages[4000:], rate=2000)
             daemon.wait_windows(8, timeout=60)
             receiver.wait_for(lambda p: len(p) > 0, timeout=30)
-            time.sleep(4)
+            # waits on what Prometheus has seen, not on a number of scrape intervals passing
+            wait_query(url, "driftmon_messages_consumed_total", lambda v: v == 8002)
+            seen = wait_query(url, scraped, lambda n: n >= 2)
+            wait_query(url, scraped, lambda n: n >= seen + 2)  # the final counters in two scrapes
+            wait_query(url, 'count(ALERTS{alertname=~".*Drift.*"})', lambda n: n >= 1)
 
             target = api(url, "/api/v1/targets")["activeTargets"]
             assert [t["health"] for t in target] == ["up"], target
