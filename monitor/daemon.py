@@ -231,6 +231,8 @@ class Daemon:
         labels_topic = self.config.kafka.labels_topic
         with self.lock:
             for pb in batches:
+                if not self.source.owns(pb):
+                    continue  # revoked since the poll: its next owner reads it (see KafkaSource.owns)
                 if labels_topic and pb.topic == labels_topic:
                     batch = self.pipeline.process_labels(pb.values, pb.times, pb.key, pb.offsets)
                     results = []
@@ -257,10 +259,20 @@ class Daemon:
             log.warning("offset commit failed: %s", exc)
         self._last_commit = time.monotonic()
 
-    def _before_rebalance(self) -> None:
-        """Checkpoint and commit what is processed, so the partitions' next owner does not count it again."""
+    def _before_rebalance(self, keys: list[str]) -> dict[str, int]:
+        """Checkpoint what is processed; the source commits the returned durable offsets before the
+        partitions go, so their next owner neither counts those events again nor skips any."""
         self.checkpoint()
-        self._commit()
+        with self._save_lock:
+            return dict(self._durable_positions)
+
+    def _release(self, keys: list[str]) -> None:
+        """Forget the positions of partitions another member now owns (their committed offset rules)."""
+        with self.lock:
+            for key in keys:
+                self.pipeline.positions.pop(key, None)
+            self._changed = True
+        log.info("partitions handed over to another member: %s", sorted(keys))
 
     def install_signal_handlers(self) -> None:
         def stop(signum, _frame):
@@ -280,7 +292,7 @@ class Daemon:
         self.http.start()
         log.info("serving /metrics /healthz /readyz /status on port %d", self.http.port)
         self.source = KafkaSource(self.config.kafka, lambda: dict(self.pipeline.positions),
-                                  on_revoke=self._before_rebalance).start()
+                                  on_revoke=self._before_rebalance, on_release=self._release).start()
         self.scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
         self.scheduler.add_job(self.checkpoint, "interval", id="checkpoint",
                                seconds=parse_duration(self.config.state.checkpoint_interval))

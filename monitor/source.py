@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
 
 from monitor.config import KafkaConfig, kafka_secrets
@@ -80,15 +80,22 @@ class PartitionBatch:
         return np.fromiter((r.timestamp for r in recs), dtype=np.float64, count=len(recs)) / 1000.0
 
 
-class _Listener(ConsumerRebalanceListener):
+class _Listener(AsyncConsumerRebalanceListener):
+    """kafka-python (3.x) calls these on its IO thread, the one that sends heartbeats and requests:
+    a blocking consumer call there fails ("Cannot block on net.run() from the IO thread"), so the
+    hand-over commit is awaited instead, which keeps the loop (and the heartbeats) running."""
+
     def __init__(self, source: "KafkaSource"):
         self.source = source
 
-    def on_partitions_revoked(self, revoked):
-        self.source.on_revoked(revoked)
+    async def on_partitions_revoked(self, revoked):
+        await self.source.on_revoked(revoked)
 
-    def on_partitions_assigned(self, assigned):
+    async def on_partitions_assigned(self, assigned):
         self.source.on_assigned(assigned)
+
+    async def on_partitions_lost(self, lost):
+        self.source.on_lost(lost)
 
 
 class KafkaSource:
@@ -102,15 +109,25 @@ class KafkaSource:
         partitions found there are sought to it (the checkpoint is the source of truth);
         others start from the group's committed offset.
     on_revoke : callable, optional
-        Called before partitions are taken away in a rebalance, while they can still be
-        committed, so that their next owner starts where this member's checkpoint ends.
+        ``on_revoke(keys) -> {key: offset}``: called before partitions are taken away in a
+        rebalance, while they can still be committed. It makes the processed events durable and
+        returns the offsets that are, which are committed (awaited) before the rebalance goes on,
+        so the partitions' next owner starts exactly where this member's checkpoint ends.
+    on_release : callable, optional
+        ``on_release(keys)``: partitions that went to another member (or were lost). Their
+        positions must be forgotten: if they come back later, the group's committed offset (where
+        the other member stopped) is right, not this member's old position.
     """
 
-    def __init__(self, cfg: KafkaConfig, positions, on_revoke=None):
+    def __init__(self, cfg: KafkaConfig, positions, on_revoke=None, on_release=None):
         self.cfg = cfg
         self.positions = positions
         self.on_revoke = on_revoke
+        self.on_release = on_release
         self.assigned: frozenset[TopicPartition] = frozenset()
+        self.rebalances = 0
+        self._revoked: set[TopicPartition] = set()  # held before the rebalance in progress
+        self._rewind: dict[TopicPartition, int] = {}  # records polled but dropped as no longer owned
         self._consumer: KafkaConsumer | None = None
         self._lag_client: KafkaConsumer | None = None
         self._lag_lock = threading.Lock()
@@ -123,24 +140,58 @@ class KafkaSource:
         self._consumer.subscribe(topics, listener=_Listener(self))
         return self
 
-    # Rebalance callbacks run inside poll(), on the consuming thread.
+    def owns(self, batch: "PartitionBatch") -> bool:
+        """Whether this member still holds a polled batch's partition; if not, the batch must be
+        dropped (the partition's next owner reads it) and is re-read here if the partition comes back."""
+        tp = TopicPartition(batch.topic, batch.partition)
+        if tp in self.assigned:
+            return True
+        first = int(batch.offsets[0])
+        self._rewind[tp] = min(first, self._rewind.get(tp, first))
+        return False
+
+    # Rebalance callbacks run on kafka-python's IO thread (see _Listener), while the consuming
+    # thread waits in poll() or works on records it polled before: `assigned` is cleared first, so
+    # the consuming thread drops (see owns) what it has not processed when the checkpoint is taken.
     def on_assigned(self, assigned) -> None:
-        self.assigned = frozenset(assigned)
+        released = self._revoked - set(assigned)
+        self._revoked = set()
+        if released and self.on_release is not None:
+            self.on_release([partition_key(tp) for tp in released])
         saved = self.positions()
         for tp in assigned:
-            offset = saved.get(partition_key(tp))
+            offset = saved.get(partition_key(tp), self._rewind.get(tp))
             if offset is not None:
                 self._consumer.seek(tp, offset)
+        self._rewind = {}
+        self.assigned = frozenset(assigned)
+        self.rebalances += 1
         log.info("assigned partitions %s", sorted(partition_key(tp) for tp in assigned))
 
-    def on_revoked(self, revoked) -> None:
-        log.info("partitions revoked: %s", sorted(partition_key(tp) for tp in revoked))
-        if revoked and self.on_revoke is not None:
-            try:
-                self.on_revoke()
-            except Exception as exc:  # the rebalance goes on; the next owner may re-read a little
-                log.warning("checkpoint/commit before the rebalance failed: %s", exc)
+    async def on_revoked(self, revoked) -> None:
         self.assigned = frozenset()
+        self._revoked |= set(revoked)
+        log.info("partitions revoked: %s", sorted(partition_key(tp) for tp in revoked))
+        if not revoked or self.on_revoke is None:
+            return
+        try:
+            durable = self.on_revoke([partition_key(tp) for tp in revoked])
+            offsets = {tp: OffsetAndMetadata(durable[partition_key(tp)], "", -1)
+                       for tp in revoked if partition_key(tp) in durable}
+            if offsets:
+                await self._consumer.commit_async(offsets)
+                log.info("committed before the hand-over: %s",
+                         {partition_key(tp): o.offset for tp, o in sorted(offsets.items())})
+        except Exception as exc:  # the rebalance goes on; the next owner re-reads from the last commit
+            log.warning("checkpoint/commit before the rebalance failed: %s", exc)
+
+    def on_lost(self, lost) -> None:
+        """Membership lost (a session timeout): the partitions may already be elsewhere, so no commit."""
+        self.assigned = frozenset()
+        log.warning("partitions lost with the group membership (not committed): %s",
+                    sorted(partition_key(tp) for tp in lost))
+        if lost and self.on_release is not None:
+            self.on_release([partition_key(tp) for tp in lost])
 
     def poll(self, timeout_ms: int = 500) -> list[PartitionBatch]:
         records = self._consumer.poll(timeout_ms=timeout_ms, max_records=self.cfg.max_poll_records)

@@ -92,3 +92,27 @@ class DaemonProcess:
             self.proc.wait()
         if getattr(self, "_log", None):
             self._log.close()
+
+
+def counted(state_dir: str) -> tuple[int, int]:
+    """(valid events, invalid messages) in a daemon's state: every logged window plus the open window
+    of its last checkpoint. Over all replicas of a group this must equal what was produced, exactly."""
+    events = invalid = 0
+    for name in ("windows.jsonl.1", "windows.jsonl"):
+        try:
+            with open(os.path.join(state_dir, name)) as fh:
+                for line in fh:
+                    if line.strip():
+                        window = json.loads(line)["window"]
+                        events += window["events"]
+                        invalid += window.get("invalid", 0)
+        except FileNotFoundError:
+            continue
+    try:
+        with open(os.path.join(state_dir, "checkpoint.json")) as fh:
+            window = json.load(fh)["state"]["pipeline"]["window"]
+        events += window["events"]
+        invalid += window.get("invalid", 0)
+    except FileNotFoundError:
+        pass
+    return events, invalid

@@ -14,7 +14,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from monitor.synth import car_loan
 from monitor.tansu import free_port
-from tests.daemon_proc import DaemonProcess
+from tests.daemon_proc import DaemonProcess, counted
 from tests.helpers import read_jsonl, write_jsonl, write_setup
 from tests.receiver import Receiver
 
@@ -236,34 +236,71 @@ def test_committed_offsets_never_run_ahead_of_the_checkpoint(tmp_path, broker):
     assert first[0] == committed  # resumed exactly at the committed offset: nothing skipped
 
 
-def test_replicas_share_the_group_and_a_rebalance_counts_nothing_twice(tmp_path, kafka_broker):
-    """Two daemons in one consumer group split the partitions; the one that gives partitions away
-    checkpoints and commits first, so the other starts exactly where it stopped."""
-    topic, path, config, first = setup_daemon(tmp_path, kafka_broker, partitions=2)
-    second_dir = tmp_path / "second"
-    second_dir.mkdir()
-    text = open(path).read().replace("dir: state", f"dir: {second_dir / 'state'}")
-    second_path = second_dir / "driftmon.yaml"
-    second_path.write_text(text.replace("baseline: baseline.json", f"baseline: {tmp_path / 'baseline.json'}"))
-    messages = car_loan(seed=61).messages(8000)
+def replica_config(tmp_path, path, name: str) -> str:
+    """Another replica of the daemon in `path`'s config: the same group, its own state directory."""
+    home = tmp_path / name
+    home.mkdir()
+    text = open(path).read().replace("dir: state", f"dir: {home / 'state'}")
+    replica = home / "driftmon.yaml"
+    replica.write_text(text.replace("baseline: baseline.json", f"baseline: {tmp_path / 'baseline.json'}"))
+    return str(replica)
+
+
+def group_caught_up(bootstrap: str, group_id: str, topic: str, partitions: int) -> bool:
+    """Whether the group's committed offsets reached the end of every partition (commits follow checkpoints)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        ends = consumer.end_offsets(tps)
+        return all(consumer.committed(tp) == ends[tp] for tp in tps)
+    finally:
+        consumer.close()
+
+
+def test_replicas_share_the_group_and_rebalances_lose_and_double_count_nothing(tmp_path, kafka_broker):
+    """Two daemons share a group on a 4-partition topic; mid-stream a third joins and one leaves.
+    Each hand-over checkpoints and commits first (on kafka-python's IO thread, awaited), so the events
+    over every replica's windows equal the valid messages produced, exactly."""
+    partitions = 4
+    topic, path, config, first = setup_daemon(tmp_path, kafka_broker, partitions=partitions)
+    second = DaemonProcess(replica_config(tmp_path, path, "second"), free_port(), str(tmp_path / "second.log"))
+    third = DaemonProcess(replica_config(tmp_path, path, "third"), free_port(), str(tmp_path / "third.log"))
+    messages = car_loan(seed=61).messages(30_000)
+    bad = [b"{not json", b'{"id": "x", "car_value": "cheap"}']
+    for i in range(0, len(messages), 1000):
+        messages.insert(i, bad[(i // 1000) % 2])  # spread over every partition (round robin without keys)
+    ready = b"ready: baseline loaded and consuming\n"
+    replicas = [first, second, third]
+    consumed = lambda *ds: sum(d.status()["messages_consumed"] for d in ds)  # noqa: E731
+    producer = threading.Thread(target=produce, args=(kafka_broker.bootstrap, topic, messages, 2000.0))
     try:
         first.start()
-        produce(kafka_broker.bootstrap, topic, messages[:4000])
-        first.wait(lambda: first.status()["messages_consumed"] == 4000, 60, "first 4000")
-        second = DaemonProcess(str(second_path), free_port(), str(tmp_path / "second.log")).start()
-        try:
-            second.wait(lambda: second.get("/readyz") == b"ready: baseline loaded and consuming\n", 60,
-                        "second replica assigned")
-            produce(kafka_broker.bootstrap, topic, messages[4000:])
-            total = lambda: first.status()["messages_consumed"] + second.status()["messages_consumed"]  # noqa: E731
-            first.wait(lambda: total() >= 8000, 60, "all 8000 across replicas")
-            time.sleep(2)
-            assert total() == 8000
-            assert second.status()["messages_consumed"] > 0
-        finally:
-            second.close()
+        second.start()
+        for d in (first, second):
+            d.wait(lambda d=d: d.get("/readyz") == ready, 60, "an assignment")
+        producer.start()
+        first.wait(lambda: consumed(first, second) >= 6000, 60, "6000 consumed by two replicas")
+        third.start()  # joins mid-stream: a rebalance
+        third.wait(lambda: third.status()["messages_consumed"] > 0, 60, "the third replica consuming")
+        third.wait(lambda: consumed(first, second, third) >= 18_000, 90, "18000 consumed")
+        code, _ = second.terminate(timeout=30)  # leaves mid-stream: another rebalance
+        assert code == 0
+        producer.join()
+        first.wait(lambda: group_caught_up(kafka_broker.bootstrap, config.kafka.group_id, topic, partitions),
+                   120, "every partition processed and committed")
+        for d in (first, third):
+            assert d.terminate(timeout=30)[0] == 0
     finally:
-        first.close()
+        for d in replicas:
+            d.close()
+    logs = "\n".join(open(d.log_path, errors="replace").read() for d in replicas)
+    assert "Cannot block" not in logs and "before the rebalance failed" not in logs
+    assert logs.count("committed before the hand-over") >= 3  # the first two at the join, then the leave
+    totals = [counted(os.path.join(os.path.dirname(d.config_path), "state")) for d in replicas]
+    assert all(events > 0 for events, _ in totals), totals
+    valid = len(messages) - len(range(0, 30_000, 1000))
+    assert sum(events for events, _ in totals) == valid, totals
+    assert sum(invalid for _, invalid in totals) == len(messages) - valid, totals
 
 
 def test_rejected_messages_go_to_the_dead_letter_topic_with_their_reason(tmp_path, broker):
