@@ -51,6 +51,9 @@ class Config:
     feature_uid: str = "driftmon-feature"
     operations_uid: str = "driftmon-operations"
     performance_uid: str = "driftmon-performance"
+    # Default of the `report_url` variable: where a browser reaches a driftmon daemon's /report
+    # (a port-forward by default; set it to the Service's or Ingress's address).
+    report_url: str = "http://localhost:9108"
     tags: tuple[str, ...] = ("driftmon",)
     refresh: str = "30s"
     time_from: str = "now-6h"
@@ -249,6 +252,26 @@ def _query_variable(cfg: Config, name: str, label: str, query: str) -> dict:
     }
 
 
+def _report_variable(cfg: Config) -> dict:
+    return {
+        "current": {"selected": False, "text": cfg.report_url, "value": cfg.report_url},
+        "description": "Where your browser reaches the driftmon daemon, for the drift report links "
+                       "(its /report page).",
+        "hide": 0,
+        "label": "driftmon URL",
+        "name": "report_url",
+        "options": [{"selected": True, "text": cfg.report_url, "value": cfg.report_url}],
+        "query": cfg.report_url,
+        "skipUrlSync": False,
+        "type": "textbox",
+    }
+
+
+#: Panel link to the daemon's HTML drift report (distributions side by side, per-feature effects).
+REPORT_LINK = {"targetBlank": True, "title": "Drift report (latest window, distributions side by side)",
+               "url": "${report_url}/report"}
+
+
 def _model_variable(cfg: Config) -> dict:
     return _query_variable(cfg, "model", "Model", f"label_values(driftmon_build_info{{{cfg.selector}}}, model)")
 
@@ -420,12 +443,18 @@ def feature(cfg: Config = CONFIG) -> dict:
                  "(categorical features only).",
                  "percentunit", [b.target(f"max by (model, feature) (driftmon_feature_unseen_ratio{s})",
                                           "{{model}} {{feature}}")], w=8, min=0)
+    for panel in b.panels:
+        panel["links"] = [dict(REPORT_LINK)]
+    # A row of the status table opens the report at that feature's distributions.
+    b.panels[0]["fieldConfig"]["defaults"]["links"] = [{
+        "targetBlank": True, "title": "Drift report: ${__data.fields.feature}",
+        "url": "${report_url}/report#f-${__data.fields.feature}"}]
     feature_var = _query_variable(
         cfg, "feature", "Feature",
         f'label_values(driftmon_feature_drift_score{{{cfg.selector}, model=~"$model"}}, feature)')
     return _dashboard(cfg, cfg.feature_uid, "driftmon / Feature drift",
                       "Drift statistics and data quality of individual features.", b.panels,
-                      [_model_variable(cfg), feature_var])
+                      [_model_variable(cfg), feature_var, _report_variable(cfg)])
 
 
 def operations(cfg: Config = CONFIG) -> dict:

@@ -125,6 +125,30 @@ def cmd_compare(args) -> int:
     return 1 if drifted and args.exit_code else 0
 
 
+def cmd_report(args) -> int:
+    from monitor.report import load_windows, performance_for, render_report
+
+    config, baseline = _load(args.config)
+    try:
+        if args.current:
+            from monitor.offline import compare_files
+
+            result, history, source = compare_files(config, args.current), None, os.path.basename(args.current)
+        else:
+            result, history = load_windows([args.windows], args.index)
+            source = os.path.basename(args.windows)
+        performance = performance_for([args.performance], result) if args.performance else None
+    except ValueError as exc:
+        print(f"report error: {exc}", file=sys.stderr)
+        return 2
+    text = render_report(config, baseline, result, history=history, performance=performance, source=source)
+    with open(args.out, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    print(f"wrote {args.out} ({len(text.encode()) / 1e6:.2f} MB): window {result['window'].get('index')}, "
+          f"{len(result['drifted'])} of {len(result['features'])} features drifted", file=sys.stderr)
+    return 0
+
+
 def cmd_run(args) -> int:
     from monitor.daemon import Daemon
 
@@ -190,6 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretty", action="store_true", help="indent the JSON result")
     p.add_argument("--exit-code", action="store_true", help="exit 1 when a feature drifted (for CI gates)")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="write a self-contained HTML drift report of a data file or a window")
+    p.add_argument("--config", required=True)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--current", help="current data (.csv, .parquet, .jsonl), compared with the baseline")
+    what.add_argument("--windows", help="window results (replay --out, or the daemon's state/windows.jsonl)")
+    p.add_argument("--index", type=int, help="the window to report (default: the last in --windows)")
+    p.add_argument("--performance", help="performance results (state/performance.jsonl) to show with it")
+    p.add_argument("--out", default="driftmon-report.html", help="the HTML file to write")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="embedded broker, generated data, live drift in the terminal")
     p.add_argument("--workdir", help="where to put generated files (default: a temporary folder)")

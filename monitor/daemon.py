@@ -137,11 +137,18 @@ class Daemon:
                 "open_window": {"index": window.index, "events": window.events},
                 "consumer_lag_messages": {str(k): v for k, v in sorted(self.lag.items())},
                 "last_window": self.pipeline.last_result,
+                "report": "/report",  # the last window as an HTML page; /report?index=N for older ones
                 "last_performance": tracker.last_result if tracker else None,
                 "labels": None if tracker is None else {
                     "received": tracker.join.received, "matched": tracker.join.matched,
                     "expired": tracker.join.expired, "pending": tracker.join.pending},
             }
+
+    def report(self, query: str = "") -> tuple[int, bytes]:
+        """``/report``: the HTML drift report of the latest window, or of ``index=N`` from the window log."""
+        from monitor.report import daemon_report
+
+        return daemon_report(self, query)
 
     # ---- work ----------------------------------------------------------------------------------
 

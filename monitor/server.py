@@ -1,4 +1,4 @@
-"""HTTP endpoints: /metrics, /healthz, /readyz, /status."""
+"""HTTP endpoints: /metrics, /healthz, /readyz, /status, /report."""
 
 from __future__ import annotations
 
@@ -57,8 +57,11 @@ class HttpServer:
                 elif path == "/status":
                     body = json.dumps(service.status(), indent=1, sort_keys=True, allow_nan=False).encode()
                     self._send(200, body + b"\n", "application/json")
+                elif path == "/report" and hasattr(service, "report"):
+                    code, body = service.report(self.path.partition("?")[2])
+                    self._send(code, body, "text/html; charset=utf-8" if code == 200 else "text/plain; charset=utf-8")
                 else:
-                    self._send(404, b"not found: try /metrics /healthz /readyz /status\n", "text/plain")
+                    self._send(404, b"not found: try /metrics /healthz /readyz /status /report\n", "text/plain")
 
             do_HEAD = do_GET
 

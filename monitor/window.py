@@ -20,7 +20,7 @@ from monitor.baseline import Baseline, segment_value
 from monitor.config import Config
 from monitor.decode import Batch
 
-__all__ = ["Window", "Evaluator", "iso"]
+__all__ = ["Window", "Evaluator", "distribution", "iso"]
 
 
 def iso(ts: float | None) -> str | None:
@@ -28,6 +28,20 @@ def iso(ts: float | None) -> str | None:
     if ts is None or (isinstance(ts, float) and math.isnan(ts)):
         return None
     return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+#: Unseen category names kept in a window result (the most frequent first).
+MAX_UNSEEN_SHOWN = 10
+
+
+def distribution(acc) -> dict:
+    """The window's counts on the baseline's bins or categories: what the report draws next to the baseline."""
+    if isinstance(acc, CategoryCounter):
+        top = sorted(acc.unseen_top.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_UNSEEN_SHOWN]
+        return {"counts": acc.counts.tolist(), "other": acc.other, "unseen": acc.unseen,
+                "unseen_top": dict(top), "missing": acc.missing}
+    return {"counts": acc.counts.tolist(), "sums": acc.sums.tolist(), "missing": acc.missing,
+            "out_of_range": acc.out_of_range, "min": acc.min, "max": acc.max, "mean": acc.mean, "std": acc.std}
 
 
 class Window:
@@ -182,8 +196,11 @@ class Evaluator:
         profile = self.baseline.profiles[name]
         acc = window.accumulators[name]
         if isinstance(profile, CategoricalProfile):
-            return compare_categorical(profile, acc, self.policies[name])
-        return compare_numeric(profile, acc, self.policies[name])
+            result = compare_categorical(profile, acc, self.policies[name])
+        else:
+            result = compare_numeric(profile, acc, self.policies[name])
+        result["distribution"] = distribution(acc)
+        return result
 
     def evaluate(self, window: Window, complete: bool = True) -> dict:
         """The window result (the shape documented in docs/DESIGN.md)."""

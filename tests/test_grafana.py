@@ -297,3 +297,13 @@ def test_dashboards_doc_describes_every_panel():
         assert d["title"] in doc, d["title"]
         for p in _panels(d):
             assert f"**{p['title']}**" in doc, f"docs/dashboards.md does not describe {uid} / {p['title']}"
+
+
+def test_feature_panels_link_to_the_drift_report():
+    dashboard = COMMITTED["driftmon-feature"]
+    variable = _variables(dashboard)["report_url"]
+    assert variable["type"] == "textbox" and variable["query"].startswith("http")
+    for panel in _panels(dashboard):
+        assert [link["url"] for link in panel["links"]] == ["${report_url}/report"], panel["title"]
+    status = _panels(dashboard)[0]
+    assert status["fieldConfig"]["defaults"]["links"][0]["url"] == "${report_url}/report#f-${__data.fields.feature}"
