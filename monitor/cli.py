@@ -137,7 +137,8 @@ def cmd_report(args) -> int:
         else:
             result, history = load_windows([args.windows], args.index)
             source = os.path.basename(args.windows)
-        performance = performance_for([args.performance], result) if args.performance else None
+        logs = [args.performance] if args.performance else [] if args.current else [args.windows]
+        performance = performance_for(logs, result) if logs else None
     except ValueError as exc:
         print(f"report error: {exc}", file=sys.stderr)
         return 2
@@ -221,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--current", help="current data (.csv, .parquet, .jsonl), compared with the baseline")
     what.add_argument("--windows", help="window results (replay --out, or the daemon's state/windows.jsonl)")
     p.add_argument("--index", type=int, help="the window to report (default: the last in --windows)")
-    p.add_argument("--performance", help="performance results (state/performance.jsonl) to show with it")
+    p.add_argument("--performance", help="performance results (state/performance.jsonl) to show with it "
+                                         "(default: those in --windows, as replay --out writes them)")
     p.add_argument("--out", default="driftmon-report.html", help="the HTML file to write")
     p.set_defaults(func=cmd_report)
 

@@ -155,6 +155,8 @@ def load_windows(paths: list[str], index: int | None = None, keep: int = 50) -> 
                     i = result["window"]["index"]
                 except (ValueError, KeyError, TypeError):
                     continue  # a line torn by a crash
+                if "features" not in result:
+                    continue  # a performance window (replay --out has both kinds)
                 if index is not None and i > index:
                     continue
                 history.append(result)
@@ -478,7 +480,8 @@ def _performance_section(perf: dict | None, estimated: dict | None) -> str:
                 out.append(f'<p class="facts">too few rows to judge: {_esc(", ".join(map(str, rep["insufficient"])))}</p>')
     if estimated:
         out.append('<p class="facts">Estimated from calibrated scores, before labels: ' + " · ".join(
-            f"{_esc(k)} {_num(v)}" for k, v in estimated.items() if isinstance(v, (int, float))) + "</p>")
+            f"{_esc(k)} {_num(v)}" for k, v in estimated.items()
+            if isinstance(v, (int, float)) and k not in ("tp", "fp", "fn", "tn", "sparse_share")) + "</p>")
     return "".join(out)
 
 
@@ -648,7 +651,10 @@ def state_logs(state_dir: str, name: str = "windows") -> list[str]:
 
 
 def performance_for(paths: list[str], result: dict) -> dict | None:
-    """The last performance result that ended by the end of ``result``'s window (None if none)."""
+    """The last performance result that ended by the end of ``result``'s window (None if none).
+
+    ``paths`` are performance logs, or ``replay --out`` files, which hold both kinds of window.
+    """
     end = result["window"].get("end")
     best = None
     for path in paths:
@@ -663,6 +669,8 @@ def performance_for(paths: list[str], result: dict) -> dict | None:
                     perf_end = perf["window"].get("end")
                 except (ValueError, KeyError, TypeError, AttributeError):
                     continue
+                if "metrics" not in perf:
+                    continue  # a drift window (replay --out has both kinds)
                 if end is None or (perf_end is not None and perf_end <= end):
                     best = perf
     return best

@@ -250,3 +250,48 @@ def test_daemon_serves_the_report_of_its_latest_and_older_windows(tmp_path, tans
         assert daemon.get("/report?index=x").startswith(b"index must be a window number")
     finally:
         daemon.close()
+
+
+@needs_chromium
+def test_report_shows_performance_fairness_and_segments_of_a_labelled_stream(tmp_path):
+    import pyarrow as pa
+    import yaml
+
+    from monitor.baseline import build_baseline
+    from monitor.config import load_config
+    from tests.labelled import config as labelled_config, labelled, messages
+
+    pq.write_table(pa.table(labelled(20_000, seed=1)), tmp_path / "train.parquet")
+    tree = labelled_config(window={"size": 4000}, labels={"window": 4000, "positive": "1"},
+                           fairness={"attributes": [{"name": "group"}], "favourable": "1", "min_group_size": 100})
+    (tmp_path / "driftmon.yaml").write_text(yaml.safe_dump(tree))
+    config = load_config(str(tmp_path / "driftmon.yaml"))
+    build_baseline(config, str(tmp_path / "train.parquet")).save(config.baseline)
+    # the model refuses everyone in group B: a parity alert and a recall drop
+    write_jsonl(tmp_path / "logs.jsonl", messages(labelled(8000, seed=3, degrade_group_b=True)))
+    driftmon("replay", "--config", str(tmp_path / "driftmon.yaml"), "--input", str(tmp_path / "logs.jsonl"),
+             "--out", str(tmp_path / "replay.jsonl"))
+    records = read_jsonl(tmp_path / "replay.jsonl")
+    perf = [r for r in records if r.get("kind") == "performance"][-1]
+    assert perf["fairness"]["group"]["alert"] is True
+    out = tmp_path / "labelled.html"
+    driftmon("report", "--config", str(tmp_path / "driftmon.yaml"), "--windows", str(tmp_path / "replay.jsonl"),
+             "--out", str(out))
+    with Chromium() as browser:
+        browser.open(out.as_uri())
+        dom = browser.evaluate("""(() => ({
+            headings: [...document.querySelectorAll('h2')].map(h => h.innerText.trim()),
+            perf: [...document.querySelectorAll('table.perf tbody tr')].map(r => r.cells[0].innerText),
+            drops: [...document.querySelectorAll('table.perf tbody tr')]
+                   .filter(r => r.innerText.includes('drop')).map(r => r.cells[0].innerText),
+            groups: [...document.querySelectorAll('table.fairness tbody tr')].map(r => r.cells[0].innerText),
+            outputs: [...document.querySelectorAll('.panel h3')].map(h => h.innerText),
+            segments: [...document.querySelectorAll('h2')].some(h => h.innerText === 'Segments'),
+        }))()""")
+        assert "Fairness: group alert" in dom["headings"]
+        assert {"accuracy", "recall"} <= set(dom["perf"])
+        assert set(dom["drops"]) == {m for m, t in perf["drops"].items() if t["drop"]} and dom["drops"]
+        assert sorted(dom["groups"]) == sorted(perf["fairness"]["group"]["groups"])
+        assert [o.split(":")[0] for o in dom["outputs"]] == ["Prediction", "Score", "Label"]
+        assert dom["segments"]
+        assert browser.errors == []
