@@ -3,12 +3,14 @@
 Every alert has a stable dedup key (model/kind/subject). It fires after
 ``fire_after`` consecutive bad windows, re-notifies at most every
 ``repeat_interval`` while firing (or at once when it escalates to critical),
-and resolves after ``resolve_after`` consecutive clean windows. A flapping
-signal (bad, clean, bad, ...) therefore neither fires nor, once firing,
-resolves and re-fires: it pages at most once.
+and resolves after ``resolve_after`` consecutive clean windows. A subject whose
+state changes in at least ``flapping.high`` of its last ``flapping.windows``
+windows is flapping: it fires once as intermittent and holds until the share
+falls to ``flapping.low`` (see docs/alerting.md).
 
-Time is the window's end (event time), so a replay of the same stream gives
-the same notifications as the live daemon did.
+The lifecycle runs on the windows (event time), so a replay of the same stream
+gives the same notifications as the live daemon; only ``starts_at``/``ends_at``
+come from the engine's clock (the wall clock in the daemon).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 from monitor.config import Config, parse_duration
@@ -148,20 +151,28 @@ def window_end_seconds(result: dict) -> float:
 
 
 class _State:
-    __slots__ = ("bad", "good", "firing", "severity", "starts_at", "last_sent", "episode", "seq", "details",
-                 "first_window")
+    """One alert subject's lifecycle. ``history`` holds its last judged windows (True = bad) for flapping."""
 
-    def __init__(self):
-        self.bad = 0
-        self.good = 0
+    __slots__ = ("kind", "subject", "bad", "good", "firing", "severity", "starts_at", "last_sent", "episode", "seq", "details",
+                 "first_window", "window", "history", "flapping", "sustained")
+
+    def __init__(self, kind: str = "", subject: str = ""):
+        self.kind = kind
+        self.subject = subject
+        self.bad = 0  # consecutive bad windows
+        self.good = 0  # consecutive clean windows
         self.firing = False
         self.severity = None
-        self.starts_at = None
-        self.last_sent = None
-        self.episode = 0
+        self.starts_at = None  # when it fired, on the engine's clock (wall clock in the daemon)
+        self.last_sent = None  # event time of the last notification (repeat_interval)
+        self.episode = None  # event time (ISO) of the window that fired it: the episode's identity
         self.seq = 0
         self.details = None
         self.first_window = None
+        self.window = None  # the last window that spoke about it (index, start, end, events, offsets)
+        self.history = []
+        self.flapping = False
+        self.sustained = False  # bad for retrain.windows windows in a row since its last clean spell
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -170,7 +181,10 @@ class _State:
     def from_dict(cls, d: dict) -> "_State":
         s = cls()
         for k in cls.__slots__:
-            setattr(s, k, d[k])
+            if k in d:
+                setattr(s, k, d[k])
+        if isinstance(s.episode, int):  # a checkpoint from before episodes were named by event time
+            s.episode = f"{s.episode}"
         return s
 
 
@@ -192,7 +206,7 @@ ALERT_KINDS = ("feature_drift", "prediction_drift", "label_drift", "data_quality
 
 
 class AlertEngine:
-    """Turn window results into notifications, with dedup, repeat and resolve.
+    """Turn window results into notifications, with dedup, repeat, flapping and resolve.
 
     Parameters
     ----------
@@ -200,12 +214,18 @@ class AlertEngine:
     baseline_fingerprint : str
     baseline_missing : dict
         Feature -> missing share in the baseline, so only an increase counts as a data-quality problem.
+    clock : callable, optional
+        Returns the time (Unix seconds) put in ``starts_at``/``ends_at``: the daemon passes ``time.time``,
+        as Prometheus does. Without it they are the windows' ends (event time), which makes a replay
+        reproducible. The lifecycle itself (fire, repeat, resolve) always runs on the windows.
     """
 
-    def __init__(self, config: Config, baseline_fingerprint: str, baseline_missing: dict[str, float] | None = None):
+    def __init__(self, config: Config, baseline_fingerprint: str, baseline_missing: dict[str, float] | None = None,
+                 clock: Callable[[], float] | None = None):
         self.config = config
         self.baseline_fingerprint = baseline_fingerprint
         self.baseline_missing = baseline_missing or {}
+        self.clock = clock
         self.alerts = config.alerts
         self.config_hash = config.hash()
         self.repeat_seconds = parse_duration(self.alerts.repeat_interval)
@@ -215,7 +235,6 @@ class AlertEngine:
 
     def _reset(self) -> None:
         self.states: dict[str, _State] = {}
-        self.episodes: dict[str, int] = {}  # dedup key -> episodes so far, so each gets its own idempotency key
         self.recent = deque(maxlen=max(self.alerts.retrain.windows, self.alerts.fire_after) + 1)
 
     # ---- lifecycle ----------------------------------------------------------------------------------
@@ -223,100 +242,149 @@ class AlertEngine:
     def dedup_key(self, kind: str, subject: str) -> str:
         return f"{self.config.model}/{kind}/{subject}"
 
+    def _wall(self, event_time: float) -> float:
+        return event_time if self.clock is None else self.clock()
+
     def observe(self, result: dict) -> list[dict]:
         """Advance every alert with one window's result; return the notifications to send, in order."""
         now = window_end_seconds(result)
-        info = {k: result["window"].get(k) for k in ("index", "start", "end", "events", "offsets")
-                if result["window"].get(k) is not None}
+        info = _window_info(result)
         self.recent.append(info)
         evidence = collect_evidence(result, self.config, self.baseline_missing)
         out = []
         for (kind, subject), ev in evidence.items():
-            out += self._step(kind, subject, ev, now, result, fire_after=self.alerts.fire_after)
+            out += self._step(kind, subject, ev, now, info)
         retrain = self._retrain_evidence(evidence)
         if retrain is not None:
-            out += self._step("retrain_recommended", "model", retrain, now, result, fire_after=1)
+            # Its inputs carry the hysteresis already (a feature counts until its own alert resolves),
+            # so the trigger fires and ends with them, without a second delay, and does not flap.
+            out += self._step("retrain_recommended", "model", retrain, now, info, fire_after=1, resolve_after=1,
+                              flap=False)
+        return out
+
+    def observe_performance(self, result: dict) -> list[dict]:
+        """Advance performance, fairness and label-drift alerts with one labelled window's result."""
+        now = window_end_seconds(result)
+        info = _window_info(result)
+        out = []
+        for (kind, subject), ev in performance_evidence(result).items():
+            out += self._step(kind, subject, ev, now, info)
         return out
 
     def _severity(self, ratio: float) -> str:
         return "critical" if ratio >= self.alerts.critical_ratio else "warning"
 
-    def _step(self, kind, subject, ev: Evidence, now, result, fire_after) -> list[dict]:
+    def _flap(self, st: _State, bad: bool) -> None:
+        """Nagios-style flap detection: the share of state changes between consecutive judged windows."""
+        policy = self.alerts.flapping
+        st.history.append(bool(bad))
+        del st.history[:-policy.windows]
+        h = st.history
+        share = sum(a != b for a, b in zip(h, h[1:])) / (policy.windows - 1)
+        if not st.flapping and share >= policy.high and sum(h) >= policy.min_bad * policy.windows:
+            st.flapping = True
+        elif st.flapping and share <= policy.low:
+            st.flapping = False
+
+    def _step(self, kind, subject, ev: Evidence, now: float, window: dict, fire_after: int | None = None,
+              resolve_after: int | None = None, flap: bool = True) -> list[dict]:
+        fire_after = self.alerts.fire_after if fire_after is None else fire_after
+        resolve_after = self.alerts.resolve_after if resolve_after is None else resolve_after
         key = self.dedup_key(kind, subject)
         st = self.states.get(key)
         if st is None:
             if not ev.bad:
                 return []  # nothing to remember about a subject that was never bad
-            st = self.states[key] = _State()
+            st = self.states[key] = _State(kind, subject)
+        if flap:
+            self._flap(st, ev.bad)
+        st.window = window
         if ev.bad:
             st.bad += 1
             st.good = 0
             st.details = ev.details
             if st.bad == 1:
-                st.first_window = result["window"]["index"]
+                st.first_window = window.get("index")
+            if st.bad >= self.alerts.retrain.windows:
+                st.sustained = True
             severity = self._severity(ev.ratio)
             if not st.firing:
-                if st.bad >= fire_after:
-                    st.firing, st.severity, st.starts_at = True, severity, now
-                    st.episode = self.episodes[key] = self.episodes.get(key, 0) + 1
-                    return [self._notify(kind, subject, st, "firing", now, result)]
+                # A flapping subject fires on its next bad window: one "intermittent drift" page.
+                if st.bad >= fire_after or st.flapping:
+                    st.firing, st.severity, st.starts_at = True, severity, self._wall(now)
+                    st.episode, st.seq = _iso(now), 0
+                    return [self._notify(kind, subject, st, "firing", now)]
                 return []
+            # Severity only rises within an episode: Alertmanager's identity includes it, and the sink
+            # resolves the warning alert when the critical one replaces it.
             escalated = severity == "critical" and st.severity == "warning"
-            st.severity = "critical" if escalated else st.severity
-            if escalated or now - st.last_sent >= self.repeat_seconds:
-                return [self._notify(kind, subject, st, "firing", now, result)]
+            if escalated:
+                st.severity = "critical"
+                return [self._notify(kind, subject, st, "firing", now, escalated_from="warning")]
+            if now - st.last_sent >= self.repeat_seconds:
+                return [self._notify(kind, subject, st, "firing", now)]
             return []
         st.good += 1
         st.bad = 0
-        if st.firing and st.good >= self.alerts.resolve_after:
+        if st.good < resolve_after or st.flapping:
+            return []  # a flapping alert holds until the flapping ends
+        st.sustained = False
+        out = []
+        if st.firing:
             st.firing = False
-            note = self._notify(kind, subject, st, "resolved", now, result)
-            del self.states[key]  # the next episode starts clean
-            return [note]
-        if not st.firing and st.good >= self.alerts.resolve_after:
-            del self.states[key]
-        return []
+            out.append(self._notify(kind, subject, st, "resolved", now))
+            st.severity, st.episode, st.seq, st.details, st.starts_at = None, None, 0, None, None
+        if not any(st.history):
+            del self.states[key]  # nothing left to remember: the next episode starts clean
+        return out
 
     def _retrain_evidence(self, evidence: dict) -> Evidence | None:
         policy = self.alerts.retrain
         sustained = []
         for name in self.weights:
             st = self.states.get(self.dedup_key("feature_drift", name))
-            if st is not None and st.bad >= policy.windows:
+            if st is not None and st.sustained:
                 sustained.append(name)
         total = sum(self.weights.values()) or 1.0
         share = sum(self.weights[n] for n in sustained) / total
         keys = sorted(set(sustained) & self.key_features)
         pred = evidence.get(("prediction_drift", "prediction"))
         pred_state = self.states.get(self.dedup_key("prediction_drift", "prediction"))
-        # A single noisy window must not start a retraining: the prediction alert itself must be firing.
-        critical_prediction = bool(policy.on_critical_prediction_drift and pred is not None and pred.bad
-                                   and pred_state is not None and pred_state.firing
-                                   and pred_state.severity == "critical")
+        # A single noisy window must not start a retraining: the prediction alert itself must be firing
+        # (and then its own hysteresis, not one clean window, ends it).
+        critical_prediction = bool(policy.on_critical_prediction_drift and pred_state is not None
+                                   and pred_state.firing and pred_state.severity == "critical")
         have_any = any(k[0] == "feature_drift" for k in evidence) or pred is not None
         if not have_any:
             return None  # an empty or thin window says nothing either way
         bad = share >= policy.drift_weight_share or bool(keys) or critical_prediction
-        top = sorted((evidence[("feature_drift", n)].details for n in sustained if ("feature_drift", n) in evidence),
-                     key=lambda d: -(d["score"] or 0.0))
+        features = []
+        for name in sustained:
+            st = self.states[self.dedup_key("feature_drift", name)]
+            now_ev = evidence.get(("feature_drift", name))
+            features.append({**(st.details or {"name": name}), "weight": self.weights[name],
+                             "drifting_now": bool(now_ev is not None and now_ev.bad),
+                             "firing": st.firing, "severity": st.severity})
+        features.sort(key=lambda d: -(d.get("score") or 0.0))
+        prediction = None
+        if pred_state is not None and pred_state.details is not None:
+            prediction = {**pred_state.details, "firing": pred_state.firing, "severity": pred_state.severity,
+                          "drifting_now": bool(pred is not None and pred.bad)}
+        elif pred is not None:
+            prediction = {**pred.details, "firing": False, "severity": None, "drifting_now": bool(pred.bad)}
         reasons = []
         if share >= policy.drift_weight_share:
             reasons.append(f"{share:.0%} of the feature weight in sustained drift (policy {policy.drift_weight_share:.0%})")
         if keys:
             reasons.append(f"key feature(s) in sustained drift: {', '.join(keys)}")
         if critical_prediction:
-            reasons.append("critical prediction drift")
+            reasons.append(f"critical prediction drift ({prediction['method']} {prediction['score']:.3g} >= "
+                           f"{prediction['threshold']:.3g})")
         ratio = max(share / policy.drift_weight_share, 2.0 if (keys or critical_prediction) else 0.0)
-        return Evidence(bad, ratio, {"drift_weight_share": share, "sustained_features": top, "key_features": keys,
-                                     "critical_prediction_drift": critical_prediction, "reasons": reasons})
-
-    def observe_performance(self, result: dict) -> list[dict]:
-        """Advance performance, fairness and label-drift alerts with one labelled window's result."""
-        now = window_end_seconds(result)
-        out = []
-        for (kind, subject), ev in performance_evidence(result).items():
-            out += self._step(kind, subject, ev, now, result, fire_after=self.alerts.fire_after)
-        return out
+        return Evidence(bad, ratio, {"drift_weight_share": share, "sustained_features": features,
+                                     "weights": {n: self.weights[n] for n in sustained}, "key_features": keys,
+                                     "prediction": prediction, "critical_prediction_drift": critical_prediction,
+                                     "reasons": reasons, "windows": list(self.recent)[-policy.windows:]})
 
     # ---- payloads -----------------------------------------------------------------------------------
 
@@ -325,16 +393,25 @@ class AlertEngine:
         check = subject.rsplit(":", 1)[-1] if kind == "data_quality" and ":" in subject else None
         return _RUNBOOK_ANCHOR.get(f"{kind}:{check}", _RUNBOOK_ANCHOR[kind])
 
-    def _notify(self, kind, subject, st: _State, status, now, result) -> dict:
+    def idempotency_key(self, episode: str) -> str:
+        """One retraining episode's key: model, baseline and the event time it started (no counters)."""
+        text = f"{self.config.model}|{self.baseline_fingerprint}|{episode}"
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def _notify(self, kind, subject, st: _State, status, now, escalated_from: str | None = None) -> dict:
         st.last_sent = now
         st.seq += 1
+        payload = self._payload(kind, subject, st, status, self._wall(now) if status == "resolved" else None)
+        if escalated_from:
+            payload["escalated_from"] = escalated_from
+        return payload
+
+    def _payload(self, kind, subject, st: _State, status, ends_at: float | None) -> dict:
         key = self.dedup_key(kind, subject)
-        episode = st.episode
         model = self.config.model
         details = st.details or {}
-        window = {k: result["window"].get(k) for k in ("index", "start", "end", "events")}
-        if result["window"].get("offsets"):
-            window["offsets"] = result["window"]["offsets"]
+        window = dict(st.window or {})
+        flap = self._flap_info(st)
         payload = {
             "status": status,
             "alert": kind,
@@ -342,21 +419,30 @@ class AlertEngine:
             "subject": subject,
             "severity": st.severity,
             "dedup_key": key,
-            "notification_id": f"{key}#{episode}.{st.seq}",
+            "notification_id": f"{key}#{st.episode}.{st.seq}",
             "starts_at": _iso(st.starts_at),
-            "ends_at": _iso(now) if status == "resolved" else None,
+            "ends_at": _iso(ends_at),
+            "flapping": st.flapping,
             "runbook_url": f"{self.alerts.runbook_url}#{self._anchor(kind, subject)}",
             "window": window,
             "baseline_fingerprint": self.baseline_fingerprint,
             "features": [],
         }
+        if flap is not None:
+            payload["flap"] = flap
+        intermittent = ""
+        if st.flapping and flap is not None:
+            intermittent = (f"; intermittent: bad in {flap['bad_windows']} of the last {flap['windows']} windows, "
+                            f"state changed {flap['changes']} times")
         if kind in ("feature_drift", "prediction_drift", "label_drift"):
             payload["features"] = [details] if status == "firing" else []
             what = {"feature_drift": f"feature {subject}", "prediction_drift": "the prediction",
                     "label_drift": "the label"}[kind]
             if status == "firing":
-                payload["summary"] = (f"{model}: {what} drifted ({details.get('method')} {details.get('score', 0):.3g}"
-                                      f" >= {details.get('threshold', 0):.3g}) for {st.bad} window(s)")
+                verb = "drifts intermittently" if st.flapping else "drifted"
+                payload["summary"] = (f"{model}: {what} {verb} ({details.get('method')} {details.get('score', 0):.3g}"
+                                      f" >= {details.get('threshold', 0):.3g})"
+                                      + (intermittent if st.flapping else f" for {st.bad} window(s)"))
             else:
                 payload["summary"] = f"{model}: {what} is back in line with the baseline; resolved"
         elif kind == "performance_drop":
@@ -367,20 +453,20 @@ class AlertEngine:
             value = details.get("value")
             payload["summary"] = (
                 f"{model}: {details.get('metric')}{where} dropped to {value:.3g} (baseline {details.get('baseline'):.3g},"
-                f" margin {details.get('margin'):.3g}, p={details.get('p_value'):.2g})"
+                f" margin {details.get('margin'):.3g}, p={details.get('p_value'):.2g})" + intermittent
                 if status == "firing" and details.get("metric") != "error_rate" and value is not None
-                else f"{model}: the error rate rose (ADWIN detected a change)" if status == "firing"
+                else f"{model}: the error rate rose (ADWIN detected a change)" + intermittent if status == "firing"
                 else f"{model}: {subject} is back within its margin; resolved")
         elif kind == "fairness":
             payload["fairness"] = details
             payload["summary"] = (
                 f"{model}: {subject}: demographic parity ratio {details.get('demographic_parity_ratio'):.3g} < "
-                f"{details.get('bound')} ({details.get('min_group')} vs {details.get('max_group')})"
+                f"{details.get('bound')} ({details.get('min_group')} vs {details.get('max_group')})" + intermittent
                 if status == "firing" else f"{model}: fairness across {subject} is back within bounds; resolved")
         elif kind == "data_quality":
             payload["check"] = details
             payload["summary"] = (f"{model}: data quality: {details.get('name')} {details.get('check')} share "
-                                  f"{details.get('value', 0):.3g} >= {details.get('threshold', 0):.3g}"
+                                  f"{details.get('value', 0):.3g} >= {details.get('threshold', 0):.3g}" + intermittent
                                   if status == "firing" else f"{model}: data quality of {subject} recovered; resolved")
         else:
             evidence = details
@@ -388,35 +474,63 @@ class AlertEngine:
             payload["evidence"] = {
                 "reasons": evidence.get("reasons", []),
                 "drift_weight_share": evidence.get("drift_weight_share"),
+                "weights": evidence.get("weights", {}),
                 "key_features": evidence.get("key_features", []),
+                "prediction": evidence.get("prediction"),
                 "critical_prediction_drift": evidence.get("critical_prediction_drift", False),
-                "windows": list(self.recent),
+                "windows": evidence.get("windows", []),
+                "episode_start": st.episode,
             }
             payload["config_hash"] = self.config_hash
-            payload["idempotency_key"] = hashlib.sha256(
-                f"{model}|{self.baseline_fingerprint}|{episode}|{st.first_window}".encode()).hexdigest()[:32]
+            payload["idempotency_key"] = self.idempotency_key(st.episode)
             payload["summary"] = (f"{model}: retraining recommended: {'; '.join(evidence.get('reasons', []))}"
                                   if status == "firing" else f"{model}: retraining no longer recommended; resolved")
         payload["description"] = payload["summary"]
         return payload
 
-    # ---- what metrics and checkpoints read -----------------------------------------------------------
+    def _flap_info(self, st: _State) -> dict | None:
+        if not st.history:
+            return None
+        h = st.history
+        return {"windows": len(h), "bad_windows": sum(h), "changes": sum(a != b for a, b in zip(h, h[1:])),
+                "share": sum(a != b for a, b in zip(h, h[1:])) / (self.alerts.flapping.windows - 1)}
+
+    # ---- what metrics, checkpoints and the Alertmanager resend read ----------------------------------
+
+    def active(self) -> list[dict]:
+        """The firing alerts as of now, each as its latest firing notification (for wall-clock resends)."""
+        out = []
+        for st in self.states.values():
+            if st.firing:
+                out.append(self._payload(st.kind, st.subject, st, "firing", None))
+        return out
 
     def firing(self) -> dict[str, int]:
         """Alert kind -> number of alerts firing (every kind present, zeros included)."""
         counts = {kind: 0 for kind in ALERT_KINDS}
-        for key, st in self.states.items():
+        for st in self.states.values():
             if st.firing:
-                counts[key.split("/")[1]] += 1
+                counts[st.kind] += 1
         return counts
 
     def state_dict(self) -> dict:
-        return {"states": {k: s.to_dict() for k, s in self.states.items()}, "recent": list(self.recent),
-                "episodes": dict(self.episodes)}
+        return {"states": {k: s.to_dict() for k, s in self.states.items()}, "recent": list(self.recent)}
 
     def load_state_dict(self, state: dict) -> "AlertEngine":
         self._reset()
-        self.states = {k: _State.from_dict(v) for k, v in state["states"].items()}
+        self.states = {}
+        prefix = f"{self.config.model}/"
+        for key, d in state["states"].items():
+            st = self.states[key] = _State.from_dict(d)
+            if not st.kind:  # a checkpoint from before states knew their kind and subject
+                st.kind, _, st.subject = key[len(prefix):].partition("/")
         self.recent.extend(state["recent"])
-        self.episodes = dict(state["episodes"])
         return self
+
+
+def _window_info(result: dict) -> dict:
+    window = result["window"]
+    info = {k: window.get(k) for k in ("index", "start", "end", "events")}
+    if window.get("offsets"):
+        info["offsets"] = window["offsets"]
+    return info

@@ -282,7 +282,10 @@ class Sink(_Node):
     hmac_secret_file: str | None = None
     routing_key_env: str = "DRIFTMON_PAGERDUTY_ROUTING_KEY"
     routing_key_file: str | None = None
-    alertmanager_ttl: str = "24h"  # endsAt of a firing alert, refreshed on every repeat
+    # Alertmanager: a firing alert's endsAt is `alertmanager_ttl` ahead; driftmon re-sends every active alert
+    # every `alertmanager_resend` on the wall clock, so it expires only when driftmon stops sending it.
+    alertmanager_ttl: str = "5m"
+    alertmanager_resend: str = "1m"
 
     def __post_init__(self):
         if self.type == "kafka":
@@ -294,6 +297,17 @@ class Sink(_Node):
             raise ValueError("`url` must start with http:// or https://")
         _check_duration(self.timeout, "timeout")
         _check_duration(self.alertmanager_ttl, "alertmanager_ttl")
+        _check_duration(self.alertmanager_resend, "alertmanager_resend")
+        if self.type == "alertmanager":
+            ttl, resend = parse_duration(self.alertmanager_ttl), parse_duration(self.alertmanager_resend)
+            if resend <= 0:
+                raise ValueError("`alertmanager_resend` must be positive")
+            # Two resends in a row may fail (or wait out a slow Alertmanager) before the alert expires there:
+            # a shorter TTL lets Alertmanager resolve an alert that driftmon still holds firing.
+            if ttl < 3 * resend + parse_duration(self.timeout):
+                raise ValueError(f"`alertmanager_ttl` ({self.alertmanager_ttl}) must be at least 3 x "
+                                 f"`alertmanager_resend` ({self.alertmanager_resend}) + `timeout` ({self.timeout}), "
+                                 "or Alertmanager resolves alerts that are still firing")
         if self.name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.name):
             raise ValueError("`name` must be 1-64 characters of letters, digits, _ . -")
 
@@ -331,6 +345,23 @@ class RetrainPolicy(_Node):
             raise ValueError("`drift_weight_share` must be in (0, 1]")
 
 
+class FlappingPolicy(_Node):
+    """When an alert subject flaps (see docs/alerting.md): the share of state changes over its last windows."""
+
+    windows: int = 20  # N: judged windows remembered per subject
+    high: float = 0.15  # flapping starts at this share of changes (3 of the 19 pairs of 20 windows)
+    low: float = 0.1  # and ends at or below this one (at most 1 change in 20 windows)
+    min_bad: float = 0.2  # and starts only with at least this share of them bad (4 of 20): scattered noise is not flapping
+
+    def __post_init__(self):
+        if self.windows < 3:
+            raise ValueError("`windows` must be at least 3")
+        if not 0 <= self.low < self.high <= 1:
+            raise ValueError("need 0 <= `low` < `high` <= 1")
+        if not 0 <= self.min_bad <= 1:
+            raise ValueError("`min_bad` must be in [0, 1]")
+
+
 class OutboxConfig(_Node):
     max_pending: int = 10_000
     backoff_initial: str = "1s"
@@ -353,6 +384,7 @@ class AlertsConfig(_Node):
     runbook_url: str = "https://github.com/driftmon/driftmon/blob/main/docs/runbook.md"
     data_quality: DataQualityThresholds = msgspec.field(default_factory=DataQualityThresholds)
     retrain: RetrainPolicy = msgspec.field(default_factory=RetrainPolicy)
+    flapping: FlappingPolicy = msgspec.field(default_factory=FlappingPolicy)
     outbox: OutboxConfig = msgspec.field(default_factory=OutboxConfig)
 
     def __post_init__(self):

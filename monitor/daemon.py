@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 import time
+from datetime import datetime, timezone
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -67,7 +68,8 @@ class Daemon:
         self.pipeline = Pipeline(config, baseline)
         self.store = StateStore(config.state.dir, baseline.fingerprint)
         missing = {name: p.missing_ratio for name, p in baseline.profiles.items()}
-        self.alerts = AlertEngine(config, baseline.fingerprint, missing)
+        # starts_at/ends_at on the wall clock, as Prometheus sends them (the lifecycle runs on the windows)
+        self.alerts = AlertEngine(config, baseline.fingerprint, missing, clock=time.time)
         alerts_cfg = config.alerts
         self.outbox = Outbox(os.path.join(config.state.dir, "outbox.sqlite"), alerts_cfg.outbox.max_pending)
         self.dispatcher = Dispatcher(alerts_cfg.all_sinks(), self.outbox, config.kafka,
@@ -222,6 +224,10 @@ class Daemon:
         with self.lock:
             self._handle(self.pipeline.tick(time.time()))
 
+    def _resend(self, sink_name: str) -> None:
+        with self.lock:  # a consistent view: no window is half-applied, and later notifications supersede it
+            self.dispatcher.refresh(sink_name, self.alerts.active())
+
     def _consume_once(self) -> None:
         batches = self.source.poll(timeout_ms=500)
         if self.source.assigned:
@@ -307,6 +313,11 @@ class Daemon:
                                seconds=parse_duration(self.config.kafka.lag_interval))
         if self.config.window.duration is not None:
             self.scheduler.add_job(self._tick, "interval", id="close-time-windows", seconds=1)
+        for sink in self.config.alerts.all_sinks():
+            if sink.type == "alertmanager":  # keep active alerts active, whether or not windows close
+                self.scheduler.add_job(self._resend, "interval", id=f"alertmanager-resend-{sink.name}",
+                                       args=[sink.name], seconds=parse_duration(sink.alertmanager_resend),
+                                       next_run_time=datetime.now(timezone.utc))
         self.scheduler.start()
         return self
 

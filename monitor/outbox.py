@@ -111,6 +111,12 @@ class Outbox:
             self._db.execute("UPDATE outbox SET attempts = attempts + 1, next_attempt = ? WHERE id = ?",
                              (next_attempt, row_id))
 
+    def pending_keys(self, sink: str) -> set[str]:
+        """Dedup keys of a sink's pending notifications."""
+        with self._lock:
+            rows = self._db.execute("SELECT payload FROM outbox WHERE sink = ? AND delivered = 0", (sink,)).fetchall()
+        return {json.loads(r[0])["dedup_key"] for r in rows}
+
     def pending(self, sink: str | None = None) -> int:
         with self._lock:
             if sink is None:

@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 from monitor import __version__
 from monitor.config import ConfigError, KafkaConfig, Sink, parse_duration
@@ -74,7 +74,10 @@ class HttpSink:
         return {}
 
     def send(self, note: dict) -> None:
-        body = json.dumps(self.body(note), allow_nan=False, sort_keys=True).encode()
+        self.post(self.body(note))
+
+    def post(self, obj: object) -> None:
+        body = json.dumps(obj, allow_nan=False, sort_keys=True).encode()
         headers = {"Content-Type": "application/json", "User-Agent": f"driftmon/{__version__}",
                    **self.headers(body)}
         request = urllib.request.Request(self.url(), data=body, method="POST", headers=headers)
@@ -109,9 +112,11 @@ class SlackSink(HttpSink):
     """Slack incoming-webhook format."""
 
     def body(self, note: dict) -> dict:
-        icon = {"firing": ":rotating_light:" if note["severity"] == "critical" else ":warning:",
-                "resolved": ":white_check_mark:"}[note["status"]]
-        lines = [f"{icon} *{note['status'].upper()}* [{note['severity']}] {note['summary']}"]
+        if note["status"] == "resolved":
+            lines = [f":white_check_mark: *RESOLVED* {note['summary']}"]
+        else:
+            icon = ":rotating_light:" if note["severity"] == "critical" else ":warning:"
+            lines = [f"{icon} *FIRING* [{note['severity']}] {note['summary']}"]
         for f in note.get("features", [])[:10]:
             lines.append(f"• `{f['name']}` {f['method']} {f['score']:.3g} (threshold {f['threshold']:.3g})")
         lines.append(f"<{note['runbook_url']}|runbook> · dedup `{note['dedup_key']}`")
@@ -147,33 +152,113 @@ class PagerDutySink(HttpSink):
         return event
 
 
+def _am_time(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _parse_time(text: str | None) -> float | None:
+    return None if text is None else datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
 class AlertmanagerSink(HttpSink):
-    """Alertmanager v2 API (``/api/v2/alerts``), so pages follow the team's Alertmanager routing."""
+    """Alertmanager v2 API (``/api/v2/alerts``), so pages follow the team's Alertmanager routing.
+
+    As Prometheus does: a firing alert's ``endsAt`` is ``alertmanager_ttl`` ahead, and every active alert
+    is re-sent every ``alertmanager_resend`` on the wall clock (:meth:`offer`, then :meth:`resend` from
+    the delivery thread), so it stays active exactly as long as driftmon holds it firing. Resolved
+    alerts are re-sent for :attr:`RESOLVED_RESEND` seconds, so a resolve that Alertmanager did not
+    take (its clock behind ours) still lands. The identity (labels) includes ``severity``; when an
+    alert escalates, the warning alert is resolved in the same request that fires the critical one.
+    """
+
+    RESOLVED_RESEND = 15 * 60.0  # Prometheus' resolvedRetention
+
+    def __init__(self, cfg: Sink):
+        super().__init__(cfg)
+        self.ttl = parse_duration(cfg.alertmanager_ttl)
+        self._lock = threading.Lock()
+        self._offered: dict[str, dict] | None = None  # dedup key -> the engine's firing alert, at the last tick
+        self._resolved: dict[tuple, dict] = {}  # labels -> resolved alert, re-sent until RESOLVED_RESEND passed
 
     def url(self) -> str:
         return self.cfg.url.rstrip("/") + "/api/v2/alerts"
 
-    def body(self, note: dict) -> list:
+    @staticmethod
+    def labels(note: dict, severity: str | None = None) -> dict:
         alertname = "Driftmon" + "".join(part.title() for part in note["alert"].split("_"))
-        labels = {"alertname": alertname, "model": note["model"], "severity": note["severity"],
+        labels = {"alertname": alertname, "model": note["model"], "severity": severity or note["severity"],
                   "alert": note["alert"], "subject": note["subject"]}
         if note["alert"] in ("feature_drift", "data_quality") and note["subject"] not in ("invalid_messages",):
             labels["feature"] = note["subject"].split(":")[0]
-        starts = note["starts_at"]
+        return labels
+
+    def alerts(self, note: dict, now: float) -> list[dict]:
+        """The Alertmanager alerts for one notification, with wall-clock times (``now`` is the send time)."""
+        starts = min(_parse_time(note["starts_at"]) or now, now)
         if note["status"] == "resolved":
-            ends = note["ends_at"]
+            # endsAt must not be in Alertmanager's future, or it keeps the alert until its TTL
+            ends = min(_parse_time(note["ends_at"]) or now, now)
         else:
-            # A firing alert holds until then unless refreshed (every repeat) or resolved.
-            ends = (datetime.now(timezone.utc) + timedelta(seconds=parse_duration(self.cfg.alertmanager_ttl)))
-            ends = ends.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        return [{
-            "labels": labels,
-            "annotations": {"summary": note["summary"], "description": note["description"],
-                            "runbook_url": note["runbook_url"], "dedup_key": note["dedup_key"]},
-            "startsAt": starts,
-            "endsAt": ends,
-            "generatorURL": note["runbook_url"],
-        }]
+            ends = now + self.ttl
+        annotations = {"summary": note["summary"], "description": note["description"],
+                       "runbook_url": note["runbook_url"], "dedup_key": note["dedup_key"]}
+        if note.get("flapping"):
+            annotations["flapping"] = "true"
+        out = [{"labels": self.labels(note), "annotations": annotations, "startsAt": _am_time(starts),
+                "endsAt": _am_time(ends), "generatorURL": note["runbook_url"]}]
+        if note["status"] == "firing" and note.get("escalated_from"):
+            out.insert(0, {**out[0], "labels": self.labels(note, note["escalated_from"]), "endsAt": _am_time(now)})
+        return out
+
+    def body(self, note: dict) -> list:
+        return self.alerts(note, time.time())
+
+    def send(self, note: dict) -> None:
+        body = self.body(note)
+        self.post(body)
+        self._remember(body, time.time())
+
+    def _remember(self, alerts: list[dict], now: float) -> None:
+        with self._lock:
+            for alert in alerts:
+                key = tuple(sorted(alert["labels"].items()))
+                if _parse_time(alert["endsAt"]) <= now:
+                    self._resolved[key] = alert
+                else:
+                    self._resolved.pop(key, None)  # firing again (a new episode with the same labels)
+
+    def offer(self, notes: list[dict]) -> None:
+        """The engine's firing alerts now (wall-clock tick): the delivery thread re-sends them."""
+        with self._lock:
+            self._offered = {n["dedup_key"]: n for n in notes}
+
+    def supersede(self, dedup_key: str) -> None:
+        """A newer notification for this alert is queued: the offered copy must not overtake it."""
+        with self._lock:
+            if self._offered is not None:
+                self._offered.pop(dedup_key, None)
+
+    def resend(self, pending: set[str]) -> bool:
+        """Re-send the offered alerts (except those with notifications still queued) and recent resolves.
+
+        Returns False when nothing was offered since the last call.
+        """
+        with self._lock:
+            offered, self._offered = self._offered, None
+            if offered is None:
+                return False
+            now = time.time()
+            body = [a for key, n in offered.items() if key not in pending for a in self.alerts(n, now)
+                    if _parse_time(a["endsAt"]) > now]
+            firing = {tuple(sorted(a["labels"].items())) for a in body}
+            for key, alert in list(self._resolved.items()):
+                if now - _parse_time(alert["endsAt"]) > self.RESOLVED_RESEND:
+                    del self._resolved[key]
+                elif key not in firing and alert["annotations"]["dedup_key"] not in pending:
+                    body.append(alert)
+        if body:
+            self.post(body)
+        return True
 
 
 class KafkaSink:
@@ -250,9 +335,34 @@ class Dispatcher:
             targets = [cfg.name for cfg in self.configs if note["alert"] in cfg.kinds()]
             if targets:
                 self.outbox.put(targets, note)
+            for sink in self.sinks:
+                if isinstance(sink, AlertmanagerSink):
+                    sink.supersede(note["dedup_key"])
         if notes:
             with self._wake:
                 self._wake.notify_all()
+
+    def refresh(self, sink_name: str, active: list[dict]) -> None:
+        """Hand the currently firing alerts to an Alertmanager sink for its wall-clock resend."""
+        for cfg, sink in zip(self.configs, self.sinks):
+            if cfg.name == sink_name and isinstance(sink, AlertmanagerSink):
+                sink.offer([n for n in active if n["alert"] in cfg.kinds()])
+        with self._wake:
+            self._wake.notify_all()
+
+    def _resend(self, sink) -> None:
+        """Re-send an Alertmanager sink's active alerts, skipping alerts with notifications still queued
+        (those go first, in order); a failure is counted, and the next tick tries again."""
+        if not isinstance(sink, AlertmanagerSink):
+            return
+        try:
+            sink.resend(self.outbox.pending_keys(sink.name))
+        except DeliveryError as exc:
+            self.failures[(sink.name, exc.reason)] += 1
+            log.warning("%s: re-sending active alerts failed (%s); the next tick tries again", sink.name, exc)
+        except Exception as exc:  # a bug must not kill the delivery thread
+            self.failures[(sink.name, "error")] += 1
+            log.exception("%s: unexpected error re-sending active alerts: %s", sink.name, exc)
 
     def start(self) -> "Dispatcher":
         for i, sink in enumerate(self.sinks):
@@ -270,11 +380,13 @@ class Dispatcher:
         while not self._stop.is_set():
             head = self.outbox.head(sink.name)
             if head is None:
+                self._resend(sink)
                 self._wait(1.0)
                 continue
             row_id, note, attempts, next_attempt = head
             delay = next_attempt - time.time()
             if delay > 0:
+                self._resend(sink)  # alerts with nothing queued stay active while a queued one backs off
                 self._wait(delay)
                 continue
             try:

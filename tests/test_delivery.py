@@ -234,3 +234,108 @@ def test_kafka_sink_keys_retraining_triggers(tmp_path, broker):
     records = list(consumer)
     consumer.close()
     assert [(r.key, json.loads(r.value)["alert"]) for r in records] == [(b"abc123", "retrain_recommended")]
+
+
+def am_alerts(url: str) -> list[dict]:
+    """Alerts Alertmanager holds active (unresolved) now."""
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/api/v2/alerts", timeout=5) as r:
+        return json.loads(r.read())
+
+
+def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not met within {timeout} s")
+
+
+@pytest.mark.integration
+def test_alertmanager_escalation_then_resolve_leaves_no_active_alert(tmp_path, receiver, alertmanager):
+    from monitor.alerting import AlertEngine
+    from tests.test_alerting import make_config, result
+
+    engine = AlertEngine(make_config(), "sha256:abc", clock=time.time)
+    d, _ = dispatcher(tmp_path, [Sink(type="alertmanager", name="am", url=alertmanager)])
+    d.start()
+    # warning, then critical (the identity label changes), then three clean windows
+    stream = [result(0, {"car_value": 0.15}), result(1, {"car_value": 0.15}), result(2, {"car_value": 0.35}),
+              result(3), result(4), result(5)]
+    for i, r in enumerate(stream):
+        d.submit(engine.observe(r))
+        assert d.drain(10)
+        if i == 1:
+            wait_until(lambda: [a["labels"]["severity"] for a in am_alerts(alertmanager)] == ["warning"], 15,
+                       "warning alert active")
+        if i == 2:
+            wait_until(lambda: [a["labels"]["severity"] for a in am_alerts(alertmanager)] == ["critical"], 15,
+                       "only the critical alert active")
+    wait_until(lambda: am_alerts(alertmanager) == [], 15, "no active alert after the resolve")
+    got = receiver.wait_for(lambda p: any(x["status"] == "resolved" and any(a["labels"]["severity"] == "critical"
+                                                                           for a in x["alerts"]) for x in p),
+                            path="/am", timeout=30)
+    d.close()
+    resolved = {a["labels"]["severity"] for x in got for a in x["alerts"] if a["status"] == "resolved"}
+    assert resolved == {"warning", "critical"}  # the warning alert did not stay behind as a ghost
+
+
+@pytest.mark.integration
+def test_alertmanager_resend_keeps_an_alert_active_past_its_ttl(tmp_path, receiver, alertmanager):
+    from monitor.alerting import AlertEngine
+    from tests.test_alerting import make_config, result
+
+    engine = AlertEngine(make_config(), "sha256:abc", clock=time.time)
+    sink = Sink(type="alertmanager", name="am", url=alertmanager, alertmanager_ttl="4s",
+                alertmanager_resend="1s", timeout="1s")
+    d, _ = dispatcher(tmp_path, [sink])
+    d.start()
+    for i in range(2):
+        d.submit(engine.observe(result(i, {"car_value": 0.15})))
+    assert d.drain(10)
+    wait_until(lambda: am_alerts(alertmanager), 15, "alert active")
+    # no window closes for three TTLs; the wall-clock resend alone keeps the alert active
+    deadline = time.monotonic() + 12
+    while time.monotonic() < deadline:
+        d.refresh("am", engine.active())
+        time.sleep(0.5)
+        assert [a["labels"]["alertname"] for a in am_alerts(alertmanager)] == ["DriftmonFeatureDrift"]
+    d.close()
+    assert not [x for x in receiver.payloads("/am") if x["status"] == "resolved"]
+    # once driftmon stops sending it, the TTL expires it, as Prometheus' alerts do
+    wait_until(lambda: am_alerts(alertmanager) == [], 15, "alert expired after the TTL")
+
+
+def test_alertmanager_ttl_must_outlast_missed_resends():
+    from monitor.config import ConfigError
+
+    with pytest.raises(ValueError, match="alertmanager_ttl"):
+        Sink(type="alertmanager", url="http://am:9093", alertmanager_ttl="2m", alertmanager_resend="1m")
+    Sink(type="alertmanager", url="http://am:9093", alertmanager_ttl="5m", alertmanager_resend="1m")
+    tree = {"model": "m", "baseline": "b", "window": {"size": 10},
+            "schema": {"features": [{"name": "x", "type": "numeric"}]},
+            "alerts": {"sinks": [{"type": "alertmanager", "url": "http://am:9093", "alertmanager_ttl": "1m"}]}}
+    with pytest.raises(ConfigError, match="alertmanager_ttl"):
+        parse_config(tree)
+
+
+def test_check_config_rejects_a_ttl_that_can_resolve_a_firing_alert(tmp_path, capsys):
+    import yaml
+
+    from monitor.cli import main
+
+    tree = {"model": "m", "baseline": "b.json", "window": {"size": 10},
+            "schema": {"features": [{"name": "x", "type": "numeric"}]},
+            "alerts": {"sinks": [{"type": "alertmanager", "url": "http://am:9093", "alertmanager_ttl": "90s",
+                                  "alertmanager_resend": "30s"}]}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    assert main(["check-config", "--config", str(path), "--no-baseline"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "alertmanager_ttl" in err[0] and "alertmanager_resend" in err[0]
+    tree["alerts"]["sinks"][0]["alertmanager_ttl"] = "2m"
+    path.write_text(yaml.safe_dump(tree))
+    assert main(["check-config", "--config", str(path), "--no-baseline"]) == 0
