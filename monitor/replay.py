@@ -35,9 +35,11 @@ class Replay:
     """Feed raw messages through the daemon's pipeline and alert engine.
 
     Time is the windows' event time (their ends), as in the daemon: with event times
-    in the messages (``schema.timestamp``) the notifications, their repeats and their
-    timestamps are exactly the daemon's. Without them a window has no end and the alert
-    engine falls back to the wall clock, as the daemon does with broker times missing.
+    in the messages (``schema.timestamp``) the notifications and their repeats are exactly
+    the daemon's, except ``starts_at``/``ends_at``, which the daemon takes from the wall
+    clock (as Alertmanager needs them) and a replay from the windows' ends. Without event
+    times a window has no end and the alert engine falls back to the wall clock, as the
+    daemon does with broker times missing.
 
     Parameters
     ----------

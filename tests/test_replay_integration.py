@@ -37,10 +37,15 @@ def stream() -> list[bytes]:
     return out
 
 
+#: Kafka offsets are the one thing a file has not got; starts_at/ends_at are the daemon's wall clock
+#: (as Alertmanager needs them) and the windows' event time in a replay.
+NOT_COMPARABLE = ("offsets", "starts_at", "ends_at")
+
+
 def comparable(value):
-    """Kafka offsets are the one thing a file has not got."""
+    """Everything but :data:`NOT_COMPARABLE`."""
     if isinstance(value, dict):
-        return {k: comparable(v) for k, v in value.items() if k != "offsets"}
+        return {k: comparable(v) for k, v in value.items() if k not in NOT_COMPARABLE}
     if isinstance(value, list):
         return [comparable(v) for v in value]
     return value
