@@ -466,7 +466,8 @@ def operations(cfg: Config = CONFIG) -> dict:
                  "mps", [b.target(f"sum by (model) (rate(driftmon_messages_consumed_total{s}{rate}))", "{{model}}")],
                  w=8, min=0)
     b.timeseries("Invalid messages by reason",
-                 "Messages rejected per second, per model and reason (not_json, wrong_type, missing_field, nan). "
+                 "Messages rejected per second, per model and reason (not_json, wrong_type, missing_field, nan, null_value, "
+                 "too_large, not_utf8, not_object, too_deep, bad_timestamp: README, Bad input). "
                  "Rejected messages are left out of drift detection.",
                  "mps", [b.target(f"sum by (model, reason) (rate(driftmon_messages_invalid_total{s}{rate}))",
                                   "{{model}} {{reason}}")], w=8, min=0, stack=True)

@@ -76,6 +76,8 @@ class KafkaConfig(_Node):
     max_partition_fetch_bytes: int = 8_388_608
     commit_interval: str = "1s"
     lag_interval: str = "15s"
+    # Records larger than this are rejected unparsed (reason too_large); Kafka's own default record limit.
+    max_message_bytes: int = 1_048_576
     dead_letter_topic: str | None = None
     labels_topic: str | None = None  # labels arriving later, joined to predictions by id
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -96,6 +98,10 @@ class KafkaConfig(_Node):
             raise ValueError("`max_poll_records` must be at least 1")
         _check_duration(self.commit_interval, "commit_interval")
         _check_duration(self.lag_interval, "lag_interval")
+        if self.max_message_bytes < 1:
+            raise ValueError("`max_message_bytes` must be at least 1")
+        if self.dead_letter_topic is not None and not self.dead_letter_topic.strip():
+            raise ValueError("`dead_letter_topic` must not be empty (leave it out to send no dead letters)")
         if self.security_protocol.startswith("SASL") and self.sasl_mechanism is None:
             raise ValueError("`sasl_mechanism` is required with a SASL security_protocol")
 

@@ -31,7 +31,7 @@ from detectors import (
 )
 from monitor.baseline import category_name, segment_value
 from monitor.config import Column, Config, Feature, FieldRef, SchemaConfig, parse_duration
-from monitor.decode import Decoder
+from monitor.decode import MAX_MESSAGE_BYTES, Decoder
 from monitor.join import LabelJoin
 
 __all__ = ["PerformanceTracker", "baseline_performance", "DELAY_BUCKETS"]
@@ -116,7 +116,8 @@ class PerformanceTracker:
                 features=[Feature(name=label.name, type=label.type, path=label.path)],
                 id=FieldRef(path=config.labels.id_path or config.schema.id.path or "id"),
                 timestamp=FieldRef(path=config.labels.timestamp_path) if config.labels.timestamp_path else None)
-            self.label_decoder = Decoder(schema, columns=[("label", column)])
+            max_bytes = config.kafka.max_message_bytes if config.kafka is not None else MAX_MESSAGE_BYTES
+            self.label_decoder = Decoder(schema, columns=[("label", column)], max_bytes=max_bytes)
         self.errors = ErrorRateDetector(delta=config.performance.error_delta) if self.task == "classification" \
             else None
         self.delay_counts = [0] * len(DELAY_BUCKETS)

@@ -8,7 +8,7 @@ import numpy as np
 
 from monitor.baseline import Baseline
 from monitor.config import Config
-from monitor.decode import Batch, Decoder
+from monitor.decode import MAX_MESSAGE_BYTES, Batch, Decoder
 from monitor.window import Evaluator, Window
 
 __all__ = ["Pipeline"]
@@ -31,7 +31,9 @@ class Pipeline:
     def __init__(self, config: Config, baseline: Baseline):
         self.config = config
         self.baseline = baseline
-        self.decoder = Decoder(config.schema, columns=config.drift_columns(), extra=config.extra_columns())
+        max_bytes = config.kafka.max_message_bytes if config.kafka is not None else MAX_MESSAGE_BYTES
+        self.decoder = Decoder(config.schema, columns=config.drift_columns(), extra=config.extra_columns(),
+                               max_bytes=max_bytes)
         self.evaluator = Evaluator(config, baseline)
         self.size = config.window.size
         self.duration = config.window.duration_seconds
@@ -77,7 +79,8 @@ class Pipeline:
         Parameters
         ----------
         values : list of bytes
-            Raw JSON messages.
+            Raw JSON messages (None for a tombstone). Each becomes one valid event or one invalid
+            one counted by reason; no content makes this raise.
         times : ndarray or callable returning one, optional
             Per-message broker timestamps in epoch seconds; the event time where the message has none
             (a callable is called only then).

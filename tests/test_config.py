@@ -138,3 +138,19 @@ def test_sasl_without_password_fails_at_start(monkeypatch):
     assert info.value.key == "kafka.sasl_password_env"
     monkeypatch.setenv("DRIFTMON_KAFKA_SASL_PASSWORD", "s3cret")
     assert client_options(config.kafka)["sasl_plain_password"] == "s3cret"
+
+
+@pytest.mark.parametrize("key,value,words", [
+    ("max_message_bytes", 0, "max_message_bytes"),
+    ("max_message_bytes", "1MiB", "kafka.max_message_bytes"),
+    ("dead_letter_topic", " ", "dead_letter_topic"),
+])
+def test_record_limits_are_validated_by_check_config(tmp_path, key, value, words):
+    tree = base()
+    tree["kafka"][key] = value
+    path = tmp_path / "driftmon.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    proc = subprocess.run([sys.executable, "-m", "monitor.cli", "check-config", "--config", str(path), "--no-baseline"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("config error: kafka") and words in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
