@@ -89,6 +89,9 @@ class KafkaConfig(_Node):
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+    # The passphrase of an encrypted ssl_keyfile is a secret too: env variable or mounted file.
+    ssl_password_env: str = "DRIFTMON_KAFKA_SSL_KEY_PASSWORD"
+    ssl_password_file: str | None = None
     ssl_check_hostname: bool = True
 
     def __post_init__(self):
@@ -574,20 +577,34 @@ def load_config(path: str | os.PathLike) -> Config:
     base = os.path.dirname(os.path.abspath(path))
     config.baseline = os.path.join(base, config.baseline)
     config.state.dir = os.path.join(base, config.state.dir)
+    if config.kafka is not None:  # certificates, keys and secret files too
+        for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password_file", "sasl_password_file"):
+            if getattr(config.kafka, key):
+                setattr(config.kafka, key, os.path.join(base, getattr(config.kafka, key)))
     return config
+
+
+def _secret(env: str, path: str | None, key: str) -> str | None:
+    """A secret from the mounted file ``path`` (the config key ``key``), else the environment variable ``env``."""
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return fh.read().strip()
+        except OSError as exc:
+            raise ConfigError(key, f"cannot read: {exc.strerror}") from None
+    return os.environ.get(env)
+
+
+def ssl_key_password(kafka: KafkaConfig) -> str | None:
+    """The passphrase of ``kafka.ssl_keyfile`` (None when neither its variable nor its file is set)."""
+    return _secret(kafka.ssl_password_env, kafka.ssl_password_file, "kafka.ssl_password_file")
 
 
 def kafka_secrets(kafka: KafkaConfig) -> dict:
     """Client options holding secrets, read from the environment or a mounted file."""
     if not kafka.security_protocol.startswith("SASL"):
         return {}
-    password = os.environ.get(kafka.sasl_password_env)
-    if kafka.sasl_password_file:
-        try:
-            with open(kafka.sasl_password_file, encoding="utf-8") as fh:
-                password = fh.read().strip()
-        except OSError as exc:
-            raise ConfigError("kafka.sasl_password_file", f"cannot read: {exc.strerror}") from None
+    password = _secret(kafka.sasl_password_env, kafka.sasl_password_file, "kafka.sasl_password_file")
     if kafka.sasl_mechanism != "OAUTHBEARER" and not password:
         raise ConfigError(
             "kafka.sasl_password_env",

@@ -10,7 +10,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
 
-from monitor.config import KafkaConfig, kafka_secrets
+from monitor.config import KafkaConfig, kafka_secrets, ssl_key_password
+from monitor.kafka_security import check_brokers, ssl_context
 
 __all__ = ["KafkaSource", "PartitionBatch", "client_options", "consumer_options"]
 
@@ -27,11 +28,10 @@ def client_options(cfg: KafkaConfig) -> dict:
     if cfg.sasl_mechanism:
         options["sasl_mechanism"] = cfg.sasl_mechanism
         options["sasl_plain_username"] = cfg.sasl_plain_username
-    for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-        if getattr(cfg, key):
-            options[key] = getattr(cfg, key)
     if cfg.security_protocol.endswith("SSL"):
-        options["ssl_check_hostname"] = cfg.ssl_check_hostname
+        # One context built here (files and key passphrase checked with clear errors) serves every client
+        # and the start-up security check alike.
+        options["ssl_context"] = ssl_context(cfg, ssl_key_password(cfg))
     options.update(kafka_secrets(cfg))
     return options
 
@@ -135,7 +135,10 @@ class KafkaSource:
 
     def start(self) -> "KafkaSource":
         cfg = self.cfg
-        self._consumer = KafkaConsumer(**consumer_options(cfg))
+        options = consumer_options(cfg)
+        if cfg.security_protocol != "PLAINTEXT":
+            check_brokers(cfg, options)  # a refused certificate or password: one line, not 30 s of retries
+        self._consumer = KafkaConsumer(**options)
         topics = [cfg.topic] + ([cfg.labels_topic] if cfg.labels_topic else [])
         self._consumer.subscribe(topics, listener=_Listener(self))
         return self

@@ -338,24 +338,74 @@ def _cluster_id() -> str:
             return cid
 
 
+#: The listeners ``KafkaBroker(secure=True)`` adds: name -> security protocol. SSL: server
+#: certificate for 127.0.0.1/localhost; MTLS: the same, and a client certificate signed by the test
+#: CA is required; SCRAM: SASL/SCRAM-SHA-512 over TLS; WRONGHOST: TLS with a certificate from the
+#: right CA for another host name (kafka.invalid), which a verifying client must refuse.
+SECURE_LISTENERS = {"SSL": "SSL", "MTLS": "SSL", "SCRAM": "SASL_SSL", "WRONGHOST": "SSL"}
+#: The SCRAM-SHA-512 user created at storage format time on a secure KafkaBroker.
+SCRAM_USER = "driftmon"
+SCRAM_PASSWORD = "scram-pass-7c41e9"
+
+
 class KafkaBroker(_Broker):
     """Apache Kafka, KRaft combined mode, one node, in a temp dir (see the module docstring)."""
 
     name = "kafka"
 
     def __init__(self, version: str = KAFKA_VERSION, heap: str = "512m",
-                 server_properties: dict[str, str] | None = None) -> None:
+                 server_properties: dict[str, str] | None = None, secure: bool = False) -> None:
         """``server_properties`` adds to / overrides the generated server.properties
         (e.g. ``{"auto.create.topics.enable": "true"}``). The defaults keep Kafka's own
         limits, such as ``group.min.session.timeout.ms=6000``, so that a client config
-        that a real cluster would refuse fails here too."""
+        that a real cluster would refuse fails here too.
+
+        ``secure=True`` adds, beside the PLAINTEXT listener (which the harness itself uses),
+        the listeners in :data:`SECURE_LISTENERS`, with certificates generated in the temp dir
+        (:attr:`pki`, see tests/certs.py) and the SCRAM-SHA-512 user :data:`SCRAM_USER` created
+        at storage format time; :meth:`address` gives each listener's ``host:port``."""
         super().__init__()
         self.version = version
         self.heap = heap
         self.server_properties = dict(server_properties or {})
+        self.secure = secure
         self.libs = kafka_libs(version)  # fail early and clearly
         self.java = java_binary()
         self.controller_port: int | None = None
+        self.listener_ports: dict[str, int] = {}
+        self.pki = None
+
+    def address(self, listener: str) -> str:
+        """``"127.0.0.1:PORT"`` of a listener: ``PLAINTEXT`` or one of :data:`SECURE_LISTENERS`."""
+        if listener == "PLAINTEXT":
+            return self.bootstrap
+        return f"127.0.0.1:{self.listener_ports[listener]}"
+
+    def _secure_properties(self) -> tuple[dict[str, str], list[str]]:
+        """server.properties entries of the TLS/SASL listeners, and the StorageTool's extra arguments."""
+        from tests.certs import make_pki
+
+        if self.pki is None:
+            self.pki = make_pki(self.workdir / "pki")
+        pki = self.pki
+        self.listener_ports = {name: free_port() for name in SECURE_LISTENERS}
+        props = {
+            # Every SSL listener: the server certificate (PEM keystore: key + chain, key unencrypted)
+            # and the test CA as trust store (for client certificates on MTLS).
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(pki.server_keystore),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(pki.ca),
+            "listener.name.mtls.ssl.client.auth": "required",
+            "listener.name.wronghost.ssl.keystore.location": str(pki.wronghost_keystore),
+            "listener.name.wronghost.ssl.keystore.type": "PEM",
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            "listener.name.scram.sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            "listener.name.scram.scram-sha-512.sasl.jaas.config":
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+        }
+        scram = ["--add-scram", f"SCRAM-SHA-512=[name={SCRAM_USER},password={SCRAM_PASSWORD}]"]
+        return props, scram
 
     def _java(self, main: str, *args: str) -> list[str]:
         return [self.java, "-Xms128m", f"-Xmx{self.heap}", "-XX:+UseSerialGC",
@@ -368,15 +418,20 @@ class KafkaBroker(_Broker):
         data = self.workdir / "data"
         if data.exists():
             shutil.rmtree(data)
+        secure, scram = self._secure_properties() if self.secure else ({}, [])
+        listeners = [f"PLAINTEXT://127.0.0.1:{self.port}"] + [
+            f"{name}://127.0.0.1:{port}" for name, port in self.listener_ports.items()]
+        protocols = ["CONTROLLER:PLAINTEXT", "PLAINTEXT:PLAINTEXT"] + [
+            f"{name}:{SECURE_LISTENERS[name]}" for name in self.listener_ports]
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "listeners": ",".join(listeners + [f"CONTROLLER://127.0.0.1:{self.controller_port}"]),
+            "advertised.listeners": ",".join(listeners),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "listener.security.protocol.map": ",".join(protocols),
             "log.dirs": str(data),
             "num.partitions": "1",
             "auto.create.topics.enable": "false",
@@ -387,6 +442,7 @@ class KafkaBroker(_Broker):
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
+            **secure,
         }
         props.update(self.server_properties)
         (self.workdir / "server.properties").write_text(
@@ -397,7 +453,7 @@ class KafkaBroker(_Broker):
             fmt = subprocess.run(
                 self._java("kafka.tools.StorageTool", "format", "--ignore-formatted",
                            "--cluster-id", cluster_id,
-                           "--config", str(self.workdir / "server.properties")),
+                           "--config", str(self.workdir / "server.properties"), *scram),
                 cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 timeout=120, preexec_fn=_die_with_parent)
         if fmt.returncode != 0:

@@ -15,14 +15,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 
 class DaemonProcess:
-    def __init__(self, config_path: str, port: int, log_path: str):
+    def __init__(self, config_path: str, port: int, log_path: str, env: dict | None = None):
         self.config_path = config_path
         self.port = port
         self.log_path = log_path
+        self.env = dict(env or {})  # added to the environment (e.g. secrets)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "DaemonProcess":
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "monitor.cli", "run", "--config", self.config_path, "--port", str(self.port)],
