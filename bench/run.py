@@ -5,6 +5,7 @@ Usage::
     python -m bench.run            # the full run (about 5 minutes on 2 cores)
     python -m bench.run --quick    # a smoke run with small sizes (under a minute)
     python -m bench.run --only pipeline,memory
+    python -m bench.run --only soak [--soak-minutes 30]   # not part of the default run (not in CI)
 
 Every figure is reported next to a ceiling measured in the same run, with ceiling and
 subject runs interleaved and medians reported, because this machine's speed wanders.
@@ -29,6 +30,7 @@ if __package__ in (None, ""):  # `python bench/run.py`: import the package from 
 from bench.common import REPO, log, machine_info  # noqa: E402
 
 BENCHES = ("pipeline", "kafka", "memory", "evidently")
+OPTIONAL = ("soak",)  # long: only with --only; their results are kept when other benchmarks run
 
 
 def _module(name: str):
@@ -38,6 +40,8 @@ def _module(name: str):
         from bench import kafka_e2e as mod
     elif name == "memory":
         from bench import memory as mod
+    elif name == "soak":
+        from bench import soak as mod
     else:
         from bench import evidently_compare as mod
     return mod
@@ -108,6 +112,8 @@ def markdown(doc: dict) -> str:
                 f"| {e['driftmon_seconds']:.3f} s | {e['evidently_seconds']:.2f} s (Evidently "
                 f"{e['evidently_version']} DataDriftPreset) | {e['speedup']:.0f}x faster "
                 f"| >= {e['target']['speedup']:.0f}x | {_met(e)} |")
+    if "soak" in r:
+        lines += ["", *soak_markdown(r["soak"])]
     lines += ["", "## Details", ""]
     if "pipeline" in r and "subject_msgs_per_s" in r["pipeline"]:
         p = r["pipeline"]
@@ -178,16 +184,54 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def soak_markdown(k: dict) -> list[str]:
+    lines = [f"## Soak ({k.get('run_at', 'run')}; `python -m bench.run --only soak`)", ""]
+    if "error" in k or "skipped" in k:
+        return lines + [f"Not measured: {k.get('error') or k.get('skipped')}"]
+    p, c, rss, ready = k["produced"], k["counted"], k["rss_mib"], k["readyz"]
+    lines += [
+        f"`driftmon run` as a process for {k['minutes']:g} min at {k['rate_msgs_per_s']:,.0f} msg/s on Apache "
+        f"Kafka (2 partitions), the broker stopped for {k['down_s']:g} s and restarted on the same data "
+        f"directory every {k['restart_every_s']:g} s ({len(k['outages'])} outages), one poison record in "
+        f"about a thousand ({', '.join(k['poison_kinds'])}).",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| counts exact (events over every window + the open one == valid records read back from the topic; "
+        f"invalid == poison records) | {'yes' if k['exact'] else '**no**'}: {c['events']:,} events / "
+        f"{p['valid']:,} valid, {c['invalid']:,} invalid / {p['poison']:,} poison |",
+        f"| daemon exited during the run | {'**yes**' if k['daemon_exited_during_run'] else 'no'} "
+        f"(tracebacks in its log: {k['tracebacks_in_log']}) |",
+        f"| SIGTERM at the end | exit {k['exit_code']} in {k['stop_seconds']} s |",
+        f"| RSS, max of the first minute / of the last minute / overall | {rss['first_minute_max']} / "
+        f"{rss['last_minute_max']} / {rss['max']} MiB |",
+        f"| longest time for /readyz to go non-200 after a broker stop | {ready['longest_to_go_false_s']} s "
+        f"(went non-200 in {ready['went_false_in']}) |",
+        f"| longest time for /readyz to be 200 again after a restart | {ready['longest_to_come_back_s']} s |",
+    ]
+    if k["poison_left_out"]:
+        lines += ["", "Poison kinds left out because this checkout's decoder does not make them one invalid event: "
+                  + "; ".join(f"{a}: {b}" for a, b in k["poison_left_out"].items())]
+    lines += ["", "RSS by minute (max, MiB): "
+              + ", ".join(f"{m['minute']}: {m['rss_mib']}" for m in rss["per_minute"]), "",
+              "Outages (seconds from the start; /readyz non-200 after the stop, 200 again after the restart): "
+              + "; ".join(f"{o['at_s']:g}: {o['not_ready_after_s']} / {o['ready_again_after_s']}"
+                          for o in k["outages"])]
+    return lines
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one or two rounds: a smoke run")
     parser.add_argument("--only", default=",".join(BENCHES),
-                        help=f"comma-separated subset of {','.join(BENCHES)}")
+                        help=f"comma-separated subset of {','.join(BENCHES + OPTIONAL)}")
+    parser.add_argument("--soak-minutes", type=float, default=None,
+                        help="how long the soak runs (default 30; env DRIFTMON_SOAK_MINUTES)")
     parser.add_argument("--out", default=None,
                         help="folder for results.json and RESULTS.md (default: bench/, or bench/quick/ with --quick)")
     args = parser.parse_args(argv)
     only = [b.strip() for b in args.only.split(",") if b.strip()]
-    unknown = set(only) - set(BENCHES)
+    unknown = set(only) - set(BENCHES + OPTIONAL)
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
     out = Path(args.out) if args.out else (REPO / "bench" / ("quick" if args.quick else ""))
@@ -204,7 +248,18 @@ def main(argv=None) -> int:
     log(f"machine: {doc['machine']['cpu_model']}, {doc['machine']['cores']} cores, "
         f"Python {doc['machine']['python']}; crc32c importable: {doc['machine']['crc32c']['importable']}")
     failed = False
-    for name in BENCHES:
+    if args.soak_minutes is not None:
+        os.environ["DRIFTMON_SOAK_MINUTES"] = str(args.soak_minutes)
+    try:  # a partial run keeps the other benchmarks' last results (each says when it ran)
+        previous_doc = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        previous = previous_doc["results"]
+    except (OSError, ValueError, KeyError):
+        previous_doc, previous = {}, {}
+    for name, entry in previous.items():
+        if name not in only:
+            entry.setdefault("run_at", previous_doc.get("started_at", "an earlier run"))
+            doc["results"][name] = entry
+    for name in BENCHES + OPTIONAL:
         if name not in only:
             continue
         log(f"== {name}")
@@ -216,6 +271,7 @@ def main(argv=None) -> int:
             doc["results"][name] = {"error": f"{type(exc).__name__}: {exc}"}
             failed = True
         doc["results"][name]["bench_seconds"] = round(time.perf_counter() - t0, 1)
+        doc["results"][name]["run_at"] = doc["started_at"]
     doc["seconds"] = time.perf_counter() - started
     (out / "results.json").write_text(json.dumps(doc, indent=1, default=float) + "\n", encoding="utf-8")
     text = markdown(doc)

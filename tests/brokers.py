@@ -228,6 +228,34 @@ class _Broker:
         self._kill()
         self._cleanup()
 
+    def halt(self) -> None:
+        """Stop the process (SIGTERM, then SIGKILL after 10 s) but keep its port and data for :meth:`restart`."""
+        self._kill()
+
+    def restart(self) -> "_Broker":
+        """Start a halted broker again on the same port and data directory; returns once it serves.
+
+        Apache Kafka keeps its topics, records and committed offsets; Tansu (in memory) starts empty.
+        """
+        if self.proc is not None:
+            return self
+        if self.workdir is None:
+            raise RuntimeError(f"{self.name} was never started (or was stopped): nothing to restart")
+        t0 = time.monotonic()
+        deadline = t0 + START_TIMEOUT_S
+        while True:
+            try:
+                self._launch(prepare=False)
+                self._wait_ready(deadline)
+                break
+            except _PortTaken:  # the old listener's socket is not released yet
+                self._kill()
+                if time.monotonic() > deadline:
+                    raise self._fail("could not bind its old port again")
+                time.sleep(0.5)
+        log.info("%s restarted on %s in %.1fs", self.name, self.bootstrap, time.monotonic() - t0)
+        return self
+
     def create_topic(self, name: str, partitions: int = 1) -> str:
         """Create topic ``name`` and wait until every partition has a leader; returns name."""
         from kafka.admin import KafkaAdminClient
@@ -266,8 +294,9 @@ class _Broker:
 
     # -- internals ----------------------------------------------------------------
 
-    def _launch(self) -> None:
-        self._prepare()
+    def _launch(self, prepare: bool = True) -> None:
+        if prepare:
+            self._prepare()
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
                 self._command(), cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT,
