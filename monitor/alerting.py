@@ -358,14 +358,19 @@ class AlertEngine:
         if not have_any:
             return None  # an empty or thin window says nothing either way
         bad = share >= policy.drift_weight_share or bool(keys) or critical_prediction
+        # Every feature in sustained drift, and for context those drifting in this window without it yet
+        # (they do not count towards the share).
         features = []
-        for name in sustained:
-            st = self.states[self.dedup_key("feature_drift", name)]
+        for name in self.weights:
+            st = self.states.get(self.dedup_key("feature_drift", name))
             now_ev = evidence.get(("feature_drift", name))
+            drifting_now = bool(now_ev is not None and now_ev.bad)
+            if st is None or not (name in sustained or drifting_now):
+                continue
             features.append({**(st.details or {"name": name}), "weight": self.weights[name],
-                             "drifting_now": bool(now_ev is not None and now_ev.bad),
+                             "sustained": name in sustained, "drifting_now": drifting_now,
                              "firing": st.firing, "severity": st.severity})
-        features.sort(key=lambda d: -(d.get("score") or 0.0))
+        features.sort(key=lambda d: (not d["sustained"], -(d.get("score") or 0.0)))
         prediction = None
         if pred_state is not None and pred_state.details is not None:
             prediction = {**pred_state.details, "firing": pred_state.firing, "severity": pred_state.severity,
