@@ -39,6 +39,10 @@ def cmd_check_config(args) -> int:
         from monitor.source import client_options
 
         client_options(config.kafka)  # secrets are present
+    if config.http.web_config_file:
+        from monitor.webconfig import WebSecurity
+
+        WebSecurity(config.http.web_config_file)  # TLS files load, users' hashes are bcrypt
     extra = f", baseline {baseline.fingerprint}" if baseline else ""
     print(f"config ok: model {config.model}, {len(config.schema.features)} features{extra}")
     return 0

@@ -248,6 +248,8 @@ class WindowConfig(_Node):
 class HttpConfig(_Node):
     host: str = "0.0.0.0"
     port: int = 9108
+    # TLS and basic auth: a Prometheus exporter-toolkit web configuration file (monitor/webconfig.py).
+    web_config_file: str | None = None
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535:
@@ -577,6 +579,8 @@ def load_config(path: str | os.PathLike) -> Config:
     base = os.path.dirname(os.path.abspath(path))
     config.baseline = os.path.join(base, config.baseline)
     config.state.dir = os.path.join(base, config.state.dir)
+    if config.http.web_config_file:
+        config.http.web_config_file = os.path.join(base, config.http.web_config_file)
     if config.kafka is not None:  # certificates, keys and secret files too
         for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password_file", "sasl_password_file"):
             if getattr(config.kafka, key):

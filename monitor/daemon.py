@@ -101,7 +101,7 @@ class Daemon:
         self.listeners = []  # callables(result), e.g. the demo's live display
         self.registry, self.batch_seconds = make_registry(
             self.model, DriftmonCollector(self, [f.name for f in config.schema.features]))
-        self.http = HttpServer(self, config.http.host, config.http.port)
+        self.http = HttpServer(self, config.http.host, config.http.port, config.http.web_config_file)
         self.source: KafkaSource | None = None
         self.scheduler: BackgroundScheduler | None = None
         self._last_commit = 0.0

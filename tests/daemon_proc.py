@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -15,11 +16,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 
 class DaemonProcess:
-    def __init__(self, config_path: str, port: int, log_path: str, env: dict | None = None):
+    def __init__(self, config_path: str, port: int, log_path: str, env: dict | None = None,
+                 tls=None, auth: tuple[str, str] | None = None):
         self.config_path = config_path
         self.port = port
         self.log_path = log_path
         self.env = dict(env or {})  # added to the environment (e.g. secrets)
+        self.tls = tls  # an ssl.SSLContext: talk HTTPS (the daemon has http.web_config_file)
+        self.auth = auth  # (user, password) for basic auth
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "DaemonProcess":
@@ -32,8 +36,13 @@ class DaemonProcess:
         return self
 
     def get(self, path: str) -> bytes | None:
+        scheme = "https" if self.tls is not None else "http"
+        request = urllib.request.Request(f"{scheme}://127.0.0.1:{self.port}{path}")
+        if self.auth is not None:
+            token = base64.b64encode(f"{self.auth[0]}:{self.auth[1]}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+            with urllib.request.urlopen(request, timeout=5, context=self.tls) as r:
                 return r.read()
         except urllib.error.HTTPError as exc:
             return None if exc.code >= 500 else exc.read()
