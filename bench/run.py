@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # `python bench/run.py`: import the package from 
 
 from bench.common import REPO, log, machine_info  # noqa: E402
 
-BENCHES = ("pipeline", "kafka", "memory", "evidently")
+BENCHES = ("pipeline", "kafka", "memory", "evidently", "multivariate")
 OPTIONAL = ("soak",)  # long: only with --only; their results are kept when other benchmarks run
 
 
@@ -42,6 +42,8 @@ def _module(name: str):
         from bench import memory as mod
     elif name == "soak":
         from bench import soak as mod
+    elif name == "multivariate":
+        from bench import multivariate as mod
     else:
         from bench import evidently_compare as mod
     return mod
@@ -112,6 +114,21 @@ def markdown(doc: dict) -> str:
                 f"| {e['driftmon_seconds']:.3f} s | {e['evidently_seconds']:.2f} s (Evidently "
                 f"{e['evidently_version']} DataDriftPreset) | {e['speedup']:.0f}x faster "
                 f"| >= {e['target']['speedup']:.0f}x | {_met(e)} |")
+    if "multivariate" in r:
+        mv = r["multivariate"]
+        if "error" in mv or "skipped" in mv:
+            lines.append(f"| 5. multivariate detectors | {mv.get('error') or mv.get('skipped')} | | | | |")
+        else:
+            labels = {"pca_25": "PCA reconstruction, 25 features", "pca_200": "PCA reconstruction, 200 features",
+                      "embedding_384": "embedding drift, dimension 384", "classifier_update": "domain classifier sample"}
+            for key, label in labels.items():
+                f = mv["figures"][key]
+                lines.append(f"| 5. {label}: update cost per message | {f['subject_us_per_msg']:.2f} us "
+                             f"| {f['pipeline_us_per_msg']:.2f} us (pipeline per message) | {f['cost_ratio']:.2f} | | |")
+            f = mv["figures"]["classifier_evaluation"]
+            lines.append(f"| 5. domain classifier: one evaluation ({f['sample']} + {f['reference']} rows) "
+                         f"| {f['seconds_per_evaluation']:.3f} s | {f['pipeline_seconds_per_window']:.3f} s "
+                         f"(pipeline per 5000-event window) | {f['windows_per_evaluation']:.1f} | | |")
     if "soak" in r:
         lines += ["", *soak_markdown(r["soak"])]
     lines += ["", "## Details", ""]

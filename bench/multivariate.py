@@ -1,0 +1,137 @@
+"""Figure 5: the cost of the multivariate and embedding detectors beside the pipeline's.
+
+Reference: ``Pipeline.process`` over batches of 2000 wide() messages (figure 1's subject), as
+microseconds per message. Subjects, each interleaved with the reference (ABBA) and reported as a
+cost ratio (detector us per message / pipeline us per message; 0.5 = the detector would add half of
+the pipeline's cost):
+
+* ``pca_25``: ``PCAReconstruction.update`` on the 25 wide() feature columns, decoded by the
+  pipeline's own decoder (18 numeric, 7 categorical one-hot encoded);
+* ``pca_200``: the same on 200 numeric columns (every tenth pair correlated);
+* ``embedding_384``: ``EmbeddingDrift.update`` on 384-dimensional vectors (10 components); the
+  decoding of the vectors from JSON is not included;
+* ``classifier_update``: ``DomainClassifier.update`` (the reservoir) on the 25 wide() columns;
+* ``classifier_evaluation``: one ``DomainClassifier.result()`` (a model fit on 500 + 500 rows, scoring
+  500 + 500), seconds per evaluation, beside the pipeline's time for one 5000-event window.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bench.common import Timer, batches_from_pool, interleave, log, make_setup, message_pool, scratch_dir, summarize
+
+BATCH = 2000
+WINDOW = 5000
+
+
+def _per_message(fn, batches):
+    n = 0
+    with Timer() as t:
+        for b in batches:
+            n += fn(b)
+    return {"rate": n / t.seconds, "us_per_msg": 1e6 * t.seconds / n, "messages": n, "seconds": t.seconds}
+
+
+def _numeric_table(rng, n, width):
+    x = rng.normal(size=(n, width))
+    x[:, 1::10] = 0.8 * x[:, 0::10] + 0.6 * x[:, 1::10]
+    return {f"x{j}": x[:, j] for j in range(width)}
+
+
+def run(quick: bool = False) -> dict:
+    from detectors.embedding import EmbeddingDrift
+    from detectors.multivariate import DomainClassifier, PCAReconstruction
+    from monitor.daemon import streaming_gc
+    from monitor.pipeline import Pipeline
+    from monitor.synth import wide
+
+    per_round = 40_000 if quick else 200_000
+    rounds = 2 if quick else 5
+    train_rows = 20_000 if quick else 50_000
+    evaluations = 3 if quick else 10
+
+    tmp = scratch_dir("driftmon-bench-multivariate-")
+    synth = wide(0)
+    _, config, baseline = make_setup(tmp, synth, train_rows, {"window": {"size": WINDOW}})
+    pool = message_pool(20_000 if quick else 100_000, seed=1)
+
+    def pipeline_run():
+        pipeline = Pipeline(config, baseline)
+        with streaming_gc():
+            return _per_message(lambda chunk: len(chunk) if pipeline.process(chunk) else 0,
+                                batches_from_pool(pool, BATCH, per_round))
+
+    # the 25 wide() features as the pipeline decodes them
+    decoder = Pipeline(config, baseline).decoder
+    kinds = {s.name: s.type for s in config.schema.features}
+    train = decoder.decode(message_pool(train_rows, seed=2)).columns
+    decoded = [decoder.decode(chunk).columns for chunk in batches_from_pool(pool, BATCH, len(pool))]
+    decoded = [{k: c[k] for k in kinds} for c in decoded]
+    batches_25 = [decoded[i % len(decoded)] for i in range(per_round // BATCH)]
+    rng = np.random.default_rng(0)
+    kinds_200 = {f"x{j}": "numeric" for j in range(200)}
+    pool_200 = [_numeric_table(rng, BATCH, 200) for _ in range(10)]
+    batches_200 = [pool_200[i % 10] for i in range(per_round // BATCH)]
+    emb_pool = [rng.normal(size=(BATCH, 16)) @ rng.normal(size=(16, 384)) + 0.3 * rng.normal(size=(BATCH, 384))
+                for _ in range(5)]
+    batches_emb = [emb_pool[i % 5] for i in range(per_round // BATCH)]
+
+    log("multivariate: fitting the baseline artefacts")
+    models = {
+        "pca_25": PCAReconstruction.fit_baseline(train, kinds),
+        "pca_200": PCAReconstruction.fit_baseline(_numeric_table(rng, train_rows, 200), kinds_200),
+        "embedding_384": EmbeddingDrift.fit_baseline(np.vstack(emb_pool * (train_rows // (5 * BATCH) or 1)), 10),
+        "classifier": DomainClassifier.fit_baseline(train, kinds, sample_size=1000),
+    }
+    subjects = {
+        "pca_25": lambda: (lambda d: _per_message(lambda b: d.update(b).n and len(b["num_0"]), batches_25))(
+            PCAReconstruction(models["pca_25"])),
+        "pca_200": lambda: (lambda d: _per_message(lambda b: d.update(b).n and BATCH, batches_200))(
+            PCAReconstruction(models["pca_200"])),
+        "embedding_384": lambda: (lambda d: _per_message(lambda b: d.update(b).n and BATCH, batches_emb))(
+            EmbeddingDrift(models["embedding_384"])),
+        "classifier_update": lambda: (lambda d: _per_message(lambda b: d.update(b).n and len(b["num_0"]),
+                                                             batches_25))(
+            DomainClassifier(models["classifier"])),
+    }
+    out = {"what": __doc__.split("\n\n")[1].strip(), "batch": BATCH, "messages_per_round": per_round,
+           "rounds": rounds, "figures": {}}
+    pipeline_run()  # warm-up
+    for name, subject in subjects.items():
+        subject()
+        got = interleave(pipeline_run, subject, rounds, log=log, label=name)
+        s = summarize(got, "rate")
+        cost = [r["subject"]["us_per_msg"] / r["ceiling"]["us_per_msg"] for r in got]
+        out["figures"][name] = {
+            "subject_us_per_msg": float(np.median([r["subject"]["us_per_msg"] for r in got])),
+            "pipeline_us_per_msg": float(np.median([r["ceiling"]["us_per_msg"] for r in got])),
+            "cost_ratio": float(np.median(cost)), "detail": s,
+        }
+        if name.startswith("pca"):
+            out["figures"][name]["components"] = models[name]["components"]
+
+    # one evaluation of the domain classifier against the pipeline's time for one window
+    clf = DomainClassifier(models["classifier"], sample_size=1000)
+    for b in batches_25[: WINDOW // BATCH + 1]:
+        clf.update(b)
+    clf.result()  # warm-up: imports sklearn
+
+    def evaluation():
+        with Timer() as t:
+            for _ in range(evaluations):
+                r = clf.result()
+        return {"seconds": t.seconds / evaluations, "auc": r.auc}
+
+    def window_time():
+        p = pipeline_run()
+        return {"seconds": p["us_per_msg"] * WINDOW / 1e6}
+
+    got = interleave(window_time, evaluation, rounds, log=log, label="classifier_evaluation")
+    s = summarize(got, "seconds", higher_is_better=False)
+    out["figures"]["classifier_evaluation"] = {
+        "seconds_per_evaluation": s["subject_median"], "pipeline_seconds_per_window": s["ceiling_median"],
+        "windows_per_evaluation": float(np.median([r["subject"]["seconds"] / r["ceiling"]["seconds"] for r in got])),
+        "sample": clf.sample.shape[0], "reference": clf.reference.shape[0], "detail": s,
+    }
+    return out
