@@ -518,6 +518,14 @@ class AlertEngine:
                 counts[st.kind] += 1
         return counts
 
+    def flapping(self) -> dict[str, int]:
+        """Alert kind -> number of subjects flapping (every kind present, zeros included)."""
+        counts = {kind: 0 for kind in ALERT_KINDS}
+        for st in self.states.values():
+            if st.flapping:
+                counts[st.kind] += 1
+        return counts
+
     def state_dict(self) -> dict:
         return {"states": {k: s.to_dict() for k, s in self.states.items()}, "recent": list(self.recent)}
 

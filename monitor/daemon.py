@@ -112,7 +112,7 @@ class Daemon:
     # ---- what the HTTP server and the collector read -------------------------------------------
 
     def alert_stats(self) -> dict:
-        return {"firing": self.alerts.firing(), "sent": dict(self.dispatcher.sent),
+        return {"firing": self.alerts.firing(), "flapping": self.alerts.flapping(), "sent": dict(self.dispatcher.sent),
                 "failures": dict(self.dispatcher.failures), "pending": self.outbox.pending(),
                 "dropped": self.outbox.dropped}
 

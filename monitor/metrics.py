@@ -41,6 +41,7 @@ NAMES = {
     "checkpoints": ("counter", "State checkpoints written."),
     "batch_processing_seconds": ("histogram", "Time to decode, window and evaluate one polled batch."),
     "alerts_firing": ("gauge", "Alerts currently firing, by kind."),
+    "alerts_flapping": ("gauge", "Alert subjects currently flapping (intermittent), by kind."),
     "notifications_sent": ("counter", "Notifications delivered, by sink and alert kind."),
     "notification_failures": ("counter", "Failed notification attempts, by sink and reason."),
     "outbox_pending": ("gauge", "Notifications waiting in the outbox."),
@@ -99,7 +100,7 @@ class DriftmonCollector(Collector):
         Exposes ``model``, ``version``, ``baseline`` (with ``fingerprint``),
         ``pipeline`` (counters and ``last_result``), ``lag`` (partition -> messages),
         ``checkpoints``, ``last_window_end`` (Unix time or None), and optionally ``alert_stats()`` returning a dict with
-        ``firing`` (alert -> n), ``sent`` ((sink, alert) -> n), ``failures`` ((sink, reason) -> n), ``pending``, ``dropped``.
+        ``firing`` (alert -> n), ``flapping`` (alert -> n), ``sent`` ((sink, alert) -> n), ``failures`` ((sink, reason) -> n), ``pending``, ``dropped``.
     features : list of str
         Configured feature names, for pre-exported zero series.
     """
@@ -263,6 +264,10 @@ class DriftmonCollector(Collector):
         for alert, n in sorted(stats["firing"].items()):
             firing.add_metric([m, alert], n)
         yield firing
+        flapping = _family("alerts_flapping", ["alert"])
+        for alert, n in sorted(stats.get("flapping", {}).items()):
+            flapping.add_metric([m, alert], n)
+        yield flapping
         sent = _family("notifications_sent", ["sink", "alert"])
         for (sink, alert), n in sorted(stats["sent"].items()):
             sent.add_metric([m, sink, alert], n)

@@ -146,7 +146,9 @@ class PagerDutySink(HttpSink):
                 "component": note["model"],
                 "group": note["alert"],
                 "class": note["alert"],
-                "custom_details": {k: note[k] for k in ("subject", "features", "window", "baseline_fingerprint")},
+                "custom_details": {k: note[k] for k in ("subject", "features", "window", "baseline_fingerprint",
+                                                        "flapping", "flap", "evidence", "idempotency_key",
+                                                        "config_hash") if k in note},
             }
             event["links"] = [{"href": note["runbook_url"], "text": "runbook"}]
         return event

@@ -348,3 +348,27 @@ def test_retraining_on_critical_prediction_drift_carries_the_prediction_score():
     pred = trigger["evidence"]["prediction"]
     assert pred["score"] == 0.2 and pred["threshold"] == 0.05 and pred["severity"] == "critical"
     assert "critical prediction drift (jensen_shannon 0.2 >= 0.05)" in trigger["summary"]
+
+
+def test_a_restart_from_a_checkpoint_keeps_the_episode_and_its_key():
+    config = make_config(repeat_interval="10m", retrain={"windows": 3, "drift_weight_share": 0.3})
+    drift = {"car_value": 0.3, "salary_range": 0.12, "credit_score": 0.11}
+    a = AlertEngine(config, "sha256:abc")
+    before = [n for i in range(4) for n in a.observe(result(i, drift)) if n["alert"] == "retrain_recommended"]
+    b = AlertEngine(config, "sha256:abc").load_state_dict(json.loads(json.dumps(a.state_dict())))
+    after = [n for i in range(4, 6) for n in b.observe(result(i, drift)) if n["alert"] == "retrain_recommended"]
+    assert before and after and {n["idempotency_key"] for n in before + after} == {before[0]["idempotency_key"]}
+    assert b.flapping()["feature_drift"] == 0 and b.firing()["retrain_recommended"] == 1
+
+
+def test_pagerduty_trigger_carries_the_retraining_evidence_and_flap_details(monkeypatch):
+    from monitor.config import Sink
+    from monitor.sinks import PagerDutySink
+
+    engine = AlertEngine(make_config(), "sha256:abc")
+    notes = [n for i in range(3) for n in engine.observe(result(i, prediction=0.2))]
+    [trigger] = [n for n in notes if n["alert"] == "retrain_recommended"]
+    monkeypatch.setenv("DRIFTMON_PAGERDUTY_ROUTING_KEY", "k")
+    details = PagerDutySink(Sink(type="pagerduty")).body(trigger)["payload"]["custom_details"]
+    assert details["idempotency_key"] == trigger["idempotency_key"]
+    assert details["evidence"]["prediction"]["score"] == 0.2 and details["flapping"] is False

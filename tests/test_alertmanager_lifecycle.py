@@ -220,6 +220,9 @@ def test_flapping_feature_pages_once_as_intermittent_and_holds(tmp_path, kafka_b
         assert set(held) == {"car_value", "salary_range", "debt_to_income_ratio"}
         assert all(a["annotations"]["flapping"] == "true" for a in held.values())
         assert not [x for x in am_notified(receiver) if x[0] == "resolved" and x[1] == "DriftmonFeatureDrift"]
+        metrics = daemon.metrics()
+        assert metrics[("driftmon_alerts_flapping", (("alert", "feature_drift"), ("model", "car-loan")))] == 3
+        assert metrics[("driftmon_alerts_firing", (("alert", "feature_drift"), ("model", "car-loan")))] == 3
         code, _ = daemon.terminate(timeout=30)
         assert code == 0
     finally:
