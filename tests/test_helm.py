@@ -41,6 +41,7 @@ MIN_K8S = (1, 33)  # native sidecars are GA from 1.33; validating against anythi
 CRD_GROUP = "monitoring.coreos.com/"
 CONFIG_DIR, CONFIG_FILE = "/etc/driftmon", "/etc/driftmon/driftmon.yaml"
 BASELINE_DIR, STATE_DIR = "/etc/driftmon-baseline", "/var/lib/driftmon"
+WEB_DIR = "/etc/driftmon-web"
 SYNC_HINT = "out of date: run python deploy/helm/sync_chart_files.py"
 DRIFTMON_VOLUMES = {"driftmon-config", "driftmon-baseline", "driftmon-state", "driftmon-tmp"}
 
@@ -294,6 +295,8 @@ def test_config_is_driftmon_config(render, ci_file):
     tree = yaml.safe_load(config_map["data"]["driftmon.yaml"])
     config = config_module.parse_config(tree)  # raises ConfigError naming the key
     assert config.http.port == values["containerPort"]
+    web = values["webConfig"]
+    assert config.http.web_config_file == (f"{WEB_DIR}/{web['key']}" if web["enabled"] else None)
     assert config.state.dir == STATE_DIR
     assert config.baseline == f"{BASELINE_DIR}/{values['baseline']['key']}"
     for key, value in values["config"].items():
@@ -318,12 +321,14 @@ def check_driftmon_container(c: dict, values: dict) -> None:
     assert sc["runAsUser"] == dockerfile_uid()
     (port,) = c["ports"]
     assert port["containerPort"] == values["containerPort"]
+    # Over TLS the probes use HTTPS (kubelet does not verify the certificate) and need no basic auth.
+    https = {"scheme": "HTTPS"} if https_served(values) else {}
     if values["livenessProbe"]["enabled"]:
-        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port["name"]}
+        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port["name"], **https}
     else:
         assert "livenessProbe" not in c
     if values["readinessProbe"]["enabled"]:
-        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port["name"]}
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port["name"], **https}
     else:
         assert "readinessProbe" not in c
     assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
@@ -332,14 +337,29 @@ def check_driftmon_container(c: dict, values: dict) -> None:
     assert mounts[BASELINE_DIR]["name"] == "driftmon-baseline" and mounts[BASELINE_DIR]["readOnly"]
     assert mounts[STATE_DIR]["name"] == "driftmon-state"
     assert mounts["/tmp"]["name"] == "driftmon-tmp"
+    web = values["webConfig"]
+    assert (WEB_DIR in mounts) == web["enabled"]
+    if web["enabled"]:
+        assert mounts[WEB_DIR]["name"] == "driftmon-web" and mounts[WEB_DIR]["readOnly"]
+    if web["tlsSecretName"]:
+        assert mounts[f"{WEB_DIR}/tls"]["name"] == "driftmon-web-tls" and mounts[f"{WEB_DIR}/tls"]["readOnly"]
     for env in c.get("env", []):
         if re.search(r"(?i)(password|secret|token)", env["name"]):
             assert "value" not in env and "secretKeyRef" in env["valueFrom"], env
 
 
+def https_served(values: dict) -> bool:
+    return values["webConfig"]["enabled"] and values["webConfig"]["tls"]
+
+
 def check_driftmon_volumes(volumes: list[dict], values: dict) -> None:
     by_name = {v["name"]: v for v in volumes}
     assert DRIFTMON_VOLUMES <= set(by_name)
+    web = values["webConfig"]
+    if web["enabled"]:
+        assert by_name["driftmon-web"]["secret"] == {"secretName": web["secretName"]}
+    if web["tlsSecretName"]:
+        assert by_name["driftmon-web-tls"]["secret"] == {"secretName": web["tlsSecretName"]}
     assert by_name["driftmon-tmp"]["emptyDir"]["sizeLimit"]
     state = by_name["driftmon-state"]
     assert ("persistentVolumeClaim" in state) == values["persistence"]["enabled"]
@@ -415,6 +435,9 @@ def test_monitoring_objects(render, ci_file):
         (endpoint,) = sm["spec"]["endpoints"]
         assert endpoint["port"] == service["spec"]["ports"][0]["name"] and endpoint["path"] == "/metrics"
         assert {"action": "replace", "targetLabel": "job", "replacement": "driftmon"} in endpoint["relabelings"]
+        assert endpoint["scheme"] == (values["serviceMonitor"]["scheme"] or ("https" if https_served(values) else "http"))
+        for key in ("tlsConfig", "basicAuth"):
+            assert endpoint.get(key, {}) == values["serviceMonitor"][key]
         assert sm["spec"]["namespaceSelector"]["matchNames"] == [NAMESPACE]
         for key, value in values["serviceMonitor"]["additionalLabels"].items():
             assert sm["metadata"]["labels"][key] == value
@@ -430,8 +453,10 @@ def test_monitoring_objects(render, ci_file):
         assert cm["metadata"]["labels"].items() >= values["dashboards"]["labels"].items()
     for test_pod in by_kind(docs, "Pod"):
         (c,) = test_pod["spec"]["containers"]
-        assert c["command"][0] == "wget" and c["command"][-1].endswith(
-            f"{service['metadata']['name']}.{NAMESPACE}.svc:{values['service']['port']}/readyz")
+        scheme = "https" if https_served(values) else "http"
+        assert c["command"][0] == "wget" and c["command"][-1] == (
+            f"{scheme}://{service['metadata']['name']}.{NAMESPACE}.svc:{values['service']['port']}/readyz")
+        assert ("--no-check-certificate" in c["command"]) == https_served(values)
         assert test_pod["spec"]["securityContext"]["runAsNonRoot"] is True
         assert c["securityContext"]["readOnlyRootFilesystem"] is True
 
@@ -478,6 +503,9 @@ def test_packaged_chart_carries_rules_and_dashboards(helm, tmp_path):
     ({"mode": "daemonset"}, "mode"),                                       # not one of the modes
     ({"config": {"baseline": "/data/b.json"}}, "baseline"),                # owned by the chart
     ({"terminationGracePeriodSeconds": 5}, "terminationGracePeriodSeconds"),  # shorter than the drain
+    ({"config": {"http": {"web_config_file": "/w.yml"}}}, "web_config_file"),  # owned by the chart (webConfig)
+    ({"serviceMonitor": {"basicAuth": {"username": {"name": "s"}}}}, "key"),  # a secret key selector needs key
+    ({"serviceMonitor": {"scheme": "ftp"}}, "serviceMonitor.scheme"),
 ])
 def test_schema_rejects_bad_values(helm, tmp_path, bad, key):
     bad_file = tmp_path / "bad-values.yaml"
@@ -499,6 +527,10 @@ def test_schema_rejects_bad_values(helm, tmp_path, bad, key):
     ({"mode": "sidecar", "podDisruptionBudget": {"enabled": True}}, "podDisruptionBudget.enabled: only for"),
     ({"persistence": {"enabled": True}, "replicaCount": 2}, "persistence.enabled: needs replicaCount 1"),
     ({"config": {"http": {"port": 8000}}}, "http"),
+    ({"webConfig": {"enabled": True}}, "webConfig.secretName: required with webConfig.enabled"),
+    ({"webConfig": {"tlsSecretName": "t"}}, "webConfig.tlsSecretName: needs webConfig.enabled"),
+    ({"webConfig": {"enabled": True, "secretName": "w"}, "serviceMonitor": {"enabled": True, "scheme": "http"}},
+     "serviceMonitor.scheme: http cannot scrape endpoints served over TLS"),
 ])
 def test_template_rejects_unsafe_or_inconsistent_values(helm, tmp_path, bad, message):
     bad_file = tmp_path / "bad-values.yaml"

@@ -3,7 +3,7 @@
 - values.schema.json, `config` part: driftmon's config schema, generated from the msgspec structs in
   monitor/config.py, so that `helm install` rejects a misspelled or wrongly typed config key just as
   `driftmon check-config` does, instead of the pod crash-looping. The keys the chart sets itself
-  (baseline, http.port, state.dir) are left out, so setting them is an error too.
+  (baseline, http.port, http.web_config_file, state.dir) are left out, so setting them is an error too.
 - files/driftmon-rules.yml: a copy of deploy/prometheus/driftmon-rules.yml (the PrometheusRule).
 - files/dashboards/*.json: copies of grafana/dashboards/*.json (the dashboard ConfigMaps).
 Copies, not symlinks: `.Files.Get` cannot follow a symlink out of a packaged chart.
@@ -28,7 +28,7 @@ RULES = (REPO / "deploy" / "prometheus" / "driftmon-rules.yml", CHART / "files" 
 DASHBOARDS = (REPO / "grafana" / "dashboards", CHART / "files" / "dashboards")
 
 # Keys of driftmon's config that the chart owns, per struct.
-CHART_OWNED = {"Config": ["baseline"], "HttpConfig": ["port"], "StateConfig": ["dir"]}
+CHART_OWNED = {"Config": ["baseline"], "HttpConfig": ["port", "web_config_file"], "StateConfig": ["dir"]}
 
 
 def config_definitions() -> dict:

@@ -97,6 +97,12 @@ The image reference: registry/repository, then @digest or :tag (tag defaults to 
 {{- define "driftmon.configPath" -}}/etc/driftmon/driftmon.yaml{{- end }}
 {{- define "driftmon.baselineDir" -}}/etc/driftmon-baseline{{- end }}
 {{- define "driftmon.stateDir" -}}/var/lib/driftmon{{- end }}
+{{- define "driftmon.webDir" -}}/etc/driftmon-web{{- end }}
+
+{{/* "HTTPS" when the endpoints are served over TLS (webConfig), else "HTTP". */}}
+{{- define "driftmon.httpScheme" -}}
+{{- if and .Values.webConfig.enabled .Values.webConfig.tls }}HTTPS{{ else }}HTTP{{ end }}
+{{- end }}
 {{/* Name of the container port; unique enough not to clash with a model server's ports. */}}
 {{- define "driftmon.portName" -}}driftmon-http{{- end }}
 
@@ -130,6 +136,18 @@ mode-specific switches. Renders nothing; fails with a message that names the val
 {{- if ne (int .) (int $.Values.containerPort) }}
 {{- fail "config.http.port: set by the chart; use containerPort instead" }}
 {{- end }}
+{{- end }}
+{{- if hasKey (get $cfg "http" | default dict) "web_config_file" }}
+{{- fail "config.http.web_config_file: set by the chart; use webConfig.secretName (the probes and the ServiceMonitor follow it)" }}
+{{- end }}
+{{- if and .Values.webConfig.enabled (not .Values.webConfig.secretName) }}
+{{- fail "webConfig.secretName: required with webConfig.enabled (a Secret holding the web config file)" }}
+{{- end }}
+{{- if and .Values.webConfig.tlsSecretName (not .Values.webConfig.enabled) }}
+{{- fail "webConfig.tlsSecretName: needs webConfig.enabled" }}
+{{- end }}
+{{- if and .Values.serviceMonitor.enabled (eq .Values.serviceMonitor.scheme "http") (eq (include "driftmon.httpScheme" .) "HTTPS") }}
+{{- fail "serviceMonitor.scheme: http cannot scrape endpoints served over TLS (webConfig.tls); use https or leave it empty" }}
 {{- end }}
 {{- with dig "state" "dir" nil $cfg }}
 {{- if ne . (include "driftmon.stateDir" $) }}
@@ -184,6 +202,9 @@ driftmon.yaml: the values' config with the keys the chart owns (http.port, state
 {{- $cfg := deepCopy (.Values.config | default dict) }}
 {{- $http := deepCopy (get $cfg "http" | default dict) }}
 {{- $_ := set $http "port" (int .Values.containerPort) }}
+{{- if .Values.webConfig.enabled }}
+{{- $_ = set $http "web_config_file" (printf "%s/%s" (include "driftmon.webDir" .) .Values.webConfig.key) }}
+{{- end }}
 {{- $_ = set $cfg "http" $http }}
 {{- $state := deepCopy (get $cfg "state" | default dict) }}
 {{- $_ = set $state "dir" (include "driftmon.stateDir" .) }}
@@ -244,6 +265,9 @@ through "driftmon.sidecar.container", by a model server's pod.
     httpGet:
       path: /healthz
       port: {{ include "driftmon.portName" $ }}
+      {{- if eq (include "driftmon.httpScheme" $) "HTTPS" }}
+      scheme: HTTPS
+      {{- end }}
     {{- toYaml (omit . "enabled") | nindent 4 }}
   {{- end }}
   {{- end }}
@@ -253,6 +277,9 @@ through "driftmon.sidecar.container", by a model server's pod.
     httpGet:
       path: /readyz
       port: {{ include "driftmon.portName" $ }}
+      {{- if eq (include "driftmon.httpScheme" $) "HTTPS" }}
+      scheme: HTTPS
+      {{- end }}
     {{- toYaml (omit . "enabled") | nindent 4 }}
   {{- end }}
   {{- end }}
@@ -275,6 +302,16 @@ through "driftmon.sidecar.container", by a model server's pod.
       mountPath: {{ include "driftmon.stateDir" . }}
     - name: driftmon-tmp
       mountPath: /tmp
+    {{- if .Values.webConfig.enabled }}
+    - name: driftmon-web
+      mountPath: {{ include "driftmon.webDir" . }}
+      readOnly: true
+    {{- if .Values.webConfig.tlsSecretName }}
+    - name: driftmon-web-tls
+      mountPath: {{ include "driftmon.webDir" . }}/tls
+      readOnly: true
+    {{- end }}
+    {{- end }}
     {{- with .Values.extraVolumeMounts }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -313,6 +350,16 @@ do not clash with a model server's volumes.
 - name: driftmon-tmp
   emptyDir:
     sizeLimit: {{ .Values.tmpSizeLimit }}
+{{- if .Values.webConfig.enabled }}
+- name: driftmon-web
+  secret:
+    secretName: {{ .Values.webConfig.secretName }}
+{{- if .Values.webConfig.tlsSecretName }}
+- name: driftmon-web-tls
+  secret:
+    secretName: {{ .Values.webConfig.tlsSecretName }}
+{{- end }}
+{{- end }}
 {{- with .Values.extraVolumes }}
 {{ toYaml . }}
 {{- end }}
