@@ -234,6 +234,11 @@ class AlertmanagerSink(HttpSink):
         with self._lock:
             self._offered = {n["dedup_key"]: n for n in notes}
 
+    def offered(self) -> bool:
+        """Whether a resend is waiting."""
+        with self._lock:
+            return self._offered is not None
+
     def supersede(self, dedup_key: str) -> None:
         """A newer notification for this alert is queued: the offered copy must not overtake it."""
         with self._lock:
@@ -355,7 +360,7 @@ class Dispatcher:
     def _resend(self, sink) -> None:
         """Re-send an Alertmanager sink's active alerts, skipping alerts with notifications still queued
         (those go first, in order); a failure is counted, and the next tick tries again."""
-        if not isinstance(sink, AlertmanagerSink):
+        if not isinstance(sink, AlertmanagerSink) or not sink.offered():
             return
         try:
             sink.resend(self.outbox.pending_keys(sink.name))
