@@ -181,7 +181,7 @@ def _refusal(exc: ssl.SSLError, where: str) -> KafkaSecurityError:
                               f"broker {where}: TLS failed ({reason}); is this a TLS listener?")
 
 
-def check_brokers(cfg: KafkaConfig, options: dict, timeout: float = 10.0) -> int:
+def check_brokers(cfg: KafkaConfig, options: dict, timeout: float = 5.0) -> int:
     """Connect once to each bootstrap server as the clients will; raise KafkaSecurityError on a refusal.
 
     Parameters
@@ -218,7 +218,8 @@ def check_brokers(cfg: KafkaConfig, options: dict, timeout: float = 10.0) -> int
                 _authenticate(conn, options, where)
             accepted += 1
         except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as exc:
-            log.info("broker %s closed the connection during the security check: %s", where, exc)
+            log.warning("broker %s closed the connection during the TLS/SASL check (%s): is "
+                        "kafka.security_protocol right for this listener?", where, _reason(exc))
         except ssl.SSLError as exc:
             raise _refusal(exc, where) from None
         except (OSError, struct.error) as exc:

