@@ -9,7 +9,8 @@ from .fairness import DEFAULT_MIN_GROUP_SIZE, GroupAccumulator, fairness_report
 from .performance import ClassificationAccumulator, ConfidenceBasedEstimator, RegressionAccumulator, performance_drop_test
 from .profile import CategoricalProfile, NumericProfile
 from .sequential import ErrorRateDetector
-from .stats import chi2_homogeneity, holm, js_distance, ks_binned, psi, wasserstein_binned, wasserstein_error_bound
+from .stats import (MaterialTest, chi2_homogeneity, holm, js_distance, ks_binned, material_divergence, material_ks,
+                    material_wasserstein, psi, wasserstein_binned, wasserstein_error_bound)
 
 __all__ = [
     "CategoricalProfile",
@@ -20,6 +21,7 @@ __all__ = [
     "ErrorRateDetector",
     "FeaturePolicy",
     "GroupAccumulator",
+    "MaterialTest",
     "NumericHistogram",
     "NumericProfile",
     "RegressionAccumulator",
@@ -31,6 +33,9 @@ __all__ = [
     "holm",
     "js_distance",
     "ks_binned",
+    "material_divergence",
+    "material_ks",
+    "material_wasserstein",
     "performance_drop_test",
     "psi",
     "wasserstein_binned",

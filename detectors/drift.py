@@ -5,12 +5,16 @@ profile and a window accumulator into a JSON-safe result; :func:`decide`
 then corrects the p-values of all features of the window together and sets
 each ``drift`` flag.
 
-The decision rule needs both a large enough effect and a significant test.
-On windows of thousands of events every p-value is tiny for moves far too
-small to matter, so significance alone would page on noise-sized changes;
-the effect threshold keeps alerts meaningful. The test, with Holm's
-correction across the window's features, keeps the chance that a window
-with no drift at all flags any feature at or below ``alpha``.
+The decision is a test of *material* drift: each feature's null hypothesis
+is "its effect is at most the threshold" (not "nothing changed"), and a
+feature drifts when the data reject it at ``alpha`` after Holm's correction
+across the window's features. So a window flags any feature whose effect is
+at or below its threshold with probability at most ``alpha``, at every
+window size: an effect sitting at the threshold does not flap on the
+estimate's noise, and small windows, whose plug-in distances read larger,
+do not page on that. Each result carries the effect estimate (bias-corrected
+where the plug-in is biased) with a 95% confidence interval; see
+:mod:`detectors.stats` for the test behind each effect.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import numpy as np
 
 from .accumulate import CategoryCounter, NumericHistogram
 from .profile import CategoricalProfile, NumericProfile
-from .stats import chi2_homogeneity, holm, js_distance, ks_binned, psi, wasserstein_binned
+from .stats import (chi2_homogeneity, holm, js_distance, ks_binned, material_divergence, material_ks,
+                    material_wasserstein, psi, wasserstein_binned)
 
 __all__ = ["FeaturePolicy", "compare_categorical", "compare_numeric", "decide"]
 
@@ -59,17 +64,18 @@ class FeaturePolicy:
         mean shift of about 0.1-0.125 std. (The credit-scoring rule of thumb
         PSI 0.1 is about a 0.3 std shift; set it explicitly if you want it.)
         For categorical features, JS distance 0.05 is a 4.5-point move of
-        share between two categories near 30%. Small windows read larger:
-        under no drift the JS distance is about
-        ``sqrt((k - 1) * (1/n_window + 1/n_baseline) / (8 ln 2))`` for k
-        categories (0.034 for k = 30 and 5 000-event windows), so with many
-        categories and small windows the threshold stops filtering and the
-        test alone decides (still at the ``alpha`` false-alarm rate).
+        share between two categories near 30%. Small windows read larger
+        (the plug-in JS distance of pure noise is about
+        ``sqrt((k - 1) * (1/n_window + 1/n_baseline) / (8 ln 2))``, 0.034
+        for k = 30 and 5 000-event windows); the test accounts for that.
     test : {"ks", "chi2"} or None
-        Significance test. Numeric default ``"ks"`` (two-sample
-        Kolmogorov-Smirnov on the bins: no distributional assumption,
-        conservative on coarse bins); categorical (and allowed for numeric
-        bins) ``"chi2"``, the chi-square test of homogeneity.
+        Test of "no difference at all", reported as ``difference_test`` for
+        reference (it does not decide). Numeric default ``"ks"`` (two-sample
+        Kolmogorov-Smirnov on the bins), categorical (and allowed for
+        numeric bins) ``"chi2"``, the chi-square test of homogeneity. The
+        decision's test follows from ``effect_method``: Wasserstein by the
+        delta method, Jensen-Shannon and PSI by a noncentral chi-square, KS
+        by its distribution-free bound.
     min_events : int
         Windows with fewer non-missing values are reported as
         ``"insufficient_data"`` and never flagged.
@@ -118,14 +124,48 @@ def _ratio(part, whole):
     return None if whole == 0 else part / whole
 
 
-def _result(kind, status, events, ratios, statistics, extra, effect, threshold, test, p_value):
+def _result(kind, status, events, ratios, statistics, extra, effect, threshold, test, p_value, material):
     out = {"type": kind, "drift": False, "status": status, "events": int(events)}
     out.update(ratios)
     out["statistics"] = statistics
     out.update(extra)
-    out["effect"] = {"method": effect, "value": statistics[effect], "threshold": threshold}
-    out["test"] = {"method": test, "p_value": p_value, "p_value_adjusted": None, "alpha": None}
+    if material is None:
+        out["effect"] = {"method": effect, "value": None, "plug_in": statistics[effect], "threshold": threshold,
+                         "ci": None}
+    else:
+        out["effect"] = {"method": effect, "value": material.estimate, "plug_in": material.plug_in,
+                         "threshold": threshold, "ci": [material.ci_low, material.ci_high]}
+    out["test"] = {"method": None if material is None else material.method, "null": "effect <= threshold",
+                   "p_value": None if material is None or status != "ok" else material.p_value,
+                   "p_value_adjusted": None, "alpha": None}
+    out["difference_test"] = {"method": test, "p_value": p_value}
     return out
+
+
+def _unselected(profile: CategoricalProfile, p, q):
+    """Pool into "other" the kept categories that may have been kept by the baseline's noise.
+
+    When a feature has more categories than the profile keeps, the kept ones are
+    those the baseline sample counted most often, so near the cut their baseline
+    counts are biased upward (a winner's curse) and the window, counted fairly,
+    seems to have moved away from them. Categories whose baseline count is
+    within four standard deviations of the smallest kept count are pooled with
+    "other" for the test; pooling can only lower the divergence, so the test
+    stays valid.
+    """
+    if profile.other_count == 0 or profile.counts.size == 0:
+        return p, q
+    smallest = float(profile.counts.min())
+    near = np.append(profile.counts < smallest + 4.0 * np.sqrt(smallest), [True, False])  # [..., other, unseen]
+    if near.sum() < 2:
+        return p, q
+    return (np.append(p[~near], p[near].sum()), np.append(q[~near], q[near].sum()))
+
+
+def _material_binned(effect, threshold, p, q):
+    if effect == "ks":
+        return material_ks(p, q, threshold)
+    return material_divergence(p, q, effect, threshold)
 
 
 def compare_numeric(profile: NumericProfile, hist: NumericHistogram, policy: FeaturePolicy | None = None) -> dict:
@@ -144,7 +184,7 @@ def compare_numeric(profile: NumericProfile, hist: NumericHistogram, policy: Fea
         raise ValueError("the histogram's edges are not the profile's")
     n = hist.n
     stats = {"psi": None, "jensen_shannon": None, "wasserstein": None, "ks": None}
-    ks_p = ks_err = p_value = None
+    ks_p = ks_err = p_value = material = None
     status = "ok" if profile.n > 0 and n >= policy.min_events else "insufficient_data"
     if profile.n > 0 and n > 0:
         p, q = profile.counts, hist.counts
@@ -154,12 +194,19 @@ def compare_numeric(profile: NumericProfile, hist: NumericHistogram, policy: Fea
         w1 = wasserstein_binned(profile.edges, p, q, lo, hi, p_sums=profile.sums, q_sums=hist.sums)
         stats["wasserstein"] = w1 / profile.std if profile.std > 0 else None
         stats["ks"], ks_pv, ks_err = ks_binned(p, q)
+        if effect == "wasserstein":
+            if profile.std > 0:
+                material = material_wasserstein(profile.edges, p, q, lo, hi, profile.sums, hist.sums, profile.std,
+                                                hist.std, threshold, scale=profile.std)
+        else:
+            material = _material_binned(effect, threshold, p, q)
         if status == "ok":
             ks_p = ks_pv
             p_value = ks_pv if test == "ks" else chi2_homogeneity(p, q)[2]
     ratios = {"missing_ratio": _ratio(hist.missing, n + hist.missing), "out_of_range_ratio": _ratio(hist.out_of_range, n)}
     extra = {"ks_p_value": ks_p, "ks_error_bound": ks_err}
-    return _result("numeric", status, n + hist.missing, ratios, stats, extra, effect, threshold, test, p_value)
+    return _result("numeric", status, n + hist.missing, ratios, stats, extra, effect, threshold, test, p_value,
+                   material)
 
 
 def compare_categorical(profile: CategoricalProfile, counter: CategoryCounter, policy: FeaturePolicy | None = None) -> dict:
@@ -184,7 +231,7 @@ def compare_categorical(profile: CategoricalProfile, counter: CategoryCounter, p
         raise ValueError("the counter's categories are not the profile's")
     n = counter.n
     stats = {"psi": None, "jensen_shannon": None, "chi2": None}
-    p_value = None
+    p_value = material = None
     status = "ok" if profile.n > 0 and n >= policy.min_events else "insufficient_data"
     if profile.n > 0 and n > 0:
         p = np.append(profile.counts, [profile.other_count, 0])
@@ -192,29 +239,30 @@ def compare_categorical(profile: CategoricalProfile, counter: CategoryCounter, p
         stats["psi"] = psi(p, q)
         stats["jensen_shannon"] = js_distance(p, q)
         stats["chi2"], _, chi2_p = chi2_homogeneity(p, q)
+        material = _material_binned(effect, threshold, *_unselected(profile, p, q))
         if status == "ok":
             p_value = chi2_p
     ratios = {"missing_ratio": _ratio(counter.missing, n + counter.missing), "unseen_ratio": _ratio(counter.unseen, n)}
-    return _result("categorical", status, n + counter.missing, ratios, stats, {}, effect, threshold, test, p_value)
+    return _result("categorical", status, n + counter.missing, ratios, stats, {}, effect, threshold, test, p_value,
+                   material)
 
 
 def decide(results: dict, alpha: float = 0.01) -> dict:
     """Set ``drift`` on every feature result of one window (mutates and returns ``results``).
 
-    Holm's correction runs over the test p-values of all results with status
-    ``"ok"``; each gets ``test.p_value_adjusted``, and every result gets
-    ``test.alpha``. A feature drifts when
-    ``effect.value >= effect.threshold`` and ``p_value_adjusted <= alpha``.
-    The threshold stops big windows from paging on hair-thin moves that are
-    merely significant; Holm keeps the chance that a drift-free window flags
-    anything at most ``alpha``, however many features are watched.
+    Each result's ``test.p_value`` is that of H0 "effect <= threshold". Holm's
+    correction runs over the p-values of all results with status ``"ok"``; each
+    gets ``test.p_value_adjusted`` and every result ``test.alpha``. A feature
+    drifts when ``p_value_adjusted <= alpha``: the data show, at ``alpha``
+    family-wise, that its effect exceeds the threshold. However many features
+    are watched, a window in which no feature's effect exceeds its threshold
+    flags anything with probability at most ``alpha`` (up to the accuracy of
+    each test's approximation, measured in docs/statistics.md).
 
     Examples
     --------
-    >>> r = {"f": {"status": "ok", "drift": False, "effect": {"value": 0.3, "threshold": 0.1},
-    ...            "test": {"p_value": 0.004}},
-    ...      "g": {"status": "ok", "drift": False, "effect": {"value": 0.3, "threshold": 0.1},
-    ...            "test": {"p_value": 0.2}}}
+    >>> r = {"f": {"status": "ok", "drift": False, "test": {"p_value": 0.004}},
+    ...      "g": {"status": "ok", "drift": False, "test": {"p_value": 0.2}}}
     >>> [(k, v["drift"], v["test"]["p_value_adjusted"]) for k, v in decide(r).items()]
     [('f', True, 0.008), ('g', False, 0.2)]
     """
@@ -226,6 +274,5 @@ def decide(results: dict, alpha: float = 0.01) -> dict:
         p_adj = adjusted.get(name)
         r["test"]["p_value_adjusted"] = p_adj
         r["test"]["alpha"] = float(alpha)
-        value, threshold = r["effect"]["value"], r["effect"]["threshold"]
-        r["drift"] = bool(p_adj is not None and value is not None and value >= threshold and p_adj <= alpha)
+        r["drift"] = bool(p_adj is not None and p_adj <= alpha)
     return results

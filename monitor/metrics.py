@@ -28,7 +28,7 @@ NAMES = {
     "window_events": ("gauge", "Events in the last evaluated window."),
     "window_open_events": ("gauge", "Events so far in the open window."),
     "feature_drift_score": ("gauge", "Drift statistic of a feature in the last window, by method."),
-    "feature_drift_p_value": ("gauge", "Multiplicity-adjusted p-value of the feature's drift test in the last window."),
+    "feature_drift_p_value": ("gauge", "Holm-adjusted p-value of the feature's test of effect <= threshold in the last window."),
     "feature_drift_detected": ("gauge", "1 if the feature drifted in the last window, else 0."),
     "feature_missing_ratio": ("gauge", "Share of missing values of the feature in the last window (0..1)."),
     "feature_out_of_range_ratio": ("gauge", "Share of values outside the baseline's range in the last window (0..1)."),
