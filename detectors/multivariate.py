@@ -23,6 +23,7 @@ frozen dataclass with ``to_dict()``). ``merge`` combines two partial windows;
 
 from __future__ import annotations
 
+import copy
 import numbers
 from dataclasses import asdict, dataclass
 from itertools import repeat
@@ -686,6 +687,13 @@ class DomainClassifier:
     @property
     def n(self):
         return self._n
+
+    def copy(self):
+        """An independent detector with the same state (to evaluate on another thread)."""
+        other = copy.copy(self)
+        other._sample = self._sample.copy()
+        other._rng = copy.deepcopy(self._rng)
+        return other
 
     @property
     def sample(self):

@@ -194,6 +194,10 @@ class Baseline:
         for segment in config.segments:
             if segment.name not in self.extras.get("segments", {}):
                 raise ConfigError("segments", f"{segment.name!r} is not in the baseline; rebuild it")
+        if config.multivariate is not None or config.schema.embeddings():
+            from monitor.multivariate import check_artefacts
+
+            check_artefacts(config, self.extras, config.baseline)
         if config.schema.label is not None and config.schema.prediction is not None \
                 and "performance" not in self.extras:
             raise ConfigError("schema.label", "the baseline has no performance: rebuild it with labelled data "
@@ -263,6 +267,14 @@ def build_baseline(config: Config, data_path: str, seed: int = 0, validation_pat
             counts = Counter(v for v in values if v is not None)
             top = sorted(counts, key=lambda v: (-counts[v], v))[:segment.max_values]
             extras["segments"][segment.name] = sorted(top)
+    if config.multivariate is not None or config.schema.embeddings():
+        from monitor.multivariate import fit_artefacts, vectors_of
+
+        try:
+            extras.update(fit_artefacts(config, lambda spec: _column(table, spec),
+                                        lambda spec: vectors_of(_arrow_column(table, spec)), seed=seed))
+        except ValueError as exc:
+            raise BaselineError(f"{data_path}: {exc}") from None
     schema = config.schema
     if schema.label is not None and schema.prediction is not None:
         labelled = labelled if labelled is not None else table

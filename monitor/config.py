@@ -134,17 +134,33 @@ class DriftPolicy(_Node):
 
 class Feature(_Node):
     name: str
-    type: FeatureType
+    type: Literal["numeric", "categorical", "embedding"]
     path: str | None = None
     drift: DriftPolicy = msgspec.field(default_factory=DriftPolicy)
     key: bool = False  # a key feature: sustained drift here alone recommends retraining
     weight: float = 1.0  # its share of the model's drift weight, for the retraining policy
+    # embedding features only (a fixed-length list of floats; see docs/statistics.md "Embedding drift")
+    dimension: int | None = None
+    components: int = 10  # principal components watched
+    methods: list[Literal["mean_distance", "histograms"]] = msgspec.field(
+        default_factory=lambda: ["mean_distance", "histograms"])
 
     def __post_init__(self):
         if not self.name:
             raise ValueError("`name` must not be empty")
         if self.type == "categorical" and self.drift.effect_method in ("wasserstein", "ks"):
             raise ValueError(f"`drift.effect_method` {self.drift.effect_method} needs a numeric feature")
+        if self.type == "embedding":
+            if self.dimension is None or self.dimension < 2:
+                raise ValueError("`dimension` (the vector length, at least 2) is required for an embedding feature")
+            if not 1 <= self.components <= self.dimension:
+                raise ValueError("`components` must be between 1 and `dimension`")
+            if not self.methods or len(set(self.methods)) != len(self.methods):
+                raise ValueError("`methods` must list distinct embedding methods")
+            if self.drift.effect_method is not None:
+                raise ValueError("`drift.effect_method` does not apply to an embedding feature")
+        elif self.dimension is not None:
+            raise ValueError("`dimension` applies only to embedding features")
 
     @property
     def source(self) -> str:
@@ -182,13 +198,52 @@ class SchemaConfig(_Node):
             raise ValueError("`score.type` must be numeric")
 
     def columns(self) -> list[tuple[str, Column | Feature]]:
-        """Every monitored column as (role, spec): features first, then prediction, score, label."""
-        out: list[tuple[str, Column | Feature]] = [("feature", f) for f in self.features]
+        """Every monitored scalar column as (role, spec): features first, then prediction, score, label.
+
+        Embedding features are not columns: see :meth:`embeddings`.
+        """
+        out: list[tuple[str, Column | Feature]] = [("feature", f) for f in self.features if f.type != "embedding"]
         for role in ("prediction", "score", "label"):
             spec = getattr(self, role)
             if spec is not None:
                 out.append((role, spec))
         return out
+
+
+    def embeddings(self) -> list[Feature]:
+        """The embedding features."""
+        return [f for f in self.features if f.type == "embedding"]
+
+
+class MultivariateConfig(_Node):
+    """Drift across features together (see docs/statistics.md "Multivariate drift"); off when absent."""
+
+    methods: list[Literal["pca_reconstruction", "domain_classifier"]] = msgspec.field(
+        default_factory=lambda: ["pca_reconstruction"])
+    features: list[str] | None = None  # default: every numeric and categorical feature
+    alpha: float | None = None  # false-alarm rate per window of each method (default: drift.alpha)
+    variance: float = 0.65  # pca_reconstruction: share of the variance the kept components explain
+    threshold: float = 0.1  # pca_reconstruction: shift of the mean error, in stds of the per-row error
+    auc_threshold: float = 0.55  # domain_classifier: held-out ROC AUC that counts as drift
+    sample_size: int = 1000  # domain_classifier: rows sampled per window and from the baseline
+    min_interval: str = "1m"  # domain_classifier: at most one evaluation per interval (daemon; replay: every window)
+
+    def __post_init__(self):
+        if not self.methods or len(set(self.methods)) != len(self.methods):
+            raise ValueError("`methods` must list distinct methods")
+        if self.features is not None and len(self.features) < 2:
+            raise ValueError("`features` must list at least two features")
+        if self.alpha is not None and not 0 < self.alpha < 1:
+            raise ValueError("`alpha` must be between 0 and 1")
+        if not 0 < self.variance < 1:
+            raise ValueError("`variance` must be between 0 and 1")
+        if self.threshold < 0:
+            raise ValueError("`threshold` must not be negative")
+        if not 0.5 <= self.auc_threshold <= 1:
+            raise ValueError("`auc_threshold` must be between 0.5 and 1")
+        if not 20 <= self.sample_size <= 100_000:
+            raise ValueError("`sample_size` must be between 20 and 100000")
+        _check_duration(self.min_interval, "min_interval")
 
 
 class TypeDefaults(_Node):
@@ -275,9 +330,9 @@ class Webhook(_Node):
 
 
 AlertKind = Literal["feature_drift", "prediction_drift", "label_drift", "data_quality", "retrain_recommended",
-                    "performance_drop", "fairness"]
+                    "performance_drop", "fairness", "multivariate_drift"]
 ALERT_KINDS = ("feature_drift", "prediction_drift", "label_drift", "data_quality", "retrain_recommended",
-               "performance_drop", "fairness")
+               "performance_drop", "fairness", "multivariate_drift")
 
 
 class Sink(_Node):
@@ -494,6 +549,7 @@ class Config(_Node):
     performance: PerformanceConfig = msgspec.field(default_factory=PerformanceConfig)
     segments: list[Segment] = msgspec.field(default_factory=list)
     fairness: FairnessConfig | None = None
+    multivariate: MultivariateConfig | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     def __post_init__(self):
@@ -511,6 +567,20 @@ class Config(_Node):
         clash = [n for n in names if n in taken]
         if clash:
             raise ValueError(f"segment/fairness names must differ from monitored columns: {clash}")
+        if self.multivariate is not None:
+            tabular = [f.name for f in self.schema.features if f.type != "embedding"]
+            unknown = [n for n in self.multivariate.features or [] if n not in tabular]
+            if unknown:
+                raise ValueError(f"`multivariate.features`: not numeric or categorical features: {unknown}")
+            if len(self.multivariate_features()) < 2:
+                raise ValueError("`multivariate` needs at least two numeric or categorical features")
+
+    def multivariate_features(self) -> list:
+        """The features the multivariate methods watch (empty when they are off)."""
+        if self.multivariate is None:
+            return []
+        chosen = self.multivariate.features
+        return [f for f in self.schema.features if f.type != "embedding" and (chosen is None or f.name in chosen)]
 
     @property
     def labels_on_topic(self) -> bool:

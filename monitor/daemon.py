@@ -65,7 +65,7 @@ class Daemon:
         self.baseline = baseline
         self.model = config.model
         self.version = __version__
-        self.pipeline = Pipeline(config, baseline)
+        self.pipeline = Pipeline(config, baseline, background=True)
         self.store = StateStore(config.state.dir, baseline.fingerprint)
         missing = {name: p.missing_ratio for name, p in baseline.profiles.items()}
         # starts_at/ends_at on the wall clock, as Prometheus sends them (the lifecycle runs on the windows)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from datetime import datetime, timezone
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import numpy as np
@@ -175,7 +175,12 @@ class Decoder:
         self.max_bytes = max_bytes
         self.numeric: list[str] = []
         self.categorical: list[str] = []
+        self.embedding: dict[str, int] = {}  # embedding feature -> dimension
         tree, required = _Tree(), set()
+        for spec in schema.embeddings():
+            self.embedding[spec.name] = spec.dimension
+            vector = Annotated[list[float], msgspec.Meta(min_length=spec.dimension, max_length=spec.dimension)]
+            tree.add(spec.source.split("."), spec.name, vector | None)
         for _role, spec in (schema.columns() if columns is None else columns) + [("extra", e) for e in extra]:
             if getattr(spec, "type", "categorical") == "numeric":
                 self.numeric.append(spec.name)
@@ -283,6 +288,8 @@ class Decoder:
             columns[name] = np.array(raw_columns[name], dtype=np.float64)
         for name in self.categorical:
             columns[name] = raw_columns[name]
+        for name, dimension in self.embedding.items():
+            columns[name] = _vectors(raw_columns[name], dimension)
         return Batch(len(msgs), columns, ids, timestamps, valid, invalid, rejected)
 
     @staticmethod
@@ -330,6 +337,17 @@ class Decoder:
                 if None in values:  # an absent nested object: all its fields are missing
                     values = [empty if v is None else v for v in values]
                 cls._extract(values, child_plan, out)
+
+
+def _vectors(values, dimension: int) -> np.ndarray:
+    """An embedding column: ``(n, dimension)`` floats, a row of NaN where the vector is absent."""
+    if None not in values:
+        return np.array(values, dtype=np.float64).reshape(len(values), dimension)
+    out = np.full((len(values), dimension), np.nan)
+    rows = [i for i, v in enumerate(values) if v is not None]
+    if rows:
+        out[rows] = np.array([values[i] for i in rows], dtype=np.float64)
+    return out
 
 
 def _is_utf8(raw) -> bool:

@@ -28,9 +28,16 @@ class Pipeline:
     baseline : Baseline
     """
 
-    def __init__(self, config: Config, baseline: Baseline):
+    def __init__(self, config: Config, baseline: Baseline, background: bool = False):
         self.config = config
         self.baseline = baseline
+        self.multivariate = None  # multivariate and embedding detectors (monitor/multivariate.py), when configured
+        if config.multivariate is not None or config.schema.embeddings():
+            from monitor.multivariate import ClassifierRunner, MultivariateState, min_interval_seconds
+
+            # background (the daemon): the domain classifier is fitted off the consuming thread
+            runner = ClassifierRunner(background=background, min_interval=min_interval_seconds(config))
+            self.multivariate = MultivariateState(config, baseline, runner)
         max_bytes = config.kafka.max_message_bytes if config.kafka is not None else MAX_MESSAGE_BYTES
         self.decoder = Decoder(config.schema, columns=config.drift_columns(), extra=config.extra_columns(),
                                max_bytes=max_bytes)
@@ -63,7 +70,8 @@ class Pipeline:
         return Window(self.baseline, index, start, end, names=[spec.name for _r, spec in config.drift_columns()],
                       segments=segments, estimator=estimator,
                       score=config.schema.score.name if config.schema.score else None,
-                      threshold=config.labels.threshold)
+                      threshold=config.labels.threshold,
+                      multivariate=self.multivariate.fresh() if self.multivariate is not None else None)
 
     def take_performance(self) -> list[dict]:
         """Performance windows closed since the last call."""

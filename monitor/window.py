@@ -59,7 +59,7 @@ class Window:
 
     def __init__(self, baseline: Baseline, index: int = 0, start: float | None = None, end: float | None = None,
                  names: list[str] | None = None, segments: dict | None = None, estimator=None,
-                 score: str | None = None, threshold: float = 0.5):
+                 score: str | None = None, threshold: float = 0.5, multivariate=None):
         self.baseline = baseline
         self.index = index
         self.start = start
@@ -69,6 +69,7 @@ class Window:
         self.estimator = estimator  # a fitted ConfidenceBasedEstimator, or None
         self.score = score
         self.threshold = threshold
+        self.multivariate = multivariate  # a monitor.multivariate.MultivariateState, or None
         self._reset()
 
     def _reset(self) -> None:
@@ -93,6 +94,8 @@ class Window:
             return self
         for name, acc in self.accumulators.items():
             acc.update(batch.columns[name])
+        if self.multivariate is not None:
+            self.multivariate.update(batch.columns)
         self.events += batch.n
         if self.estimator is not None:
             for key, value in self.estimator.expected_counts(batch.columns[self.score], self.threshold).items():
@@ -139,6 +142,7 @@ class Window:
             "accumulators": {name: acc.state_dict() for name, acc in self.accumulators.items()},
             "estimated": self.estimated,
             "segments": {f: {v: w.state_dict() for v, w in subs.items()} for f, subs in self.by_segment.items()},
+            **({"multivariate": self.multivariate.state_dict()} if self.multivariate is not None else {}),
         }
 
     def load_state_dict(self, state: dict) -> "Window":
@@ -153,6 +157,8 @@ class Window:
         for name, acc_state in state["accumulators"].items():
             self.accumulators[name].load_state_dict(acc_state)
         self.estimated = dict(state["estimated"])
+        if self.multivariate is not None and "multivariate" in state:
+            self.multivariate.load_state_dict(state["multivariate"])
         for field, subs in state["segments"].items():
             for value, sub in subs.items():
                 self.by_segment.setdefault(field, {})[value] = Window(self.baseline, names=self.names) \
@@ -162,7 +168,7 @@ class Window:
     def fresh(self, index: int, start: float | None = None, end: float | None = None) -> "Window":
         """An empty window with the same columns, segments and estimator."""
         return Window(self.baseline, index, start, end, self.names, self.segments, self.estimator, self.score,
-                      self.threshold)
+                      self.threshold, self.multivariate.fresh() if self.multivariate is not None else None)
 
 
 class Evaluator:
@@ -189,7 +195,7 @@ class Evaluator:
                 effect_method=method, effect_threshold=threshold,
                 min_events=spec.drift.min_events or drift.min_events,
             )
-        self.features = [f.name for f in config.schema.features]
+        self.features = [spec.name for role, spec in config.schema.columns() if role == "feature"]
         self.outputs = [spec.name for role, spec in config.drift_columns() if role != "feature"]
 
     def _compare(self, name: str, window: Window) -> dict:
@@ -232,6 +238,8 @@ class Evaluator:
             from detectors import ConfidenceBasedEstimator
 
             result["estimated_performance"] = ConfidenceBasedEstimator.metrics_from_counts(window.estimated)
+        if window.multivariate is not None:
+            result.update(window.multivariate.results(window.index))
         if window.by_segment:
             result["segments"] = {
                 field: {value: self._segment_summary(sub) for value, sub in sorted(subs.items())}

@@ -188,6 +188,9 @@ def test_classifier_merge_state_and_validation(classifier_model):
     # the restored random state continues the same sequence
     more = table(rng, 500)
     np.testing.assert_array_equal(restored.update(more).sample, a.update(more).sample)
+    twin = a.copy()  # independent: what the daemon hands to its worker thread
+    a.update(table(rng, 300))
+    assert twin.n == 4500 and a.n == 4800 and not np.array_equal(twin.sample, a.sample)
     assert DomainClassifier(classifier_model).update(table(rng, 50)).result().status == "insufficient_data"
     for bad in (dict(threshold=0.4), dict(sample_size=5), dict(alpha=1), dict(seed=-1), dict(max_iter=0)):
         with pytest.raises(ValueError):
