@@ -7,6 +7,7 @@ import gc
 import logging
 import os
 import signal
+import sqlite3
 import threading
 import time
 from datetime import datetime, timezone
@@ -24,7 +25,7 @@ from monitor.replay import advance_alerts
 from monitor.server import HttpServer
 from monitor.sinks import Dispatcher
 from monitor.source import KafkaSource
-from monitor.state import StateStore
+from monitor.state import StateStore, WriteRetry
 
 __all__ = ["Daemon", "GC_GEN0_THRESHOLD", "streaming_gc"]
 
@@ -76,6 +77,11 @@ class Daemon:
                                      parse_duration(alerts_cfg.outbox.backoff_initial),
                                      parse_duration(alerts_cfg.outbox.backoff_max))
         self._outgoing: dict | None = None  # closed windows not yet emitted (see _handle)
+        # failed writes of the state directory (a full or read-only disk), counted and retried with backoff
+        self.writes = {"checkpoint": WriteRetry("the checkpoint"), "window_log": WriteRetry("the window log"),
+                       "outbox": self.outbox.writes}
+        self.paused = False  # consumption paused until closed windows are durable and emitted
+        self.listeners = []  # callables(result), e.g. the demo's live display
         self.last_window_end: float | None = None
         restored = self.store.load()
         if restored is not None:
@@ -84,7 +90,8 @@ class Daemon:
             if self.pipeline.last_result is not None:
                 self.last_window_end = window_end_seconds(self.pipeline.last_result)
             if restored.get("outgoing"):
-                self._emit(restored["outgoing"])  # the crash came between checkpoint and emission
+                self._outgoing = restored["outgoing"]  # the crash came between checkpoint and emission
+                self._emit_pending()
             log.info("restored checkpoint: window %d with %d events, positions %s",
                      self.pipeline.window.index, self.pipeline.window.events, self.pipeline.positions)
         self.lock = threading.RLock()
@@ -98,7 +105,6 @@ class Daemon:
         self._durable_positions: dict[str, int] = dict(self.pipeline.positions)
         self.consuming = False
         self.idle = False
-        self.listeners = []  # callables(result), e.g. the demo's live display
         self.registry, self.batch_seconds = make_registry(
             self.model, DriftmonCollector(self, [f.name for f in config.schema.features]))
         self.http = HttpServer(self, config.http.host, config.http.port, config.http.web_config_file)
@@ -115,6 +121,14 @@ class Daemon:
         return {"firing": self.alerts.firing(), "flapping": self.alerts.flapping(), "sent": dict(self.dispatcher.sent),
                 "failures": dict(self.dispatcher.failures), "pending": self.outbox.pending(),
                 "dropped": self.outbox.dropped}
+
+    def state_health(self) -> dict:
+        """Whether the state directory takes writes: per target (checkpoint, window_log, outbox) the
+        failures, whether it is failing now, the last error and the last success (Unix time)."""
+        out = self._outgoing
+        return {**{target: retry.status() for target, retry in self.writes.items()},
+                "consumption_paused": self.paused,
+                "windows_pending": 0 if out is None else len(out["windows"]) + len(out["performance"])}
 
     def ready(self) -> tuple[bool, str]:
         if self.stopping.is_set():
@@ -138,6 +152,7 @@ class Daemon:
                 "windows_evaluated": self.pipeline.windows_evaluated,
                 "open_window": {"index": window.index, "events": window.events},
                 "consumer_lag_messages": {str(k): v for k, v in sorted(self.lag.items())},
+                "state": self.state_health(),
                 "last_window": self.pipeline.last_result,
                 "report": "/report",  # the last window as an HTML page; /report?index=N for older ones
                 "last_performance": tracker.last_result if tracker else None,
@@ -164,31 +179,67 @@ class Daemon:
         evaluate differently, so nothing is counted twice or lost.
         """
         performance = self.pipeline.take_performance()
-        if not results and not performance:
-            return
-        notes = advance_alerts(self.alerts, results, performance)
-        self._outgoing = {"windows": results, "performance": performance, "notifications": notes}
-        self._changed = True
-        self.checkpoint()
-        self._emit(self._outgoing)
+        if results or performance:
+            notes = advance_alerts(self.alerts, results, performance)
+            pending = self._outgoing or {"windows": [], "performance": [], "notifications": []}
+            self._outgoing = {"windows": pending["windows"] + results,
+                              "performance": pending["performance"] + performance,
+                              "notifications": pending["notifications"] + notes}
+            self._changed = True
+        if self._outgoing is not None and self.checkpoint():
+            self._emit_pending()
+
+    def _emit_pending(self) -> bool:
+        """Emit the closed windows held in ``_outgoing`` (a checkpoint holding them is durable).
+
+        A full disk can fail the outbox or the window log: the windows stay pending (consumption is
+        paused meanwhile, see :meth:`_consume_once`) and are emitted again later; both drop what they
+        already have, so a retry writes nothing twice. Returns True when nothing is pending.
+        """
+        out = self._outgoing
+        if out is None:
+            return True
+        if not (self.writes["window_log"].due() and self.outbox.writes.due()):
+            return False
+        try:
+            self.dispatcher.submit(out["notifications"])
+        except sqlite3.Error:
+            return False  # counted by the outbox
+        try:
+            self._log_windows(out)
+        except OSError as exc:
+            self.writes["window_log"].failed(exc)
+            return False
+        if out["windows"] or out["performance"]:
+            self.writes["window_log"].ok()
         self._outgoing = None
-        for result in results:
+        self._changed = True  # the next checkpoint no longer carries them
+        for result in out["windows"]:
             for listener in self.listeners:
                 listener(result)
+        return True
 
-    def _emit(self, outgoing: dict) -> None:
-        self.dispatcher.submit(outgoing["notifications"])
+    def _log_windows(self, outgoing: dict) -> None:
         for result in outgoing["performance"]:
             self.store.log_window(result, "performance")
         for result in outgoing["windows"]:
             self.store.log_window(result)
             self.last_window_end = window_end_seconds(result)
 
-    def checkpoint(self) -> None:
-        """Encode the state under the lock; fsync it outside, so the consuming loop does not wait for the disk."""
+    def checkpoint(self, force: bool = False) -> bool:
+        """Encode the state under the lock; fsync it outside, so the consuming loop does not wait for the disk.
+
+        Returns True when the state as of this call is durable. A write that fails (a full or
+        read-only disk) is counted and retried with backoff (``force`` tries at once); meanwhile
+        nothing is committed past the last durable checkpoint, so a crash loses nothing either.
+        """
+        retry = self.writes["checkpoint"]
         with self.lock:
             if not self._changed:
-                return  # the checkpoint on disk is current
+                with self._save_lock:  # waits for a save in flight on another thread
+                    return self._saved >= self._snapshots  # the checkpoint on disk is current
+            if not force and not retry.due():
+                return False
             if self.source is not None and self.config.kafka.dead_letter_topic:
                 self.source.flush()  # rejected messages reach the dead-letter topic before their offsets are durable
             self._changed = False
@@ -200,13 +251,20 @@ class Daemon:
             text = self.store.encode(state)  # under the lock: the state shares lists with the live pipeline
         with self._save_lock:
             if seq <= self._saved:
-                return  # a newer snapshot is on disk already
-            self.store.save(text)
+                return True  # a newer snapshot is on disk already
+            try:
+                self.store.save(text)
+            except OSError as exc:
+                self._changed = True  # still to be written
+                retry.failed(exc)
+                return False
+            retry.ok()
             self._saved = seq
             self.checkpoints += 1
             # Only offsets whose events are durable in a checkpoint may be committed: a restart that
             # finds no usable checkpoint resumes from the committed offsets and must not skip events.
             self._durable_positions = positions
+        return True
 
     def _poll_lag(self) -> None:
         if self.source is None:
@@ -219,7 +277,7 @@ class Daemon:
             log.warning("consumer lag poll failed: %s", exc)
 
     def _tick(self) -> None:
-        if not self.idle:
+        if not self.idle or self._outgoing is not None:
             return
         with self.lock:
             self._handle(self.pipeline.tick(time.time()))
@@ -229,6 +287,10 @@ class Daemon:
             self.dispatcher.refresh(sink_name, self.alerts.active())
 
     def _consume_once(self) -> None:
+        if self._outgoing is not None:  # closed windows wait for a durable checkpoint (a full disk?)
+            with self.lock:
+                self._handle([])  # tries the checkpoint and the emission again, with backoff
+        self._pause(self._outgoing is not None)
         batches = self.source.poll(timeout_ms=500)
         if self.source.assigned:
             self.consuming = True
@@ -238,6 +300,20 @@ class Daemon:
         if time.monotonic() - self._last_commit >= self._commit_seconds:
             self.checkpoint()
             self._commit()
+
+    def _pause(self, paused: bool) -> None:
+        """Pause consumption while closed windows cannot be made durable: memory stays bounded (the open
+        window's state; no new window closes) and nothing is lost (nothing is committed past the last
+        durable checkpoint). The membership stays (poll() goes on), and consumption resumes by itself."""
+        if paused != self.paused:
+            self.paused = paused
+            if paused:
+                log.error("consumption paused: closed windows cannot be made durable (%s)",
+                          self.writes["checkpoint"].last_error or self.writes["window_log"].last_error
+                          or self.outbox.writes.last_error)
+            else:
+                log.warning("consumption resumed: the state directory is writable again")
+        self.source.pause(paused)
 
     def _process(self, batches) -> None:
         started = time.perf_counter()
@@ -275,7 +351,7 @@ class Daemon:
     def _before_rebalance(self, keys: list[str]) -> dict[str, int]:
         """Checkpoint what is processed; the source commits the returned durable offsets before the
         partitions go, so their next owner neither counts those events again nor skips any."""
-        self.checkpoint()
+        self.checkpoint(force=True)
         with self._save_lock:
             return dict(self._durable_positions)
 
@@ -339,7 +415,12 @@ class Daemon:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
         if self.source is not None:
-            self.checkpoint()
+            if self.checkpoint(force=True) and self._outgoing is not None:
+                with self.lock:
+                    self._emit_pending()  # else the restart emits them from the checkpoint
+            elif self.writes["checkpoint"].failing:
+                log.error("stopping without a final checkpoint (%s): the next start resumes from the last "
+                          "durable one and reads the events since then again", self.writes["checkpoint"].last_error)
             self._commit()
             self.source.close()
             self.source = None

@@ -60,6 +60,11 @@ NAMES = {
     "fairness_positive_rate": ("gauge", "Rate of favourable predictions per group of an attribute."),
     "segment_features_drifted": ("gauge", "Features that drifted within a segment value in the last window."),
     "notifications_dropped": ("counter", "Notifications dropped because the outbox was full."),
+    "state_write_failures": ("counter", "Failed writes to the state directory (full or read-only disk), by target "
+                             "(checkpoint, window_log, outbox); retried with backoff."),
+    "state_last_write_timestamp_seconds": ("gauge", "Last successful write to the state directory, by target, "
+                                           "Unix time."),
+    "consumption_paused": ("gauge", "1 while consumption is paused because closed windows cannot be made durable."),
 }
 
 
@@ -136,6 +141,20 @@ class DriftmonCollector(Collector):
         fam = _family("checkpoints", [])
         fam.add_metric([m], s.checkpoints)
         yield fam
+
+        writes = getattr(s, "writes", None)
+        if writes is not None:
+            failures = _family("state_write_failures", ["target"])
+            last = _family("state_last_write_timestamp_seconds", ["target"])
+            for target, retry in writes.items():
+                failures.add_metric([m, target], retry.failures)
+                if retry.last_success is not None:
+                    last.add_metric([m, target], retry.last_success)
+            paused = _family("consumption_paused", [])
+            paused.add_metric([m], 1 if s.paused else 0)
+            yield failures
+            yield last
+            yield paused
 
         lag = _family("consumer_lag_messages", ["partition"])
         for partition, value in sorted(s.lag.items()):

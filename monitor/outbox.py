@@ -10,11 +10,14 @@ same notification id, which is ignored rather than sent twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
 import threading
 import time
+
+from monitor.state import WriteRetry
 
 __all__ = ["Outbox"]
 
@@ -56,6 +59,7 @@ class Outbox:
         self.path = path
         self.max_pending = max_pending
         self.dropped = 0
+        self.writes = WriteRetry("the outbox")  # failed writes (a full disk); callers retry later
         self._lock = threading.Lock()
         # One connection shared by the daemon's threads, serialized by the lock.
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -84,9 +88,13 @@ class Outbox:
                     added += cur.rowcount
                     pending += cur.rowcount
                 self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    self.writes.failed(exc)
                 raise
+            self.writes.ok()
         return added
 
     def head(self, sink: str) -> tuple[int, dict, int, float] | None:
@@ -101,15 +109,24 @@ class Outbox:
         return row[0], json.loads(row[1]), row[2], row[3]
 
     def done(self, row_id: int) -> None:
-        with self._lock:
+        with self._lock, self._writing():
             self._db.execute("UPDATE outbox SET delivered = 1 WHERE id = ?", (row_id,))
             if row_id % 1000 == 0:
                 self._db.execute("DELETE FROM outbox WHERE delivered = 1 AND id < ?", (row_id - KEEP_DELIVERED,))
 
     def retry_later(self, row_id: int, next_attempt: float) -> None:
-        with self._lock:
+        with self._lock, self._writing():
             self._db.execute("UPDATE outbox SET attempts = attempts + 1, next_attempt = ? WHERE id = ?",
                              (next_attempt, row_id))
+
+    @contextlib.contextmanager
+    def _writing(self):
+        try:
+            yield
+        except sqlite3.Error as exc:
+            self.writes.failed(exc)
+            raise
+        self.writes.ok()
 
     def pending_keys(self, sink: str) -> set[str]:
         """Dedup keys of a sink's pending notifications."""

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import random
+import sqlite3
 import threading
 import time
 import urllib.error
@@ -335,6 +336,7 @@ class Dispatcher:
         self._wake = threading.Condition()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._unmarked: set[int] = set()  # rows delivered whose outbox update failed (a full disk)
 
     def submit(self, notes: list[dict]) -> None:
         """Make notifications durable in the outbox (on the caller's thread) and wake the senders."""
@@ -385,38 +387,51 @@ class Dispatcher:
 
     def _run(self, sink, rng: random.Random) -> None:
         while not self._stop.is_set():
-            head = self.outbox.head(sink.name)
-            if head is None:
-                self._resend(sink)
-                self._wait(1.0)
-                continue
-            row_id, note, attempts, next_attempt = head
-            delay = next_attempt - time.time()
-            if delay > 0:
-                self._resend(sink)  # alerts with nothing queued stay active while a queued one backs off
-                self._wait(delay)
-                continue
             try:
-                sink.send(note)
-            except DeliveryError as exc:
-                self.failures[(sink.name, exc.reason)] += 1
-                if not exc.retry:
-                    log.error("%s rejected %s (%s); dropping it", sink.name, note["notification_id"], exc)
-                    self.outbox.done(row_id)
-                    continue
-                backoff = min(self.backoff_max, self.backoff_initial * 2 ** min(attempts, 30))
-                self.outbox.retry_later(row_id, time.time() + rng.uniform(0.5, 1.0) * backoff)
-                if attempts == 0 or attempts % 10 == 0:
-                    log.warning("%s: delivery of %s failed (%s); retrying with backoff", sink.name,
-                                note["notification_id"], exc)
-                continue
-            except Exception as exc:  # a bug in one sink must not kill its thread silently
-                self.failures[(sink.name, "error")] += 1
-                log.exception("%s: unexpected error sending %s: %s", sink.name, note["notification_id"], exc)
-                self.outbox.retry_later(row_id, time.time() + self.backoff_max)
-                continue
+                self._step(sink, rng)
+            except sqlite3.Error:  # the outbox cannot be written (a full disk; counted there): try again
+                self._wait(1.0)   # later; a notification sent but not marked is sent again (at least once)
+
+    def _step(self, sink, rng: random.Random) -> None:
+        """One delivery attempt of a sink's oldest pending notification (or a wait)."""
+        head = self.outbox.head(sink.name)
+        if head is None:
+            self._resend(sink)
+            self._wait(1.0)
+            return
+        row_id, note, attempts, next_attempt = head
+        if row_id in self._unmarked:  # sent, but marking it failed: mark it, do not send it again
             self.outbox.done(row_id)
-            self.sent[(sink.name, note["alert"])] += 1
+            self._unmarked.discard(row_id)
+            return
+        delay = next_attempt - time.time()
+        if delay > 0:
+            self._resend(sink)  # alerts with nothing queued stay active while a queued one backs off
+            self._wait(delay)
+            return
+        try:
+            sink.send(note)
+        except DeliveryError as exc:
+            self.failures[(sink.name, exc.reason)] += 1
+            if not exc.retry:
+                log.error("%s rejected %s (%s); dropping it", sink.name, note["notification_id"], exc)
+                self.outbox.done(row_id)
+                return
+            backoff = min(self.backoff_max, self.backoff_initial * 2 ** min(attempts, 30))
+            self.outbox.retry_later(row_id, time.time() + rng.uniform(0.5, 1.0) * backoff)
+            if attempts == 0 or attempts % 10 == 0:
+                log.warning("%s: delivery of %s failed (%s); retrying with backoff", sink.name,
+                            note["notification_id"], exc)
+            return
+        except Exception as exc:  # a bug in one sink must not kill its thread silently
+            self.failures[(sink.name, "error")] += 1
+            log.exception("%s: unexpected error sending %s: %s", sink.name, note["notification_id"], exc)
+            self.outbox.retry_later(row_id, time.time() + self.backoff_max)
+            return
+        self.sent[(sink.name, note["alert"])] += 1
+        self._unmarked.add(row_id)
+        self.outbox.done(row_id)
+        self._unmarked.discard(row_id)
 
     def drain(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the outbox to empty; True if it did."""

@@ -204,6 +204,16 @@ class KafkaSource:
                 out.append(PartitionBatch(partition_key(tp), tp.topic, tp.partition, records[tp]))
         return out
 
+    def pause(self, paused: bool) -> None:
+        """Stop (or resume) fetching from every assigned partition; poll() still keeps the membership."""
+        try:
+            if paused:
+                self._consumer.pause(*self._consumer.assignment())  # again each time: covers new assignments
+            elif self._consumer.paused():
+                self._consumer.resume(*self._consumer.paused())
+        except KeyError:  # the assignment changed in between; the next call covers it
+            pass
+
     def commit(self, positions: dict[str, int]) -> None:
         """Commit the given next offsets for the partitions this member holds."""
         offsets = {}

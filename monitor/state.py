@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import time
 
-__all__ = ["StateStore"]
+__all__ = ["StateStore", "WriteRetry"]
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 1
 
@@ -55,10 +60,12 @@ class StateStore:
         """Write a checkpoint (a state, or the text of :meth:`encode`) atomically."""
         text = state if isinstance(state, str) else self.encode(state)
         tmp = self.checkpoint_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            _write_all(tmp, text.encode("utf-8"), os.O_TRUNC)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)  # a full disk: give the partial copy's space back; the old checkpoint stays
+            raise
         os.replace(tmp, self.checkpoint_path)
         _fsync_dir(self.directory)
 
@@ -108,9 +115,78 @@ class StateStore:
                 os.replace(path, path + ".1")  # bounded disk: keep one old file
         except FileNotFoundError:
             pass
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
+        _write_all(path, line.encode("utf-8"), os.O_APPEND)  # a failed append leaves no torn line behind
         self.last_logged[log] = index
         return True
+
+
+def _write_all(path: str, data: bytes, mode: int) -> None:
+    """Write ``data`` (truncating or appending) and fsync; on an error (ENOSPC, EROFS) cut the file back
+    to its old size and raise, so that a retry appends after whole lines only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | mode, 0o644)
+    try:
+        size = os.fstat(fd).st_size if mode == os.O_APPEND else 0
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
+
+
+class WriteRetry:
+    """Failures of one kind of state write (checkpoint, window log, outbox) and when to try again.
+
+    Parameters
+    ----------
+    target : str
+        What is written, for logs and metric labels.
+    initial, maximum : float
+        Seconds; after n failures in a row the next try waits min(maximum, initial * 2**(n-1)).
+    clock : callable
+        Monotonic seconds (for tests).
+    """
+
+    def __init__(self, target: str, initial: float = 0.5, maximum: float = 30.0, clock=time.monotonic):
+        self.target = target
+        self.initial = initial
+        self.maximum = maximum
+        self.clock = clock
+        self.failures = 0  # ever
+        self.consecutive = 0
+        self.last_error: str | None = None
+        self.last_success: float | None = None  # Unix time
+        self.retry_at = 0.0
+
+    @property
+    def failing(self) -> bool:
+        return self.consecutive > 0
+
+    def due(self) -> bool:
+        return self.clock() >= self.retry_at
+
+    def ok(self) -> None:
+        if self.consecutive:
+            log.warning("%s written again after %d failed attempts", self.target, self.consecutive)
+        self.consecutive = 0
+        self.retry_at = 0.0
+        self.last_success = time.time()
+
+    def failed(self, exc: BaseException) -> None:
+        self.failures += 1
+        self.consecutive += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        wait = min(self.maximum, self.initial * 2 ** min(self.consecutive - 1, 30))
+        self.retry_at = self.clock() + wait
+        if self.consecutive == 1 or self.consecutive % 20 == 0:
+            log.error("%s could not be written (%s), attempt %d; retrying in %.1f s", self.target,
+                      self.last_error, self.consecutive, wait)
+
+    def status(self) -> dict:
+        return {"failures": self.failures, "failing": self.failing, "last_error": self.last_error,
+                "last_success": self.last_success}

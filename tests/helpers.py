@@ -95,3 +95,42 @@ def promtool(*args, cwd=None):
 def report(proc) -> str:
     """A finished process's command and output, for assertion messages."""
     return f"$ {' '.join(proc.args)}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+
+
+def mount_tmpfs(path, size: str = "2m"):
+    """Mount a small tmpfs at ``path`` (a disk that can be filled); returns a function that unmounts it.
+
+    Needs root (CI runs as root); elsewhere the test fails, or skips with DRIFTMON_ALLOW_SKIP=1 outside CI.
+    """
+    import subprocess
+
+    import pytest
+
+    os.makedirs(path, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        message = f"cannot mount a tmpfs (needs root): {done.stderr.strip()}"
+        if not os.environ.get("CI") and os.environ.get("DRIFTMON_ALLOW_SKIP") == "1":
+            pytest.skip(message)
+        pytest.fail(message, pytrace=False)
+    return lambda: subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill_disk(directory) -> str:
+    """Fill the filesystem of ``directory`` with a file until ENOSPC; returns the file (delete it to free)."""
+    filler = os.path.join(str(directory), "filler")
+    with open(filler, "wb", buffering=0) as fh:
+        chunk = b"\0" * 65536
+        try:
+            while True:
+                fh.write(chunk)
+        except OSError:
+            pass
+        for size in (4096, 512, 1):  # the last bytes too
+            try:
+                while True:
+                    fh.write(b"\0" * size)
+            except OSError:
+                continue
+    return filler

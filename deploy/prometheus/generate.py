@@ -66,6 +66,8 @@ class Config:
     notification_failures_for: str = "10m"
     outbox_pending: int = 100
     outbox_for: str = "15m"
+    state_write_failures_range: str = "5m"
+    state_write_failures_for: str = "5m"
 
 
 CONFIG = Config()
@@ -275,6 +277,19 @@ def groups(cfg: Config = CONFIG) -> list[dict]:
             "Undelivered notifications of model {{ $labels.model }} pile up.",
             "{{ $value }} notifications of model {{ $labels.model }} wait in the outbox "
             f"(threshold {cfg.outbox_pending}) for {cfg.outbox_for}: deliveries are failing or too slow.",
+        ),
+        _alert(
+            cfg,
+            "DriftmonStateWritesFailing",
+            f"sum by (model, target) (increase(driftmon_state_write_failures_total{{{s}}}"
+            f"[{cfg.state_write_failures_range}])) > 0",
+            cfg.state_write_failures_for,
+            "critical",
+            "driftmon cannot write its {{ $labels.target }} for model {{ $labels.model }}.",
+            "Writes of the {{ $labels.target }} of model {{ $labels.model }} to the state directory keep failing "
+            f"({{{{ $value | humanize }}}} failures in {cfg.state_write_failures_range}; a full or read-only disk?). "
+            "driftmon retries with backoff and commits no offset past its last durable checkpoint; once a window "
+            "closes it pauses consumption until the disk takes writes again.",
         ),
     ]
     return [
