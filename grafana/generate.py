@@ -389,6 +389,15 @@ def overview(cfg: Config = CONFIG) -> dict:
                  "Messages in the Kafka topic not yet consumed, summed over partitions, per model. A growing "
                  "line means driftmon falls behind and drift results arrive late.",
                  "short", [b.target(f"sum by (model) (driftmon_consumer_lag_messages{s})", "{{model}}")], min=0)
+    b.timeseries("Multivariate drift",
+                 "Models with `multivariate` configured: the statistic of each method in the last window it "
+                 "judged (pca_reconstruction: shift of the mean reconstruction error in stds of the per-row "
+                 "error, threshold 0.1 by default; domain_classifier: held-out ROC AUC, 0.5 = no difference, "
+                 "threshold 0.55). Sees changes in how features move together that no single feature shows.",
+                 "none", [b.target(f"max by (model, method) (driftmon_multivariate_drift_score{s})",
+                                   "{{model}} {{method}}"),
+                          b.target(f"max by (model, method) (driftmon_multivariate_drift_detected{s})",
+                                   "{{model}} {{method}} drift", ref="B")], w=24)
     return _dashboard(cfg, cfg.overview_uid, "driftmon / Overview",
                       "Drift status of every monitored model at a glance.", b.panels, [_model_variable(cfg)])
 

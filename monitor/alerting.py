@@ -79,6 +79,25 @@ def collect_evidence(result: dict, config: Config, baseline_missing: dict[str, f
             name = getattr(config.schema, role).name
             out[(kind, role)] = Evidence(bool(r["drift"]), _ratio(r["effect"]["value"], r["effect"]["threshold"]),
                                          _drift_details(name, r))
+    for name, r in (result.get("embeddings") or {}).items():  # embedding features drift as features do
+        if r["status"] == "ok":
+            part = next((r[m] for m in ("mean_distance", "histograms") if r.get(m) and r[m]["drift"]), None)
+            part = part or r.get("mean_distance") or r.get("histograms")
+            method = "mean_distance" if part is r.get("mean_distance") else "histograms"
+            score = part["distance"] if method == "mean_distance" else part["effect"]
+            details = {"name": name, "method": method, "score": score, "threshold": part["threshold"],
+                       "p_value": part.get("p_value", part.get("p_value_adjusted")), "test": "chi2"}
+            out[("feature_drift", name)] = Evidence(bool(r["drift"]), _ratio(score, part["threshold"]), details)
+    for method, r in (result.get("multivariate") or {}).items():
+        # a background classifier result is evidence once, in the first window that reports it
+        if r.get("status") == "ok" and r.get("fresh", True):
+            score = r["auc"] if method == "domain_classifier" else r["effect"]
+            # the classifier's effect is AUC - 0.5 against its threshold's distance from 0.5
+            ratio = (_ratio(score - 0.5, r["threshold"] - 0.5) if method == "domain_classifier"
+                     else _ratio(abs(score), r["threshold"]))
+            out[("multivariate_drift", method)] = Evidence(bool(r["drift"]), ratio, {
+                "method": method, "score": score, "threshold": r["threshold"], "p_value": r["p_value"],
+                "window": r.get("window", window["index"]), "events": r["events"]})
     invalid = window.get("invalid", 0)
     seen = window["events"] + invalid
     if seen:
@@ -200,9 +219,10 @@ _RUNBOOK_ANCHOR = {
     "data_quality:unseen": "driftmonfeatureunseencategories",
     "performance_drop": "performance-drop",
     "fairness": "fairness",
+    "multivariate_drift": "multivariate-drift",
 }
 ALERT_KINDS = ("feature_drift", "prediction_drift", "label_drift", "data_quality", "retrain_recommended",
-               "performance_drop", "fairness")
+               "performance_drop", "fairness", "multivariate_drift")
 
 
 class AlertEngine:
@@ -468,6 +488,13 @@ class AlertEngine:
                 f"{model}: {subject}: demographic parity ratio {details.get('demographic_parity_ratio'):.3g} < "
                 f"{details.get('bound')} ({details.get('min_group')} vs {details.get('max_group')})" + intermittent
                 if status == "firing" else f"{model}: fairness across {subject} is back within bounds; resolved")
+        elif kind == "multivariate_drift":
+            payload["multivariate"] = details
+            what = "ROC AUC" if subject == "domain_classifier" else "error shift"
+            payload["summary"] = (
+                f"{model}: multivariate drift by {subject} ({what} {details.get('score', 0):.3g} vs threshold "
+                f"{details.get('threshold', 0):.3g}, p={details.get('p_value', 1):.2g})" + intermittent
+                if status == "firing" else f"{model}: {subject} is back in line with the baseline; resolved")
         elif kind == "data_quality":
             payload["check"] = details
             payload["summary"] = (f"{model}: data quality: {details.get('name')} {details.get('check')} share "

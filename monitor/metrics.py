@@ -65,6 +65,11 @@ NAMES = {
     "state_last_write_timestamp_seconds": ("gauge", "Last successful write to the state directory, by target, "
                                            "Unix time."),
     "consumption_paused": ("gauge", "1 while consumption is paused because closed windows cannot be made durable."),
+    "multivariate_drift_detected": ("gauge", "1 if the multivariate method flagged the last window it judged, else 0."),
+    "multivariate_drift_score": ("gauge", "Multivariate statistic of the last window it judged: pca_reconstruction "
+                                          "the error shift in per-row stds, domain_classifier the held-out ROC AUC."),
+    "multivariate_drift_p_value": ("gauge", "p-value of the multivariate method's test in the last window it judged."),
+    "multivariate_evaluations": ("counter", "Domain-classifier evaluations finished, and windows it skipped (rate limit)."),
 }
 
 
@@ -162,6 +167,8 @@ class DriftmonCollector(Collector):
         yield lag
 
         yield from self._window_families(m, p.last_result)
+        if getattr(p, "multivariate", None) is not None and p.multivariate.detectors:
+            yield from self._multivariate_families(m, p.multivariate, p.last_result)
         yield from self._alert_families(m)
         if p.tracker is not None:
             yield from self._performance_families(m, p.tracker, s.baseline)
@@ -228,7 +235,10 @@ class DriftmonCollector(Collector):
         pred_score = _family("prediction_drift_score", ["method"])
         pred_detected = _family("prediction_drift_detected", [])
         features = (result or {}).get("features", {})
+        embeddings = (result or {}).get("embeddings") or {}
         for feature in self.features:
+            if feature in embeddings:
+                continue  # exported below
             r = features.get(feature)
             detected.add_metric([m, feature], 1 if r and r["drift"] else 0)
             if r is None:
@@ -245,6 +255,19 @@ class DriftmonCollector(Collector):
                 out_of_range.add_metric([m, feature], r["out_of_range_ratio"])
             if r.get("unseen_ratio") is not None:
                 unseen.add_metric([m, feature], r["unseen_ratio"])
+        for feature, r in sorted(embeddings.items()):  # embedding features: one score per method
+            detected.add_metric([m, feature], 1 if r["drift"] else 0)
+            parts = [(k, r.get(k)) for k in ("mean_distance", "histograms")]
+            for method, part in parts:
+                if part is not None:
+                    value = part["distance"] if method == "mean_distance" else part["effect"]
+                    if value is not None:
+                        score.add_metric([m, feature, method], value)
+            p_values = [part.get("p_value", part.get("p_value_adjusted")) for _k, part in parts if part is not None]
+            if p_values:
+                pval.add_metric([m, feature], min(p_values))
+            if r["events"]:
+                missing.add_metric([m, feature], r["missing"] / r["events"])
         prediction = (result or {}).get("prediction")
         pred_detected.add_metric([m], 1 if prediction and prediction["drift"] else 0)
         if prediction:
@@ -275,6 +298,26 @@ class DriftmonCollector(Collector):
             fam = _family("last_window_end_timestamp_seconds", [])
             fam.add_metric([m], end)
             yield fam
+
+    def _multivariate_families(self, m: str, state, result: dict | None):
+        detected = _family("multivariate_drift_detected", ["method"])
+        score = _family("multivariate_drift_score", ["method"])
+        pval = _family("multivariate_drift_p_value", ["method"])
+        section = (result or {}).get("multivariate") or {}
+        for method in state.detectors:  # pre-exported zeros for the configured methods
+            r = section.get(method) or {}
+            detected.add_metric([m, method], 1 if r.get("drift") else 0)
+            value = r.get("auc") if method == "domain_classifier" else r.get("effect")
+            if value is not None:
+                score.add_metric([m, method], value)
+            if r.get("p_value") is not None:
+                pval.add_metric([m, method], r["p_value"])
+        yield from (detected, score, pval)
+        if "domain_classifier" in state.detectors:
+            runs = _family("multivariate_evaluations", ["outcome"])
+            runs.add_metric([m, "finished"], state.runner.evaluations)
+            runs.add_metric([m, "skipped"], state.runner.skipped)
+            yield runs
 
     def _alert_families(self, m: str):
         stats_fn = getattr(self.service, "alert_stats", None)

@@ -5,7 +5,8 @@ them from the config and the baseline's artefacts (``extras["multivariate"]``, `
 feeds them every batch of a window, and turns their typed results into the window result's
 ``"multivariate"`` and ``"embeddings"`` sections. The domain classifier fits a model per evaluation, so
 the daemon runs it on a worker thread, one at a time and at most once per ``multivariate.min_interval``;
-a window result then carries the latest finished evaluation (``"window"`` says which window it judged).
+a window result then carries the latest finished evaluation (``"window"`` says which window it judged,
+``"fresh"`` whether this is the first result to carry it: alerts count each evaluation once).
 ``driftmon replay`` evaluates every window inline, so its output is reproducible.
 """
 
@@ -93,6 +94,7 @@ class ClassifierRunner:
         self._busy = False
         self._last_start: float | None = None
         self._latest: dict | None = None
+        self._reported = True  # whether the latest result was already in a window result
         self.evaluations = 0
         self.skipped = 0
 
@@ -106,7 +108,7 @@ class ClassifierRunner:
         """The classifier section of window ``index``'s result."""
         if not self.background:
             self.evaluations += 1
-            return self._run(detector, index)
+            return {**self._run(detector, index), "fresh": True}
         now = self.clock()
         with self._lock:
             start = not self._busy and (self._last_start is None or now - self._last_start >= self.min_interval)
@@ -114,13 +116,15 @@ class ClassifierRunner:
                 self._busy, self._last_start = True, now
             else:
                 self.skipped += 1
-            latest = self._latest
+            latest, fresh = self._latest, not self._reported
+            self._reported = True
         if start:
             threading.Thread(target=self._work, args=(detector, index), name="driftmon-classifier",
                              daemon=True).start()
         if latest is None:
-            return {"status": "pending", "drift": False, "window": None}
-        return dict(latest)
+            return {"status": "pending", "drift": False, "window": None, "fresh": False}
+        # "fresh": first reported here (alerts count each evaluation once)
+        return {**latest, "fresh": fresh}
 
     def _work(self, detector: DomainClassifier, index: int) -> None:
         try:
@@ -128,7 +132,7 @@ class ClassifierRunner:
         except Exception as exc:  # a failed fit must not kill the daemon; the next window tries again
             result = {"status": "error", "drift": False, "window": index, "error": f"{type(exc).__name__}: {exc}"}
         with self._lock:
-            self._latest, self._busy = result, False
+            self._latest, self._busy, self._reported = result, False, False
             self.evaluations += 1
 
     def wait(self, timeout: float = 60.0) -> bool:

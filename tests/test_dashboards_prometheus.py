@@ -113,7 +113,10 @@ def test_every_panel_query_returns_data_and_rules_load(tmp_path, prometheus):
         path, _ = write_setup(tmp_path, car_loan(seed=1), window={"size": 1000}, kafka=kafka, alerts=alerts,
                               state={"dir": "state"}, schema={"label": {"name": "repaid", "type": "categorical"}},
                               labels={"window": 2000, "positive": "1"}, segments=[{"name": "channel"}],
-                              fairness={"attributes": [{"name": "channel"}], "favourable": "1"})
+                              fairness={"attributes": [{"name": "channel"}], "favourable": "1"},
+                              # multivariate drift, with the domain classifier on the daemon's worker thread
+                              multivariate={"methods": ["pca_reconstruction", "domain_classifier"],
+                                            "sample_size": 300, "min_interval": "1s"})
         daemon = DaemonProcess(path, free_port(), str(tmp_path / "daemon.log")).start()
         try:
             set_target(daemon.port)

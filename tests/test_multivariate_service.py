@@ -8,6 +8,7 @@ embedding feature do not.
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import msgspec
 import numpy as np
@@ -21,6 +22,7 @@ from monitor.config import ConfigError, parse_config
 from monitor.pipeline import Pipeline
 from tests.helpers import read_jsonl, write_jsonl
 
+ROOT = Path(__file__).resolve().parent.parent
 DIM = 32
 LOADINGS = np.random.default_rng(99).normal(size=(4, DIM))
 WINDOW = 2000
@@ -102,7 +104,8 @@ def test_config_shape_and_errors():
 def test_replay_reports_multivariate_and_embedding_drift(setup):
     tmp = setup
     subprocess.run([sys.executable, "-m", "monitor.cli", "replay", "--config", str(tmp / "driftmon.yaml"),
-                    "--input", str(tmp / "stream.jsonl"), "--out", str(tmp / "windows.jsonl")], check=True)
+                    "--input", str(tmp / "stream.jsonl"), "--out", str(tmp / "windows.jsonl"),
+                    "--alerts", str(tmp / "alerts.jsonl")], check=True)
     windows = read_jsonl(tmp / "windows.jsonl")
     assert len(windows) == 6
     for i, w in enumerate(windows):
@@ -117,6 +120,15 @@ def test_replay_reports_multivariate_and_embedding_drift(setup):
             assert pca["effect"] > pca["threshold"] and clf["auc"] > 0.7
             assert emb["mean_distance"]["drift"] and emb["mean_distance"]["distance"] > 0.15
         assert "emb" not in w["features"]
+    # fire_after 2: the flip pages once per method from window 4, and the embedding as a drifting feature
+    firing = {(a["alert"], a["subject"]): a for a in read_jsonl(tmp / "alerts.jsonl") if a["status"] == "firing"}
+    assert set(firing) == {("multivariate_drift", "pca_reconstruction"), ("multivariate_drift", "domain_classifier"),
+                           ("feature_drift", "emb")}
+    pca_alert = firing[("multivariate_drift", "pca_reconstruction")]
+    assert pca_alert["window"]["index"] == 4 and pca_alert["runbook_url"].endswith("#multivariate-drift")
+    assert '<a id="multivariate-drift"></a>' in (ROOT / "docs" / "runbook.md").read_text()
+    assert "multivariate drift by pca_reconstruction" in pca_alert["summary"]
+    assert firing[("feature_drift", "emb")]["features"][0]["method"] in ("mean_distance", "histograms")
 
 
 def test_checkpoint_restore_continues_the_same_windows(setup):
@@ -158,11 +170,15 @@ def test_background_classifier_is_off_thread_and_rate_limited(setup):
     assert first["status"] == "pending" and first["drift"] is False  # the fit runs on the worker
     assert runner.wait(120)
     second = pipeline.process(msgs[WINDOW:2 * WINDOW])[0][0]["multivariate"]["domain_classifier"]
-    assert second["window"] == 0 and second["status"] == "ok"  # the latest finished evaluation
-    assert runner.skipped == 1 and runner.evaluations == 1  # within min_interval: not started
+    assert second["window"] == 0 and second["status"] == "ok" and second["fresh"]  # the latest finished one
+    third = pipeline.process(msgs[2 * WINDOW:3 * WINDOW])[0][0]["multivariate"]["domain_classifier"]
+    assert third["window"] == 0 and not third["fresh"]  # reported again, but counted by alerts once
+    assert runner.skipped == 2 and runner.evaluations == 1  # within min_interval: not started
     clock[0] = 61.0
-    pipeline.process(msgs[2 * WINDOW:3 * WINDOW])
+    pipeline.process(msgs[3 * WINDOW:4 * WINDOW])
     assert runner.wait(120) and runner.evaluations == 2
+    fourth = pipeline.process(msgs[4 * WINDOW:5 * WINDOW])[0][0]["multivariate"]["domain_classifier"]
+    assert fourth["window"] == 3 and fourth["fresh"] and fourth["drift"]  # window 3 is flipped
 
 
 def test_baseline_without_artefacts_is_a_config_error(setup, tmp_path):
