@@ -446,6 +446,9 @@ class AlertsConfig(_Node):
     fire_after: int = 2  # consecutive drifted windows before an alert fires
     resolve_after: int = 3  # consecutive clean windows before it resolves
     repeat_interval: str = "4h"
+    # false drift pages a week that on-call accepts; when set, the per-window level (drift.alpha) is derived
+    # from it, the observed window rate, the paging families and the hysteresis (monitor/budget.py)
+    false_pages_per_week: float | None = None
     critical_ratio: float = 2.0  # evidence this many times its threshold makes an alert critical
     runbook_url: str = "https://github.com/driftmon/driftmon/blob/main/docs/runbook.md"
     data_quality: DataQualityThresholds = msgspec.field(default_factory=DataQualityThresholds)
@@ -458,6 +461,8 @@ class AlertsConfig(_Node):
             raise ValueError("`fire_after` and `resolve_after` must be at least 1")
         if self.critical_ratio <= 1:
             raise ValueError("`critical_ratio` must be above 1")
+        if self.false_pages_per_week is not None and not 0 < self.false_pages_per_week < float("inf"):
+            raise ValueError("`false_pages_per_week` must be a positive number")
         _check_duration(self.repeat_interval, "repeat_interval")
         names = [s.name for s in self.all_sinks()]
         if len(set(names)) != len(names):

@@ -122,6 +122,8 @@ class PerformanceTracker:
             else None
         self.delay_counts = [0] * len(DELAY_BUCKETS)
         self.delay_sum = 0.0
+        self.alpha = config.drift.alpha  # the label-drift level, from the false-page budget when there is one
+        self.budget = None  # monitor.budget.AlphaBudget, shared with the pipeline
         self.index = 0
         self.windows_evaluated = 0
         self.last_result: dict | None = None
@@ -274,6 +276,10 @@ class PerformanceTracker:
         return int(cm[:, k].sum()) if metric == "precision" else int(cm[k, :].sum())
 
     def _close(self) -> dict:
+        if self.budget is not None and self.budget.enabled:
+            finite = math.isfinite(self.first_time) and math.isfinite(self.last_time)
+            self.budget.observe("labels", self.first_time if finite else None, self.last_time if finite else None)
+            self.alpha = self.budget.alpha()
         fairness = self.config.fairness
         result = {
             "model": self.config.model,
@@ -305,7 +311,7 @@ class PerformanceTracker:
             profile = self.baseline.profiles[self.label_name]
             compare = compare_categorical if isinstance(profile, CategoricalProfile) else compare_numeric
             result["label_drift"] = decide({"label": compare(profile, self.label_acc, FeaturePolicy(
-                min_events=self.config.drift.min_events))}, alpha=self.config.drift.alpha)["label"]
+                min_events=self.config.drift.min_events))}, alpha=self.alpha)["label"]
         self.index += 1
         self.windows_evaluated += 1
         self.last_result = result

@@ -7,6 +7,7 @@ from collections import Counter
 import numpy as np
 
 from monitor.baseline import Baseline
+from monitor.budget import AlphaBudget
 from monitor.config import Config
 from monitor.decode import MAX_MESSAGE_BYTES, Batch, Decoder
 from monitor.window import Evaluator, Window
@@ -49,6 +50,9 @@ class Pipeline:
             from monitor.performance import PerformanceTracker
 
             self.tracker = PerformanceTracker(config, baseline)
+        self.budget = AlphaBudget(config)  # the per-window level from alerts.false_pages_per_week
+        if self.tracker is not None:
+            self.tracker.budget = self.budget
         self.performance: list[dict] = []  # closed performance windows, drained by take_performance()
         self.window = self._new_window(0)
         self.consumed = 0
@@ -175,6 +179,9 @@ class Pipeline:
         self.window.end = (key + 1) * self.duration
 
     def _close(self, next_start: float | None, complete: bool = True) -> dict:
+        if self.budget.enabled:
+            self.budget.observe("drift", *self.window.bounds())
+            self.evaluator.alpha = self.budget.alpha()
         result = self.evaluator.evaluate(self.window, complete=complete)
         self.windows_evaluated += 1
         self.last_result = result
@@ -218,6 +225,7 @@ class Pipeline:
             "windows_evaluated": self.windows_evaluated,
             "last_result": self.last_result,
             "performance": None if self.tracker is None else self.tracker.state_dict(),
+            "budget": self.budget.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> "Pipeline":
@@ -227,4 +235,9 @@ class Pipeline:
         self.positions = {k: int(v) for k, v in state["positions"].items()}
         self.windows_evaluated = int(state["windows_evaluated"])
         self.last_result = state["last_result"]
+        self.budget.load_state_dict(state.get("budget"))
+        if self.budget.enabled:
+            self.evaluator.alpha = self.budget.alpha()
+            if self.tracker is not None:
+                self.tracker.alpha = self.evaluator.alpha
         return self

@@ -196,6 +196,7 @@ class Evaluator:
                 min_events=spec.drift.min_events or drift.min_events,
             )
         self.features = [spec.name for role, spec in config.schema.columns() if role == "feature"]
+        self.alpha = drift.alpha  # the per-window level; the pipeline sets it from a false-page budget
         self.outputs = [spec.name for role, spec in config.drift_columns() if role != "feature"]
 
     def _compare(self, name: str, window: Window) -> dict:
@@ -210,7 +211,7 @@ class Evaluator:
 
     def evaluate(self, window: Window, complete: bool = True) -> dict:
         """The window result (the shape documented in docs/DESIGN.md)."""
-        alpha = self.config.drift.alpha
+        alpha = self.alpha
         features = decide({name: self._compare(name, window) for name in self.features}, alpha=alpha)
         outputs = decide({name: self._compare(name, window) for name in self.outputs}, alpha=alpha)
         start, end = window.bounds()
@@ -250,7 +251,7 @@ class Evaluator:
         """Feature drift within one segment value (its own Holm family)."""
         if window.events < self.config.drift.min_events:
             return {"events": window.events, "status": "insufficient_data", "drifted": []}
-        features = decide({name: self._compare(name, window) for name in self.features}, alpha=self.config.drift.alpha)
+        features = decide({name: self._compare(name, window) for name in self.features}, alpha=self.alpha)
         return {"events": window.events, "status": "ok",
                 "drifted": sorted(name for name, r in features.items() if r["drift"]),
                 "effects": {name: r["effect"]["value"] for name, r in features.items()}}
