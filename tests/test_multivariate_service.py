@@ -194,3 +194,46 @@ def test_baseline_without_artefacts_is_a_config_error(setup, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "monitor.cli", "check-config", "--config", str(tmp_path / "c.yaml")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "multivariate.features" in proc.stderr
+
+
+@pytest.mark.integration
+def test_daemon_on_a_real_broker(setup, tmp_path):
+    """The daemon reads embeddings from Kafka, fits the classifier on its worker thread and reports it all."""
+    from monitor.tansu import free_port
+    from tests.brokers import TansuBroker
+    from tests.daemon_proc import DaemonProcess
+    from tests.test_daemon_integration import produce
+
+    broker = TansuBroker().start()
+    try:
+        broker.create_topic("predictions")
+        tree = config_tree(min_interval="1s")
+        tree.update(baseline=str(setup / "baseline.json"), state={"dir": str(tmp_path / "state")},
+                    kafka={"bootstrap_servers": broker.bootstrap, "topic": "predictions", "group_id": "driftmon-mv"})
+        (tmp_path / "driftmon.yaml").write_text(yaml.safe_dump(tree))
+        daemon = DaemonProcess(str(tmp_path / "driftmon.yaml"), free_port(), str(tmp_path / "daemon.log")).start()
+        try:
+            stream = (setup / "stream.jsonl").read_bytes().splitlines()
+            produce(broker.bootstrap, "predictions", stream)
+            status = daemon.wait_windows(6, timeout=120)
+            last = status["last_window"]
+            assert last["window"]["index"] == 5 and last["drifted"] == []
+            assert last["multivariate"]["pca_reconstruction"]["drift"] is True
+            assert last["embeddings"]["emb"]["drift"] is True and last["embeddings"]["emb"]["missing"] == 0
+            # the classifier finishes off the consuming thread; its result lands in /metrics
+            daemon.wait(lambda: daemon.metrics().get(("driftmon_multivariate_evaluations_total",
+                                                      (("model", "mv-test"), ("outcome", "finished")))), 60,
+                        "a finished classifier evaluation")
+            metrics = daemon.metrics()
+            assert metrics[("driftmon_multivariate_drift_detected",
+                            (("method", "pca_reconstruction"), ("model", "mv-test")))] == 1
+            assert metrics[("driftmon_feature_drift_detected", (("feature", "emb"), ("model", "mv-test")))] == 1
+            assert ("driftmon_feature_drift_score", (("feature", "emb"), ("method", "mean_distance"),
+                                                     ("model", "mv-test"))) in metrics
+            logged = read_jsonl(tmp_path / "state" / "windows.jsonl")
+            assert [w["multivariate"]["pca_reconstruction"]["drift"] for w in logged] == [False] * 3 + [True] * 3
+            assert all(w["multivariate"]["domain_classifier"]["status"] in ("pending", "ok") for w in logged)
+        finally:
+            daemon.close()
+    finally:
+        broker.stop()
