@@ -10,6 +10,9 @@ the pipeline's cost):
 * ``pca_200``: the same on 200 numeric columns (every tenth pair correlated);
 * ``embedding_384``: ``EmbeddingDrift.update`` on 384-dimensional vectors (10 components); the
   decoding of the vectors from JSON is not included;
+* ``embedding_384_pipeline``: the whole ``Pipeline.process`` on the same messages with an embedding feature
+  of dimension 384 added (about 4 KB of JSON more per message), decoding included, against the pipeline
+  without it;
 * ``classifier_update``: ``DomainClassifier.update`` (the reservoir) on the 25 wide() columns;
 * ``classifier_evaluation``: one ``DomainClassifier.result()`` (a model fit on 500 + 500 rows, scoring
   500 + 500), seconds per evaluation, beside the pipeline's time for one 5000-event window.
@@ -95,12 +98,30 @@ def run(quick: bool = False) -> dict:
                                                              batches_25))(
             DomainClassifier(models["classifier"])),
     }
+    # the pipeline with a 384-dimensional embedding feature, decoding included
+    emb_config, emb_baseline, emb_pool = _embedding_setup(synth, train_rows, rng)
+    emb_per_round = per_round // 5
+
+    def pipeline_emb_run():
+        pipeline = Pipeline(emb_config, emb_baseline)
+        with streaming_gc():
+            return _per_message(lambda chunk: len(chunk) if pipeline.process(chunk) else 0,
+                                batches_from_pool(emb_pool, BATCH, emb_per_round))
+
+    def pipeline_plain_run():
+        pipeline = Pipeline(config, baseline)
+        with streaming_gc():
+            return _per_message(lambda chunk: len(chunk) if pipeline.process(chunk) else 0,
+                                batches_from_pool(pool, BATCH, emb_per_round))
+
     out = {"what": __doc__.split("\n\n")[1].strip(), "batch": BATCH, "messages_per_round": per_round,
            "rounds": rounds, "figures": {}}
     pipeline_run()  # warm-up
+    references = {"embedding_384_pipeline": pipeline_plain_run}
+    subjects["embedding_384_pipeline"] = pipeline_emb_run
     for name, subject in subjects.items():
         subject()
-        got = interleave(pipeline_run, subject, rounds, log=log, label=name)
+        got = interleave(references.get(name, pipeline_run), subject, rounds, log=log, label=name)
         s = summarize(got, "rate")
         cost = [r["subject"]["us_per_msg"] / r["ceiling"]["us_per_msg"] for r in got]
         out["figures"][name] = {
@@ -135,3 +156,34 @@ def run(quick: bool = False) -> dict:
         "sample": clf.sample.shape[0], "reference": clf.reference.shape[0], "detail": s,
     }
     return out
+
+
+def _embedding_setup(synth, train_rows: int, rng):
+    """Config, baseline and a message pool of wide() plus a 384-dimensional ``emb`` feature."""
+    import pyarrow as pa
+    import yaml
+
+    from monitor.baseline import Baseline, build_baseline
+    from monitor.config import load_config
+
+    tmp = scratch_dir("driftmon-bench-embedding-")
+    loadings = rng.normal(size=(16, 384))
+
+    def vectors(n):
+        return np.round(rng.normal(size=(n, 16)) @ loadings + 0.3 * rng.normal(size=(n, 384)), 4)
+
+    table = synth.training_table(train_rows)
+    table = table.append_column("emb", pa.array(vectors(train_rows).tolist(), type=pa.list_(pa.float64())))
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, f"{tmp}/train.parquet")
+    tree = synth.config(window={"size": WINDOW})
+    tree["schema"]["features"].append({"name": "emb", "type": "embedding", "dimension": 384})
+    with open(f"{tmp}/driftmon.yaml", "w", encoding="utf-8") as fh:
+        yaml.safe_dump(tree, fh, sort_keys=False)
+    config = load_config(f"{tmp}/driftmon.yaml")
+    build_baseline(config, f"{tmp}/train.parquet").save(config.baseline)
+    plain = message_pool(5000, seed=3)
+    emb = vectors(len(plain))
+    pool = [m[:-1] + b',"emb":[' + ",".join(map(repr, v)).encode() + b"]}" for m, v in zip(plain, emb.tolist())]
+    return config, Baseline.load(config.baseline), pool

@@ -187,7 +187,7 @@ class MultivariateState:
         if self.detectors:
             section = out["multivariate"] = {}
             for method, detector in self.detectors.items():
-                if method == "domain_classifier":
+                if method == "domain_classifier" and detector.n >= detector.min_events:
                     # the worker gets its own copy, so the consuming thread never shares state with it
                     section[method] = self.runner.evaluate(detector.copy(), index)
                 else:

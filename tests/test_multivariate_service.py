@@ -179,6 +179,10 @@ def test_background_classifier_is_off_thread_and_rate_limited(setup):
     assert runner.wait(120) and runner.evaluations == 2
     fourth = pipeline.process(msgs[4 * WINDOW:5 * WINDOW])[0][0]["multivariate"]["domain_classifier"]
     assert fourth["window"] == 3 and fourth["fresh"] and fourth["drift"]  # window 3 is flipped
+    # a thin window is judged at once (insufficient data) and uses neither the worker nor the rate limit
+    pipeline.process(msgs[5 * WINDOW:5 * WINDOW + 50])
+    thin = pipeline.flush()["multivariate"]["domain_classifier"]
+    assert thin["status"] == "insufficient_data" and runner.skipped == 3 and runner.evaluations == 2
 
 
 def test_baseline_without_artefacts_is_a_config_error(setup, tmp_path):
