@@ -212,7 +212,8 @@ def soak_markdown(k: dict) -> list[str]:
         return lines + [f"Not measured: {k.get('error') or k.get('skipped')}"]
     p, c, rss, ready = k["produced"], k["counted"], k["rss_mib"], k["readyz"]
     lines += [
-        f"`driftmon run` as a process for {k['minutes']:g} min at {k['rate_msgs_per_s']:,.0f} msg/s on Apache "
+        f"`driftmon run` as a process for {k['minutes']:g} min at {k['rate_msgs_per_s']:,.0f} msg/s (target; "
+        f"{k.get('produced_msgs_per_s') or 0:,.0f} msg/s produced on average) on Apache "
         f"Kafka (2 partitions), the broker stopped for {k['down_s']:g} s and restarted on the same data "
         f"directory every {k['restart_every_s']:g} s ({len(k['outages'])} outages), one poison record in "
         f"about a thousand ({', '.join(k['poison_kinds'])}).",

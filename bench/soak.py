@@ -97,7 +97,8 @@ class _Producer(threading.Thread):
                 value = self.poison[(i // POISON_EVERY) % len(self.poison)] if self.poison else self.pool[0]
             else:
                 value = self.pool[i % len(self.pool)]
-            producer.send(self.topic, value=value).add_errback(self._failed)
+            key = b"tombstone" if value is None else None  # a record needs a key or a value
+            producer.send(self.topic, key=key, value=value).add_errback(self._failed)
             i += 1
             self.sent = i
             if i % 100 == 0:
@@ -259,6 +260,7 @@ def run(quick: bool = False) -> dict:
     return {
         "minutes": round((samples[-1][0] if samples else 0) / 60, 1),
         "rate_msgs_per_s": RATE,
+        "produced_msgs_per_s": round((valid + bad) / samples[-1][0], 1) if samples and samples[-1][0] else None,
         "restart_every_s": restart_every,
         "down_s": down_seconds,
         "poison_kinds": sorted(usable),

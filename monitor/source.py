@@ -114,7 +114,7 @@ class KafkaSource:
         returns the offsets that are, which are committed (awaited) before the rebalance goes on,
         so the partitions' next owner starts exactly where this member's checkpoint ends.
     on_release : callable, optional
-        ``on_release(keys)``: partitions that went to another member (or were lost). Their
+        ``on_release(keys)``: partitions revoked (or lost) that went to another member. Their
         positions must be forgotten: if they come back later, the group's committed offset (where
         the other member stopped) is right, not this member's old position.
     """
@@ -191,10 +191,11 @@ class KafkaSource:
     def on_lost(self, lost) -> None:
         """Membership lost (a session timeout): the partitions may already be elsewhere, so no commit."""
         self.assigned = frozenset()
+        # Released only if the next assignment gives them to someone else: a lone member that lost its
+        # session (a broker restart, a long pause) gets them back and resumes at its own checkpoint.
+        self._revoked |= set(lost)
         log.warning("partitions lost with the group membership (not committed): %s",
                     sorted(partition_key(tp) for tp in lost))
-        if lost and self.on_release is not None:
-            self.on_release([partition_key(tp) for tp in lost])
 
     def poll(self, timeout_ms: int = 500) -> list[PartitionBatch]:
         records = self._consumer.poll(timeout_ms=timeout_ms, max_records=self.cfg.max_poll_records)

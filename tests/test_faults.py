@@ -1,0 +1,230 @@
+"""Faults at run time on a real Apache Kafka broker: each ends with exact counts.
+
+The broker of this module is its own (the tests stop and restart it). Each test produces a stream with
+some invalid messages while `driftmon run` consumes it, injects a fault, and checks at the end that the
+events over every window the daemon logged plus the open window of its last checkpoint equal the valid
+messages produced, and its invalid counts the invalid ones: nothing lost, nothing counted twice. Poison
+records (tombstones, deep nesting, ...) are the decoder's tests; here invalid records are ordinary ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from monitor.synth import car_loan
+from tests import brokers
+from tests.daemon_proc import DaemonProcess, counted
+from tests.helpers import fill_disk, mount_tmpfs
+from tests.test_daemon_integration import group_caught_up, setup_daemon
+
+pytestmark = pytest.mark.integration
+
+BAD = [b"{not json", b'{"id": "x", "car_value": "cheap"}']
+
+
+@pytest.fixture(scope="module")
+def own_broker():
+    """Apache Kafka for this module alone: its tests stop and restart it."""
+    try:
+        broker = brokers.KafkaBroker()
+    except brokers.BrokerToolMissing as exc:
+        if not os.environ.get("CI") and os.environ.get("DRIFTMON_ALLOW_SKIP") == "1":
+            pytest.skip(str(exc))
+        pytest.fail(f"{exc}\n(run scripts/setup.sh to install the test tools)", pytrace=False)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def stream(n: int, seed: int) -> tuple[list[bytes], int]:
+    """``n`` valid messages with an invalid one before every 500th; returns (messages, invalid count)."""
+    messages = car_loan(seed=seed).messages(n)
+    for i in range(0, n, 500):
+        messages.insert(i, BAD[(i // 500) % 2])
+    return messages, len(range(0, n, 500))
+
+
+class Producer(threading.Thread):
+    """Produce at a steady rate, riding out a broker outage (idempotent, long delivery timeout)."""
+
+    def __init__(self, bootstrap: str, topic: str, messages: list[bytes], rate: float):
+        super().__init__(daemon=True)
+        self.bootstrap, self.topic, self.messages, self.rate = bootstrap, topic, messages, rate
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        producer = KafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=10, acks="all",
+                                 delivery_timeout_ms=300_000, max_block_ms=300_000)
+        started = time.monotonic()
+        for i, m in enumerate(self.messages):
+            producer.send(self.topic, value=m).add_errback(lambda exc: self.errors.append(repr(exc)))
+            if i % 100 == 0:
+                time.sleep(max(0.0, i / self.rate - (time.monotonic() - started)))
+        producer.flush(timeout=300)
+        producer.close(timeout=30)
+
+
+def state_dir(daemon: DaemonProcess) -> str:
+    return os.path.join(os.path.dirname(daemon.config_path), "state")
+
+
+def assert_exact(daemon: DaemonProcess, valid: int, invalid: int) -> None:
+    events, rejected = counted(state_dir(daemon))
+    assert (events, rejected) == (valid, invalid), f"counted {events} valid / {rejected} invalid"
+
+
+def test_harness_restarts_kafka_on_the_same_data(own_broker):
+    """halt() + restart(): same address, the topic, its records and the group's committed offsets survive."""
+    topic = own_broker.create_topic(f"restart-{time.monotonic_ns()}", partitions=1)
+    producer = KafkaProducer(bootstrap_servers=own_broker.bootstrap, acks="all")
+    for i in range(100):
+        producer.send(topic, value=str(i).encode())
+    producer.flush()
+    producer.close()
+    tp = TopicPartition(topic, 0)
+    consumer = KafkaConsumer(bootstrap_servers=own_broker.bootstrap, group_id=f"g-{topic}", enable_auto_commit=False)
+    consumer.commit({tp: OffsetAndMetadata(60, "", -1)})
+    consumer.close()
+    bootstrap = own_broker.bootstrap
+    own_broker.halt()
+    assert not own_broker._port_open()
+    own_broker.restart()
+    assert own_broker.bootstrap == bootstrap
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=f"g-{topic}", enable_auto_commit=False,
+                             auto_offset_reset="earliest", consumer_timeout_ms=10_000)
+    assert consumer.committed(tp) == 60
+    consumer.assign([tp])
+    consumer.seek(tp, 0)
+    values = [r.value for r in consumer][:100]
+    consumer.close()
+    assert values == [str(i).encode() for i in range(100)]
+
+
+def test_broker_stopped_for_60_s_and_restarted_mid_stream(tmp_path, own_broker):
+    """The broker goes away for a minute under a steady stream: driftmon stays alive and healthy,
+    /status keeps answering promptly, and after the restart every message is counted exactly once."""
+    topic, path, config, daemon = setup_daemon(tmp_path, own_broker, partitions=2)
+    messages, invalid = stream(24_000, seed=91)
+    valid = len(messages) - invalid
+    producer = Producer(own_broker.bootstrap, topic, messages, rate=600.0)
+    try:
+        daemon.start()
+        daemon.wait(lambda: daemon.get("/readyz") == b"ready: baseline loaded and consuming\n", 60, "assignment")
+        producer.start()
+        daemon.wait(lambda: daemon.status()["messages_consumed"] >= 6000, 60, "6000 consumed")
+        own_broker.halt()
+        down_until = time.monotonic() + 60
+        slowest = 0.0
+        while time.monotonic() < down_until:  # health during the outage
+            assert daemon.proc.poll() is None, daemon.log()
+            assert daemon.get("/healthz") is not None
+            started = time.monotonic()
+            status = daemon.status()
+            slowest = max(slowest, time.monotonic() - started)
+            assert status is not None and status["model"] == "car-loan"
+            time.sleep(1.0)
+        assert slowest < 5.0, f"/status took {slowest:.1f} s during the outage"
+        own_broker.restart()
+        producer.join(timeout=300)
+        assert not producer.errors, producer.errors[:3]
+        daemon.wait(lambda: group_caught_up(own_broker.bootstrap, config.kafka.group_id, topic, 2), 180,
+                    "every message processed and committed after the restart")
+        daemon.wait(lambda: daemon.get("/readyz") == b"ready: baseline loaded and consuming\n", 60, "ready again")
+        assert daemon.terminate(timeout=30)[0] == 0
+    finally:
+        daemon.close()
+    assert_exact(daemon, valid, invalid)
+
+
+def test_kill_9_five_times_in_a_row_mid_stream(tmp_path, own_broker):
+    """kill -9 five times while the stream flows, each restart resuming from its checkpoint."""
+    topic, path, config, daemon = setup_daemon(tmp_path, own_broker, partitions=2)
+    messages, invalid = stream(60_000, seed=92)
+    valid = len(messages) - invalid
+    producer = Producer(own_broker.bootstrap, topic, messages, rate=800.0)  # 75 s: the kills come mid-stream
+    runs = [daemon]
+    try:
+        daemon.start()
+        producer.start()
+        current = daemon
+        for kill in range(5):
+            consumed = current.wait(lambda c=current: (n := c.status()["messages_consumed"]) > 200 and n, 90,
+                                    "progress before the kill")
+            time.sleep(0.05 * kill)  # at different points inside windows and between checkpoints
+            current.kill9()
+            current = DaemonProcess(path, daemon.port, str(tmp_path / f"daemon-{kill + 2}.log")).start()
+            runs.append(current)
+            assert consumed > 0
+        assert producer.is_alive(), "the stream ended before the fifth kill: not mid-stream"
+        producer.join(timeout=300)
+        assert not producer.errors, producer.errors[:3]
+        current.wait(lambda: group_caught_up(own_broker.bootstrap, config.kafka.group_id, topic, 2), 180,
+                     "every message processed and committed")
+        assert "restored checkpoint" in current.log()
+        assert current.terminate(timeout=30)[0] == 0
+    finally:
+        for d in runs:
+            d.close()
+    assert_exact(daemon, valid, invalid)
+
+
+def test_disk_full_then_freed_loses_nothing(tmp_path, own_broker):
+    """The state directory is a small tmpfs, filled mid-stream: driftmon keeps serving, counts the failed
+    writes, commits nothing past its last durable checkpoint and pauses once a window waits; freed, it
+    resumes by itself, and every message is counted exactly once."""
+    unmount = mount_tmpfs(tmp_path / "state", "2m")
+    try:
+        topic, path, config, daemon = setup_daemon(tmp_path, own_broker, partitions=1)
+        messages, invalid = stream(12_000, seed=93)
+        valid = len(messages) - invalid
+        checkpoint = os.path.join(config.state.dir, "checkpoint.json")
+        key = lambda name, **labels: (name, tuple(sorted({"model": "car-loan", **labels}.items())))  # noqa: E731
+        try:
+            daemon.start()
+            Producer(own_broker.bootstrap, topic, messages[:4000], rate=5000.0).run()
+            daemon.wait(lambda: daemon.status()["messages_consumed"] == 4000, 60, "4000 consumed")
+            daemon.wait(lambda: daemon.status()["state"]["checkpoint"]["last_success"], 30, "a checkpoint")
+            filler = fill_disk(config.state.dir)
+            producer = Producer(own_broker.bootstrap, topic, messages[4000:], rate=2000.0)
+            producer.start()
+            status = daemon.wait(lambda: (s := daemon.status())["state"]["consumption_paused"] and s, 90,
+                                 "consumption paused: a window waits for the disk")
+            state = status["state"]
+            assert state["checkpoint"]["failing"] and "No space left" in state["checkpoint"]["last_error"]
+            assert state["windows_pending"] >= 1
+            metrics = daemon.metrics()
+            assert metrics[key("driftmon_state_write_failures_total", target="checkpoint")] >= 1
+            assert metrics[key("driftmon_consumption_paused")] == 1
+            assert daemon.get("/healthz") is not None and daemon.proc.poll() is None
+            # nothing committed past the checkpoint on disk
+            with open(checkpoint) as fh:
+                saved = json.load(fh)["state"]["pipeline"]["positions"][f"{topic}:0"]
+            consumer = KafkaConsumer(bootstrap_servers=own_broker.bootstrap, group_id=config.kafka.group_id,
+                                     enable_auto_commit=False)
+            committed = consumer.committed(TopicPartition(topic, 0))
+            consumer.close()
+            assert committed <= saved < status["messages_consumed"]
+            time.sleep(3)  # still paused while full (a bounded state): consumption does not creep on
+            assert daemon.status()["messages_consumed"] == status["messages_consumed"]
+
+            os.remove(filler)
+            daemon.wait(lambda: not (s := daemon.status()["state"])["consumption_paused"]
+                        and not s["checkpoint"]["failing"], 60, "recovered by itself")
+            producer.join(timeout=120)
+            daemon.wait(lambda: group_caught_up(own_broker.bootstrap, config.kafka.group_id, topic, 1), 120,
+                        "every message processed and committed")
+            assert daemon.metrics()[key("driftmon_consumption_paused")] == 0
+            assert daemon.terminate(timeout=30)[0] == 0
+        finally:
+            daemon.close()
+        assert "Traceback" not in daemon.log()
+        assert_exact(daemon, valid, invalid)
+    finally:
+        unmount()
