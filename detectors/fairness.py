@@ -200,8 +200,35 @@ def _spread(rates):
     return rates[hi] - rates[lo], ratio, lo, hi
 
 
-def fairness_report(acc, min_group_size=None, alpha=0.05, parity_ratio_bound=0.8):
-    """Per-group rates, gap metrics and a parity alert.
+def _clip_rate(x, n):
+    # a rate of exactly 0 or 1 would claim a zero standard error; half a count keeps the test honest
+    return min(max(x / n, 0.5 / n), 1.0 - 0.5 / n)
+
+
+def _ratio_test(counts, lo, hi, bound, k):
+    """One-sided p-value of H0 "rate_lo >= bound * rate_hi", Bonferroni over the k (k - 1) ordered pairs."""
+    n1, n2 = counts[lo]["n"], counts[hi]["n"]
+    p1, p2 = counts[lo]["positive"] / n1, counts[hi]["positive"] / n2
+    q1, q2 = _clip_rate(counts[lo]["positive"], n1), _clip_rate(counts[hi]["positive"], n2)
+    se = np.sqrt(q1 * (1 - q1) / n1 + bound**2 * q2 * (1 - q2) / n2)
+    return min(1.0, float(ndtr((p1 - bound * p2) / se)) * k * (k - 1))
+
+
+def _gap_test(pairs, bound):
+    """One-sided p-value of H0 "max - min <= bound" for {group: (successes, trials)}, Bonferroni over ordered pairs."""
+    if len(pairs) < 2:
+        return None
+    rates = {g: x / n for g, (x, n) in pairs.items()}
+    lo, hi = min(rates, key=rates.get), max(rates, key=rates.get)
+    (x1, n1), (x2, n2) = pairs[lo], pairs[hi]
+    q1, q2 = _clip_rate(x1, n1), _clip_rate(x2, n2)
+    se = np.sqrt(q1 * (1 - q1) / n1 + q2 * (1 - q2) / n2)
+    k = len(pairs)
+    return min(1.0, float(ndtr(-((rates[hi] - rates[lo]) - bound) / se)) * k * (k - 1))
+
+
+def fairness_report(acc, min_group_size=None, alpha=0.05, parity_ratio_bound=0.8, max_equalized_odds_difference=0.1):
+    """Per-group rates, gap metrics, and alerts that test the bounds themselves.
 
     Parameters
     ----------
@@ -216,6 +243,9 @@ def fairness_report(acc, min_group_size=None, alpha=0.05, parity_ratio_bound=0.8
     parity_ratio_bound : float
         The alert bound for the demographic parity ratio (0.8 is the
         "four-fifths rule").
+    max_equalized_odds_difference : float or None
+        The alert bound for the equalized odds difference (0.1 is customary);
+        None never alerts on it.
 
     Returns
     -------
@@ -226,10 +256,13 @@ def fairness_report(acc, min_group_size=None, alpha=0.05, parity_ratio_bound=0.8
         min_group_size``; ``overall``: ``demographic_parity_difference``
         (max - min positive rate), ``demographic_parity_ratio`` (min / max),
         ``equal_opportunity_difference`` (max - min TPR),
+        ``false_positive_rate_difference`` (max - min FPR),
         ``equalized_odds_difference`` (max of the TPR and FPR differences),
-        ``min_group`` and ``max_group`` (by positive rate) and ``p_value``;
-        ``alert`` (bool); and the settings ``min_group_size``, ``alpha``,
-        ``parity_ratio_bound``.
+        ``min_group`` and ``max_group`` (by positive rate), ``p_value`` (of
+        the parity bound) and ``equalized_odds_p_value``; ``alerts``
+        (``demographic_parity``, ``equalized_odds``: bools) and ``alert``
+        (either); and the settings ``min_group_size``, ``alpha``,
+        ``parity_ratio_bound``, ``max_equalized_odds_difference``.
 
     Notes
     -----
@@ -240,20 +273,25 @@ def fairness_report(acc, min_group_size=None, alpha=0.05, parity_ratio_bound=0.8
     than two eligible groups (equalized odds needs both). ``"other"`` (pooled overflow groups) is treated
     like any group.
 
-    ``alert`` is True when the parity ratio is below ``parity_ratio_bound``
-    *and* a two-sided two-proportion z-test (pooled variance) between the
-    lowest and highest eligible group gives a p-value at most ``alpha``
-    after Bonferroni correction for the k (k - 1) / 2 pairs the extremes were
-    picked from. So an unlucky spread among many small groups does not page.
-    Groups below the minimum size never alert.
+    Both alerts test the bound itself, not "the groups differ": a group
+    whose true ratio is 0.85 dips under 0.8 in single windows and differs
+    significantly from the top group, yet is not under the bound. The parity
+    alert rejects H0 "rate_lo >= bound * rate_hi" for the lowest and highest
+    eligible groups (one-sided z-test of ``rate_lo - bound * rate_hi`` with
+    unpooled variances); the equalized odds alert rejects H0 "TPR gap <=
+    bound" or "FPR gap <= bound" for the extreme groups of each. Each
+    p-value is Bonferroni-corrected for the k (k - 1) ordered pairs the
+    extremes were picked from (and the equalized odds one for its two
+    rates), so the alert's chance, when every pair is within its bound, is
+    at most ``alpha``. Groups below the minimum size never alert.
 
     Examples
     --------
     >>> decisions = ["yes"] * 250 + ["no"] * 250 + ["yes"] * 150 + ["no"] * 350
     >>> acc = GroupAccumulator("yes").update(["a"] * 500 + ["b"] * 500, decisions)
     >>> r = fairness_report(acc)
-    >>> r["overall"]["demographic_parity_ratio"], r["alert"]
-    (0.6, True)
+    >>> r["overall"]["demographic_parity_ratio"], r["alert"], round(r["overall"]["p_value"], 6)
+    (0.6, True, 0.000237)
     """
     if not isinstance(acc, GroupAccumulator):
         raise TypeError(f"expected a GroupAccumulator, got {type(acc).__name__}")
@@ -265,8 +303,10 @@ def fairness_report(acc, min_group_size=None, alpha=0.05, parity_ratio_bound=0.8
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
     if not 0 < parity_ratio_bound <= 1:
         raise ValueError(f"parity_ratio_bound must be in (0, 1], got {parity_ratio_bound!r}")
+    if max_equalized_odds_difference is not None and not 0 <= max_equalized_odds_difference < 1:
+        raise ValueError(f"max_equalized_odds_difference must be in [0, 1), got {max_equalized_odds_difference!r}")
     counts = acc.counts()
-    groups, positive_rates, tprs, fprs = {}, {}, {}, {}
+    groups, positive_rates, tprs, fprs, tpr_counts, fpr_counts = {}, {}, {}, {}, {}, {}
     for name, c in counts.items():
         actual_pos, actual_neg = c["tp"] + c["fn"], c["fp"] + c["tn"]
         row = {
@@ -283,21 +323,24 @@ def fairness_report(acc, min_group_size=None, alpha=0.05, parity_ratio_bound=0.8
             positive_rates[name] = row["positive_rate"]
         if actual_pos >= min_group_size:
             tprs[name] = row["tpr"]
+            tpr_counts[name] = (c["tp"], actual_pos)
         if actual_neg >= min_group_size:
             fprs[name] = row["fpr"]
+            fpr_counts[name] = (c["fp"], actual_neg)
     dp_diff, dp_ratio, lo, hi = _spread(positive_rates)
     eo_diff = _spread(tprs)[0]
     fpr_diff = _spread(fprs)[0]
     p_value = None
     if lo is not None:
-        n1, n2 = counts[lo]["n"], counts[hi]["n"]
-        x1, x2 = counts[lo]["positive"], counts[hi]["positive"]
-        pooled = (x1 + x2) / (n1 + n2)
-        se = np.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-        k = len(positive_rates)
-        raw = 1.0 if se == 0 else float(2 * ndtr(-abs(x2 / n2 - x1 / n1) / se))
-        p_value = min(1.0, raw * k * (k - 1) / 2)
-    alert = bool(dp_ratio is not None and dp_ratio < parity_ratio_bound and p_value is not None and p_value <= alpha)
+        p_value = _ratio_test(counts, lo, hi, parity_ratio_bound, len(positive_rates))
+    eo_p_value = None
+    if max_equalized_odds_difference is not None:
+        tests = [t for t in (_gap_test(tpr_counts, max_equalized_odds_difference),
+                             _gap_test(fpr_counts, max_equalized_odds_difference)) if t is not None]
+        if tests:
+            eo_p_value = min(1.0, min(tests) * len(tests))
+    alerts = {"demographic_parity": bool(p_value is not None and p_value <= alpha),
+              "equalized_odds": bool(eo_p_value is not None and eo_p_value <= alpha)}
     return {
         "groups": groups,
         "insufficient": [name for name, row in groups.items() if not row["sufficient"]],
@@ -305,14 +348,19 @@ def fairness_report(acc, min_group_size=None, alpha=0.05, parity_ratio_bound=0.8
             "demographic_parity_difference": dp_diff,
             "demographic_parity_ratio": dp_ratio,
             "equal_opportunity_difference": eo_diff,
+            "false_positive_rate_difference": fpr_diff,
             "equalized_odds_difference": None if eo_diff is None or fpr_diff is None else max(eo_diff, fpr_diff),
             "min_group": lo,
             "max_group": hi,
             "p_value": p_value,
+            "equalized_odds_p_value": eo_p_value,
         },
-        "alert": alert,
+        "alerts": alerts,
+        "alert": any(alerts.values()),
         "min_group_size": int(min_group_size),
         "alpha": float(alpha),
         "parity_ratio_bound": float(parity_ratio_bound),
+        "max_equalized_odds_difference": None if max_equalized_odds_difference is None
+        else float(max_equalized_odds_difference),
         "missing": acc.missing,
     }

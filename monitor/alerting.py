@@ -143,6 +143,10 @@ def performance_evidence(result: dict) -> dict[tuple, Evidence]:
             "demographic_parity_difference": overall.get("demographic_parity_difference"),
             "equal_opportunity_difference": overall.get("equal_opportunity_difference"),
             "equalized_odds_difference": overall.get("equalized_odds_difference"),
+            "false_positive_rate_difference": overall.get("false_positive_rate_difference"),
+            "max_equalized_odds_difference": report.get("max_equalized_odds_difference"),
+            "p_value": overall.get("p_value"), "equalized_odds_p_value": overall.get("equalized_odds_p_value"),
+            "alerts": report.get("alerts", {"demographic_parity": bool(report["alert"])}),
             "min_group": overall.get("min_group"), "max_group": overall.get("max_group"),
             "groups": {g: {k: v[k] for k in ("n", "positive_rate", "tpr", "fpr", "accuracy")}
                        for g, v in report["groups"].items()},
@@ -484,10 +488,17 @@ class AlertEngine:
                 else f"{model}: {subject} is back within its margin; resolved")
         elif kind == "fairness":
             payload["fairness"] = details
-            payload["summary"] = (
-                f"{model}: {subject}: demographic parity ratio {details.get('demographic_parity_ratio'):.3g} < "
-                f"{details.get('bound')} ({details.get('min_group')} vs {details.get('max_group')})" + intermittent
-                if status == "firing" else f"{model}: fairness across {subject} is back within bounds; resolved")
+            harms = []
+            if (details.get("alerts") or {}).get("demographic_parity"):
+                harms.append(f"demographic parity ratio {details.get('demographic_parity_ratio'):.3g} < "
+                             f"{details.get('bound')} ({details.get('min_group')} vs {details.get('max_group')})")
+            if (details.get("alerts") or {}).get("equalized_odds"):
+                gaps = [f"{what} gap {gap:.3g}" for what, gap in (
+                    ("TPR", details.get("equal_opportunity_difference")),
+                    ("FPR", details.get("false_positive_rate_difference"))) if gap is not None]
+                harms.append(f"equalized odds: {', '.join(gaps)} (bound {details.get('max_equalized_odds_difference')})")
+            payload["summary"] = (f"{model}: {subject}: {'; '.join(harms) or 'fairness bound crossed'}" + intermittent
+                                  if status == "firing" else f"{model}: fairness across {subject} is back within bounds; resolved")
         elif kind == "multivariate_drift":
             payload["multivariate"] = details
             what = "ROC AUC" if subject == "domain_classifier" else "error shift"

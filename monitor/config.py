@@ -530,6 +530,8 @@ class FairnessConfig(_Node):
     attributes: list[Segment]
     favourable: str = "1"  # the prediction value that benefits the subject (e.g. the loan is approved)
     parity_ratio_bound: float = 0.8  # the four-fifths rule
+    # alert when a TPR or FPR gap between groups is shown to exceed this (0.1 is customary); null: never
+    max_equalized_odds_difference: float | None = 0.1
     min_group_size: int | None = None  # default 385: a rate's 95% interval is at most +-0.05 wide
     alpha: float = 0.05
 
@@ -538,6 +540,8 @@ class FairnessConfig(_Node):
             raise ValueError("`attributes` must list at least one attribute")
         if not 0 < self.parity_ratio_bound <= 1:
             raise ValueError("`parity_ratio_bound` must be in (0, 1]")
+        if self.max_equalized_odds_difference is not None and not 0 <= self.max_equalized_odds_difference < 1:
+            raise ValueError("`max_equalized_odds_difference` must be in [0, 1)")
 
 
 class Config(_Node):
@@ -567,11 +571,12 @@ class Config(_Node):
                 raise ValueError("`schema.id` is required to join labels from `kafka.labels_topic`")
         if self.fairness is not None and self.schema.prediction is None:
             raise ValueError("`fairness` needs `schema.prediction`")
-        names = [s.name for s in self.segments] + [a.name for a in (self.fairness.attributes if self.fairness else [])]
-        taken = {spec.name for _role, spec in self.schema.columns()}
-        clash = [n for n in names if n in taken]
+        extras = list(self.segments) + list(self.fairness.attributes if self.fairness else [])
+        taken = {spec.name: spec.source for _role, spec in self.schema.columns()}
+        # the same field may be a feature, a segment and a fairness attribute; a name may not mean two fields
+        clash = [e.name for e in extras if e.name in taken and taken[e.name] != e.source]
         if clash:
-            raise ValueError(f"segment/fairness names must differ from monitored columns: {clash}")
+            raise ValueError(f"segment/fairness names that are monitored columns must read the same field: {clash}")
         if self.multivariate is not None:
             tabular = [f.name for f in self.schema.features if f.type != "embedding"]
             unknown = [n for n in self.multivariate.features or [] if n not in tabular]

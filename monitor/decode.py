@@ -177,11 +177,18 @@ class Decoder:
         self.categorical: list[str] = []
         self.embedding: dict[str, int] = {}  # embedding feature -> dimension
         tree, required = _Tree(), set()
+        self.aliases: dict[str, str] = {}  # extra field -> the monitored column that reads the same path
+        sources: dict[str, str] = {}
         for spec in schema.embeddings():
             self.embedding[spec.name] = spec.dimension
             vector = Annotated[list[float], msgspec.Meta(min_length=spec.dimension, max_length=spec.dimension)]
             tree.add(spec.source.split("."), spec.name, vector | None)
-        for _role, spec in (schema.columns() if columns is None else columns) + [("extra", e) for e in extra]:
+        for role, spec in (schema.columns() if columns is None else columns) + [("extra", e) for e in extra]:
+            if role == "extra" and spec.source in sources:
+                # a segment or fairness attribute may be a monitored feature too (sex, often): read it once
+                self.aliases[spec.name] = sources[spec.source]
+                continue
+            sources.setdefault(spec.source, spec.name)
             if getattr(spec, "type", "categorical") == "numeric":
                 self.numeric.append(spec.name)
                 tree.add(spec.source.split("."), spec.name, _NUMERIC)
@@ -290,6 +297,10 @@ class Decoder:
             columns[name] = raw_columns[name]
         for name, dimension in self.embedding.items():
             columns[name] = _vectors(raw_columns[name], dimension)
+        for name, target in self.aliases.items():
+            if name != target:
+                value = columns[target]
+                columns[name] = value.tolist() if isinstance(value, np.ndarray) else value
         return Batch(len(msgs), columns, ids, timestamps, valid, invalid, rejected)
 
     @staticmethod

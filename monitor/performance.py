@@ -132,7 +132,8 @@ class PerformanceTracker:
     def _new_window(self) -> None:
         self.acc = _accumulator(self.task, self.positive)
         self.by_segment = {field: {} for field in self.segment_values}
-        self.groups = {a: GroupAccumulator(self.config.fairness.favourable) for a in self.attributes}
+        self.groups = {a.name: GroupAccumulator(self.config.fairness.favourable, max_groups=a.max_values)
+                       for a in (self.config.fairness.attributes if self.config.fairness else [])}
         profile = self.baseline.profiles.get(self.label_name)
         if isinstance(profile, CategoricalProfile):
             self.label_acc = CategoryCounter(profile.categories, profile.other_categories)
@@ -303,7 +304,8 @@ class PerformanceTracker:
         for attr, acc in self.groups.items():
             result["fairness"][attr] = fairness_report(
                 acc, min_group_size=fairness.min_group_size, alpha=fairness.alpha,
-                parity_ratio_bound=fairness.parity_ratio_bound)
+                parity_ratio_bound=fairness.parity_ratio_bound,
+                max_equalized_odds_difference=fairness.max_equalized_odds_difference)
         if self.errors is not None:
             result["error_rate"] = {"estimate": self.errors.estimate, "detections": self.errors.detections,
                                     "drift_detected": bool(self.errors.drift_detected)}
@@ -344,7 +346,9 @@ class PerformanceTracker:
                 self.by_segment.setdefault(field, {})[value] = _accumulator(self.task, self.positive)
                 self.by_segment[field][value].load_state_dict(s)
         for attr, s in state["groups"].items():
-            self.groups[attr].load_state_dict(s)
+            # the window the checkpoint holds keeps the group cap it was counted with
+            self.groups[attr] = GroupAccumulator(self.config.fairness.favourable,
+                                                 max_groups=int(s["max_groups"])).load_state_dict(s)
         if self.label_acc is not None and state["label_acc"] is not None:
             self.label_acc.load_state_dict(state["label_acc"])
         if self.errors is not None and state["errors"] is not None:

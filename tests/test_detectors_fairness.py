@@ -19,6 +19,13 @@ def two_proportion_p(x1, n1, x2, n2):
     return math.erfc(abs(z) / math.sqrt(2))
 
 
+def ratio_p(x1, n1, x2, n2, bound=0.8, k=2):
+    """One-sided test of H0 "x1/n1 >= bound * x2/n2" (unpooled), Bonferroni over k (k - 1), written out."""
+    p1, p2 = x1 / n1, x2 / n2
+    z = (p1 - bound * p2) / math.sqrt(p1 * (1 - p1) / n1 + bound**2 * p2 * (1 - p2) / n2)
+    return min(1.0, 0.5 * math.erfc(-z / math.sqrt(2)) * k * (k - 1))
+
+
 def hand_table():
     # group a: pred y y n n, true y n y n -> TP1 FP1 FN1 TN1
     # group b: pred y n n n n, true y y n n n -> TP1 FN1 TN3
@@ -47,9 +54,15 @@ def test_report_metrics_by_hand():
     assert o["equal_opportunity_difference"] == 0.0
     assert o["equalized_odds_difference"] == pytest.approx(0.5)  # max(TPR gap 0, FPR gap 0.5)
     assert (o["min_group"], o["max_group"]) == ("b", "a")
-    # k = 2 groups -> 1 pair, no Bonferroni inflation
-    assert o["p_value"] == pytest.approx(two_proportion_p(1, 5, 2, 4))
+    # k = 2 groups -> 2 ordered pairs
+    assert o["p_value"] == pytest.approx(ratio_p(1, 5, 2, 4))
     assert r["alert"] is False  # ratio 0.4 < 0.8, but 9 rows are no evidence
+    assert r["alerts"] == {"demographic_parity": False, "equalized_odds": False}
+    # FPR gap 0.5 against the 0.1 bound: b's FPR of 0/3 counts as half a count in the standard error
+    q1, q2 = 0.5 / 3, 0.5
+    z = (0.5 - 0.1) / math.sqrt(q1 * (1 - q1) / 3 + q2 * (1 - q2) / 2)
+    fpr_p = 0.5 * math.erfc(z / math.sqrt(2)) * 2
+    assert o["equalized_odds_p_value"] == pytest.approx(min(1.0, 2 * fpr_p))
     assert r["insufficient"] == []
     json.dumps(r, allow_nan=False)
 
@@ -105,16 +118,61 @@ def test_tiny_group_is_insufficient_and_never_alerts():
     assert r["overall"]["demographic_parity_ratio"] > 0.9
 
 
-def test_significance_check_stops_noise_sized_gaps():
-    # 40/400 = 0.10 vs 28/400 = 0.07: ratio 0.7 < 0.8, but z = 1.52, p = 0.13
+def test_the_alert_needs_the_ratio_shown_under_the_bound():
+    # 40/400 = 0.10 vs 28/400 = 0.07: ratio 0.7 < 0.8, but not shown to be under 0.8
     acc = GroupAccumulator(1).update(["x"] * 400 + ["y"] * 400, [1] * 40 + [0] * 360 + [1] * 28 + [0] * 372)
     r = fairness_report(acc, min_group_size=385)
     assert r["overall"]["demographic_parity_ratio"] == pytest.approx(0.7)
-    assert r["overall"]["p_value"] == pytest.approx(two_proportion_p(28, 400, 40, 400))
+    assert r["overall"]["p_value"] == pytest.approx(ratio_p(28, 400, 40, 400))
     assert r["overall"]["p_value"] > 0.1 and r["alert"] is False
-    # same rates on 10x the rows: significant, alerts
-    big = GroupAccumulator(1).update(["x"] * 4000 + ["y"] * 4000, [1] * 400 + [0] * 3600 + [1] * 280 + [0] * 3720)
-    assert fairness_report(big)["alert"] is True
+    # 10x the rows: the groups differ significantly (two-proportion p 1e-6), the bound is not yet crossed
+    def rows(k):
+        return GroupAccumulator(1).update(["x"] * 400 * k + ["y"] * 400 * k,
+                                          [1] * 40 * k + [0] * 360 * k + [1] * 28 * k + [0] * 372 * k)
+    assert two_proportion_p(280, 4000, 400, 4000) < 1e-5
+    assert fairness_report(rows(10))["alert"] is False
+    assert fairness_report(rows(100))["alerts"]["demographic_parity"] is True
+
+
+@pytest.mark.parametrize("true_ratio, most", [(0.85, 0.01), (0.8, 0.05)])
+def test_a_ratio_at_or_over_the_bound_rarely_alerts(true_ratio, most):
+    """The harm the old rule had: a true ratio of 0.85 dips under 0.8 in single windows and pages."""
+    rng = np.random.default_rng(12)
+    n, windows = 1500, 2000
+    top = rng.binomial(n, 0.4, windows)
+    low = rng.binomial(n, 0.4 * true_ratio, windows)
+    alerts, dips = 0, 0
+    for x_low, x_top in zip(low, top):
+        acc = GroupAccumulator(1).update(["a"] * n + ["b"] * n, [1] * x_top + [0] * (n - x_top) + [1] * x_low
+                                         + [0] * (n - x_low))
+        r = fairness_report(acc)
+        alerts += r["alerts"]["demographic_parity"]
+        dips += r["overall"]["demographic_parity_ratio"] < 0.8
+    assert alerts / windows <= most
+    if true_ratio == 0.85:
+        assert dips / windows > 0.05  # the point estimate is under the bound in many windows
+
+
+def test_equalized_odds_alerts_on_a_tpr_gap_past_the_bound():
+    rng = np.random.default_rng(13)
+    n = 6000
+    groups = np.repeat(["a", "b"], n)
+    y_true = np.where(rng.random(2 * n) < 0.5, "y", "n")
+    tpr = np.repeat([0.8, 0.55], n)  # b's qualified applicants are approved far less often: gap 0.25
+    y_pred = np.where(y_true == "y", np.where(rng.random(2 * n) < tpr, "y", "n"),
+                      np.where(rng.random(2 * n) < 0.2, "y", "n"))
+    r = fairness_report(GroupAccumulator("y").update(groups, y_pred, y_true))
+    assert r["overall"]["equalized_odds_difference"] == pytest.approx(0.25, abs=0.04)
+    assert r["alerts"] == {"demographic_parity": r["alerts"]["demographic_parity"], "equalized_odds": True}
+    assert r["overall"]["equalized_odds_p_value"] < 1e-6
+    # a gap of 0.05 stays quiet; and no bound, no alert
+    tpr = np.repeat([0.8, 0.75], n)
+    y_pred = np.where(y_true == "y", np.where(rng.random(2 * n) < tpr, "y", "n"),
+                      np.where(rng.random(2 * n) < 0.2, "y", "n"))
+    quiet = fairness_report(GroupAccumulator("y").update(groups, y_pred, y_true))
+    assert quiet["alerts"]["equalized_odds"] is False and quiet["overall"]["equalized_odds_p_value"] > 0.5
+    off = fairness_report(GroupAccumulator("y").update(groups, y_pred, y_true), max_equalized_odds_difference=None)
+    assert off["overall"]["equalized_odds_p_value"] is None
 
 
 def test_bonferroni_over_pairs():
@@ -122,7 +180,7 @@ def test_bonferroni_over_pairs():
     for name, pos in (("a", 200), ("b", 180), ("c", 170)):
         acc.update([name] * 400, ["y"] * pos + ["n"] * (400 - pos))
     r = fairness_report(acc)
-    assert r["overall"]["p_value"] == pytest.approx(min(1.0, 3 * two_proportion_p(170, 400, 200, 400)))
+    assert r["overall"]["p_value"] == pytest.approx(ratio_p(170, 400, 200, 400, k=3))
 
 
 def test_tpr_fpr_eligibility_uses_their_own_denominators():

@@ -169,3 +169,32 @@ def test_baseline_cli_with_a_validation_set(tmp_path):
     perf = json.loads((tmp_path / "baseline.json").read_text())["extras"]["performance"]
     cols = labelled(3000, seed=3)
     assert perf["metrics"]["accuracy"] == pytest.approx(np.mean(np.array(cols["y"]) == np.array(cols["y_pred"])))
+
+
+def test_a_fairness_attribute_and_segment_may_be_a_monitored_feature_too(tmp_path):
+    """`group` is a feature, a segment and a fairness attribute; its cap (max_values) is honoured."""
+    tree = labelled_config(segments=[{"name": "group"}],
+                           fairness={"attributes": [{"name": "group", "max_values": 1}], "favourable": "1",
+                                     "min_group_size": 100})
+    tree["schema"]["features"].append({"name": "group", "type": "categorical"})
+    pq.write_table(pa.table(labelled(20_000, seed=1)), tmp_path / "train.parquet")
+    (tmp_path / "driftmon.yaml").write_text(yaml.safe_dump(tree))
+    config = load_config(tmp_path / "driftmon.yaml")
+    build_baseline(config, str(tmp_path / "train.parquet")).save(config.baseline)
+    pipeline = Pipeline(config, Baseline.load(config.baseline))
+    assert pipeline.decoder.aliases == {"group": "group"}  # same name and field: read once, serves all three
+    drift, perf = feed(pipeline, messages(labelled(10_000, seed=3)))
+    assert "group" in drift[0]["features"] and set(drift[0]["segments"]["group"]) == {"A", "B"}
+    groups = perf[0]["fairness"]["group"]["groups"]
+    assert set(groups) == {"A", "other"}  # max_values 1: the first group by name, the rest pooled
+    assert groups["A"]["n"] + groups["other"]["n"] == 5000
+
+    renamed = labelled_config(segments=[{"name": "cohort", "path": "group"}],
+                              fairness={"attributes": [{"name": "sex", "path": "group"}], "favourable": "1"})
+    renamed["schema"]["features"].append({"name": "group", "type": "categorical"})
+    (tmp_path / "renamed.yaml").write_text(yaml.safe_dump({**renamed, "baseline": "baseline.json"}))
+    config = load_config(tmp_path / "renamed.yaml")
+    decoder = Pipeline(config, Baseline.load(config.baseline)).decoder
+    assert decoder.aliases == {"cohort": "group", "sex": "group"}
+    batch = decoder.decode(messages(labelled(10, seed=4)))
+    assert list(batch.columns["sex"]) == list(batch.columns["cohort"]) == list(batch.columns["group"])
