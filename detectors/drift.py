@@ -26,15 +26,11 @@ import numpy as np
 
 from .accumulate import CategoryCounter, NumericHistogram
 from .profile import CategoricalProfile, NumericProfile
-from .stats import (chi2_homogeneity, holm, js_distance, ks_binned, material_divergence, material_ks,
+from .stats import (EFFECT_METHODS, chi2_homogeneity, holm, js_distance, ks_binned, material_divergence, material_ks,
                     material_wasserstein, psi, wasserstein_binned)
 
 __all__ = ["FeaturePolicy", "compare_categorical", "compare_numeric", "decide"]
 
-EFFECT_METHODS = {
-    "numeric": ("wasserstein", "ks", "psi", "jensen_shannon"),
-    "categorical": ("jensen_shannon", "psi"),
-}
 TEST_METHODS = {"numeric": ("ks", "chi2"), "categorical": ("chi2",)}
 
 # Each default is about as sensitive as a 0.1-0.125 standard-deviation mean

@@ -13,7 +13,7 @@ import numbers
 import numpy as np
 from scipy.special import ndtr, ndtri
 
-from .performance import _labels
+from ._common import _labels
 
 __all__ = ["DEFAULT_MIN_GROUP_SIZE", "GroupAccumulator", "fairness_report"]
 

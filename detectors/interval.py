@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .stats import js_distance, ks_binned, psi, wasserstein_binned
+from .stats import EFFECT_METHODS, js_distance, ks_binned, psi, wasserstein_binned
 
 __all__ = ["effect_interval"]
 
-EFFECTS = ("wasserstein", "ks", "psi", "jensen_shannon")
+EFFECTS = EFFECT_METHODS["numeric"]
 
 
 def _effect(method, p, q, edges, lo, hi, std, p_sums, q_sums):

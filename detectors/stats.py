@@ -13,6 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import chdtrc, chndtr, kolmogorov, ndtr, rel_entr
 
+#: The effect sizes a drift decision can test, by feature type: the one definition (the config's
+#: ``effect_method``, :class:`detectors.FeaturePolicy` and the effect intervals read it).
+EFFECT_METHODS = {
+    "numeric": ("wasserstein", "ks", "psi", "jensen_shannon"),
+    "categorical": ("jensen_shannon", "psi"),
+}
+
 __all__ = [
     "MaterialTest",
     "chi2_homogeneity",

@@ -19,9 +19,10 @@ import hashlib
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime
 
-from monitor.config import Config, parse_duration
+from monitor.config import ALERT_KINDS, Config
+from monitor.values import iso
 
 __all__ = ["AlertEngine", "Evidence", "collect_evidence", "performance_evidence", "window_end_seconds"]
 
@@ -159,12 +160,6 @@ def performance_evidence(result: dict) -> dict[tuple, Evidence]:
     return out
 
 
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def window_end_seconds(result: dict) -> float:
     """The window's end as Unix time (now, when the window has no event times)."""
     end = result["window"].get("end")
@@ -225,8 +220,6 @@ _RUNBOOK_ANCHOR = {
     "fairness": "fairness",
     "multivariate_drift": "multivariate-drift",
 }
-ALERT_KINDS = ("feature_drift", "prediction_drift", "label_drift", "data_quality", "retrain_recommended",
-               "performance_drop", "fairness", "multivariate_drift")
 
 
 class AlertEngine:
@@ -252,7 +245,7 @@ class AlertEngine:
         self.clock = clock
         self.alerts = config.alerts
         self.config_hash = config.hash()
-        self.repeat_seconds = parse_duration(self.alerts.repeat_interval)
+        self.repeat_seconds = self.alerts.repeat_interval_seconds
         self.weights = {f.name: f.weight for f in config.schema.features}
         self.key_features = {f.name for f in config.schema.features if f.key}
         self._reset()
@@ -336,7 +329,7 @@ class AlertEngine:
                 # A flapping subject fires on its next bad window: one "intermittent drift" page.
                 if st.bad >= fire_after or st.flapping:
                     st.firing, st.severity, st.starts_at = True, severity, self._wall(now)
-                    st.episode, st.seq = _iso(now), 0
+                    st.episode, st.seq = iso(now), 0
                     return [self._notify(kind, subject, st, "firing", now)]
                 return []
             # Severity only rises within an episode: Alertmanager's identity includes it, and the sink
@@ -449,8 +442,8 @@ class AlertEngine:
             "severity": st.severity,
             "dedup_key": key,
             "notification_id": f"{key}#{st.episode}.{st.seq}",
-            "starts_at": _iso(st.starts_at),
-            "ends_at": _iso(ends_at),
+            "starts_at": iso(st.starts_at),
+            "ends_at": iso(ends_at),
             "flapping": st.flapping,
             "runbook_url": f"{self.alerts.runbook_url}#{self._anchor(kind, subject)}",
             "window": window,

@@ -12,6 +12,9 @@ import numpy as np
 
 from detectors import CategoricalProfile, NumericProfile
 from monitor.config import Column, Config, ConfigError
+from monitor.multivariate import check_artefacts, fit_artefacts, vectors_of
+from monitor.performance import baseline_performance
+from monitor.values import category_name, segment_value
 
 __all__ = ["Baseline", "BaselineError", "build_baseline", "category_name", "read_table", "segment_value"]
 
@@ -195,8 +198,6 @@ class Baseline:
             if segment.name not in self.extras.get("segments", {}):
                 raise ConfigError("segments", f"{segment.name!r} is not in the baseline; rebuild it")
         if config.multivariate is not None or config.schema.embeddings():
-            from monitor.multivariate import check_artefacts
-
             check_artefacts(config, self.extras, config.baseline)
         if config.schema.label is not None and config.schema.prediction is not None \
                 and "performance" not in self.extras:
@@ -268,8 +269,6 @@ def build_baseline(config: Config, data_path: str, seed: int = 0, validation_pat
             top = sorted(counts, key=lambda v: (-counts[v], v))[:segment.max_values]
             extras["segments"][segment.name] = sorted(top)
     if config.multivariate is not None or config.schema.embeddings():
-        from monitor.multivariate import fit_artefacts, vectors_of
-
         try:
             extras.update(fit_artefacts(config, lambda spec: _column(table, spec),
                                         lambda spec: vectors_of(_arrow_column(table, spec)), seed=seed))
@@ -286,23 +285,7 @@ def build_baseline(config: Config, data_path: str, seed: int = 0, validation_pat
             if validation_path:
                 raise
             raise BaselineError(f"{exc}: give labelled data with --validation for the baseline performance") from None
-        from monitor.performance import baseline_performance
-
         extras["performance"] = baseline_performance(config, label, prediction, score, config.labels.positive)
         extras["performance"]["source"] = os.path.basename(validation_path or data_path)
     return Baseline(profiles, roles, meta, extras)
 
-
-def category_name(value) -> str | None:
-    """A category as text (None for missing); integral floats as ints, so 1.0 and 1 are one category."""
-    if value is None or (isinstance(value, float) and value != value):
-        return None
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def segment_value(value, known) -> str:
-    """The segment a value belongs to: its category name when the baseline knows it, else "other"."""
-    name = category_name(value)
-    return name if name in known else "other"

@@ -15,12 +15,15 @@ from typing import Literal
 import msgspec
 import yaml
 
+from detectors.stats import EFFECT_METHODS
+
 __all__ = [
     "Config",
     "ConfigError",
     "load_config",
     "parse_config",
     "parse_duration",
+    "read_secret",
 ]
 
 
@@ -52,15 +55,28 @@ def parse_duration(text: str | int | float) -> float:
     return seconds
 
 
-class _Node(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
-    pass
+class _Node(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True, dict=True):
+    """A config section. ``dict=True`` lets a section keep values derived at load time (the seconds
+    of its durations) next to its fields; they are not fields, so they are neither read from YAML
+    nor part of :meth:`Config.hash`."""
 
 
-def _check_duration(value, what: str) -> None:
+def _check_duration(value, what: str) -> float:
+    """The seconds of a configured duration; a ValueError naming the key when it is not one."""
     try:
-        parse_duration(value)
+        return parse_duration(value)
     except ValueError as exc:
         raise ValueError(f"`{what}`: {exc}") from None
+
+
+def _durations(node: _Node, *names: str) -> None:
+    """Parse the node's duration fields once, at load: ``node.<name>_seconds`` (None when unset).
+
+    The YAML keeps durations as text (``"10m"``); the service reads only the typed seconds.
+    """
+    for name in names:
+        value = getattr(node, name)
+        setattr(node, f"{name}_seconds", None if value is None else _check_duration(value, name))
 
 
 class KafkaConfig(_Node):
@@ -99,8 +115,8 @@ class KafkaConfig(_Node):
             raise ValueError("`topic` must not be empty")
         if self.max_poll_records < 1:
             raise ValueError("`max_poll_records` must be at least 1")
-        _check_duration(self.commit_interval, "commit_interval")
-        _check_duration(self.lag_interval, "lag_interval")
+        _durations(self, "commit_interval")
+        _durations(self, "lag_interval")
         if self.max_message_bytes < 1:
             raise ValueError("`max_message_bytes` must be at least 1")
         if self.dead_letter_topic is not None and not self.dead_letter_topic.strip():
@@ -115,7 +131,7 @@ class FieldRef(_Node):
 
 
 FeatureType = Literal["numeric", "categorical"]
-EffectMethod = Literal["wasserstein", "jensen_shannon", "psi", "ks"]
+EffectMethod = Literal[EFFECT_METHODS["numeric"]]
 
 
 class DriftPolicy(_Node):
@@ -148,7 +164,7 @@ class Feature(_Node):
     def __post_init__(self):
         if not self.name:
             raise ValueError("`name` must not be empty")
-        if self.type == "categorical" and self.drift.effect_method in ("wasserstein", "ks"):
+        if self.type == "categorical" and self.drift.effect_method not in (None, *EFFECT_METHODS["categorical"]):
             raise ValueError(f"`drift.effect_method` {self.drift.effect_method} needs a numeric feature")
         if self.type == "embedding":
             if self.dimension is None or self.dimension < 2:
@@ -243,7 +259,7 @@ class MultivariateConfig(_Node):
             raise ValueError("`auc_threshold` must be between 0.5 and 1")
         if not 20 <= self.sample_size <= 100_000:
             raise ValueError("`sample_size` must be between 20 and 100000")
-        _check_duration(self.min_interval, "min_interval")
+        _durations(self, "min_interval")
 
 
 class TypeDefaults(_Node):
@@ -272,8 +288,8 @@ class DriftConfig(_Node):
             raise ValueError("`bins` must be at least 2")
         if self.min_events < 1:
             raise ValueError("`min_events` must be at least 1")
-        if self.categorical.effect_method in ("wasserstein", "ks"):
-            raise ValueError("`categorical.effect_method` must be jensen_shannon or psi")
+        if self.categorical.effect_method not in EFFECT_METHODS["categorical"]:
+            raise ValueError(f"`categorical.effect_method` must be one of {', '.join(EFFECT_METHODS['categorical'])}")
 
 
 class WindowConfig(_Node):
@@ -286,18 +302,9 @@ class WindowConfig(_Node):
             raise ValueError("set exactly one of `size` (events) or `duration` (e.g. 10m)")
         if self.size is not None and self.size < 1:
             raise ValueError("`size` must be at least 1")
-        if self.duration is not None:
-            _check_duration(self.duration, "duration")
-        if self.grace not in ("0", "0s"):
-            _check_duration(self.grace, "grace")
-
-    @property
-    def duration_seconds(self) -> float | None:
-        return None if self.duration is None else parse_duration(self.duration)
-
-    @property
-    def grace_seconds(self) -> float:
-        return 0.0 if self.grace in ("0", "0s") else parse_duration(self.grace)
+        _durations(self, "duration")
+        # no grace is the one duration that may be zero
+        self.grace_seconds = 0.0 if self.grace in ("0", "0s") else _check_duration(self.grace, "grace")
 
 
 class HttpConfig(_Node):
@@ -316,7 +323,7 @@ class StateConfig(_Node):
     checkpoint_interval: str = "10s"
 
     def __post_init__(self):
-        _check_duration(self.checkpoint_interval, "checkpoint_interval")
+        _durations(self, "checkpoint_interval")
 
 
 class Webhook(_Node):
@@ -326,13 +333,13 @@ class Webhook(_Node):
     def __post_init__(self):
         if not self.url.startswith(("http://", "https://")):
             raise ValueError("`url` must start with http:// or https://")
-        _check_duration(self.timeout, "timeout")
+        _durations(self, "timeout")
 
 
-AlertKind = Literal["feature_drift", "prediction_drift", "label_drift", "data_quality", "retrain_recommended",
-                    "performance_drop", "fairness", "multivariate_drift"]
+#: Every alert kind, the one definition (sinks' `alerts:` filters, the engine's per-kind counts).
 ALERT_KINDS = ("feature_drift", "prediction_drift", "label_drift", "data_quality", "retrain_recommended",
                "performance_drop", "fairness", "multivariate_drift")
+AlertKind = Literal[ALERT_KINDS]
 
 
 class Sink(_Node):
@@ -361,16 +368,16 @@ class Sink(_Node):
             raise ValueError(f"`url` is required for a {self.type} sink")
         if self.url is not None and not self.url.startswith(("http://", "https://")):
             raise ValueError("`url` must start with http:// or https://")
-        _check_duration(self.timeout, "timeout")
-        _check_duration(self.alertmanager_ttl, "alertmanager_ttl")
-        _check_duration(self.alertmanager_resend, "alertmanager_resend")
+        _durations(self, "timeout")
+        _durations(self, "alertmanager_ttl")
+        _durations(self, "alertmanager_resend")
         if self.type == "alertmanager":
-            ttl, resend = parse_duration(self.alertmanager_ttl), parse_duration(self.alertmanager_resend)
+            ttl, resend = self.alertmanager_ttl_seconds, self.alertmanager_resend_seconds
             if resend <= 0:
                 raise ValueError("`alertmanager_resend` must be positive")
             # Two resends in a row may fail (or wait out a slow Alertmanager) before the alert expires there:
             # a shorter TTL lets Alertmanager resolve an alert that driftmon still holds firing.
-            if ttl < 3 * resend + parse_duration(self.timeout):
+            if ttl < 3 * resend + self.timeout_seconds:
                 raise ValueError(f"`alertmanager_ttl` ({self.alertmanager_ttl}) must be at least 3 x "
                                  f"`alertmanager_resend` ({self.alertmanager_resend}) + `timeout` ({self.timeout}), "
                                  "or Alertmanager resolves alerts that are still firing")
@@ -436,8 +443,8 @@ class OutboxConfig(_Node):
     def __post_init__(self):
         if self.max_pending < 1:
             raise ValueError("`max_pending` must be at least 1")
-        _check_duration(self.backoff_initial, "backoff_initial")
-        _check_duration(self.backoff_max, "backoff_max")
+        _durations(self, "backoff_initial")
+        _durations(self, "backoff_max")
 
 
 class AlertsConfig(_Node):
@@ -463,7 +470,7 @@ class AlertsConfig(_Node):
             raise ValueError("`critical_ratio` must be above 1")
         if self.false_pages_per_week is not None and not 0 < self.false_pages_per_week < float("inf"):
             raise ValueError("`false_pages_per_week` must be a positive number")
-        _check_duration(self.repeat_interval, "repeat_interval")
+        _durations(self, "repeat_interval")
         names = [s.name for s in self.all_sinks()]
         if len(set(names)) != len(names):
             raise ValueError("`sinks`: sink names must be unique")
@@ -489,7 +496,7 @@ class LabelsConfig(_Node):
     threshold: float = 0.5  # score threshold for the positive class (confidence-based estimation)
 
     def __post_init__(self):
-        _check_duration(self.ttl, "ttl")
+        _durations(self, "ttl")
         if self.max_pending < 1 or self.window < 1:
             raise ValueError("`max_pending` and `window` must be at least 1")
         if not 0 < self.threshold < 1:
@@ -668,27 +675,45 @@ def load_config(path: str | os.PathLike) -> Config:
     return config
 
 
-def _secret(env: str, path: str | None, key: str) -> str | None:
-    """A secret from the mounted file ``path`` (the config key ``key``), else the environment variable ``env``."""
+def read_secret(env: str | None, path: str | None, key: str, required: bool = False) -> str | None:
+    """A secret from the mounted file ``path``, else from the environment variable ``env``.
+
+    The one reader of secrets (Kafka passwords, sink keys), so none is ever logged or kept in the config.
+
+    Parameters
+    ----------
+    env, path : str or None
+        The configured variable name and file (the file wins when both are set).
+    key : str
+        The config key naming the variable (``..._env``); an unreadable file is reported under its
+        ``..._file`` twin.
+    required : bool
+        A configured variable that is unset or empty is an error (else None is returned).
+    """
     if path:
         try:
             with open(path, encoding="utf-8") as fh:
                 return fh.read().strip()
         except OSError as exc:
-            raise ConfigError(key, f"cannot read: {exc.strerror}") from None
-    return os.environ.get(env)
+            raise ConfigError(key.replace("_env", "_file"), f"cannot read: {exc.strerror}") from None
+    if not env:
+        return None
+    value = os.environ.get(env)
+    if required and not value:
+        raise ConfigError(key, f"environment variable {env} is not set")
+    return value
 
 
 def ssl_key_password(kafka: KafkaConfig) -> str | None:
     """The passphrase of ``kafka.ssl_keyfile`` (None when neither its variable nor its file is set)."""
-    return _secret(kafka.ssl_password_env, kafka.ssl_password_file, "kafka.ssl_password_file")
+    return read_secret(kafka.ssl_password_env, kafka.ssl_password_file, "kafka.ssl_password_env")
 
 
 def kafka_secrets(kafka: KafkaConfig) -> dict:
     """Client options holding secrets, read from the environment or a mounted file."""
     if not kafka.security_protocol.startswith("SASL"):
         return {}
-    password = _secret(kafka.sasl_password_env, kafka.sasl_password_file, "kafka.sasl_password_file")
+    password = read_secret(kafka.sasl_password_env, kafka.sasl_password_file, "kafka.sasl_password_env")
     if kafka.sasl_mechanism != "OAUTHBEARER" and not password:
         raise ConfigError(
             "kafka.sasl_password_env",

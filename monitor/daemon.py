@@ -17,11 +17,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from monitor import __version__
 from monitor.alerting import AlertEngine, window_end_seconds
 from monitor.baseline import Baseline
-from monitor.config import Config, parse_duration
+from monitor.config import Config
 from monitor.metrics import DriftmonCollector, make_registry
 from monitor.outbox import Outbox
 from monitor.pipeline import Pipeline
 from monitor.replay import advance_alerts
+from monitor.report import daemon_report
 from monitor.server import HttpServer
 from monitor.sinks import Dispatcher
 from monitor.source import KafkaSource
@@ -74,8 +75,8 @@ class Daemon:
         alerts_cfg = config.alerts
         self.outbox = Outbox(os.path.join(config.state.dir, "outbox.sqlite"), alerts_cfg.outbox.max_pending)
         self.dispatcher = Dispatcher(alerts_cfg.all_sinks(), self.outbox, config.kafka,
-                                     parse_duration(alerts_cfg.outbox.backoff_initial),
-                                     parse_duration(alerts_cfg.outbox.backoff_max))
+                                     alerts_cfg.outbox.backoff_initial_seconds,
+                                     alerts_cfg.outbox.backoff_max_seconds)
         self._outgoing: dict | None = None  # closed windows not yet emitted (see _handle)
         # failed writes of the state directory (a full or read-only disk), counted and retried with backoff
         self.writes = {"checkpoint": WriteRetry("the checkpoint"), "window_log": WriteRetry("the window log"),
@@ -113,7 +114,7 @@ class Daemon:
         self._last_commit = 0.0
         self._gc_thresholds: tuple | None = None
         self._committed: dict[str, int] = {}
-        self._commit_seconds = parse_duration(config.kafka.commit_interval) if config.kafka else 1.0
+        self._commit_seconds = config.kafka.commit_interval_seconds if config.kafka else 1.0
 
     # ---- what the HTTP server and the collector read -------------------------------------------
 
@@ -163,8 +164,6 @@ class Daemon:
 
     def report(self, query: str = "") -> tuple[int, bytes]:
         """``/report``: the HTML drift report of the latest window, or of ``index=N`` from the window log."""
-        from monitor.report import daemon_report
-
         return daemon_report(self, query)
 
     # ---- work ----------------------------------------------------------------------------------
@@ -384,15 +383,15 @@ class Daemon:
                                   on_revoke=self._before_rebalance, on_release=self._release).start()
         self.scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
         self.scheduler.add_job(self.checkpoint, "interval", id="checkpoint",
-                               seconds=parse_duration(self.config.state.checkpoint_interval))
+                               seconds=self.config.state.checkpoint_interval_seconds)
         self.scheduler.add_job(self._poll_lag, "interval", id="consumer-lag",
-                               seconds=parse_duration(self.config.kafka.lag_interval))
+                               seconds=self.config.kafka.lag_interval_seconds)
         if self.config.window.duration is not None:
             self.scheduler.add_job(self._tick, "interval", id="close-time-windows", seconds=1)
         for sink in self.config.alerts.all_sinks():
             if sink.type == "alertmanager":  # keep active alerts active, whether or not windows close
                 self.scheduler.add_job(self._resend, "interval", id=f"alertmanager-resend-{sink.name}",
-                                       args=[sink.name], seconds=parse_duration(sink.alertmanager_resend),
+                                       args=[sink.name], seconds=sink.alertmanager_resend_seconds,
                                        next_run_time=datetime.now(timezone.utc))
         self.scheduler.start()
         return self

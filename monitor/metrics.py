@@ -9,10 +9,11 @@ message content, so cardinality is bounded by the config.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Histogram, PlatformCollector, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from monitor.decode import INVALID_REASONS
+from monitor.performance import DELAY_BUCKETS
 
 __all__ = ["NAMES", "DriftmonCollector", "make_registry"]
 
@@ -174,10 +175,6 @@ class DriftmonCollector(Collector):
             yield from self._performance_families(m, p.tracker, s.baseline)
 
     def _performance_families(self, m: str, tracker, baseline):
-        from prometheus_client.core import HistogramMetricFamily
-
-        from monitor.performance import DELAY_BUCKETS
-
         join = tracker.join
         for key, value in (("labels_received", join.received), ("labels_matched", join.matched),
                            ("labels_expired", join.expired), ("labels_pending", join.pending),

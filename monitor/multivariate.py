@@ -19,7 +19,7 @@ import numpy as np
 
 from detectors.embedding import EmbeddingDrift
 from detectors.multivariate import DomainClassifier, PCAReconstruction
-from monitor.config import Config, ConfigError, parse_duration
+from monitor.config import Config, ConfigError
 
 __all__ = ["ClassifierRunner", "MultivariateState", "check_artefacts", "fit_artefacts"]
 
@@ -222,4 +222,4 @@ def vectors_of(column) -> np.ndarray:
 
 
 def min_interval_seconds(config: Config) -> float:
-    return parse_duration(config.multivariate.min_interval) if config.multivariate else 60.0
+    return config.multivariate.min_interval_seconds if config.multivariate else 60.0

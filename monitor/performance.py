@@ -18,6 +18,7 @@ from detectors import (
     CategoricalProfile,
     CategoryCounter,
     ClassificationAccumulator,
+    ConfidenceBasedEstimator,
     ErrorRateDetector,
     FeaturePolicy,
     GroupAccumulator,
@@ -29,10 +30,10 @@ from detectors import (
     fairness_report,
     performance_drop_test,
 )
-from monitor.baseline import category_name, segment_value
-from monitor.config import Column, Config, Feature, FieldRef, SchemaConfig, parse_duration
+from monitor.config import Column, Config, Feature, FieldRef, SchemaConfig
 from monitor.decode import MAX_MESSAGE_BYTES, Decoder
 from monitor.join import LabelJoin
+from monitor.values import category_name, iso, segment_value
 
 __all__ = ["PerformanceTracker", "baseline_performance", "DELAY_BUCKETS"]
 
@@ -54,8 +55,6 @@ def _accumulator(task: str, positive):
 
 def baseline_performance(config: Config, label, prediction, score=None, positive=None) -> dict:
     """Performance of the model on labelled baseline data, and the score calibration for estimation."""
-    from detectors import ConfidenceBasedEstimator
-
     task = _task(config)
     out = {"task": task}
     if task == "classification":
@@ -107,7 +106,7 @@ class PerformanceTracker:
         self.attributes = [a.name for a in config.fairness.attributes] if config.fairness else []
         # Extra fields carried in each waiting row, after prediction, score and time: segments, then attributes.
         self.extras = list(self.segment_values) + [a for a in self.attributes if a not in self.segment_values]
-        self.join = LabelJoin(parse_duration(config.labels.ttl), config.labels.max_pending)
+        self.join = LabelJoin(config.labels.ttl_seconds, config.labels.max_pending)
         self.label_decoder = None
         if config.labels_on_topic:
             label = config.schema.label
@@ -286,7 +285,7 @@ class PerformanceTracker:
             "model": self.config.model,
             "baseline_fingerprint": self.baseline.fingerprint,
             "window": {"index": self.index, "labelled": self.labelled,
-                       "start": _iso(self.first_time), "end": _iso(self.last_time)},
+                       "start": iso(self.first_time), "end": iso(self.last_time)},
             "task": self.task,
             "metrics": {k: v for k, v in self.acc.metrics().items() if k in self.metrics or k == "n"},
             "baseline": {k: self.reference.get(k) for k in self.metrics},
@@ -361,8 +360,3 @@ class PerformanceTracker:
         self.last_result = state["last_result"]
         return self
 
-
-def _iso(ts: float) -> str | None:
-    from monitor.window import iso
-
-    return iso(ts) if math.isfinite(ts) else None

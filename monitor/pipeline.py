@@ -6,10 +6,13 @@ from collections import Counter
 
 import numpy as np
 
+from detectors import ConfidenceBasedEstimator
 from monitor.baseline import Baseline
 from monitor.budget import AlphaBudget
 from monitor.config import Config
 from monitor.decode import MAX_MESSAGE_BYTES, Batch, Decoder
+from monitor.multivariate import ClassifierRunner, MultivariateState, min_interval_seconds
+from monitor.performance import PerformanceTracker
 from monitor.window import Evaluator, Window
 
 __all__ = ["Pipeline"]
@@ -34,8 +37,6 @@ class Pipeline:
         self.baseline = baseline
         self.multivariate = None  # multivariate and embedding detectors (monitor/multivariate.py), when configured
         if config.multivariate is not None or config.schema.embeddings():
-            from monitor.multivariate import ClassifierRunner, MultivariateState, min_interval_seconds
-
             # background (the daemon): the domain classifier is fitted off the consuming thread
             runner = ClassifierRunner(background=background, min_interval=min_interval_seconds(config))
             self.multivariate = MultivariateState(config, baseline, runner)
@@ -47,8 +48,6 @@ class Pipeline:
         self.duration = config.window.duration_seconds
         self.tracker = None
         if config.schema.label is not None and config.schema.prediction is not None:
-            from monitor.performance import PerformanceTracker
-
             self.tracker = PerformanceTracker(config, baseline)
         self.budget = AlphaBudget(config)  # the per-window level from alerts.false_pages_per_week
         if self.tracker is not None:
@@ -66,8 +65,6 @@ class Pipeline:
         config, estimator = self.config, None
         perf = self.baseline.extras.get("performance") or {}
         if config.schema.score is not None and perf.get("estimator"):
-            from detectors import ConfidenceBasedEstimator
-
             estimator = ConfidenceBasedEstimator(positive=1)
             estimator.load_state_dict(perf["estimator"])
         segments = {s.name: set(self.baseline.extras.get("segments", {}).get(s.name, [])) for s in config.segments}

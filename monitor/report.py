@@ -19,6 +19,7 @@ import numpy as np
 from detectors import CategoricalProfile
 from detectors.interval import effect_interval
 from monitor import __version__
+from monitor.alerting import AlertEngine
 from monitor.baseline import Baseline
 from monitor.config import Config
 
@@ -101,8 +102,6 @@ def retrain_verdict(config: Config, baseline: Baseline, history: list[dict]) -> 
     The windows are replayed through a fresh alert engine (the daemon's own rules), so the verdict
     is the one the daemon reached, or would reach, at that window.
     """
-    from monitor.alerting import AlertEngine
-
     policy = config.alerts.retrain
     engine = AlertEngine(config, baseline.fingerprint, {n: p.missing_ratio for n, p in baseline.profiles.items()})
     for result in history:

@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import random
 import sqlite3
 import threading
@@ -23,7 +22,7 @@ from collections import Counter
 from datetime import datetime, timezone
 
 from monitor import __version__
-from monitor.config import ConfigError, KafkaConfig, Sink, parse_duration
+from monitor.config import ConfigError, KafkaConfig, Sink, read_secret
 from monitor.outbox import Outbox
 
 __all__ = ["DeliveryError", "Dispatcher", "make_sink"]
@@ -42,28 +41,13 @@ class DeliveryError(Exception):
         self.retry = retry
 
 
-def _secret(env: str | None, path: str | None, key: str) -> str | None:
-    if path:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                return fh.read().strip()
-        except OSError as exc:
-            raise ConfigError(key.replace("_env", "_file"), f"cannot read: {exc.strerror}") from None
-    if env:
-        value = os.environ.get(env)
-        if not value:
-            raise ConfigError(key, f"environment variable {env} is not set")
-        return value
-    return None
-
-
 class HttpSink:
     """POST JSON to a URL."""
 
     def __init__(self, cfg: Sink):
         self.cfg = cfg
         self.name = cfg.name
-        self.timeout = parse_duration(cfg.timeout)
+        self.timeout = cfg.timeout_seconds
 
     def url(self) -> str:
         return self.cfg.url
@@ -100,7 +84,7 @@ class WebhookSink(HttpSink):
 
     def __init__(self, cfg: Sink):
         super().__init__(cfg)
-        secret = _secret(cfg.hmac_secret_env, cfg.hmac_secret_file, "alerts.sinks.hmac_secret_env")
+        secret = read_secret(cfg.hmac_secret_env, cfg.hmac_secret_file, "alerts.sinks.hmac_secret_env", required=True)
         self.secret = secret.encode() if secret else None
 
     def headers(self, body: bytes) -> dict:
@@ -131,7 +115,8 @@ class PagerDutySink(HttpSink):
 
     def __init__(self, cfg: Sink):
         super().__init__(cfg)
-        self.routing_key = _secret(cfg.routing_key_env, cfg.routing_key_file, "alerts.sinks.routing_key_env")
+        self.routing_key = read_secret(cfg.routing_key_env, cfg.routing_key_file, "alerts.sinks.routing_key_env",
+                                       required=True)
 
     def url(self) -> str:
         return self.cfg.url or self.DEFAULT_URL
@@ -178,7 +163,7 @@ class AlertmanagerSink(HttpSink):
 
     def __init__(self, cfg: Sink):
         super().__init__(cfg)
-        self.ttl = parse_duration(cfg.alertmanager_ttl)
+        self.ttl = cfg.alertmanager_ttl_seconds
         self._lock = threading.Lock()
         self._offered: dict[str, dict] | None = None  # dedup key -> the engine's firing alert, at the last tick
         self._resolved: dict[tuple, dict] = {}  # labels -> resolved alert, re-sent until RESOLVED_RESEND passed
@@ -291,7 +276,7 @@ class KafkaSink:
                 self._producer = KafkaProducer(acks="all", **client_options(self.kafka))
             key = (note.get("idempotency_key") or note["dedup_key"]).encode()
             body = json.dumps(note, allow_nan=False, sort_keys=True).encode()
-            self._producer.send(self.cfg.topic, key=key, value=body).get(timeout=parse_duration(self.cfg.timeout))
+            self._producer.send(self.cfg.topic, key=key, value=body).get(timeout=self.cfg.timeout_seconds)
         except KafkaError as exc:
             raise DeliveryError("kafka", f"{self.name}: {exc}") from None
 

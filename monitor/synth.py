@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from monitor.values import iso
+
 __all__ = ["Synth", "car_loan", "wide"]
 
 
@@ -92,7 +94,7 @@ class Synth:
         pylists = {k: v.tolist() for k, v in cols.items()}
         for i in range(n):
             msg: dict = {"id": f"{id_prefix}-{i:09d}",
-                         "timestamp": _iso(start_time + i / rate), "model_version": "2026.11.1"}
+                         "timestamp": iso(start_time + i / rate), "model_version": "2026.11.1"}
             for path, name in by_path:
                 parts_ = path.split(".")
                 target = msg
@@ -119,10 +121,6 @@ class Synth:
         }
         cfg.update(overrides)
         return cfg
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def car_loan(seed: int = 0) -> Synth:

@@ -3,31 +3,25 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
 
 import numpy as np
 
 from detectors import (
     CategoricalProfile,
     CategoryCounter,
+    ConfidenceBasedEstimator,
     FeaturePolicy,
     NumericHistogram,
     compare_categorical,
     compare_numeric,
     decide,
 )
-from monitor.baseline import Baseline, segment_value
+from monitor.baseline import Baseline
 from monitor.config import Config
 from monitor.decode import Batch
+from monitor.values import iso, segment_value
 
 __all__ = ["Window", "Evaluator", "distribution", "iso"]
-
-
-def iso(ts: float | None) -> str | None:
-    """Epoch seconds as an ISO 8601 UTC string (None stays None)."""
-    if ts is None or (isinstance(ts, float) and math.isnan(ts)):
-        return None
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 #: Unseen category names kept in a window result (the most frequent first).
@@ -236,8 +230,6 @@ class Evaluator:
             if role != "feature":
                 result[role] = outputs[spec.name]
         if window.estimator is not None:
-            from detectors import ConfidenceBasedEstimator
-
             result["estimated_performance"] = ConfidenceBasedEstimator.metrics_from_counts(window.estimated)
         if window.multivariate is not None:
             result.update(window.multivariate.results(window.index))

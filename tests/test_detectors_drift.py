@@ -1,15 +1,12 @@
 """compare_numeric, compare_categorical, decide and FeaturePolicy."""
 
-import ast
 import doctest
 import json
-import pathlib
 
 import numpy as np
 import pytest
 from scipy import stats as ss
 
-import detectors
 from detectors import (
     CategoricalProfile,
     CategoryCounter,
@@ -253,17 +250,3 @@ def test_docstring_examples_hold():
     for module in (stats, profile, accumulate, drift):
         failed, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert attempted > 0 and failed == 0, module.__name__
-
-
-def test_detectors_imports_only_pure_libraries():
-    allowed = {"__future__", "collections", "dataclasses", "numbers", "numpy", "scipy", "river", "math", "typing",
-               "itertools", "copy", "sklearn", "threadpoolctl"}
-    for path in pathlib.Path(detectors.__file__).parent.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                roots = {alias.name.split(".")[0] for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                roots = {node.module.split(".")[0]}
-            else:
-                continue
-            assert roots <= allowed, (path.name, roots)
