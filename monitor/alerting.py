@@ -218,7 +218,7 @@ _RUNBOOK_ANCHOR = {
     "data_quality:unseen": "driftmonfeatureunseencategories",
     "performance_drop": "performance-drop",
     "fairness": "fairness",
-    "multivariate_drift": "multivariate-drift",
+    "multivariate_drift": "driftmonmultivariatedrift",
 }
 
 

@@ -125,8 +125,8 @@ def test_replay_reports_multivariate_and_embedding_drift(setup):
     assert set(firing) == {("multivariate_drift", "pca_reconstruction"), ("multivariate_drift", "domain_classifier"),
                            ("feature_drift", "emb")}
     pca_alert = firing[("multivariate_drift", "pca_reconstruction")]
-    assert pca_alert["window"]["index"] == 4 and pca_alert["runbook_url"].endswith("#multivariate-drift")
-    assert '<a id="multivariate-drift"></a>' in (ROOT / "docs" / "runbook.md").read_text()
+    assert pca_alert["window"]["index"] == 4 and pca_alert["runbook_url"].endswith("#driftmonmultivariatedrift")
+    assert "\n## DriftmonMultivariateDrift\n" in (ROOT / "docs" / "runbook.md").read_text()
     assert "multivariate drift by pca_reconstruction" in pca_alert["summary"]
     assert firing[("feature_drift", "emb")]["features"][0]["method"] in ("mean_distance", "histograms")
 

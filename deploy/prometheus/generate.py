@@ -41,6 +41,7 @@ class Config:
     many_features_min: int = 3  # ... and at least this many (small models)
     many_features_for: str = "15m"
     prediction_drift_for: str = "30m"
+    multivariate_drift_for: str = "30m"
 
     # --- retraining ----------------------------------------------------------
     retrain_for: str = "5m"  # the daemon debounces already
@@ -138,6 +139,17 @@ def groups(cfg: Config = CONFIG) -> list[dict]:
             "Predictions of model {{ $labels.model }} drift from the baseline.",
             "The distribution of the predictions of model {{ $labels.model }} differs from the baseline "
             f"(driftmon_prediction_drift_detected = {{{{ $value }}}}) for {cfg.prediction_drift_for}.",
+        ),
+        _alert(
+            cfg,
+            "DriftmonMultivariateDrift",
+            f"max by (model, method) (driftmon_multivariate_drift_detected{{{s}}}) == 1",
+            cfg.multivariate_drift_for,
+            "warning",
+            "Features of model {{ $labels.model }} drift together ({{ $labels.method }}).",
+            "The {{ $labels.method }} method of model {{ $labels.model }} has flagged every window it judged for "
+            f"{cfg.multivariate_drift_for} (driftmon_multivariate_drift_detected = {{{{ $value }}}}): the features "
+            "move together differently from the baseline, which no single feature may show.",
         ),
     ]
     retraining = [
