@@ -544,7 +544,7 @@ class AlertEngine:
     def firing(self) -> dict[str, int]:
         """Alert kind -> number of alerts firing (every kind present, zeros included)."""
         counts = {kind: 0 for kind in ALERT_KINDS}
-        for st in self.states.values():
+        for st in list(self.states.values()):  # a scrape thread reads while the consumer adds states
             if st.firing:
                 counts[st.kind] += 1
         return counts

@@ -16,8 +16,35 @@ __all__ = ["main"]
 log = logging.getLogger("driftmon")
 
 
+class _QuietKafka(logging.Filter):
+    """kafka-python logs every failed reconnect at ERROR, some with a traceback, several a second while a
+    broker is down. Keep its messages, without tracebacks, and each distinct one at most once a minute;
+    driftmon logs the outage itself (see monitor/health.py)."""
+
+    def __init__(self, every: float = 60.0):
+        super().__init__()
+        self.every = every
+        self._last: dict[tuple, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("kafka"):
+            return True
+        record.exc_info = record.exc_text = record.stack_info = None
+        key = (record.name, record.levelno, str(record.msg)[:80])
+        now = record.created
+        if now - self._last.get(key, -1e9) < self.every:
+            return False
+        if len(self._last) > 1000:
+            self._last.clear()
+        self._last[key] = now
+        return True
+
+
 def _setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _QuietKafka) for f in handler.filters):
+            handler.addFilter(_QuietKafka())
     logging.getLogger("kafka").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 

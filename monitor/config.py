@@ -79,6 +79,17 @@ def _durations(node: _Node, *names: str) -> None:
         setattr(node, f"{name}_seconds", None if value is None else _check_duration(value, name))
 
 
+def _check_bootstrap(servers: str | list[str]) -> None:
+    """Every bootstrap server is ``host:port`` with a port in 1..65535."""
+    items = [s.strip() for s in servers.split(",")] if isinstance(servers, str) else list(servers)
+    if not items or not all(items):
+        raise ValueError("`bootstrap_servers` must list at least one host:port")
+    for item in items:
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"`bootstrap_servers`: {item!r} is not host:port with a port in 1..65535")
+
+
 class KafkaConfig(_Node):
     bootstrap_servers: str | list[str]
     topic: str
@@ -109,18 +120,34 @@ class KafkaConfig(_Node):
     ssl_password_env: str = "DRIFTMON_KAFKA_SSL_KEY_PASSWORD"
     ssl_password_file: str | None = None
     ssl_check_hostname: bool = True
+    # Broker unreachable this long (no answer to fetches or probes): /readyz turns 503 until it is back.
+    unavailable_after: str = "30s"
 
     def __post_init__(self):
         if not self.topic.strip():
             raise ValueError("`topic` must not be empty")
+        _check_bootstrap(self.bootstrap_servers)
+        if not self.group_id.strip():
+            raise ValueError("`group_id` must not be empty")
         if self.max_poll_records < 1:
             raise ValueError("`max_poll_records` must be at least 1")
+        # What Kafka (with its default group.min/max.session.timeout.ms) or kafka-python would refuse
+        # only when the consumer joins, long after start: refuse it here, naming the key.
+        if not 6000 <= self.session_timeout_ms <= 1_800_000:
+            raise ValueError(f"`session_timeout_ms` must be between 6000 and 1800000 (the broker's "
+                             f"default group.min/max.session.timeout.ms), got {self.session_timeout_ms}")
+        if not 1 <= self.max_poll_interval_ms <= 2_147_483_647:
+            raise ValueError(f"`max_poll_interval_ms` must be between 1 and 2147483647, got {self.max_poll_interval_ms}")
+        for key in ("fetch_max_bytes", "max_partition_fetch_bytes"):
+            if not 1 <= getattr(self, key) <= 2_147_483_647:
+                raise ValueError(f"`{key}` must be between 1 and 2147483647, got {getattr(self, key)}")
         _durations(self, "commit_interval")
         _durations(self, "lag_interval")
         if self.max_message_bytes < 1:
             raise ValueError("`max_message_bytes` must be at least 1")
         if self.dead_letter_topic is not None and not self.dead_letter_topic.strip():
             raise ValueError("`dead_letter_topic` must not be empty (leave it out to send no dead letters)")
+        _durations(self, "unavailable_after")
         if self.security_protocol.startswith("SASL") and self.sasl_mechanism is None:
             raise ValueError("`sasl_mechanism` is required with a SASL security_protocol")
 
@@ -312,10 +339,15 @@ class HttpConfig(_Node):
     port: int = 9108
     # TLS and basic auth: a Prometheus exporter-toolkit web configuration file (monitor/webconfig.py).
     web_config_file: str | None = None
+    request_timeout: str = "10s"  # from accept to the response written; idle and slow clients are dropped
+    max_connections: int = 64  # open at once; past it the connection idle the longest is closed
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535:
             raise ValueError("`port` must be between 0 and 65535")
+        _durations(self, "request_timeout")
+        if not 1 <= self.max_connections <= 10_000:
+            raise ValueError("`max_connections` must be between 1 and 10000")
 
 
 class StateConfig(_Node):

@@ -17,7 +17,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from monitor import __version__
 from monitor.alerting import AlertEngine, window_end_seconds
 from monitor.baseline import Baseline
-from monitor.config import Config
+from monitor.config import Config, ConfigError
+from monitor.health import BrokerHealth
 from monitor.metrics import DriftmonCollector, make_registry
 from monitor.outbox import Outbox
 from monitor.pipeline import Pipeline
@@ -53,8 +54,11 @@ class Daemon:
     """Consume, window, evaluate, checkpoint, serve.
 
     The consuming loop owns the Kafka consumer. Periodic work (checkpoints,
-    consumer lag, closing idle time windows) runs as APScheduler jobs on their
-    own threads and takes the pipeline lock only for in-memory work.
+    the broker probe that also measures the consumer lag, closing idle time
+    windows) runs as APScheduler jobs on their own threads and takes the
+    pipeline lock only for in-memory work. The HTTP handlers take no lock: they
+    read :attr:`snapshot` (replaced whole after every batch) and
+    :attr:`health`.
 
     Parameters
     ----------
@@ -63,6 +67,7 @@ class Daemon:
     """
 
     def __init__(self, config: Config, baseline: Baseline):
+        _check_state_dir(config.state.dir)
         self.config = config
         self.baseline = baseline
         self.model = config.model
@@ -97,7 +102,12 @@ class Daemon:
                      self.pipeline.window.index, self.pipeline.window.events, self.pipeline.positions)
         self.lock = threading.RLock()
         self.stopping = threading.Event()
-        self.lag: dict[int, int] = {}
+        self.config_hash = config.hash()
+        kafka = config.kafka
+        servers = ",".join(kafka.bootstrap_servers) if kafka and not isinstance(kafka.bootstrap_servers, str) \
+            else (kafka.bootstrap_servers if kafka else "")
+        self.health = BrokerHealth(kafka.unavailable_after_seconds if kafka else 30.0, servers)
+        self.snapshot: dict = {}
         self.checkpoints = 0
         self._changed = True  # state changed since the last snapshot
         self._snapshots = 0  # snapshots taken; a checkpoint never replaces a newer one
@@ -108,13 +118,21 @@ class Daemon:
         self.idle = False
         self.registry, self.batch_seconds = make_registry(
             self.model, DriftmonCollector(self, [f.name for f in config.schema.features]))
-        self.http = HttpServer(self, config.http.host, config.http.port, config.http.web_config_file)
+        self.http = HttpServer(self, config.http.host, config.http.port, config.http.web_config_file,
+                               request_timeout=config.http.request_timeout_seconds,
+                               max_connections=config.http.max_connections)
         self.source: KafkaSource | None = None
         self.scheduler: BackgroundScheduler | None = None
         self._last_commit = 0.0
         self._gc_thresholds: tuple | None = None
         self._committed: dict[str, int] = {}
         self._commit_seconds = config.kafka.commit_interval_seconds if config.kafka else 1.0
+        self._publish()
+
+    @property
+    def lag(self) -> dict[int, int]:
+        """Partition -> consumer lag from the last broker probe; empty while it cannot be measured."""
+        return self.health.lag
 
     # ---- what the HTTP server and the collector read -------------------------------------------
 
@@ -134,33 +152,46 @@ class Daemon:
     def ready(self) -> tuple[bool, str]:
         if self.stopping.is_set():
             return False, "shutting down"
+        broker_ok, why = self.health.ready()
+        if not broker_ok:
+            return False, why
         if not self.consuming:
             return False, "waiting for a partition assignment"
         return True, "ready: baseline loaded and consuming"
 
     def status(self) -> dict:
-        with self.lock:
-            window = self.pipeline.window
-            tracker = self.pipeline.tracker
-            return {
-                "model": self.model,
-                "version": self.version,
-                "config_hash": self.config.hash(),
-                "baseline": {"fingerprint": self.baseline.fingerprint, **self.baseline.meta},
-                "ready": self.ready()[0],
-                "messages_consumed": self.pipeline.consumed,
-                "messages_invalid": dict(self.pipeline.invalid),
-                "windows_evaluated": self.pipeline.windows_evaluated,
-                "open_window": {"index": window.index, "events": window.events},
-                "consumer_lag_messages": {str(k): v for k, v in sorted(self.lag.items())},
-                "state": self.state_health(),
-                "last_window": self.pipeline.last_result,
-                "report": "/report",  # the last window as an HTML page; /report?index=N for older ones
-                "last_performance": tracker.last_result if tracker else None,
-                "labels": None if tracker is None else {
-                    "received": tracker.join.received, "matched": tracker.join.matched,
-                    "expired": tracker.join.expired, "pending": tracker.join.pending},
-            }
+        """The /status document: the last published snapshot plus health (no lock, no I/O)."""
+        ready, why = self.ready()
+        lag = self.health.lag
+        return {
+            **self.snapshot,
+            "model": self.model,
+            "version": self.version,
+            "config_hash": self.config_hash,
+            "baseline": {"fingerprint": self.baseline.fingerprint, **self.baseline.meta},
+            "ready": ready,
+            "ready_reason": why,
+            "kafka": self.health.status(),
+            "consumer_lag_messages": {str(k): v for k, v in sorted(lag.items())},
+        }
+
+    def _publish(self) -> None:
+        """Replace the snapshot /status reads (called under the lock after each change of the pipeline)."""
+        window = self.pipeline.window
+        tracker = self.pipeline.tracker
+        self.snapshot = {
+            "messages_consumed": self.pipeline.consumed,
+            "messages_invalid": dict(self.pipeline.invalid),
+            "windows_evaluated": self.pipeline.windows_evaluated,
+            "open_window": {"index": window.index, "events": window.events},
+            "state": self.state_health(),
+            "last_window": self.pipeline.last_result,
+            "report": "/report",  # the last window as an HTML page; /report?index=N for older ones
+            "last_performance": tracker.last_result if tracker else None,
+            "labels": None if tracker is None else {
+                "received": tracker.join.received, "matched": tracker.join.matched,
+                "expired": tracker.join.expired, "pending": tracker.join.pending},
+        }
 
     def report(self, query: str = "") -> tuple[int, bytes]:
         """``/report``: the HTML drift report of the latest window, or of ``index=N`` from the window log."""
@@ -265,21 +296,26 @@ class Daemon:
             self._durable_positions = positions
         return True
 
-    def _poll_lag(self) -> None:
-        if self.source is None:
+    def _probe(self) -> None:
+        """Ask the broker for the end offsets: proves it answers, and gives the consumer lag."""
+        source = self.source
+        if source is None or not self.health.connected:
             return
         with self.lock:
             positions = dict(self.pipeline.positions)
         try:
-            self.lag = self.source.lag(positions)
-        except Exception as exc:  # a broker hiccup must not kill the job
-            log.warning("consumer lag poll failed: %s", exc)
+            lag, caught_up = source.probe(positions, self._probe_timeout_ms)
+        except Exception as exc:  # the broker is down or slow: say so, never kill the job
+            self.health.probe_failed(f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300])
+            return
+        self.health.probe_succeeded(lag, caught_up)
 
     def _tick(self) -> None:
         if not self.idle or self._outgoing is not None:
             return
         with self.lock:
             self._handle(self.pipeline.tick(time.time()))
+            self._publish()
 
     def _resend(self, sink_name: str) -> None:
         with self.lock:  # a consistent view: no window is half-applied, and later notifications supersede it
@@ -295,6 +331,7 @@ class Daemon:
             self.consuming = True
         self.idle = not batches
         if batches:
+            self.health.records_received()
             self._process(batches)
         if time.monotonic() - self._last_commit >= self._commit_seconds:
             self.checkpoint()
@@ -331,17 +368,20 @@ class Daemon:
                         [(pb.values[i], reason, f"{pb.key}:{int(pb.offsets[i])}") for i, reason in batch.rejected])
                 self._handle(results)
             self._changed = True
+            self._publish()
         self.batch_seconds.labels(self.model).observe(time.perf_counter() - started)
 
-    def _commit(self) -> None:
+    def _commit(self, timeout_ms: int = 10_000) -> None:
         self.source.flush()  # dead letters are durable before their offsets are committed
         with self._save_lock:
             positions = dict(self._durable_positions)
         self._last_commit = time.monotonic()
         if positions == self._committed:
             return
+        if not self.health.up and self.health.last_contact is not None:
+            return  # the broker is down: a commit would only wait; the next one after it is back covers these
         try:
-            self.source.commit(positions)
+            self.source.commit(positions, timeout_ms=timeout_ms)
             self._committed = positions
         except Exception as exc:  # a rebalance in progress; the next commit covers it
             log.warning("offset commit failed: %s", exc)
@@ -371,21 +411,31 @@ class Daemon:
         signal.signal(signal.SIGINT, stop)
 
     def start(self) -> "Daemon":
-        """Start the HTTP server, the Kafka consumer and the scheduled jobs (not the loop)."""
-        if self.config.kafka is None:
-            raise ValueError("kafka: the daemon needs a kafka section")
+        """Start the HTTP server, the scheduled jobs and the Kafka consumer (not the loop).
+
+        A broker that cannot be reached is retried with backoff (a log line each time, /readyz 503)
+        until it answers or the daemon is stopped; settings the client refuses raise ConfigError.
+        """
+        kafka = self.config.kafka
+        if kafka is None:
+            raise ConfigError("kafka", "the daemon needs a kafka section")
+        try:
+            self.http.start()
+        except OSError as exc:
+            raise ConfigError("http.port", f"cannot listen on {self.config.http.host}:{self.config.http.port}: "
+                                           f"{exc.strerror or exc}") from None
+        log.info("serving /metrics /healthz /readyz /status on port %d", self.http.port)
         self._gc_thresholds = gc.get_threshold()
         gc.set_threshold(GC_GEN0_THRESHOLD, *self._gc_thresholds[1:])  # see GC_GEN0_THRESHOLD
         self.dispatcher.start()
-        self.http.start()
-        log.info("serving /metrics /healthz /readyz /status on port %d", self.http.port)
-        self.source = KafkaSource(self.config.kafka, lambda: dict(self.pipeline.positions),
-                                  on_revoke=self._before_rebalance, on_release=self._release).start()
+        unavailable = kafka.unavailable_after_seconds
+        # Probe often enough that an outage is seen well within `unavailable_after`.
+        probe_every = min(kafka.lag_interval_seconds, unavailable / 3)
+        self._probe_timeout_ms = int(max(1.0, min(5.0, probe_every)) * 1000)
         self.scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
         self.scheduler.add_job(self.checkpoint, "interval", id="checkpoint",
                                seconds=self.config.state.checkpoint_interval_seconds)
-        self.scheduler.add_job(self._poll_lag, "interval", id="consumer-lag",
-                               seconds=self.config.kafka.lag_interval_seconds)
+        self.scheduler.add_job(self._probe, "interval", id="broker-probe", seconds=probe_every)
         if self.config.window.duration is not None:
             self.scheduler.add_job(self._tick, "interval", id="close-time-windows", seconds=1)
         for sink in self.config.alerts.all_sinks():
@@ -394,12 +444,60 @@ class Daemon:
                                        args=[sink.name], seconds=sink.alertmanager_resend_seconds,
                                        next_run_time=datetime.now(timezone.utc))
         self.scheduler.start()
+        self._connect()
         return self
+
+    def _connect(self) -> None:
+        """Create the consumer, retrying with backoff (1 s doubling to 30 s) while the broker is unreachable.
+
+        Each attempt runs on a helper thread so that SIGTERM is honoured at once, whatever the client
+        is waiting for.
+        """
+        kafka = self.config.kafka
+        backoff = 1.0
+        while not self.stopping.is_set():
+            source = KafkaSource(kafka, lambda: dict(self.pipeline.positions), on_revoke=self._before_rebalance,
+                                 on_release=self._release)
+            outcome: dict = {}
+
+            def attempt():
+                try:
+                    outcome["source"] = source.start(bootstrap_timeout_ms=5000)
+                except BaseException as exc:  # reported below, on the main thread
+                    outcome["error"] = exc
+
+            helper = threading.Thread(target=attempt, name="driftmon-kafka-connect", daemon=True)
+            helper.start()
+            while helper.is_alive() and not self.stopping.is_set():
+                helper.join(0.1)
+            if self.stopping.is_set():
+                return  # the helper is a daemon thread: it cannot hold up exit
+            if "source" in outcome:
+                self.source = source
+                self.health.bootstrapped()
+                log.info("kafka: connected to %s, subscribed to %s", self.health.servers, kafka.topic)
+                return
+            exc = outcome["error"]
+            from kafka.errors import KafkaConfigurationError
+
+            if isinstance(exc, ConfigError):  # e.g. a TLS certificate or password the broker refuses
+                raise exc
+            if isinstance(exc, KafkaConfigurationError):
+                raise ConfigError("kafka", f"the Kafka client refuses the settings: {exc}") from None
+            self.health.error = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
+            log.warning("kafka: cannot reach %s (%s); retrying in %.0f s (/readyz is 503 meanwhile)",
+                        self.health.servers, self.health.error, backoff)
+            self.stopping.wait(backoff)
+            backoff = min(backoff * 2, 30.0)
 
     def run(self) -> int:
         """Consume until SIGTERM/SIGINT (or :meth:`stop`), then drain, checkpoint, commit and exit 0."""
         if self.source is None:
-            self.start()
+            try:
+                self.start()
+            except BaseException:
+                self.shutdown()
+                raise
         try:
             while not self.stopping.is_set():
                 self._consume_once()
@@ -411,8 +509,10 @@ class Daemon:
         self.stopping.set()
 
     def shutdown(self) -> None:
+        """Checkpoint, commit and close, within a few seconds even when the broker is down."""
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
+        self.checkpoint()
         if self.source is not None:
             if self.checkpoint(force=True) and self._outgoing is not None:
                 with self.lock:
@@ -420,10 +520,13 @@ class Daemon:
             elif self.writes["checkpoint"].failing:
                 log.error("stopping without a final checkpoint (%s): the next start resumes from the last "
                           "durable one and reads the events since then again", self.writes["checkpoint"].last_error)
-            self._commit()
-            self.source.close()
+            try:
+                self._commit(timeout_ms=2000)
+            except Exception as exc:  # the checkpoint holds the positions; the restart seeks to them
+                log.warning("final offset commit failed: %s", exc)
+            self.source.close(timeout_s=1.0)
             self.source = None
-        self.dispatcher.close(timeout=2.0)
+        self.dispatcher.close(timeout=1.0)
         self.outbox.close()
         self.http.stop()
         if self._gc_thresholds is not None:
@@ -433,3 +536,13 @@ class Daemon:
                  self.pipeline.consumed, self.pipeline.windows_evaluated)
 
 
+def _check_state_dir(directory: str) -> None:
+    """Raise ConfigError naming ``state.dir`` when it cannot be created or written."""
+    probe = os.path.join(directory, f".driftmon-write-test-{os.getpid()}")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with open(probe, "w") as fh:
+            fh.write("ok")
+        os.remove(probe)
+    except OSError as exc:
+        raise ConfigError("state.dir", f"{directory} is not a writable directory: {exc.strerror or exc}") from None

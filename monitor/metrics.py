@@ -38,7 +38,12 @@ NAMES = {
     "prediction_drift_score": ("gauge", "Drift statistic of the prediction in the last window, by method."),
     "prediction_drift_detected": ("gauge", "1 if the prediction drifted in the last window, else 0."),
     "last_window_end_timestamp_seconds": ("gauge", "End of the last evaluated window, Unix time."),
-    "consumer_lag_messages": ("gauge", "Messages between the committed position and the partition end."),
+    "consumer_lag_messages": ("gauge", "Messages between the consumer's position and the partition end, from the "
+                                       "last broker probe; absent while it cannot be measured."),
+    "consumer_lag_timestamp_seconds": ("gauge", "When the consumer lag was last measured, Unix time."),
+    "broker_up": ("gauge", "1 if the Kafka broker answered the last probe (or sent records since), else 0."),
+    "last_fetch_timestamp_seconds": ("gauge", "Unix time up to which the assigned partitions had been read: the last "
+                                              "records received, or the last probe that found nothing left to read."),
     "checkpoints": ("counter", "State checkpoints written."),
     "batch_processing_seconds": ("histogram", "Time to decode, window and evaluate one polled batch."),
     "alerts_firing": ("gauge", "Alerts currently firing, by kind."),
@@ -166,6 +171,9 @@ class DriftmonCollector(Collector):
         for partition, value in sorted(s.lag.items()):
             lag.add_metric([m, str(partition)], value)
         yield lag
+        health = getattr(s, "health", None)
+        if health is not None:
+            yield from self._health_families(m, health)
 
         yield from self._window_families(m, p.last_result)
         if getattr(p, "multivariate", None) is not None and p.multivariate.detectors:
@@ -173,6 +181,18 @@ class DriftmonCollector(Collector):
         yield from self._alert_families(m)
         if p.tracker is not None:
             yield from self._performance_families(m, p.tracker, s.baseline)
+
+    @staticmethod
+    def _health_families(m: str, health):
+        up = _family("broker_up", [])
+        up.add_metric([m], 1 if health.up else 0)
+        yield up
+        for key, value in (("last_fetch_timestamp_seconds", health.last_fetch),
+                           ("consumer_lag_timestamp_seconds", health.lag_timestamp)):
+            if value is not None:  # never fetched / never measured: no sample rather than a fake time
+                fam = _family(key, [])
+                fam.add_metric([m], value)
+                yield fam
 
     def _performance_families(self, m: str, tracker, baseline):
         join = tracker.join

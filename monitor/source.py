@@ -24,6 +24,9 @@ def client_options(cfg: KafkaConfig) -> dict:
         "bootstrap_servers": cfg.bootstrap_servers,
         "client_id": cfg.client_id,
         "security_protocol": cfg.security_protocol,
+        # kafka-python backs off up to 30 s between reconnects; after an outage that is up to 30 s more
+        # without data. Java clients use 1 s.
+        "reconnect_backoff_max_ms": 1000,
     }
     if cfg.sasl_mechanism:
         options["sasl_mechanism"] = cfg.sasl_mechanism
@@ -51,6 +54,23 @@ def consumer_options(cfg: KafkaConfig) -> dict:
         metrics_enabled=False,  # kafka-python's own metrics cost a fifth of the consume rate
         **client_options(cfg),
     )
+
+
+class _Consumer(KafkaConsumer):
+    """A KafkaConsumer that releases its network thread when the constructor fails (kafka-python
+    starts it before bootstrapping, and a failed bootstrap would leak one thread per retry)."""
+
+    def __init__(self, **options):
+        try:
+            super().__init__(**options)
+        except BaseException:
+            client = getattr(self, "_client", None)
+            if client is not None:
+                try:
+                    client.close()
+                except Exception:  # closing a half-built client: nothing more to do
+                    pass
+            raise
 
 
 def partition_key(tp: TopicPartition) -> str:
@@ -133,12 +153,14 @@ class KafkaSource:
         self._lag_lock = threading.Lock()
         self._producer: KafkaProducer | None = None
 
-    def start(self) -> "KafkaSource":
+    def start(self, bootstrap_timeout_ms: int = 30_000) -> "KafkaSource":
+        """Create the consumer and subscribe; raises (kafka-python's errors) when the broker cannot be
+        reached within ``bootstrap_timeout_ms`` or the client settings are refused."""
         cfg = self.cfg
         options = consumer_options(cfg)
         if cfg.security_protocol != "PLAINTEXT":
             check_brokers(cfg, options)  # a refused certificate or password: one line, not 30 s of retries
-        self._consumer = KafkaConsumer(**options)
+        self._consumer = _Consumer(**options, bootstrap_timeout_ms=bootstrap_timeout_ms)
         topics = [cfg.topic] + ([cfg.labels_topic] if cfg.labels_topic else [])
         self._consumer.subscribe(topics, listener=_Listener(self))
         return self
@@ -215,15 +237,16 @@ class KafkaSource:
         except KeyError:  # the assignment changed in between; the next call covers it
             pass
 
-    def commit(self, positions: dict[str, int]) -> None:
-        """Commit the given next offsets for the partitions this member holds."""
+    def commit(self, positions: dict[str, int], timeout_ms: int | None = None) -> None:
+        """Commit the given next offsets for the partitions this member holds (KafkaTimeoutError after
+        ``timeout_ms``; None waits as long as it takes)."""
         offsets = {}
         for tp in self.assigned:
             offset = positions.get(partition_key(tp))
             if offset is not None:
                 offsets[tp] = OffsetAndMetadata(offset, "", -1)
         if offsets:
-            self._consumer.commit(offsets)
+            self._consumer.commit(offsets, timeout_ms=timeout_ms)
 
     def lag(self, positions: dict[str, int]) -> dict[int, int]:
         """Partition -> messages behind the end of the log (own client: safe off the consuming thread)."""
@@ -241,6 +264,35 @@ class KafkaSource:
                 out[tp.partition] = max(0, end - position)
         return out
 
+    def probe(self, positions: dict[str, int], timeout_ms: int) -> tuple[dict[int, int], bool]:
+        """One round trip to the broker on a client of its own (safe off the consuming thread).
+
+        Asks for the end offsets of the assigned partitions (of the topic's partitions when none is
+        assigned). Returns the lag of the prediction topic's partitions (partition -> messages) and
+        whether every assigned partition was read to its end. Raises when the broker does not answer
+        within ``timeout_ms``.
+        """
+        cfg = self.cfg
+        with self._lag_lock:
+            if self._lag_client is None:
+                self._lag_client = _Consumer(metrics_enabled=False, request_timeout_ms=max(1000, timeout_ms),
+                                             bootstrap_timeout_ms=timeout_ms, **client_options(cfg))
+            assigned = list(self.assigned)
+            partitions = assigned or [TopicPartition(cfg.topic, p)
+                                      for p in sorted(self._lag_client.partitions_for_topic(cfg.topic) or {0})]
+            ends = self._lag_client.end_offsets(partitions, timeout_ms=timeout_ms)
+        lag, caught_up = {}, bool(assigned)
+        for tp in assigned:
+            end = ends.get(tp)
+            position = positions.get(partition_key(tp))
+            if end is None or position is None:
+                continue  # nothing read from it yet: no position to measure from
+            if position < end:
+                caught_up = False
+            if tp.topic == cfg.topic:
+                lag[tp.partition] = max(0, end - position)
+        return lag, caught_up
+
     def dead_letter(self, items: list[tuple[bytes, str, str]]) -> None:
         """Produce rejected messages (value, reason, source) to the dead-letter topic, if configured."""
         if not self.cfg.dead_letter_topic or not items:
@@ -255,11 +307,16 @@ class KafkaSource:
         if self._producer is not None:
             self._producer.flush(timeout=10)
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Close the clients, each bounded by ``timeout_s`` (a broker that is down does not hold up exit)."""
         if self._producer is not None:
-            self._producer.close(timeout=5)
-        with self._lag_lock:
-            if self._lag_client is not None:
-                self._lag_client.close()
+            self._producer.close(timeout=timeout_s)
+        if self._lag_lock.acquire(timeout=timeout_s):  # a probe in flight ends within its own timeout
+            try:
+                if self._lag_client is not None:
+                    self._lag_client.close(timeout_ms=int(timeout_s * 1000))
+                    self._lag_client = None
+            finally:
+                self._lag_lock.release()
         if self._consumer is not None:
-            self._consumer.close(autocommit=False)
+            self._consumer.close(autocommit=False, timeout_ms=int(timeout_s * 1000))
