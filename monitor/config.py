@@ -522,7 +522,7 @@ class LabelsConfig(_Node):
     id_path: str | None = None  # id in label messages (default: schema.id.path)
     timestamp_path: str | None = None  # event time in label messages (default: the broker timestamp)
     ttl: str = "7d"  # how long a prediction waits for its label
-    max_pending: int = 200_000  # predictions plus early labels waiting; the oldest are evicted past it
+    max_pending: int = 10_000_000  # predictions plus early labels waiting (on disk); the oldest are evicted past it
     window: int = 1000  # labelled predictions per performance window
     positive: str | None = None  # the positive class of a binary classifier (default: the baseline's minority)
     threshold: float = 0.5  # score threshold for the positive class (confidence-based estimation)

@@ -89,6 +89,9 @@ class Daemon:
         self.paused = False  # consumption paused until closed windows are durable and emitted
         self.listeners = []  # callables(result), e.g. the demo's live display
         self.last_window_end: float | None = None
+        tracker = self.pipeline.tracker
+        if tracker is not None and config.labels_on_topic:  # pending label joins on disk (monitor/join.py)
+            tracker.join.open(os.path.join(config.state.dir, "labels"))
         restored = self.store.load()
         if restored is not None:
             self.pipeline.load_state_dict(restored["pipeline"])
@@ -294,6 +297,8 @@ class Daemon:
             # Only offsets whose events are durable in a checkpoint may be committed: a restart that
             # finds no usable checkpoint resumes from the committed offsets and must not skip events.
             self._durable_positions = positions
+            if state["pipeline"].get("performance"):  # the label join's undo records this covers can go
+                self.pipeline.tracker.join.durable(state["pipeline"]["performance"]["join"])
         return True
 
     def _probe(self) -> None:
@@ -528,6 +533,8 @@ class Daemon:
             self.source = None
         self.dispatcher.close(timeout=1.0)
         self.outbox.close()
+        if self.pipeline.tracker is not None:
+            self.pipeline.tracker.join.close()
         self.http.stop()
         if self._gc_thresholds is not None:
             gc.set_threshold(*self._gc_thresholds)

@@ -1,19 +1,351 @@
-"""The late-label join: predictions wait for their labels by id (and labels that come first wait too)."""
+"""The late-label join: predictions wait for their labels by id (and labels that come first wait too).
+
+Pending entries live in a store. :class:`MemoryStore` keeps them in a dict and
+puts them whole into :meth:`LabelJoin.state_dict` (fine for thousands: tests,
+replays, the benchmarks' reference). :class:`RocksStore`, the daemon's, keeps
+them in RocksDB on the state volume, so that tens of millions of predictions
+waiting days for their labels cost disk, not memory, and a checkpoint records a
+position in the store (an epoch) rather than its contents. docs/DESIGN.md
+("Pending label joins") says why RocksDB, and how the store maps onto a
+changelog topic in scale-out mode.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import shutil
+import struct
 from collections import OrderedDict
 
-__all__ = ["LabelJoin"]
+import msgspec
+
+__all__ = ["LabelJoin", "MemoryStore", "RocksStore"]
+
+log = logging.getLogger(__name__)
+
+PREDICTION, LABEL = 0, 1
+
+
+class MemoryStore:
+    """Pending entries in a dict, in arrival order; expiry and eviction take the oldest arrivals first.
+
+    An entry is ``[t, kind, payload, it]``: the event time (may be NaN), :data:`PREDICTION` or
+    :data:`LABEL`, the waiting row or label, and the time it expires by (``t``, or the
+    join's watermark when ``t`` is NaN).
+    """
+
+    def __init__(self):
+        self.entries: OrderedDict[str, list] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def get_many(self, keys: list[str]) -> list:
+        get = self.entries.get
+        return [get(k) for k in keys]
+
+    def apply(self, changes: dict, old: dict) -> None:
+        """Write a batch: id -> new entry, or None to delete (``old``: what the store held before)."""
+        entries = self.entries
+        for key, new in changes.items():
+            if new is None:
+                entries.pop(key, None)
+            else:
+                entries[key] = new
+                entries.move_to_end(key)
+
+    def expire(self, horizon: float) -> int:
+        dropped, entries = 0, self.entries
+        while entries and next(iter(entries.values()))[3] < horizon:
+            entries.popitem(last=False)
+            dropped += 1
+        return dropped
+
+    def evict(self, n: int) -> int:
+        n = min(n, len(self.entries))
+        for _ in range(n):
+            self.entries.popitem(last=False)
+        return n
+
+    def commit(self) -> dict:
+        return {"entries": [[k, *e] for k, e in self.entries.items()]}
+
+    def durable(self, state: dict) -> None:
+        pass
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+    def close(self) -> None:
+        pass
+
+
+# ---- RocksDB ---------------------------------------------------------------------------------------
+
+_ENTRY, _META, _TIME, _UNDO, _END = b"e", b"m", b"t", b"u", b"v"  # key prefixes, in this order
+_U64 = struct.Struct(">Q")
+_ZERO = _U64.pack(0)
+
+
+def _time_key(t: float) -> bytes:
+    """8 bytes that sort like the float ``t`` (IEEE 754 with the sign bit flipped, negatives inverted)."""
+    (u,) = _U64.unpack(struct.pack(">d", t))
+    return _U64.pack(u ^ 0xFFFFFFFFFFFFFFFF if u >> 63 else u | 0x8000000000000000)
+
+
+def _plain(obj):
+    """numpy scalars in waiting rows (a numeric column's values) as Python numbers."""
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"cannot store a {type(obj).__name__} in the label join")
+
+
+class RocksStore:
+    """Pending entries in RocksDB, with an undo log per epoch, so that the store rolls back to any checkpoint.
+
+    Keys: ``e<id>`` an entry; ``t<time><id>`` the expiry index (by event time); ``u<epoch><seq>``
+    the undo record of one change (the id, the entry it replaced, the index key it wrote);
+    ``m`` the last committed epoch. A change and its undo record go in one write batch.
+
+    A checkpoint calls :meth:`commit`: the write-ahead log is synced (one fsync) and the
+    checkpoint records the epoch, so its cost does not grow with the entries. A restart
+    calls :meth:`restore` with the checkpoint it loaded and undoes every change made after
+    it (after a kill -9 the store is ahead of the checkpoint by up to an epoch or two). Undo
+    records go once a checkpoint that covers them is durable (:meth:`durable`): they hold
+    about one checkpoint interval of changes.
+
+    Parameters
+    ----------
+    path : str
+        A directory (created if missing) that belongs to this store alone.
+    cache_mib : int
+        The block cache. With the write buffers (2 x 16 MiB) and the bloom filters (about
+        1.3 bytes per key) it bounds the store's memory.
+    """
+
+    def __init__(self, path: str, cache_mib: int = 32):
+        self.path = path
+        self.cache_mib = cache_mib
+        self._encode = msgspec.msgpack.Encoder(enc_hook=_plain).encode
+        self._decode = msgspec.msgpack.Decoder().decode
+        self.db = None
+        self._open()
+
+    def _open(self) -> None:
+        from rocksdict import Options, Rdict, WriteOptions
+
+        os.makedirs(self.path, exist_ok=True)
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        options.optimize_for_point_lookup(self.cache_mib)  # bloom filters and a block cache of that size
+        options.set_write_buffer_size(16 << 20)
+        options.set_max_write_buffer_number(2)
+        options.set_max_background_jobs(2)
+        options.set_keep_log_file_num(2)
+        options.set_max_log_file_size(1 << 20)
+        self.db = Rdict(self.path, options)
+        self._write = WriteOptions()  # batches are not synced one by one: commit() syncs the log
+        self.count = 0
+        self.epoch = 1  # the epoch being written; commit() closes it
+        self.floor = _ZERO  # every index key below it is gone (expired)
+        self.cursor = _ZERO  # where eviction at the cap goes on from
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def _batch(self):
+        from rocksdict import WriteBatch
+
+        return WriteBatch(raw_mode=True)
+
+    def _read(self, lower: bytes, upper: bytes):
+        from rocksdict import ReadOptions
+
+        ro = ReadOptions()
+        ro.set_iterate_lower_bound(lower)
+        ro.set_iterate_upper_bound(upper)
+        return self.db.iter(ro), ro  # the caller keeps ro alive while it iterates: the iterator borrows its bounds
+
+    def get_many(self, keys: list[str]) -> list:
+        if not keys:
+            return []
+        decode = self._decode
+        return [None if v is None else decode(v) for v in self.db.get([_ENTRY + k.encode() for k in keys])]
+
+    def _change(self, wb, key: str, old, new) -> None:
+        """One change and its undo record into the write batch ``wb``."""
+        k = key.encode()
+        if old is not None:
+            wb.delete(_TIME + _time_key(old[3]) + k)
+        if new is None:
+            wb.delete(_ENTRY + k)
+            index = None
+        else:
+            wb.put(_ENTRY + k, self._encode(new))
+            index = _time_key(new[3])
+            wb.put(_TIME + index + k, b"")
+        self._seq += 1
+        wb.put(_UNDO + _U64.pack(self.epoch) + _U64.pack(self._seq), self._encode([key, old, index]))
+
+    def apply(self, changes: dict, old: dict) -> None:
+        """Write a batch: id -> new entry, or None to delete (``old``: what the store held before)."""
+        wb, n = self._batch(), 0
+        for key, new in changes.items():
+            before = old.get(key)
+            if new is None and before is None:
+                continue
+            self._change(wb, key, before, new)
+            self.count += (new is not None) - (before is not None)
+            n += 1
+        if n:
+            self.db.write(wb, self._write)
+
+    def _oldest(self, lower: bytes, upper: bytes, limit: int) -> list[bytes]:
+        """Up to ``limit`` index keys (time + id) in [lower, upper), oldest first."""
+        it, _ro = self._read(_TIME + lower, _TIME + upper)
+        it.seek(_TIME + lower)
+        out = []
+        while it.valid() and len(out) < limit:
+            out.append(it.key()[1:])
+            it.next()
+        del it
+        return out
+
+    def _drop(self, index_keys: list[bytes]) -> int:
+        keys = [k[8:].decode() for k in index_keys]
+        if not keys:
+            return 0
+        wb, n = self._batch(), 0
+        for key, entry in zip(keys, self.get_many(keys)):
+            if entry is not None:
+                self._change(wb, key, entry, None)
+                n += 1
+        if n:
+            self.db.write(wb, self._write)
+        self.count -= n
+        return n
+
+    def expire(self, horizon: float) -> int:
+        upper = _time_key(horizon)
+        if upper <= self.floor:
+            return 0
+        dropped, lower = 0, self.floor
+        while True:
+            keys = self._oldest(lower, upper, 10_000)
+            dropped += self._drop(keys)
+            if len(keys) < 10_000:
+                break
+            lower = keys[-1] + b"\x00"  # past the deletions just written
+        self.floor = upper  # later arrivals older than this are never stored (see LabelJoin._join)
+        self.cursor = max(self.cursor, upper)
+        return dropped
+
+    def evict(self, n: int) -> int:
+        """Drop the ``n`` oldest entries by expiry time, from a cursor that moves past what it evicted
+        (so that eviction at the cap does not walk over its own deletions again)."""
+        keys = self._oldest(max(self.cursor, self.floor), b"\xff" * 9, n)
+        if keys:
+            self.cursor = keys[-1] + b"\x00"
+        return self._drop(keys)
+
+    def commit(self) -> dict:
+        """Make everything written so far durable; return the position that names it."""
+        epoch = self.epoch
+        self.db.put(_META, _U64.pack(epoch), self._write)
+        self.db.flush_wal(True)  # one fsync, however many entries wait
+        self.epoch += 1
+        self._seq = 0
+        return {"store": "rocksdb", "epoch": epoch, "pending": self.count, "floor": self.floor.hex(),
+                "cursor": self.cursor.hex()}
+
+    def committed(self) -> int:
+        meta = self.db.get(_META)
+        return 0 if meta is None else _U64.unpack(meta)[0]
+
+    def restore(self, state: dict) -> None:
+        """Roll the store back to the checkpoint ``state`` (from :meth:`commit`)."""
+        epoch = state["epoch"]
+        if self.committed() < epoch:
+            log.error("the label join store %s is older than the checkpoint (epoch %d < %d): its %d pending "
+                      "entries are lost (was the state directory restored in part?)", self.path,
+                      self.committed(), epoch, state["pending"])
+            self.clear()
+            self.epoch = epoch + 1
+            return
+        start = _UNDO + _U64.pack(epoch + 1)
+        it, _ro = self._read(start, _END)
+        it.seek_to_last()  # the newest change first
+        wb, undone = self._batch(), 0
+        while it.valid() and it.key() >= start:  # (the lower bound does not stop a backward walk)
+            key, old, index = self._decode(it.value())
+            k = key.encode()
+            if index is not None:
+                wb.delete(_TIME + index + k)
+                wb.delete(_ENTRY + k)
+            if old is not None:
+                wb.put(_ENTRY + k, self._encode(old))
+                wb.put(_TIME + _time_key(old[3]) + k, b"")
+            undone += 1
+            it.prev()
+        del it
+        wb.delete_range(start, _END)
+        wb.put(_META, _U64.pack(epoch))
+        self.db.write(wb, self._write)
+        self.db.flush_wal(True)
+        self.count = state["pending"]
+        self.floor = bytes.fromhex(state["floor"])
+        self.cursor = bytes.fromhex(state["cursor"])
+        self.epoch = epoch + 1
+        self._seq = 0
+        if undone:
+            log.info("label join store rolled back to the checkpoint's epoch %d (%d changes undone)", epoch, undone)
+
+    def durable(self, state: dict) -> None:
+        """The checkpoint holding ``state`` is on disk: the undo records it covers can go."""
+        self.db.delete_range(_UNDO, _UNDO + _U64.pack(state["epoch"] + 1), self._write)
+
+    def clear(self) -> None:
+        from rocksdict import Options, Rdict
+
+        self.db.close()
+        self.db = None
+        Rdict.destroy(self.path, Options(raw_mode=True))
+        shutil.rmtree(self.path, ignore_errors=True)
+        self._open()
+
+    def entries_exist(self) -> bool:
+        it, _ro = self._read(_ENTRY, _END)
+        it.seek_to_first()
+        found = it.valid()
+        del it
+        return found
+
+    def entries(self) -> dict:
+        """Every pending entry, id -> entry (for tests)."""
+        it, _ro = self._read(_ENTRY, _META)
+        it.seek(_ENTRY)
+        out = {}
+        while it.valid():
+            out[it.key()[1:].decode()] = self._decode(it.value())
+            it.next()
+        del it
+        return out
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+            self.db = None
 
 
 class LabelJoin:
-    """Join predictions and labels by id, with a time-to-live and a hard cap on pending entries.
+    """Join predictions and labels by id, with a time-to-live by event time and a hard cap on pending entries.
 
-    Pending entries are kept in arrival order, so expiry and eviction at the cap
-    drop the oldest first. Everything is in :meth:`state_dict` (JSON-safe), so
-    the join survives a restart with the daemon's checkpoint.
+    Expiry and eviction at the cap drop the oldest first (by event time in :class:`RocksStore`,
+    by arrival in :class:`MemoryStore`). The counters and the store's position are in
+    :meth:`state_dict` (JSON-safe), so the join survives a restart with the daemon's checkpoint.
 
     Parameters
     ----------
@@ -26,91 +358,123 @@ class LabelJoin:
     def __init__(self, ttl: float, max_pending: int):
         self.ttl = ttl
         self.max_pending = max_pending
+        self.store: MemoryStore | RocksStore = MemoryStore()
+        self._unchecked = False  # an opened store waits for load_state_dict, or is cleared at first use
         self._reset()
 
     def _reset(self) -> None:
-        self.predictions: OrderedDict[str, list] = OrderedDict()  # id -> [time, row]
-        self.labels: OrderedDict[str, list] = OrderedDict()  # id -> [time, label]
         self.received = 0
         self.matched = 0
         self.expired = 0
         self.watermark = -math.inf  # the latest event time seen
 
+    def open(self, path: str, **options) -> "LabelJoin":
+        """Keep pending entries in a :class:`RocksStore` at ``path`` (call before :meth:`load_state_dict`).
+
+        A store that no checkpoint is loaded into is cleared at first use: without the
+        checkpoint's counters and offsets its entries would be counted twice.
+        """
+        self.store.close()
+        self.store = RocksStore(path, **options)
+        self._unchecked = True
+        return self
+
+    def close(self) -> None:
+        self.store.close()
+
+    def _check(self) -> None:
+        self._unchecked = False
+        if self.store.committed() or self.store.entries_exist():
+            log.warning("label join store %s cleared: no checkpoint names its state", self.store.path)
+        self.store.clear()
+
     @property
     def pending(self) -> int:
-        return len(self.predictions) + len(self.labels)
+        return len(self.store)
+
+    def _join(self, ids, times, payloads, kind: int) -> list[tuple[list, object, float]]:
+        if self._unchecked:
+            self._check()
+        keys = [str(k) for k in ids]
+        old = dict(zip(keys, self.store.get_many(keys)))
+        changes: dict = {}
+        out = []
+        horizon = self.watermark - self.ttl
+        for key, t, payload in zip(keys, times, payloads):
+            current = changes[key] if key in changes else old[key]
+            if current is not None and current[1] != kind:  # its partner waits
+                self.matched += 1
+                changes[key] = None
+                if kind == LABEL:
+                    out.append((current[2], payload, max(0.0, t - current[0])))
+                else:
+                    out.append((payload, current[2], max(0.0, current[0] - t)))
+            else:
+                it = t if t == t else self.watermark  # without an event time it waits a TTL from the latest
+                if it < horizon:
+                    self.expired += 1  # older than the TTL already: it would expire at once
+                else:
+                    changes[key] = [t, kind, payload, it]
+            if t == t and t > self.watermark:  # NaN-safe
+                self.watermark = t
+                horizon = t - self.ttl
+        self.store.apply(changes, old)
+        excess = len(self.store) - self.max_pending
+        if excess > 0:
+            self.expired += self.store.evict(excess)
+        return out
 
     def add_predictions(self, ids, times, rows) -> list[tuple[list, object, float]]:
         """Add predictions; return (row, label, delay seconds) for those whose label had already arrived."""
-        out = []
-        for key, t, row in zip(ids, times, rows):
-            key = str(key)
-            early = self.labels.pop(key, None)
-            if early is not None:
-                self.matched += 1
-                out.append((row, early[1], max(0.0, early[0] - t)))
-            else:
-                self.predictions[key] = [t, row]
-                self.predictions.move_to_end(key)
-            self._advance(t)
-        self._evict()
-        return out
+        return self._join(ids, times, rows, PREDICTION)
 
     def add_labels(self, ids, times, labels) -> list[tuple[list, object, float]]:
         """Add labels; return (row, label, delay seconds) for those whose prediction is waiting."""
-        out = []
-        for key, t, label in zip(ids, times, labels):
-            key = str(key)
-            self.received += 1
-            waiting = self.predictions.pop(key, None)
-            if waiting is not None:
-                self.matched += 1
-                out.append((waiting[1], label, max(0.0, t - waiting[0])))
-            else:
-                self.labels[key] = [t, label]
-                self.labels.move_to_end(key)
-            self._advance(t)
-        self._evict()
-        return out
-
-    def _advance(self, t: float) -> None:
-        if t == t and t > self.watermark:  # NaN-safe
-            self.watermark = t
+        self.received += len(ids)
+        return self._join(ids, times, labels, LABEL)
 
     def expire(self, now: float | None = None) -> int:
         """Drop entries older than the TTL (by event time, or ``now``); returns how many."""
+        if self._unchecked:
+            self._check()
         horizon = (self.watermark if now is None else now) - self.ttl
-        dropped = 0
-        for pending in (self.predictions, self.labels):
-            while pending:
-                key, (t, _) = next(iter(pending.items()))
-                if t >= horizon:
-                    break
-                pending.popitem(last=False)
-                dropped += 1
+        if not horizon > -math.inf:  # nothing timed yet (or NaN)
+            return 0
+        dropped = self.store.expire(horizon)
         self.expired += dropped
         return dropped
 
-    def _evict(self) -> None:
-        while self.pending > self.max_pending:
-            # the older of the two queues' heads goes first
-            p = next(iter(self.predictions.values()))[0] if self.predictions else math.inf
-            q = next(iter(self.labels.values()))[0] if self.labels else math.inf
-            (self.predictions if p <= q else self.labels).popitem(last=False)
-            self.expired += 1
-
     def state_dict(self) -> dict:
+        """The counters and the store's position (a :class:`RocksStore` commits here), or, in memory, its entries."""
+        if self._unchecked:
+            self._check()
         return {
-            "predictions": [[k, t, row] for k, (t, row) in self.predictions.items()],
-            "labels": [[k, t, label] for k, (t, label) in self.labels.items()],
+            "store": self.store.commit(),
             "received": self.received, "matched": self.matched, "expired": self.expired,
             "watermark": None if math.isinf(self.watermark) else self.watermark,
         }
 
     def load_state_dict(self, state: dict) -> "LabelJoin":
         self._reset()
-        self.predictions.update((k, [t, row]) for k, t, row in state["predictions"])
-        self.labels.update((k, [t, label]) for k, t, label in state["labels"])
+        self._unchecked = False
+        store = state.get("store")
+        if store is None or "entries" in store:  # entries inline: from a MemoryStore, or from before stores
+            if store is None:
+                entries = [(k, t, PREDICTION, row, t) for k, t, row in state["predictions"]]
+                entries += [(k, t, LABEL, label, t) for k, t, label in state["labels"]]
+                entries.sort(key=lambda e: e[1] if e[1] == e[1] else -math.inf)
+            else:
+                entries = store["entries"]
+            self.store.clear()
+            self.store.apply({k: [t, kind, p, it] for k, t, kind, p, it in entries}, {})
+        elif isinstance(self.store, MemoryStore):
+            raise ValueError("the checkpoint's pending labels are in a RocksDB store: open() it first")
+        else:
+            self.store.restore(store)
         self.received, self.matched, self.expired = state["received"], state["matched"], state["expired"]
         self.watermark = -math.inf if state["watermark"] is None else state["watermark"]
         return self
+
+    def durable(self, state: dict) -> None:
+        """The checkpoint holding ``state`` (from :meth:`state_dict`) is on disk."""
+        self.store.durable(state["store"])
