@@ -272,7 +272,8 @@ def test_replicas_share_the_group_and_rebalances_lose_and_double_count_nothing(t
     ready = b"ready: baseline loaded and consuming\n"
     replicas = [first, second, third]
     consumed = lambda *ds: sum(d.status()["messages_consumed"] for d in ds)  # noqa: E731
-    producer = threading.Thread(target=produce, args=(kafka_broker.bootstrap, topic, messages, 2000.0))
+    # 25 s of stream: the third replica joins and the second leaves while it flows
+    producer = threading.Thread(target=produce, args=(kafka_broker.bootstrap, topic, messages, 1200.0))
     try:
         first.start()
         second.start()
