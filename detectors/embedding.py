@@ -212,8 +212,9 @@ class EmbeddingDrift:
         self._residual_eigenvalues = np.array(model["residual_eigenvalues"], dtype=float)
         self._edges = [np.array(e, dtype=float) for e in model["edges"]]
         self._base_counts = [np.array(c, dtype=np.int64) for c in model["counts"]]
-        if len(self._edges) != self.components + 1 or self._scales.shape != (self.components,):
-            raise ValueError("model: one set of edges per component plus the residual, one scale per component")
+        self._has_residual = self.dimension > self.components
+        if len(self._edges) != self.components + self._has_residual or self._scales.shape != (self.components,):
+            raise ValueError("model: one set of edges per component (plus the residual), one scale per component")
         self._offsets = np.concatenate([[0], np.cumsum([e.size + 1 for e in self._edges])]).astype(int)
         self._reset()
 
@@ -250,6 +251,8 @@ class EmbeddingDrift:
             raise ValueError(f"the baseline vectors span fewer than {components} dimensions; use fewer components")
         basis, scales = eigvec[:, :components], np.sqrt(eigval[:components])
         proj = _project(centered, basis / scales, scales)
+        if components == x.shape[1]:
+            proj = proj[:, :-1]  # nothing outside the components: no residual histogram
         qs = np.arange(1, bins) / bins
         edges, counts = [], []
         for col in proj.T:
@@ -276,7 +279,7 @@ class EmbeddingDrift:
         with single_threaded_blas():
             self._sum_x += x.sum(axis=0)
             proj = _project(x, self._whiten, self._scales, self._mu, self._mu_whitened, self._mu_sq)
-        self._sum_z += proj[:, :-1].sum(axis=0)
+        self._sum_z += proj[:, :self.components].sum(axis=0)
         for j, edges in enumerate(self._edges):
             idx = np.searchsorted(edges, proj[:, j], side="left") + self._offsets[j]
             self._counts += np.bincount(idx, minlength=self._counts.size)
@@ -340,7 +343,7 @@ class EmbeddingDrift:
                                   p_value_residual=p_residual, alpha=self.alpha)
 
     def _histograms(self):
-        names = [f"pc{i + 1}" for i in range(self.components)] + ["residual"]
+        names = [f"pc{i + 1}" for i in range(self.components)] + ["residual"] * self._has_residual
         effects, pvalues = [], []
         for j, base in enumerate(self._base_counts):
             q = self._counts[self._offsets[j]:self._offsets[j + 1]]

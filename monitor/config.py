@@ -184,7 +184,7 @@ class Feature(_Node):
     weight: float = 1.0  # its share of the model's drift weight, for the retraining policy
     # embedding features only (a fixed-length list of floats; see docs/statistics.md "Embedding drift")
     dimension: int | None = None
-    components: int = 10  # principal components watched
+    components: int | None = None  # principal components watched (default: 10, fewer than the dimension)
     methods: list[Literal["mean_distance", "histograms"]] = msgspec.field(
         default_factory=lambda: ["mean_distance", "histograms"])
 
@@ -196,6 +196,8 @@ class Feature(_Node):
         if self.type == "embedding":
             if self.dimension is None or self.dimension < 2:
                 raise ValueError("`dimension` (the vector length, at least 2) is required for an embedding feature")
+            if self.components is None:
+                self.components = min(10, self.dimension - 1)  # leave a residual to watch
             if not 1 <= self.components <= self.dimension:
                 raise ValueError("`components` must be between 1 and `dimension`")
             if not self.methods or len(set(self.methods)) != len(self.methods):

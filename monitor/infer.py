@@ -48,6 +48,7 @@ class Inference:
     roles: dict = field(default_factory=dict)  # role -> (column, type or None, reason)
     features: list = field(default_factory=list)  # (column, type, reason)
     skipped: list = field(default_factory=list)  # (column, reason)
+    dimensions: dict = field(default_factory=dict)  # embedding feature -> vector length
 
 
 def _is_text(t) -> bool:
@@ -129,6 +130,21 @@ def infer_columns(path: str) -> Inference:
     rows = table.num_rows
     out = Inference(rows=rows)
     columns = {name: table.column(name) for name in table.column_names}
+    for name in [n for n, c in columns.items() if pa.types.is_nested(c.type)]:
+        # lists of numbers of one length are embeddings; other nested values cannot be profiled
+        col = columns.pop(name)
+        t = col.type
+        lengths = set(pc.unique(pc.list_value_length(col)).to_pylist()) - {None} \
+            if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t) else set()
+        numeric = bool(lengths) and (pa.types.is_floating(t.value_type) or pa.types.is_integer(t.value_type))
+        if numeric and len(lengths) == 1 and min(lengths) >= 2:
+            dimension = lengths.pop()
+            out.features.append((name, "embedding", f"lists of {dimension} numbers: an embedding vector"))
+            out.dimensions[name] = dimension
+        else:
+            what = (f"lists of lengths {sorted(lengths)[:5]}" if numeric
+                    else f"lists of {t.value_type}" if lengths else f"type {t}")
+            out.skipped.append((name, f"{what}: only fixed-length lists of numbers (embeddings) are monitored"))
     distinct = {name: pc.count_distinct(col).as_py() for name, col in columns.items()}
     present = {name: len(col) - col.null_count for name, col in columns.items()}
     taken: set[str] = set()
@@ -298,6 +314,8 @@ def starter_config(path: str, model: str = "my-model") -> str:
     for name, kind, reason in found.features:
         short = name.split(".")[-1]
         path_part = f", path: {_yaml_name(name)}" if "." in name else ""
+        if kind == "embedding":
+            path_part = f", dimension: {found.dimensions[name]}" + path_part
         lines.append(f"    - {{name: {_yaml_name(short)}, type: {kind}{path_part}}}   # {reason}")
     for role in ("prediction", "score", "label"):
         if role in roles:

@@ -127,6 +127,17 @@ def test_spread_change_is_caught_by_the_histograms(model):
     assert np.mean([r.mean_distance.drift for r in results]) <= 0.1
 
 
+def test_all_components_leave_no_residual():
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(2000, 4)) * [3.0, 2.0, 1.0, 0.5]
+    model = EmbeddingDrift.fit_baseline(x, components=4)
+    assert len(model["edges"]) == 4 and model["residual_eigenvalues"] == []
+    quiet = EmbeddingDrift(model).update(rng.normal(size=(1000, 4)) * [3.0, 2.0, 1.0, 0.5]).result()
+    assert not quiet.drift and quiet.mean_distance.p_value_residual == 1.0
+    moved = EmbeddingDrift(model).update(rng.normal(size=(1000, 4)) * [3.0, 2.0, 1.0, 1.0]).result()
+    assert moved.histograms.drift and moved.histograms.drifted == ("pc4",)
+
+
 def test_weighted_chi_square_tail_matches_references():
     # equal weights: a scaled chi-square (scipy); unequal: a seeded Monte Carlo of 100,000 draws
     for x, k in ((3.0, 20), (40.0, 20), (60.0, 50)):

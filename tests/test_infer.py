@@ -97,3 +97,29 @@ def test_init_reads_datetime_types_epoch_seconds_and_labels_by_name(tmp_path):
     assert "prediction" not in found.roles  # nothing equals score >= 0.5, and no name says so
     assert [f[0] for f in found.features] == ["x", "tag"]
     assert "id" not in found.roles  # `comment` is free text, not an id: no name says id
+
+
+def test_init_proposes_embeddings_and_skips_other_nested_columns(tmp_path):
+    n = 600
+    rng = np.random.default_rng(2)
+    ragged = [list(range(1 + i % 3)) for i in range(n)]
+    table = pa.table({
+        "x": rng.normal(size=n),
+        "text_emb": pa.array(rng.normal(size=(n, 16)).tolist(), type=pa.list_(pa.float32())),
+        "tags": pa.array(ragged, type=pa.list_(pa.int64())),
+        "words": pa.array([["a", "b"]] * n, type=pa.list_(pa.string())),
+    })
+    pq.write_table(table, tmp_path / "t.parquet")
+    found = infer_columns(str(tmp_path / "t.parquet"))
+    assert ("text_emb", "embedding", "lists of 16 numbers: an embedding vector") in found.features
+    assert found.dimensions == {"text_emb": 16}
+    skipped = dict(found.skipped)
+    assert "lists of lengths [1, 2, 3]" in skipped["tags"] and "lists of string" in skipped["words"]
+    # the starter config builds a baseline and checks
+    config = driftmon("init", "--data", str(tmp_path / "t.parquet")).stdout
+    (tmp_path / "driftmon.yaml").write_text(config)
+    assert "- {name: text_emb, type: embedding, dimension: 16}" in config
+    driftmon("baseline", "--config", str(tmp_path / "driftmon.yaml"), "--data", str(tmp_path / "t.parquet"),
+             "--out", str(tmp_path / "baseline.json"))
+    driftmon("check-config", "--config", str(tmp_path / "driftmon.yaml"))
+    assert load_config(tmp_path / "driftmon.yaml").schema.embeddings()[0].components == 10
