@@ -176,6 +176,7 @@ class Daemon:
             "ready_reason": why,
             "kafka": self.health.status(),
             "consumer_lag_messages": {str(k): v for k, v in sorted(lag.items())},
+            "state": self.state_health(),  # live: it changes while nothing is consumed (a full disk)
         }
 
     def _publish(self) -> None:
@@ -187,7 +188,6 @@ class Daemon:
             "messages_invalid": dict(self.pipeline.invalid),
             "windows_evaluated": self.pipeline.windows_evaluated,
             "open_window": {"index": window.index, "events": window.events},
-            "state": self.state_health(),
             "last_window": self.pipeline.last_result,
             "report": "/report",  # the last window as an HTML page; /report?index=N for older ones
             "last_performance": tracker.last_result if tracker else None,

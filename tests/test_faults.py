@@ -108,8 +108,9 @@ def test_harness_restarts_kafka_on_the_same_data(own_broker):
 
 
 def test_broker_stopped_for_60_s_and_restarted_mid_stream(tmp_path, own_broker):
-    """The broker goes away for a minute under a steady stream: driftmon stays alive and healthy,
-    /status keeps answering promptly, and after the restart every message is counted exactly once."""
+    """The broker goes away for a minute under a steady stream: driftmon stays alive (/healthz), /status
+    keeps answering, /readyz turns 503 with the reason after kafka.unavailable_after and 200 when the broker
+    is back, and after the restart every message is counted exactly once."""
     topic, path, config, daemon = setup_daemon(tmp_path, own_broker, partitions=2)
     messages, invalid = stream(24_000, seed=91)
     valid = len(messages) - invalid
@@ -121,18 +122,26 @@ def test_broker_stopped_for_60_s_and_restarted_mid_stream(tmp_path, own_broker):
         daemon.wait(lambda: daemon.status()["messages_consumed"] >= 6000, 60, "6000 consumed")
         own_broker.halt()
         down_until = time.monotonic() + 60
+        not_ready = []
         while time.monotonic() < down_until:  # health during the outage
             assert daemon.proc.poll() is None, daemon.log()
             assert daemon.get("/healthz") is not None  # alive: Kubernetes must not restart it
             status = daemon.status()  # answers (within the client's 5 s): it does not wait on the broker
             assert status is not None and status["model"] == "car-loan"
+            if not status["ready"]:
+                not_ready.append(status["ready_reason"])
             time.sleep(1.0)
+        # out of service after kafka.unavailable_after (30 s), with the reason; the metric agrees
+        assert not_ready and "unreachable" in not_ready[-1], not_ready[-1:]
+        assert daemon.get("/readyz") is None  # 503
+        assert daemon.metrics()[("driftmon_broker_up", (("model", "car-loan"),))] == 0
         own_broker.restart()
         producer.join(timeout=300)
         assert not producer.errors, producer.errors[:3]
         daemon.wait(lambda: group_caught_up(own_broker.bootstrap, config.kafka.group_id, topic, 2), 180,
                     "every message processed and committed after the restart")
         daemon.wait(lambda: daemon.get("/readyz") == b"ready: baseline loaded and consuming\n", 60, "ready again")
+        assert daemon.metrics()[("driftmon_broker_up", (("model", "car-loan"),))] == 1
         assert daemon.terminate(timeout=30)[0] == 0
     finally:
         daemon.close()
