@@ -164,7 +164,7 @@ def run(quick: bool = False) -> dict:
     minutes = float(os.environ.get("DRIFTMON_SOAK_MINUTES", "2" if quick else "30"))
     seconds = minutes * 60
     restart_every = float(os.environ.get("DRIFTMON_SOAK_RESTART_EVERY", "60" if quick else "300"))
-    down_seconds = float(os.environ.get("DRIFTMON_SOAK_DOWN_SECONDS", "20"))
+    down_seconds = float(os.environ.get("DRIFTMON_SOAK_DOWN_SECONDS", "45"))  # > kafka.unavailable_after (30 s)
     try:
         broker = KafkaBroker()
     except BrokerToolMissing as exc:
