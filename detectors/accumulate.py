@@ -8,6 +8,8 @@ JSON-safe ``state_dict`` for checkpoints.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
 from .profile import count_categories
@@ -113,6 +115,52 @@ class NumericHistogram:
         delta = mean_b - self._mean
         self._mean += delta * n_b / n
         self._m2 += m2_b + delta * delta * n_a * n_b / n
+
+    @staticmethod
+    def update_groups(hists, values, groups):
+        """Add a batch to one histogram per group in one pass (``groups[i]`` indexes ``hists`` for row i).
+
+        The same as ``hists[g].update(values[groups == g])`` for every g, with one binary search and a
+        few ``bincount`` calls for the whole batch instead of a sort per group (per-segment windows).
+        All histograms must share the bins and range.
+        """
+        if not hists:
+            return
+        first = hists[0]
+        if any(not np.array_equal(h.edges, first.edges) or (h.low, h.high) != (first.low, first.high) for h in hists):
+            raise ValueError("update_groups needs histograms with the same edges, low and high")
+        x = np.asarray(values, dtype=float).ravel()
+        g = np.asarray(groups, dtype=np.int64).ravel()
+        if g.size != x.size or (g.size and (g.min() < 0 or g.max() >= len(hists))):
+            raise ValueError("groups must give a histogram index for every value")
+        n_groups, k = len(hists), first.edges.size + 1
+        finite = np.isfinite(x)
+        missing = np.bincount(g[~finite], minlength=n_groups)
+        x, g = x[finite], g[finite]
+        cell = g * k + np.searchsorted(first.edges, x, side="left")  # bin i is (edges[i-1], edges[i]]
+        counts = np.bincount(cell, minlength=n_groups * k).reshape(n_groups, k)
+        sums = np.bincount(cell, weights=x, minlength=n_groups * k).reshape(n_groups, k)
+        n = counts.sum(axis=1)
+        if first.low is None:
+            outside = n
+        else:
+            outside = np.bincount(g, weights=(x < first.low) | (x > first.high), minlength=n_groups)
+        mean = np.divide(np.bincount(g, weights=x, minlength=n_groups), n, out=np.zeros(n_groups), where=n > 0)
+        dev = x - mean[g]
+        m2 = np.bincount(g, weights=dev * dev, minlength=n_groups)
+        low, high = np.full(n_groups, np.inf), np.full(n_groups, -np.inf)
+        np.minimum.at(low, g, x)
+        np.maximum.at(high, g, x)
+        for i, h in enumerate(hists):
+            h._missing += int(missing[i])
+            if n[i] == 0:
+                continue
+            h._counts += counts[i]
+            h._sums += sums[i]
+            h._out_of_range += int(outside[i])
+            h._min = min(h._min, float(low[i]))
+            h._max = max(h._max, float(high[i]))
+            h._combine(int(n[i]), float(mean[i]), float(m2[i]))
 
     def merge(self, other):
         """Add another histogram over the same bins. Returns self."""
@@ -280,6 +328,33 @@ class CategoryCounter:
         """Add a batch of values (list or array of str/int/bool/None). Returns self."""
         counts, missing = count_categories(values)
         return self.update_counts(counts, missing)
+
+    @staticmethod
+    def update_groups(counters, values, groups):
+        """Add a batch to one counter per group in one counting pass (``groups[i]`` indexes ``counters``).
+
+        The same as ``counters[g].update(values[groups == g])`` for every g. Text values (and None) are
+        counted as (group, value) pairs at once; other types take the per-group path, whose naming
+        rules (1, 1.0 and True) they need.
+        """
+        values = values.tolist() if isinstance(values, np.ndarray) else list(values)
+        groups = np.asarray(groups, dtype=np.int64).ravel().tolist()
+        if len(groups) != len(values):
+            raise ValueError("groups must give a counter index for every value")
+        if not set(map(type, values)) <= {str, type(None)}:
+            for i, counter in enumerate(counters):
+                counter.update([v for v, g in zip(values, groups) if g == i])
+            return
+        per = [{} for _ in counters]
+        missing = [0] * len(counters)
+        for (g, v), c in Counter(zip(groups, values)).items():
+            if v is None:
+                missing[g] += c
+            else:
+                per[g][v] = c
+        for counter, counts, m in zip(counters, per, missing):
+            counter._missing += m
+            counter._add(counts)
 
     def update_counts(self, counts, missing=0):
         """Add counts already made (category name -> count, plus missing values). Returns self."""

@@ -29,7 +29,7 @@ from .profile import CategoricalProfile, NumericProfile
 from .stats import (EFFECT_METHODS, chi2_homogeneity, holm, js_distance, ks_binned, material_divergence, material_ks,
                     material_wasserstein, psi, wasserstein_binned)
 
-__all__ = ["FeaturePolicy", "compare_categorical", "compare_numeric", "decide"]
+__all__ = ["FeaturePolicy", "compare_categorical", "compare_effect", "compare_numeric", "decide"]
 
 TEST_METHODS = {"numeric": ("ks", "chi2"), "categorical": ("chi2",)}
 
@@ -162,6 +162,41 @@ def _material_binned(effect, threshold, p, q):
     if effect == "ks":
         return material_ks(p, q, threshold)
     return material_divergence(p, q, effect, threshold)
+
+
+def compare_effect(profile, acc, policy: FeaturePolicy | None = None) -> dict:
+    """Only the decision's inputs for one feature: the effect's material test, no other statistic.
+
+    The same effect, test and status as :func:`compare_numeric` / :func:`compare_categorical`
+    (``effect``, ``test``, ``status``, ``drift``), for places that decide many small families,
+    such as the per-segment drift of every segment value, at a fraction of the cost.
+    """
+    policy = policy or FeaturePolicy()
+    numeric = isinstance(profile, NumericProfile)
+    effect, threshold, _test = policy.resolve("numeric" if numeric else "categorical")
+    material = None
+    if numeric:
+        n = acc.n
+        if profile.n > 0 and n > 0:
+            p, q = profile.counts, acc.counts
+            if effect != "wasserstein":
+                material = _material_binned(effect, threshold, p, q)
+            elif profile.std > 0:
+                lo, hi = min(profile.min, acc.min), max(profile.max, acc.max)
+                material = material_wasserstein(profile.edges, p, q, lo, hi, profile.sums, acc.sums, profile.std,
+                                                acc.std, threshold, scale=profile.std)
+    else:
+        n = acc.n
+        if profile.n > 0 and n > 0:
+            p = np.append(profile.counts, [profile.other_count, 0])
+            q = np.append(acc.counts, [acc.other, acc.unseen])
+            material = _material_binned(effect, threshold, *_unselected(profile, p, q))
+    status = "ok" if profile.n > 0 and n >= policy.min_events else "insufficient_data"
+    return {"status": status, "drift": False,
+            "effect": {"method": effect, "value": None if material is None else material.estimate,
+                       "threshold": threshold},
+            "test": {"p_value": None if material is None or status != "ok" else material.p_value,
+                     "p_value_adjusted": None, "alpha": None}}
 
 
 def compare_numeric(profile: NumericProfile, hist: NumericHistogram, policy: FeaturePolicy | None = None) -> dict:

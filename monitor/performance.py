@@ -152,16 +152,27 @@ class PerformanceTracker:
             return []
         cols = batch.columns
         times = batch.timestamps if batch.timestamps is not None else np.full(batch.n, np.nan)
+        if self.label_decoder is None:
+            # Labels inline: straight from the columns, no per-row tuples (the hot path of labelled replays).
+            labels = _names(cols[self.label_name]) if self.task == "classification" else \
+                np.asarray(cols[self.label_name], dtype=float)
+            keep = _present(labels)
+            n = int(keep.sum())
+            self.join.received += n
+            self.join.matched += n
+            if n == 0:
+                return []
+            columns = {"pred": cols[self.pred_name], "label": labels,
+                       "score": cols[self.score_name] if self.score_name else None, "time": times,
+                       "delay": np.zeros(batch.n), **{e: cols[e] for e in self.extras}}
+            if n < batch.n:
+                columns = {k: None if v is None else _take(v, keep) for k, v in columns.items()}
+            return self._add_columns(columns, n)
+        if batch.ids is None:
+            return []
         score = cols[self.score_name] if self.score_name else [None] * batch.n
         rows = [list(r) for r in zip(cols[self.pred_name], (None if s != s else s for s in score),
                                      times.tolist(), *(cols[e] for e in self.extras))]
-        if self.label_decoder is None:
-            labels = cols[self.label_name]
-            matched = [(row, label, 0.0) for row, label in zip(rows, labels)
-                       if label is not None and not (isinstance(label, float) and math.isnan(label))]
-            return self._add(matched, count_received=True)
-        if batch.ids is None:
-            return []
         return self._add(self.join.add_predictions(batch.ids, times.tolist(), rows))
 
     def on_labels(self, values: list[bytes], times: np.ndarray | None):
@@ -183,68 +194,78 @@ class PerformanceTracker:
         self.join.expire()
         return self._add(matched), batch
 
-    def _add(self, matched: list, count_received: bool = False) -> list[dict]:
-        if count_received:
-            self.join.received += len(matched)
-            self.join.matched += len(matched)
+    def _add(self, matched: list) -> list[dict]:
+        """Joined (row, label, delay) tuples from the label join, as columns."""
+        if not matched:
+            return []
+        rows, labels, delays = zip(*matched)
+        fields = list(zip(*rows))
+        columns = {"pred": list(fields[0]), "score": np.array([np.nan if v is None else v for v in fields[1]], float),
+                   "time": np.array(fields[2], dtype=float), "delay": np.array(delays, dtype=float),
+                   "label": _names(labels) if self.task == "classification" else
+                   np.array([np.nan if v is None else float(v) for v in labels]),
+                   **{e: list(fields[3 + j]) for j, e in enumerate(self.extras)}}
+        return self._add_columns(columns, len(matched))
+
+    def _add_columns(self, columns: dict, n: int) -> list[dict]:
         results = []
         size = self.config.labels.window
         start = 0
-        while start < len(matched):
-            take = matched[start:start + size - self.labelled]
-            self._update(take)
-            start += len(take)
+        while start < n:
+            stop = min(n, start + size - self.labelled)
+            part = columns if (start, stop) == (0, n) else \
+                {k: None if v is None else v[start:stop] for k, v in columns.items()}
+            self._update(part, stop - start)
+            start = stop
             if self.labelled >= size:
                 results.append(self._close())
         return results
 
-    def _update(self, matched: list) -> None:
-        if not matched:
+    def _update(self, cols: dict, n: int) -> None:
+        """Add ``n`` labelled predictions given as columns (pred, label, score, time, delay, extras)."""
+        if n == 0:
             return
-        rows = [m[0] for m in matched]
-        delays = np.array([m[2] for m in matched], dtype=float)
-        for d in delays[~np.isnan(delays)]:
-            self.delay_counts[int(np.searchsorted(DELAY_BUCKETS, d))] += 1
-        self.delay_sum += float(np.nansum(delays))
-        preds = [r[0] for r in rows]
-        times = np.array([r[2] for r in rows], dtype=float)
+        delays = np.asarray(cols["delay"], dtype=float)
+        finite = delays[~np.isnan(delays)]
+        if finite.size:
+            binned = np.bincount(np.searchsorted(DELAY_BUCKETS, finite), minlength=len(DELAY_BUCKETS))
+            self.delay_counts = [a + int(b) for a, b in zip(self.delay_counts, binned)]
+        self.delay_sum += float(finite.sum())
+        times = np.asarray(cols["time"], dtype=float)
         if np.isfinite(times).any():
             self.first_time = min(self.first_time, float(np.nanmin(times)))
             self.last_time = max(self.last_time, float(np.nanmax(times)))
         if self.task == "classification":
-            labels = [category_name(m[1]) for m in matched]
-            preds = [category_name(p) for p in preds]
+            labels = cols["label"]
+            preds = _names(cols["pred"])
             scores = None
-            if self.score_name and self.positive is not None:
-                scores = np.array([np.nan if r[1] is None else r[1] for r in rows], dtype=float)
+            if self.score_name and self.positive is not None and cols["score"] is not None:
+                scores = np.asarray(cols["score"], dtype=float)
             self.acc.update(labels, preds, scores)
-            errors = np.array([int(lab != pred) for lab, pred in zip(labels, preds) if lab is not None
-                               and pred is not None], dtype=np.int8)
-            self.errors.update(errors)
+            both = _present(labels) & _present(preds)
+            self.errors.update((labels[both] != preds[both]).astype(np.int8))
             if self.label_acc is not None:
-                self.label_acc.update(labels)
+                self.label_acc.update(labels.tolist())
         else:
-            labels = np.array([np.nan if m[1] is None else float(m[1]) for m in matched])
-            preds = np.array([np.nan if p is None else float(p) for p in preds])
+            labels = np.asarray(cols["label"], dtype=float)
+            preds = np.array([np.nan if p is None else float(p) for p in cols["pred"]])
             self.acc.update(labels, preds)
             if self.label_acc is not None:
                 self.label_acc.update(labels)
-        offset = 3
-        for j, field in enumerate(self.segment_values):
-            values = [segment_value(r[offset + j], self.segment_values[field]) for r in rows]
-            for value in sorted(set(values)):
-                idx = [i for i, v in enumerate(values) if v == value]
-                acc = self.by_segment[field].setdefault(value, _accumulator(self.task, self.positive))
+        for field, known in self.segment_values.items():
+            values = _names(cols[field])
+            for value in sorted({v for v in set(values.tolist())}, key=str):
+                mask = values == value
+                name = value if value in known else "other"
+                acc = self.by_segment[field].setdefault(name, _accumulator(self.task, self.positive))
                 if self.task == "classification":
-                    acc.update([labels[i] for i in idx], [preds[i] for i in idx])
+                    acc.update(labels[mask], preds[mask])
                 else:
-                    acc.update(labels[idx], preds[idx])
+                    acc.update(labels[mask], preds[mask])
         for attr in self.attributes:
-            col = offset + self.extras.index(attr)
-            groups = [category_name(r[col]) for r in rows]
             y_true = labels if self.task == "classification" else None
-            self.groups[attr].update(groups, preds, y_true)
-        self.labelled += len(matched)
+            self.groups[attr].update(_names(cols[attr]), preds, y_true)
+        self.labelled += n
 
     # ---- evaluation ------------------------------------------------------------------------------
 
@@ -360,3 +381,41 @@ class PerformanceTracker:
         self.last_result = state["last_result"]
         return self
 
+
+def _names(values) -> np.ndarray:
+    """Category names of a column as an object array (None for missing; 1.0 and 1 are "1"), vectorized."""
+    if isinstance(values, np.ndarray) and values.dtype == object:
+        values = values.tolist()
+    if isinstance(values, np.ndarray):
+        if values.dtype.kind in "iu":
+            return values.astype(str).astype(object)
+        values = values.tolist()
+    kinds = set(map(type, values))
+    if kinds <= {str}:
+        out = np.empty(len(values), dtype=object)
+        out[:] = values
+        return out
+    if kinds <= {int}:
+        try:
+            return np.array(values, dtype=np.int64).astype(str).astype(object)
+        except OverflowError:
+            pass
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return _NAME(out) if len(values) else out
+
+
+_NAME = np.frompyfunc(category_name, 1, 1)
+
+
+def _present(values: np.ndarray) -> np.ndarray:
+    """Rows with a value: not None (object arrays of names) and not NaN (float arrays)."""
+    if values.dtype == object:
+        return values != None  # noqa: E711 (elementwise)
+    return ~np.isnan(values)
+
+
+def _take(values, keep: np.ndarray):
+    if isinstance(values, np.ndarray):
+        return values[keep]
+    return [v for v, k in zip(values, keep.tolist()) if k]

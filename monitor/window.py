@@ -13,6 +13,7 @@ from detectors import (
     FeaturePolicy,
     NumericHistogram,
     compare_categorical,
+    compare_effect,
     compare_numeric,
     decide,
 )
@@ -95,18 +96,42 @@ class Window:
             for key, value in self.estimator.expected_counts(batch.columns[self.score], self.threshold).items():
                 self.estimated[key] += value
         for field, known in self.segments.items():
-            values = np.array([segment_value(v, known) for v in batch.columns[field]], dtype=object)
-            for value in sorted(set(values.tolist())):
-                sub = self.by_segment[field].get(value)
-                if sub is None:
-                    sub = self.by_segment[field][value] = Window(self.baseline, names=self.names)
-                sub.update(batch.take(np.flatnonzero(values == value)))
+            self._update_segments(batch, field, known)
         if batch.timestamps is not None and batch.n:
             lo, hi = float(batch.timestamps.min()), float(batch.timestamps.max())
             if not math.isnan(lo):
                 self.first_time = min(self.first_time, lo)
                 self.last_time = max(self.last_time, hi)
         return self
+
+    def _update_segments(self, batch: Batch, field: str, known) -> None:
+        """Per-segment windows of one field, each accumulator updated for all segment values in one pass."""
+        names = [segment_value(v, known) for v in batch.columns[field]]
+        values = sorted(set(names))
+        code = {v: i for i, v in enumerate(values)}
+        groups = np.fromiter((code[v] for v in names), dtype=np.int64, count=len(names))
+        subs = []
+        for value in values:
+            sub = self.by_segment[field].get(value)
+            if sub is None:
+                sub = self.by_segment[field][value] = Window(self.baseline, names=self.names)
+            subs.append(sub)
+        for name in self.names:
+            accs = [sub.accumulators[name] for sub in subs]
+            kind = NumericHistogram if isinstance(accs[0], NumericHistogram) else CategoryCounter
+            kind.update_groups(accs, batch.columns[name], groups)
+        sizes = np.bincount(groups, minlength=len(subs))
+        ts = batch.timestamps
+        if ts is not None and not np.isnan(ts).all():
+            low, high = np.full(len(subs), np.inf), np.full(len(subs), -np.inf)
+            ok = ~np.isnan(ts)
+            np.minimum.at(low, groups[ok], ts[ok])
+            np.maximum.at(high, groups[ok], ts[ok])
+        for i, sub in enumerate(subs):
+            sub.events += int(sizes[i])
+            if ts is not None and not np.isnan(ts).all() and math.isfinite(low[i]):
+                sub.first_time = min(sub.first_time, float(low[i]))
+                sub.last_time = max(sub.last_time, float(high[i]))
 
     def add_offsets(self, key: str, first: int, last: int) -> None:
         span = self.offsets.get(key)
@@ -243,7 +268,8 @@ class Evaluator:
         """Feature drift within one segment value (its own Holm family)."""
         if window.events < self.config.drift.min_events:
             return {"events": window.events, "status": "insufficient_data", "drifted": []}
-        features = decide({name: self._compare(name, window) for name in self.features}, alpha=self.alpha)
+        features = decide({name: compare_effect(self.baseline.profiles[name], window.accumulators[name],
+                                                self.policies[name]) for name in self.features}, alpha=self.alpha)
         return {"events": window.events, "status": "ok",
                 "drifted": sorted(name for name, r in features.items() if r["drift"]),
                 "effects": {name: r["effect"]["value"] for name, r in features.items()}}

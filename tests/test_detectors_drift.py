@@ -250,3 +250,18 @@ def test_docstring_examples_hold():
     for module in (stats, profile, accumulate, drift):
         failed, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert attempted > 0 and failed == 0, module.__name__
+
+
+def test_compare_effect_is_the_decision_of_the_full_comparison(numeric_profile, cat_profile):
+    from detectors import compare_effect
+
+    rng = np.random.default_rng(21)
+    for x in (rng.normal(10.3, 2, 800), rng.normal(10, 2, 50)):
+        hist = _hist(numeric_profile, x)
+        full, light = compare_numeric(numeric_profile, hist), compare_effect(numeric_profile, hist)
+        assert light["status"] == full["status"] and light["effect"]["value"] == full["effect"]["value"]
+        assert light["test"]["p_value"] == full["test"]["p_value"]
+    values = ["a"] * 300 + ["b"] * 300 + ["c"] * 100 + ["new"] * 30
+    counter = _counter(cat_profile, values)
+    full, light = compare_categorical(cat_profile, counter), compare_effect(cat_profile, counter)
+    assert light["effect"]["value"] == full["effect"]["value"] and light["test"]["p_value"] == full["test"]["p_value"]

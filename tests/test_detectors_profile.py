@@ -256,3 +256,36 @@ def test_updates_cost_well_under_a_microsecond_per_row():
     values = names[rng.integers(0, 40, 100_000)].tolist()
     c = CategoryCounter(names[:30].tolist(), names[30:35].tolist())
     assert _per_row_seconds(lambda: c.update(values), len(values)) < 1e-6
+
+
+def test_grouped_updates_equal_one_update_per_group():
+    """The per-segment windows' one-pass update is the per-group update, state for state."""
+    from detectors import CategoricalProfile, CategoryCounter, NumericHistogram, NumericProfile
+
+    rng = np.random.default_rng(0)
+    prof = NumericProfile.fit(rng.normal(0, 1, 5000))
+    x = rng.normal(0, 1.2, 3000)
+    x[::50] = np.nan
+    g = rng.integers(0, 4, 3000)
+    grouped = [NumericHistogram(prof.edges, prof.min, prof.max) for _ in range(4)]
+    single = [NumericHistogram(prof.edges, prof.min, prof.max) for _ in range(4)]
+    NumericHistogram.update_groups(grouped, x, g)
+    NumericHistogram.update_groups(grouped, x[:100], g[:100])
+    for i in range(4):
+        single[i].update(x[g == i]).update(x[:100][g[:100] == i])
+        a, b = grouped[i].state_dict(), single[i].state_dict()
+        assert a.keys() == b.keys()
+        for key in a:
+            assert np.allclose(a[key], b[key]), key
+    values = rng.choice(np.array(["a", "b", "c", "zz", None], dtype=object), 3000).tolist()
+    cprof = CategoricalProfile.fit(rng.choice(["a", "b", "c"], 1000).tolist())
+    grouped = [CategoryCounter(cprof.categories, cprof.other_categories) for _ in range(4)]
+    CategoryCounter.update_groups(grouped, values, g)
+    for i in range(4):
+        one = CategoryCounter(cprof.categories, cprof.other_categories).update([v for v, k in zip(values, g) if k == i])
+        assert grouped[i].state_dict() == one.state_dict()
+    mixed = [1, 1.0, True, None, "1"] * 10  # non-text values take the per-group path, with its naming rules
+    grouped = [CategoryCounter(["1", "True"]) for _ in range(2)]
+    CategoryCounter.update_groups(grouped, mixed, [0, 1] * 25)
+    assert [c.state_dict() for c in grouped] == [
+        CategoryCounter(["1", "True"]).update(mixed[k::2]).state_dict() for k in (0, 1)]
