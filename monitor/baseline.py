@@ -158,25 +158,46 @@ class Baseline:
 
     @classmethod
     def load(cls, path: str) -> "Baseline":
+        """Read a baseline file; every problem with it is a BaselineError naming the file and what is wrong."""
         try:
             with open(path, encoding="utf-8") as fh:
                 doc = json.load(fh)
         except OSError as exc:
             raise BaselineError(f"cannot read baseline {path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise BaselineError(f"baseline {path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
         except json.JSONDecodeError as exc:
             raise BaselineError(f"baseline {path} is not JSON: {exc}") from None
+        except RecursionError:
+            raise BaselineError(f"baseline {path} is nested too deeply to be a driftmon baseline") from None
+        if not isinstance(doc, dict):
+            raise BaselineError(f"{path} is not a driftmon baseline: a JSON object is expected, "
+                                f"found a JSON {_json_kind(doc)}")
         if doc.get("format") != FORMAT:
             raise BaselineError(f"{path} is not a driftmon baseline (format {doc.get('format')!r})")
         if doc.get("version") != FORMAT_VERSION:
             raise BaselineError(f"{path}: baseline format version {doc.get('version')} is not supported")
+        columns = doc.get("columns")
+        if not isinstance(columns, dict):
+            raise BaselineError(f"{path}: `columns` is missing or not an object; rebuild it with driftmon baseline")
         profiles, roles = {}, {}
-        for name, entry in doc["columns"].items():
+        for name, entry in columns.items():
+            if not isinstance(entry, dict):
+                raise BaselineError(f"{path}: column {name!r} is not an object")
+            for key in ("type", "role", "profile"):
+                if key not in entry:
+                    raise BaselineError(f"{path}: column {name!r} has no `{key}`")
+            if entry["type"] not in ("numeric", "categorical"):
+                raise BaselineError(f"{path}: column {name!r} has type {entry['type']!r} "
+                                    "(expected numeric or categorical)")
             kind = NumericProfile if entry["type"] == "numeric" else CategoricalProfile
             try:
                 profiles[name] = kind.from_dict(entry["profile"])
-            except (KeyError, TypeError, ValueError) as exc:
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 raise BaselineError(f"{path}: column {name!r} has an invalid profile: {exc}") from None
             roles[name] = entry["role"]
+        if not isinstance(doc.get("extras", {}), dict):
+            raise BaselineError(f"{path}: `extras` is not an object")
         meta = {"model": doc.get("model"), "source": doc.get("source"), "created_at": doc.get("created_at")}
         baseline = cls(profiles, roles, meta, doc.get("extras", {}))
         if doc.get("fingerprint") != baseline.fingerprint:
@@ -289,3 +310,6 @@ def build_baseline(config: Config, data_path: str, seed: int = 0, validation_pat
         extras["performance"]["source"] = os.path.basename(validation_path or data_path)
     return Baseline(profiles, roles, meta, extras)
 
+
+def _json_kind(value) -> str:
+    return {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")

@@ -268,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "run":
@@ -277,10 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        print(f"config error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except BaselineError as exc:
-        print(f"baseline error: {exc}", file=sys.stderr)
+        print(f"baseline error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0

@@ -656,6 +656,7 @@ class Config(_Node):
 
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 _UNKNOWN = re.compile(r"Object contains unknown field `(?P<field>[^`]+)`")
+_FIELD_FIRST = re.compile(r"^`(?P<field>[A-Za-z_][A-Za-z0-9_]*)`:?\s+(?P<rest>.+)$", re.S)
 _MISSING = re.compile(r"Object missing required field `(?P<field>[^`]+)`")
 
 
@@ -669,6 +670,10 @@ def _readable(error: msgspec.ValidationError) -> ConfigError:
         if found:
             key = f"{key}.{found.group('field')}" if key else found.group("field")
             return ConfigError(key, problem)
+    field = _FIELD_FIRST.match(message)  # "`session_timeout_ms` must be ...": name the field itself
+    if field:
+        key = f"{key}.{field.group('field')}" if key else field.group("field")
+        message = field.group("rest")
     message = message.replace("`", "")
     return ConfigError(key or "(top level)", message[:1].lower() + message[1:])
 

@@ -501,7 +501,7 @@ class Daemon:
             try:
                 self.start()
             except BaseException:
-                self.shutdown()
+                self.shutdown(quiet=True)  # the error is the one line the user sees
                 raise
         try:
             while not self.stopping.is_set():
@@ -513,11 +513,10 @@ class Daemon:
     def stop(self) -> None:
         self.stopping.set()
 
-    def shutdown(self) -> None:
+    def shutdown(self, quiet: bool = False) -> None:
         """Checkpoint, commit and close, within a few seconds even when the broker is down."""
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
-        self.checkpoint()
         if self.source is not None:
             if self.checkpoint(force=True) and self._outgoing is not None:
                 with self.lock:
@@ -539,8 +538,9 @@ class Daemon:
         if self._gc_thresholds is not None:
             gc.set_threshold(*self._gc_thresholds)
             self._gc_thresholds = None
-        log.info("stopped: %d messages consumed, %d windows evaluated",
-                 self.pipeline.consumed, self.pipeline.windows_evaluated)
+        if not quiet:
+            log.info("stopped: %d messages consumed, %d windows evaluated",
+                     self.pipeline.consumed, self.pipeline.windows_evaluated)
 
 
 def _check_state_dir(directory: str) -> None:

@@ -1,0 +1,192 @@
+"""Every start-up failure a user can cause: `driftmon run / replay / check-config` as a subprocess exits 2
+with exactly one stderr line naming the file, key or address and what is wrong, and no traceback.
+A broker that cannot be reached is not such a failure: the daemon keeps retrying, not ready, and
+SIGTERM stops it at once with exit 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import yaml
+
+from monitor.synth import car_loan
+from monitor.tansu import free_port
+from tests.helpers import write_jsonl, write_setup
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A valid config (Kafka on a port where nothing listens) and baseline; tests copy and break them."""
+    tmp = tmp_path_factory.mktemp("startup")
+    kafka = {"bootstrap_servers": f"127.0.0.1:{free_port()}", "topic": "predictions", "group_id": "g",
+             "session_timeout_ms": 6000}
+    path, config = write_setup(tmp, car_loan(seed=1), window={"size": 1000}, kafka=kafka, state={"dir": "state"})
+    with open(path) as fh:
+        tree = yaml.safe_load(fh)
+    with open(config.baseline) as fh:
+        baseline = json.load(fh)
+    write_jsonl(tmp / "logs.jsonl", car_loan(seed=2).messages(2000))
+    return tmp, tree, baseline
+
+
+def write(tmp, tree, name="driftmon.yaml") -> str:
+    path = os.path.join(tmp, name)
+    with open(path, "w") as fh:
+        yaml.safe_dump(tree, fh, sort_keys=False)
+    return path
+
+
+def cli(*args, timeout=60) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "monitor.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=ROOT)
+
+
+def assert_one_line(proc, *names: str) -> str:
+    """Exit 2, one stderr line, no traceback, naming every one of ``names``."""
+    report = f"$ {' '.join(proc.args)}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    assert proc.returncode == 2, report
+    assert "Traceback" not in proc.stderr + proc.stdout, report
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, report
+    for name in names:
+        assert name in lines[0], f"{name!r} not named in: {lines[0]}"
+    return lines[0]
+
+
+def every_command(config: str, tmp) -> list[list[str]]:
+    return [["check-config", "--config", config],
+            ["replay", "--config", config, "--input", str(tmp / "logs.jsonl"), "--out", str(tmp / "out.jsonl")],
+            ["run", "--config", config, "--port", "0"]]
+
+
+@pytest.mark.parametrize("case, content, problem", [
+    ("array", b"[1, 2, 3]", "JSON array"),
+    ("utf8", b'{"format": "driftmon.baseline", "model": "\xff\xfe"}', "not UTF-8"),
+    ("columns", None, "`columns`"),
+    ("type", None, "no `type`"),
+])
+def test_a_broken_baseline_is_one_line_naming_the_file(setup, case, content, problem):
+    tmp, tree, baseline = setup
+    if content is None:
+        doc = json.loads(json.dumps(baseline))
+        if case == "columns":
+            del doc["columns"]
+        else:
+            del doc["columns"][next(iter(doc["columns"]))]["type"]
+        content = json.dumps(doc).encode()
+    name = f"baseline-{case}.json"
+    (tmp / name).write_bytes(content)
+    config = write(tmp, {**tree, "baseline": name}, f"driftmon-{case}.yaml")
+    for command in every_command(config, tmp):
+        line = assert_one_line(cli(*command), str(tmp / name), problem)
+        assert line.startswith("baseline error: ")
+
+
+@pytest.mark.parametrize("key, value, problem", [
+    ("session_timeout_ms", -1, "between 6000 and 1800000"),
+    ("max_poll_interval_ms", 0, "between 1 and"),
+    ("fetch_max_bytes", -5, "between 1 and"),
+    ("bootstrap_servers", "localhost", "host:port"),
+])
+def test_client_settings_kafka_would_refuse_are_caught_by_check_config(setup, key, value, problem):
+    tmp, tree, _ = setup
+    config = write(tmp, {**tree, "kafka": {**tree["kafka"], key: value}}, f"driftmon-{key}.yaml")
+    for command in every_command(config, tmp)[::2]:  # check-config and run (replay ignores kafka but validates)
+        assert_one_line(cli(*command), f"kafka.{key}", problem)
+
+
+def test_an_http_port_in_use_is_one_line_naming_the_address(setup):
+    tmp, tree, _ = setup
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    try:
+        port = holder.getsockname()[1]
+        config = write(tmp, {**tree, "http": {"host": "127.0.0.1", "port": port}}, "driftmon-port.yaml")
+        assert_one_line(cli("run", "--config", config), "http.port", f"127.0.0.1:{port}", "in use")
+    finally:
+        holder.close()
+
+
+def test_an_unwritable_state_dir_is_one_line_naming_it(setup):
+    tmp, tree, _ = setup
+    (tmp / "not-a-dir").write_text("a file where the state directory should be\n")  # root can't write here either
+    config = write(tmp, {**tree, "state": {"dir": "not-a-dir/state"}}, "driftmon-state.yaml")
+    assert_one_line(cli("run", "--config", config, "--port", "0"), "state.dir", str(tmp / "not-a-dir" / "state"))
+
+
+def test_a_segment_reading_a_feature_path_works_in_check_config_and_replay(setup):
+    tmp, tree, _ = setup
+    # `salary_range` is a monitored feature; a segment and a fairness attribute read the same field
+    extra = {"segments": [{"name": "salary_segment", "path": "salary_range"}],
+             "fairness": {"attributes": [{"name": "salary_group", "path": "salary_range"}], "favourable": "1"}}
+    clash = tmp / "clash"
+    clash.mkdir(exist_ok=True)
+    path, config = write_setup(clash, car_loan(seed=1), window={"size": 1000}, state={"dir": "state"}, **extra)
+    for command in every_command(path, tmp)[:2]:
+        proc = cli(*command)
+        assert proc.returncode == 0, proc.stderr
+        assert "Traceback" not in proc.stderr
+    windows = [json.loads(line) for line in open(tmp / "out.jsonl")]
+    assert sum(w["window"]["events"] for w in windows) == 2000
+
+
+def _get(port: int, path: str) -> tuple[int, bytes] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return None
+
+
+def test_a_broker_nobody_listens_on_is_retried_not_ready_and_sigterm_exits_0_at_once(setup):
+    tmp, tree, _ = setup
+    servers = tree["kafka"]["bootstrap_servers"]
+    config = write(tmp, tree, "driftmon-nobroker.yaml")
+    port = free_port()
+    log_path = tmp / "nobroker.log"
+    env = dict(os.environ, PYTHONUNBUFFERED="1",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", "run", "--config", config, "--port", str(port)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while log_path.read_text().count("retrying in") < 2:  # at least two backoffs: it keeps trying
+            assert proc.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        assert _get(port, "/healthz") == (200, b"ok\n")  # alive: Kubernetes must not restart it
+        code, body = _get(port, "/readyz")
+        assert code == 503 and servers.encode() in body, body  # not ready, and says why
+        status = json.loads(_get(port, "/status")[1])
+        assert status["ready"] is False and status["kafka"]["connected"] is False
+        metrics = _get(port, "/metrics")[1].decode()
+        assert 'driftmon_broker_up{model="car-loan"} 0.0' in metrics
+        assert "driftmon_last_fetch_timestamp_seconds{" not in metrics  # never fetched: no fake time
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)  # while a bootstrap attempt or a backoff is under way
+        assert proc.wait(timeout=30) == 0, log_path.read_text()
+        assert time.monotonic() - started < 5, log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log_path.read_text()
+    assert "Traceback" not in text, text
+    retries = [line for line in text.splitlines() if "retrying in" in line]
+    assert all(servers in line for line in retries), retries
