@@ -18,16 +18,17 @@ from monitor import __version__
 from monitor.alerting import AlertEngine, window_end_seconds
 from monitor.baseline import Baseline
 from monitor.config import Config, ConfigError
+from monitor.durability import CheckpointPolicy
 from monitor.health import BrokerHealth
 from monitor.metrics import DriftmonCollector, make_registry
 from monitor.outbox import Outbox
 from monitor.pipeline import Pipeline
 from monitor.replay import advance_alerts
-from monitor.report import daemon_report
 from monitor.server import HttpServer
 from monitor.sinks import Dispatcher
 from monitor.source import KafkaSource
 from monitor.state import StateStore, WriteRetry
+from monitor.view import ServiceView
 
 __all__ = ["Daemon", "GC_GEN0_THRESHOLD", "streaming_gc"]
 
@@ -56,9 +57,12 @@ class Daemon:
     The consuming loop owns the Kafka consumer. Periodic work (checkpoints,
     the broker probe that also measures the consumer lag, closing idle time
     windows) runs as APScheduler jobs on their own threads and takes the
-    pipeline lock only for in-memory work. The HTTP handlers take no lock: they
-    read :attr:`snapshot` (replaced whole after every batch) and
-    :attr:`health`.
+    pipeline lock only for in-memory work. When state is durable and which
+    offsets are committed is :attr:`policy`
+    (:class:`~monitor.durability.CheckpointPolicy`). The HTTP server and the
+    Prometheus collector see only :attr:`view` (:class:`~monitor.view.ServiceView`);
+    its handlers take no lock: they read the view's snapshot (replaced whole
+    after every batch) and :attr:`health`.
 
     Parameters
     ----------
@@ -74,6 +78,7 @@ class Daemon:
         self.version = __version__
         self.pipeline = Pipeline(config, baseline, background=True)
         self.store = StateStore(config.state.dir, baseline.fingerprint)
+        self.policy = CheckpointPolicy(self.store, config.kafka.commit_interval_seconds if config.kafka else 1.0)
         missing = {name: p.missing_ratio for name, p in baseline.profiles.items()}
         # starts_at/ends_at on the wall clock, as Prometheus sends them (the lifecycle runs on the windows)
         self.alerts = AlertEngine(config, baseline.fingerprint, missing, clock=time.time)
@@ -84,7 +89,7 @@ class Daemon:
                                      alerts_cfg.outbox.backoff_max_seconds)
         self._outgoing: dict | None = None  # closed windows not yet emitted (see _handle)
         # failed writes of the state directory (a full or read-only disk), counted and retried with backoff
-        self.writes = {"checkpoint": WriteRetry("the checkpoint"), "window_log": WriteRetry("the window log"),
+        self.writes = {"checkpoint": self.policy.retry, "window_log": WriteRetry("the window log"),
                        "outbox": self.outbox.writes}
         self.paused = False  # consumption paused until closed windows are durable and emitted
         self.listeners = []  # callables(result), e.g. the demo's live display
@@ -110,26 +115,18 @@ class Daemon:
         servers = ",".join(kafka.bootstrap_servers) if kafka and not isinstance(kafka.bootstrap_servers, str) \
             else (kafka.bootstrap_servers if kafka else "")
         self.health = BrokerHealth(kafka.unavailable_after_seconds if kafka else 30.0, servers)
-        self.snapshot: dict = {}
-        self.checkpoints = 0
-        self._changed = True  # state changed since the last snapshot
-        self._snapshots = 0  # snapshots taken; a checkpoint never replaces a newer one
-        self._saved = 0
-        self._save_lock = threading.Lock()
-        self._durable_positions: dict[str, int] = dict(self.pipeline.positions)
+        self.policy.durable_positions = dict(self.pipeline.positions)  # restored: durable already
         self.consuming = False
         self.idle = False
+        self.view = ServiceView(self)
         self.registry, self.batch_seconds = make_registry(
-            self.model, DriftmonCollector(self, [f.name for f in config.schema.features]))
-        self.http = HttpServer(self, config.http.host, config.http.port, config.http.web_config_file,
+            self.model, DriftmonCollector(self.view, [f.name for f in config.schema.features]))
+        self.http = HttpServer(self.view, config.http.host, config.http.port, config.http.web_config_file,
                                request_timeout=config.http.request_timeout_seconds,
                                max_connections=config.http.max_connections)
         self.source: KafkaSource | None = None
         self.scheduler: BackgroundScheduler | None = None
-        self._last_commit = 0.0
         self._gc_thresholds: tuple | None = None
-        self._committed: dict[str, int] = {}
-        self._commit_seconds = config.kafka.commit_interval_seconds if config.kafka else 1.0
         self._publish()
 
     @property
@@ -137,68 +134,45 @@ class Daemon:
         """Partition -> consumer lag from the last broker probe; empty while it cannot be measured."""
         return self.health.lag
 
-    # ---- what the HTTP server and the collector read -------------------------------------------
+    # ---- what the view reads (monitor/view.py), and the names tests and tools know -----------------
+
+    @property
+    def checkpoints(self) -> int:
+        return self.policy.checkpoints
+
+    @property
+    def _changed(self) -> bool:  # state changed since the last snapshot
+        return self.policy.changed
+
+    @_changed.setter
+    def _changed(self, value: bool) -> None:
+        self.policy.changed = value
+
+    @property
+    def _durable_positions(self) -> dict[str, int]:
+        return self.policy.durable()
+
+    @property
+    def snapshot(self) -> dict:
+        return self.view.snapshot
 
     def alert_stats(self) -> dict:
-        return {"firing": self.alerts.firing(), "flapping": self.alerts.flapping(), "sent": dict(self.dispatcher.sent),
-                "failures": dict(self.dispatcher.failures), "pending": self.outbox.pending(),
-                "dropped": self.outbox.dropped}
+        return self.view.alert_stats()
 
     def state_health(self) -> dict:
-        """Whether the state directory takes writes: per target (checkpoint, window_log, outbox) the
-        failures, whether it is failing now, the last error and the last success (Unix time)."""
-        out = self._outgoing
-        return {**{target: retry.status() for target, retry in self.writes.items()},
-                "consumption_paused": self.paused,
-                "windows_pending": 0 if out is None else len(out["windows"]) + len(out["performance"])}
+        return self.view.state_health()
 
     def ready(self) -> tuple[bool, str]:
-        if self.stopping.is_set():
-            return False, "shutting down"
-        broker_ok, why = self.health.ready()
-        if not broker_ok:
-            return False, why
-        if not self.consuming:
-            return False, "waiting for a partition assignment"
-        return True, "ready: baseline loaded and consuming"
+        return self.view.ready()
 
     def status(self) -> dict:
-        """The /status document: the last published snapshot plus health (no lock, no I/O)."""
-        ready, why = self.ready()
-        lag = self.health.lag
-        return {
-            **self.snapshot,
-            "model": self.model,
-            "version": self.version,
-            "config_hash": self.config_hash,
-            "baseline": {"fingerprint": self.baseline.fingerprint, **self.baseline.meta},
-            "ready": ready,
-            "ready_reason": why,
-            "kafka": self.health.status(),
-            "consumer_lag_messages": {str(k): v for k, v in sorted(lag.items())},
-            "state": self.state_health(),  # live: it changes while nothing is consumed (a full disk)
-        }
-
-    def _publish(self) -> None:
-        """Replace the snapshot /status reads (called under the lock after each change of the pipeline)."""
-        window = self.pipeline.window
-        tracker = self.pipeline.tracker
-        self.snapshot = {
-            "messages_consumed": self.pipeline.consumed,
-            "messages_invalid": dict(self.pipeline.invalid),
-            "windows_evaluated": self.pipeline.windows_evaluated,
-            "open_window": {"index": window.index, "events": window.events},
-            "last_window": self.pipeline.last_result,
-            "report": "/report",  # the last window as an HTML page; /report?index=N for older ones
-            "last_performance": tracker.last_result if tracker else None,
-            "labels": None if tracker is None else {
-                "received": tracker.join.received, "matched": tracker.join.matched,
-                "expired": tracker.join.expired, "pending": tracker.join.pending},
-        }
+        return self.view.status()
 
     def report(self, query: str = "") -> tuple[int, bytes]:
-        """``/report``: the HTML drift report of the latest window, or of ``index=N`` from the window log."""
-        return daemon_report(self, query)
+        return self.view.report(query)
+
+    def _publish(self) -> None:
+        self.view.publish()
 
     # ---- work ----------------------------------------------------------------------------------
 
@@ -260,46 +234,22 @@ class Daemon:
             self.last_window_end = window_end_seconds(result)
 
     def checkpoint(self, force: bool = False) -> bool:
-        """Encode the state under the lock; fsync it outside, so the consuming loop does not wait for the disk.
+        """Make the state as of this call durable (see :meth:`CheckpointPolicy.checkpoint`); True when it is."""
+        return self.policy.checkpoint(self.lock, self._snapshot, force, before=self._flush_dead_letters,
+                                      on_durable=self._durable)
 
-        Returns True when the state as of this call is durable. A write that fails (a full or
-        read-only disk) is counted and retried with backoff (``force`` tries at once); meanwhile
-        nothing is committed past the last durable checkpoint, so a crash loses nothing either.
-        """
-        retry = self.writes["checkpoint"]
-        with self.lock:
-            if not self._changed:
-                with self._save_lock:  # waits for a save in flight on another thread
-                    return self._saved >= self._snapshots  # the checkpoint on disk is current
-            if not force and not retry.due():
-                return False
-            if self.source is not None and self.config.kafka.dead_letter_topic:
-                self.source.flush()  # rejected messages reach the dead-letter topic before their offsets are durable
-            self._changed = False
-            self._snapshots += 1
-            seq = self._snapshots
-            state = {"pipeline": self.pipeline.state_dict(), "alerts": self.alerts.state_dict(),
-                     "outgoing": self._outgoing}
-            positions = dict(state["pipeline"]["positions"])
-            text = self.store.encode(state)  # under the lock: the state shares lists with the live pipeline
-        with self._save_lock:
-            if seq <= self._saved:
-                return True  # a newer snapshot is on disk already
-            try:
-                self.store.save(text)
-            except OSError as exc:
-                self._changed = True  # still to be written
-                retry.failed(exc)
-                return False
-            retry.ok()
-            self._saved = seq
-            self.checkpoints += 1
-            # Only offsets whose events are durable in a checkpoint may be committed: a restart that
-            # finds no usable checkpoint resumes from the committed offsets and must not skip events.
-            self._durable_positions = positions
-            if state["pipeline"].get("performance"):  # the label join's undo records this covers can go
-                self.pipeline.tracker.join.durable(state["pipeline"]["performance"]["join"])
-        return True
+    def _snapshot(self) -> tuple[dict, dict]:
+        state = {"pipeline": self.pipeline.state_dict(), "alerts": self.alerts.state_dict(),
+                 "outgoing": self._outgoing}
+        return state, dict(state["pipeline"]["positions"])
+
+    def _flush_dead_letters(self) -> None:
+        if self.source is not None and self.config.kafka.dead_letter_topic:
+            self.source.flush()  # rejected messages reach the dead-letter topic before their offsets are durable
+
+    def _durable(self, state: dict) -> None:
+        if state["pipeline"].get("performance"):  # the label join's undo records this covers can go
+            self.pipeline.tracker.join.durable(state["pipeline"]["performance"]["join"])
 
     def _probe(self) -> None:
         """Ask the broker for the end offsets: proves it answers, and gives the consumer lag."""
@@ -338,7 +288,7 @@ class Daemon:
         if batches:
             self.health.records_received()
             self._process(batches)
-        if time.monotonic() - self._last_commit >= self._commit_seconds:
+        if self.policy.commit_due():
             self.checkpoint()
             self._commit()
 
@@ -377,27 +327,15 @@ class Daemon:
         self.batch_seconds.labels(self.model).observe(time.perf_counter() - started)
 
     def _commit(self, timeout_ms: int = 10_000) -> None:
-        self.source.flush()  # dead letters are durable before their offsets are committed
-        with self._save_lock:
-            positions = dict(self._durable_positions)
-        self._last_commit = time.monotonic()
-        if positions == self._committed:
-            return
-        if not self.health.up and self.health.last_contact is not None:
-            return  # the broker is down: a commit would only wait; the next one after it is back covers these
-        try:
-            self.source.commit(positions, timeout_ms=timeout_ms)
-            self._committed = positions
-        except Exception as exc:  # a rebalance in progress; the next commit covers it
-            log.warning("offset commit failed: %s", exc)
-        self._last_commit = time.monotonic()
+        # the broker down: a commit would only wait; the next one after it is back covers these
+        reachable = self.health.up or self.health.last_contact is None
+        self.policy.commit(self.source, timeout_ms, reachable)
 
     def _before_rebalance(self, keys: list[str]) -> dict[str, int]:
         """Checkpoint what is processed; the source commits the returned durable offsets before the
         partitions go, so their next owner neither counts those events again nor skips any."""
         self.checkpoint(force=True)
-        with self._save_lock:
-            return dict(self._durable_positions)
+        return self.policy.durable()
 
     def _release(self, keys: list[str]) -> None:
         """Forget the positions of partitions another member now owns (their committed offset rules)."""
