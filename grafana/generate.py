@@ -525,6 +525,17 @@ def operations(cfg: Config = CONFIG) -> dict:
                  "not committed and a restart would reprocess them.",
                  "opm", [b.target(f"60 * sum by (model) (rate(driftmon_checkpoints_total{s}{rate}))", "{{model}}")],
                  w=8, min=0)
+    b.timeseries("State write failures",
+                 "Failed writes to the state directory per minute, per model and target (checkpoint, window_log, "
+                 "outbox): a full or read-only disk. driftmon retries with backoff and commits nothing past its "
+                 "last durable checkpoint; the DriftmonStateWritesFailing alert fires on this.",
+                 "opm", [b.target(f"60 * sum by (model, target) (rate(driftmon_state_write_failures_total{s}{rate}))",
+                                  "{{model}} {{target}}")], w=8, min=0)
+    b.timeseries("Consumption paused",
+                 "1 while a model's daemon has paused consumption because a closed window cannot be made durable "
+                 "(see State write failures); it resumes by itself once the disk takes writes.",
+                 "none", [b.target(f"max by (model) (driftmon_consumption_paused{s})", "{{model}}")],
+                 w=8, min=0, step=True)
     # The process collector's series carry no `model` label of their own: take it from
     # driftmon_build_info of the same target, which also applies the model filter.
     job = "{" + cfg.selector + "}"
