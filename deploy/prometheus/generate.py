@@ -63,6 +63,8 @@ class Config:
     lag_deriv_range: str = "15m"
     lag_for: str = "15m"
     no_window_seconds: int = 3600
+    no_data_seconds: int = 300  # no replica has read the prediction log up to date for this long
+    no_data_for: str = "5m"
     no_window_for: str = "10m"
     notification_failures_for: str = "10m"
     outbox_pending: int = 100
@@ -259,6 +261,29 @@ def groups(cfg: Config = CONFIG) -> list[dict]:
             "The Kafka consumer lag of model {{ $labels.model }} is above "
             f"{cfg.lag_floor_messages} messages and grows by {{{{ $value | humanize }}}} messages/s "
             f"(trend over {cfg.lag_deriv_range}): drift results are increasingly late.",
+        ),
+        _alert(
+            cfg,
+            "DriftmonNotReceivingData",
+            # Freshness, not traffic: the timestamp advances while the topic is idle and the broker
+            # answers, and stops when the broker is unreachable or the consumer is stuck behind data.
+            # The second arm covers a daemon that has never reached its broker (no timestamp yet).
+            f"""
+            time() - max by (model) (driftmon_last_fetch_timestamp_seconds{{{s}}}) > {cfg.no_data_seconds}
+            or
+            (
+                max by (model) (driftmon_broker_up{{{s}}}) == 0
+              unless on (model)
+                max by (model) (driftmon_last_fetch_timestamp_seconds{{{s}}})
+            )
+            """,
+            cfg.no_data_for,
+            "critical",
+            "driftmon is not receiving data for model {{ $labels.model }}.",
+            "No driftmon replica of model {{ $labels.model }} has read its prediction log up to date for over "
+            f"{cfg.no_data_seconds}s, or none has ever reached its Kafka broker (value {{{{ $value | humanize }}}}: "
+            "seconds since the last fetch, 0 when never): drift of that model is not being monitored. "
+            "driftmon_broker_up and /readyz tell whether the broker is unreachable.",
         ),
         _alert(
             cfg,

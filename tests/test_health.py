@@ -1,0 +1,118 @@
+"""Health tells the truth through a broker outage: a real Apache Kafka broker is stopped and restarted
+on its data directory under `driftmon run`; /readyz, /healthz, /status and the health gauges follow."""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import yaml
+
+from monitor.synth import car_loan
+from tests import brokers
+from tests.test_daemon_integration import produce, setup_daemon
+
+pytestmark = pytest.mark.integration
+
+MODEL = (("model", "car-loan"),)
+
+
+@pytest.fixture(scope="module")
+def own_broker():
+    """Apache Kafka for this module alone: its test stops and restarts it."""
+    try:
+        broker = brokers.KafkaBroker()
+    except brokers.BrokerToolMissing as exc:
+        if not os.environ.get("CI") and os.environ.get("DRIFTMON_ALLOW_SKIP") == "1":
+            pytest.skip(str(exc))
+        pytest.fail(f"{exc}\n(run scripts/setup.sh to install the test tools)", pytrace=False)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def fetch(port: int, path: str) -> tuple[int, bytes] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return None
+
+
+def sample(metrics: dict, name: str, labels=MODEL):
+    return metrics.get((name, tuple(sorted(labels))))
+
+
+def test_readyz_and_gauges_through_a_broker_outage(tmp_path, own_broker):
+    topic, path, config, daemon = setup_daemon(tmp_path, own_broker)
+    with open(path) as fh:
+        tree = yaml.safe_load(fh)
+    tree["kafka"]["unavailable_after"] = "4s"  # probes every 1 s (lag_interval), so seen well within it
+    with open(path, "w") as fh:
+        yaml.safe_dump(tree, fh, sort_keys=False)
+    synth = car_loan(seed=5)
+    try:
+        daemon.start()
+        daemon.wait(lambda: fetch(daemon.port, "/readyz") == (200, b"ready: baseline loaded and consuming\n"),
+                    60, "ready")
+        before = time.time()
+        produce(own_broker.bootstrap, topic, synth.messages(3000))
+        daemon.wait(lambda: daemon.status()["messages_consumed"] == 3000, 60, "3000 consumed")
+        # Healthy: the broker is up, the data fresh, the lag measured (and 0 once the probe sees the end).
+        m = daemon.wait(lambda: (m := daemon.metrics()) and sample(m, "driftmon_consumer_lag_messages",
+                                                                   MODEL + (("partition", "0"),)) == 0 and m,
+                        60, "lag 0")
+        assert sample(m, "driftmon_broker_up") == 1
+        assert sample(m, "driftmon_last_fetch_timestamp_seconds") >= before
+        assert sample(m, "driftmon_consumer_lag_timestamp_seconds") >= before
+
+        own_broker.halt()
+        halted = time.time()
+        code, body = daemon.wait(lambda: (r := fetch(daemon.port, "/readyz")) and r[0] != 200 and r, 60,
+                                 "/readyz not ready")
+        text = body.decode()
+        assert code == 503 and "unreachable" in text and own_broker.bootstrap in text, text
+        assert int(text.split("unreachable for ")[1].split(" s")[0]) >= 4, text  # not before unavailable_after
+        assert fetch(daemon.port, "/healthz") == (200, b"ok\n")  # the process works: no restart
+        status = daemon.status()
+        assert status["ready"] is False and status["ready_reason"] == text.strip()
+        assert status["kafka"]["up"] is False and status["kafka"]["error"]
+        assert status["consumer_lag_messages"] == {}
+        down = daemon.metrics()
+        assert sample(down, "driftmon_broker_up") == 0
+        assert sample(down, "driftmon_consumer_lag_messages", MODEL + (("partition", "0"),)) is None  # unknown
+        fetched = sample(down, "driftmon_last_fetch_timestamp_seconds")
+        measured = sample(down, "driftmon_consumer_lag_timestamp_seconds")
+        assert fetched <= halted + 1 and measured <= halted + 1
+        # Probes go on (every second) and fail: nothing freshens while the broker is away.
+        first_error = status["kafka"]["error"]
+        daemon.wait(lambda: daemon.status()["kafka"]["unreachable_seconds"] >= 8, 60, "8 s of outage")
+        later = daemon.metrics()
+        assert sample(later, "driftmon_last_fetch_timestamp_seconds") == fetched
+        assert sample(later, "driftmon_consumer_lag_timestamp_seconds") == measured
+        assert first_error
+
+        own_broker.restart()
+        restarted = time.time()
+        daemon.wait(lambda: fetch(daemon.port, "/readyz") == (200, b"ready: baseline loaded and consuming\n"),
+                    120, "ready again")
+        produce(own_broker.bootstrap, topic, synth.messages(1000))
+        daemon.wait(lambda: daemon.status()["messages_consumed"] == 4000, 120, "4000 consumed")
+        up = daemon.wait(lambda: (m := daemon.metrics()) and sample(m, "driftmon_consumer_lag_messages",
+                                                                    MODEL + (("partition", "0"),)) == 0 and m,
+                         60, "lag measured again")
+        assert sample(up, "driftmon_broker_up") == 1
+        assert sample(up, "driftmon_last_fetch_timestamp_seconds") >= restarted
+        assert daemon.status()["kafka"]["error"] is None
+        code, seconds = daemon.terminate(timeout=30)
+        assert code == 0 and seconds < 5, (code, seconds)
+    finally:
+        daemon.close()
+    log = open(daemon.log_path, errors="replace").read()
+    assert "Traceback" not in log, log[-3000:]
+    assert "unreachable" in log and "reachable again" in log
