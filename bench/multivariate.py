@@ -15,7 +15,10 @@ the pipeline's cost):
   without it;
 * ``classifier_update``: ``DomainClassifier.update`` (the reservoir) on the 25 wide() columns;
 * ``classifier_evaluation``: one ``DomainClassifier.result()`` (a model fit on 500 + 500 rows, scoring
-  500 + 500), seconds per evaluation, beside the pipeline's time for one 5000-event window.
+  500 + 500), seconds per evaluation, beside the pipeline's time for one 5000-event window;
+* ``classifier_background``: the daemon's pipeline (``background=True``) with the domain classifier fitted
+  back to back on its worker thread (``min_interval`` 1 ms: the worst case) against the pipeline without
+  multivariate methods: what the worker costs the consuming thread.
 """
 
 from __future__ import annotations
@@ -147,6 +150,32 @@ def run(quick: bool = False) -> dict:
     def window_time():
         p = pipeline_run()
         return {"seconds": p["us_per_msg"] * WINDOW / 1e6}
+
+    # the consuming thread while the worker fits back to back
+    bg_dir = scratch_dir("driftmon-bench-background-")
+    _, bg_config, bg_baseline = make_setup(bg_dir, synth, train_rows, {
+        "window": {"size": WINDOW},
+        "multivariate": {"methods": ["domain_classifier"], "min_interval": "1ms"}})
+    runners = []
+
+    def background_run():
+        pipeline = Pipeline(bg_config, bg_baseline, background=True)
+        runners.append(pipeline.multivariate.runner)
+        with streaming_gc():
+            result = _per_message(lambda chunk: len(chunk) if pipeline.process(chunk) else 0,
+                                  batches_from_pool(pool, BATCH, per_round))
+        pipeline.multivariate.runner.wait(60)
+        return result
+
+    background_run()
+    got = interleave(pipeline_run, background_run, rounds, log=log, label="classifier_background")
+    out["figures"]["classifier_background"] = {
+        "subject_us_per_msg": float(np.median([r["subject"]["us_per_msg"] for r in got])),
+        "pipeline_us_per_msg": float(np.median([r["ceiling"]["us_per_msg"] for r in got])),
+        "cost_ratio": float(np.median([r["subject"]["us_per_msg"] / r["ceiling"]["us_per_msg"] for r in got])),
+        "evaluations_per_round": float(np.median([r.evaluations for r in runners[1:]])),
+        "detail": summarize(got, "rate"),
+    }
 
     got = interleave(window_time, evaluation, rounds, log=log, label="classifier_evaluation")
     s = summarize(got, "seconds", higher_is_better=False)

@@ -130,6 +130,11 @@ def markdown(doc: dict) -> str:
                 lines.append(f"| 5. pipeline with a 384-dimensional embedding feature (decoding included) "
                              f"| {f['subject_us_per_msg']:.2f} us | {f['pipeline_us_per_msg']:.2f} us (pipeline "
                              f"without it) | {f['cost_ratio']:.2f} | | |")
+            f = mv["figures"].get("classifier_background")
+            if f is not None:
+                lines.append(f"| 5. pipeline while the domain classifier fits back to back on its worker thread "
+                             f"({f['evaluations_per_round']:.0f} fits per round) | {f['subject_us_per_msg']:.2f} us "
+                             f"| {f['pipeline_us_per_msg']:.2f} us (pipeline without it) | {f['cost_ratio']:.2f} | | |")
             f = mv["figures"]["classifier_evaluation"]
             lines.append(f"| 5. domain classifier: one evaluation ({f['sample']} + {f['reference']} rows) "
                          f"| {f['seconds_per_evaluation']:.3f} s | {f['pipeline_seconds_per_window']:.3f} s "

@@ -12,6 +12,7 @@ a window result then carries the latest finished evaluation (``"window"`` says w
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -127,6 +128,10 @@ class ClassifierRunner:
         return {**latest, "fresh": fresh}
 
     def _work(self, detector: DomainClassifier, index: int) -> None:
+        try:  # the lowest CPU priority for this thread only (Linux): the consuming thread comes first
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):
+            pass
         try:
             result = self._run(detector, index)
         except Exception as exc:  # a failed fit must not kill the daemon; the next window tries again
