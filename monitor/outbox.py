@@ -134,6 +134,16 @@ class Outbox:
             rows = self._db.execute("SELECT payload FROM outbox WHERE sink = ? AND delivered = 0", (sink,)).fetchall()
         return {json.loads(r[0])["dedup_key"] for r in rows}
 
+    def pending_now(self) -> int:
+        """Pending notifications, without waiting: the last count taken when a write (an fsync on a slow or
+        full disk) holds the database, so a scrape never waits on the disk."""
+        if self._lock.acquire(blocking=False):
+            try:
+                self._last_pending = self._db.execute("SELECT COUNT(*) FROM outbox WHERE delivered = 0").fetchone()[0]
+            finally:
+                self._lock.release()
+        return getattr(self, "_last_pending", 0)
+
     def pending(self, sink: str | None = None) -> int:
         with self._lock:
             if sink is None:

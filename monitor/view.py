@@ -65,7 +65,7 @@ class ServiceView:
     def alert_stats(self) -> dict:
         d = self.daemon
         return {"firing": d.alerts.firing(), "flapping": d.alerts.flapping(), "sent": dict(d.dispatcher.sent),
-                "failures": dict(d.dispatcher.failures), "pending": d.outbox.pending(), "dropped": d.outbox.dropped}
+                "failures": dict(d.dispatcher.failures), "pending": d.outbox.pending_now(), "dropped": d.outbox.dropped}
 
     # ---- what the HTTP server reads ----------------------------------------------------------------
 

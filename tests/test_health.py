@@ -116,3 +116,31 @@ def test_readyz_and_gauges_through_a_broker_outage(tmp_path, own_broker):
     log = open(daemon.log_path, errors="replace").read()
     assert "Traceback" not in log, log[-3000:]
     assert "unreachable" in log and "reachable again" in log
+
+
+def test_status_and_metrics_answer_while_every_lock_is_held(tmp_path):
+    """/status, /metrics and /readyz read snapshots: they answer while the pipeline lock, the checkpoint's
+    save lock and the outbox's database lock are all held (as a checkpoint fsync or a dead-letter flush
+    holds them)."""
+    from monitor.baseline import Baseline
+    from monitor.daemon import Daemon
+    from monitor.tansu import free_port
+    from tests.helpers import write_setup
+
+    kafka = {"bootstrap_servers": f"127.0.0.1:{free_port()}", "topic": "t", "group_id": "g"}
+    _, config = write_setup(tmp_path, car_loan(seed=1), window={"size": 1000}, kafka=kafka,
+                            state={"dir": "state"}, http={"host": "127.0.0.1", "port": 0})
+    daemon = Daemon(config, Baseline.load(config.baseline))
+    daemon.http.start()
+    try:
+        port = daemon.http.port
+        with daemon.lock, daemon.policy._save_lock, daemon.outbox._lock:
+            status = fetch(port, "/status")
+            metrics = fetch(port, "/metrics")
+            ready = fetch(port, "/readyz")
+        assert status is not None and status[0] == 200 and b'"model": "car-loan"' in status[1]
+        assert metrics is not None and metrics[0] == 200 and b"driftmon_broker_up" in metrics[1]
+        assert ready is not None and ready[0] == 503 and b"connecting to the Kafka broker" in ready[1]
+    finally:
+        daemon.http.stop()
+        daemon.outbox.close()
