@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # `python bench/run.py`: import the package from 
 
 from bench.common import REPO, log, machine_info  # noqa: E402
 
-BENCHES = ("pipeline", "kafka", "memory", "evidently", "multivariate")
+BENCHES = ("pipeline", "kafka", "memory", "evidently", "multivariate", "join")
 OPTIONAL = ("soak",)  # long: only with --only; their results are kept when other benchmarks run
 
 
@@ -44,6 +44,8 @@ def _module(name: str):
         from bench import soak as mod
     elif name == "multivariate":
         from bench import multivariate as mod
+    elif name == "join":
+        from bench import join as mod
     else:
         from bench import evidently_compare as mod
     return mod
@@ -139,6 +141,8 @@ def markdown(doc: dict) -> str:
             lines.append(f"| 5. domain classifier: one evaluation ({f['sample']} + {f['reference']} rows) "
                          f"| {f['seconds_per_evaluation']:.3f} s | {f['pipeline_seconds_per_window']:.3f} s "
                          f"(pipeline per 5000-event window) | {f['windows_per_evaluation']:.1f} | | |")
+    if "join" in r:
+        lines += join_rows(r["join"])
     if "soak" in r:
         lines += ["", *soak_markdown(r["soak"])]
     lines += ["", "## Details", ""]
@@ -209,6 +213,31 @@ def markdown(doc: dict) -> str:
         lines.append(f"| OpenBLAS env | {m['openblas_env']} |")
     lines += ["", "Reproduce with `python -m bench.run` (see bench/README.md).", ""]
     return "\n".join(lines)
+
+
+def join_rows(j: dict) -> list[str]:
+    if "error" in j or "skipped" in j:
+        return [f"| 6. pending label joins | {j.get('error') or j.get('skipped')} | | | | {_met(j)} |"]
+    t = j["throughput"]
+    return [
+        f"| 6. RSS with {j['largest_pending']:,} pending label joins (on disk; a daemon object fed predictions) "
+        f"| {j['rss_mib_at_largest']:.0f} MiB (peak {j['peak_rss_mib']:.0f}) | {j['memory_rss_mib_at_largest']:.0f} MiB "
+        f"with {j['memory_largest_pending']:,} in memory | | < {j['target']['rss_mib']:.0f} MiB "
+        f"| {'yes' if j['peak_rss_mib'] < j['target']['rss_mib'] else '**no**'} |",
+        f"| 6. checkpoint with {j['largest_pending']:,} pending (on disk) | {j['checkpoint_s_at_largest'] * 1e3:.1f} ms "
+        f"| {j['checkpoint_s_empty'] * 1e3:.1f} ms with none; {j['memory_checkpoint_s_at_largest'] * 1e3:.0f} ms with "
+        f"{j['memory_largest_pending']:,} in memory | {j['checkpoint_ratio_largest_over_empty']:.2f} | < 2 (as empty) "
+        f"| {'yes' if j['checkpoint_ratio_largest_over_empty'] < 2 else '**no**'} |",
+        f"| 6. labelled predictions through the pipeline, {t['pending']:,} pending (on disk vs in memory) "
+        f"| {_rate(t['disk_pairs_per_s'])} | {_rate(t['memory_pairs_per_s'])} | {t['ratio']:.2f} "
+        f"| >= {j['target']['throughput_ratio']:.2f} (cost within 20%) "
+        f"| {'yes' if t['ratio'] >= j['target']['throughput_ratio'] else '**no**'} |",
+        f"| 6. the join alone (LabelJoin calls), {t['pending']:,} pending | {_rate(t['join_alone_disk_per_s'])} "
+        f"| {_rate(t['join_alone_memory_per_s'])} | {t['join_alone_ratio']:.2f} | | |",
+        f"| 6. labelled predictions through the pipeline, {j['largest_pending']:,} pending (on disk) "
+        f"| {_rate(j['disk_pairs_per_s_at_largest'])} | {_rate(t['memory_pairs_per_s'])} ({t['pending']:,} in memory) "
+        f"| {j['disk_pairs_per_s_at_largest'] / t['memory_pairs_per_s']:.2f} | | |",
+    ]
 
 
 def soak_markdown(k: dict) -> list[str]:

@@ -20,6 +20,7 @@ import struct
 from collections import OrderedDict
 
 import msgspec
+import numpy as np
 
 __all__ = ["LabelJoin", "MemoryStore", "RocksStore"]
 
@@ -95,6 +96,15 @@ def _time_key(t: float) -> bytes:
     return _U64.pack(u ^ 0xFFFFFFFFFFFFFFFF if u >> 63 else u | 0x8000000000000000)
 
 
+def _time_keys(values: list[float]) -> list[bytes]:
+    """:func:`_time_key` of many floats at once."""
+    if not values:
+        return []
+    u = np.asarray(values, dtype=np.float64).view(np.uint64)
+    u = np.where(u >> np.uint64(63), ~u, u | np.uint64(0x8000000000000000)).astype(">u8").tobytes()
+    return [u[i:i + 8] for i in range(0, len(u), 8)]
+
+
 def _plain(obj):
     """numpy scalars in waiting rows (a numeric column's values) as Python numbers."""
     if hasattr(obj, "item"):
@@ -106,8 +116,8 @@ class RocksStore:
     """Pending entries in RocksDB, with an undo log per epoch, so that the store rolls back to any checkpoint.
 
     Keys: ``e<id>`` an entry; ``t<time><id>`` the expiry index (by event time); ``u<epoch><seq>``
-    the undo record of one change (the id, the entry it replaced, the index key it wrote);
-    ``m`` the last committed epoch. A change and its undo record go in one write batch.
+    the undo record of one batch of changes (per change: the id, the entry it replaced, the index
+    key it wrote); ``m`` the last committed epoch. A batch and its undo record are one write.
 
     A checkpoint calls :meth:`commit`: the write-ahead log is synced (one fsync) and the
     checkpoint records the epoch, so its cost does not grow with the entries. A restart
@@ -175,33 +185,34 @@ class RocksStore:
         decode = self._decode
         return [None if v is None else decode(v) for v in self.db.get([_ENTRY + k.encode() for k in keys])]
 
-    def _change(self, wb, key: str, old, new) -> None:
-        """One change and its undo record into the write batch ``wb``."""
-        k = key.encode()
-        if old is not None:
-            wb.delete(_TIME + _time_key(old[3]) + k)
-        if new is None:
-            wb.delete(_ENTRY + k)
-            index = None
-        else:
-            wb.put(_ENTRY + k, self._encode(new))
-            index = _time_key(new[3])
-            wb.put(_TIME + index + k, b"")
-        self._seq += 1
-        wb.put(_UNDO + _U64.pack(self.epoch) + _U64.pack(self._seq), self._encode([key, old, index]))
-
     def apply(self, changes: dict, old: dict) -> None:
-        """Write a batch: id -> new entry, or None to delete (``old``: what the store held before)."""
-        wb, n = self._batch(), 0
-        for key, new in changes.items():
-            before = old.get(key)
-            if new is None and before is None:
-                continue
-            self._change(wb, key, before, new)
+        """Write a batch: id -> new entry, or None to delete (``old``: what the store held before).
+
+        The changes and one undo record for all of them go in one write batch.
+        """
+        items = [(key, old.get(key), new) for key, new in changes.items()]
+        items = [item for item in items if item[1] is not None or item[2] is not None]
+        if not items:
+            return
+        old_index = iter(_time_keys([o[3] for _k, o, _n in items if o is not None]))
+        new_index = iter(_time_keys([n[3] for _k, _o, n in items if n is not None]))
+        wb, undo, encode = self._batch(), [], self._encode
+        for key, before, new in items:
+            k = key.encode()
+            if before is not None:
+                wb.delete(_TIME + next(old_index) + k)
+            if new is None:
+                wb.delete(_ENTRY + k)
+                index = None
+            else:
+                wb.put(_ENTRY + k, encode(new))
+                index = next(new_index)
+                wb.put(_TIME + index + k, b"")
+            undo.append((key, before, index))
             self.count += (new is not None) - (before is not None)
-            n += 1
-        if n:
-            self.db.write(wb, self._write)
+        self._seq += 1
+        wb.put(_UNDO + _U64.pack(self.epoch) + _U64.pack(self._seq), encode(undo))
+        self.db.write(wb, self._write)
 
     def _oldest(self, lower: bytes, upper: bytes, limit: int) -> list[bytes]:
         """Up to ``limit`` index keys (time + id) in [lower, upper), oldest first."""
@@ -216,17 +227,10 @@ class RocksStore:
 
     def _drop(self, index_keys: list[bytes]) -> int:
         keys = [k[8:].decode() for k in index_keys]
-        if not keys:
-            return 0
-        wb, n = self._batch(), 0
-        for key, entry in zip(keys, self.get_many(keys)):
-            if entry is not None:
-                self._change(wb, key, entry, None)
-                n += 1
-        if n:
-            self.db.write(wb, self._write)
-        self.count -= n
-        return n
+        old = dict(zip(keys, self.get_many(keys)))
+        before = self.count
+        self.apply(dict.fromkeys(keys), old)
+        return before - self.count
 
     def expire(self, horizon: float) -> int:
         upper = _time_key(horizon)
@@ -277,18 +281,18 @@ class RocksStore:
             return
         start = _UNDO + _U64.pack(epoch + 1)
         it, _ro = self._read(start, _END)
-        it.seek_to_last()  # the newest change first
+        it.seek_to_last()  # the newest batch first
         wb, undone = self._batch(), 0
         while it.valid() and it.key() >= start:  # (the lower bound does not stop a backward walk)
-            key, old, index = self._decode(it.value())
-            k = key.encode()
-            if index is not None:
-                wb.delete(_TIME + index + k)
-                wb.delete(_ENTRY + k)
-            if old is not None:
-                wb.put(_ENTRY + k, self._encode(old))
-                wb.put(_TIME + _time_key(old[3]) + k, b"")
-            undone += 1
+            for key, old, index in reversed(self._decode(it.value())):
+                k = key.encode()
+                if index is not None:
+                    wb.delete(_TIME + index + k)
+                    wb.delete(_ENTRY + k)
+                if old is not None:
+                    wb.put(_ENTRY + k, self._encode(old))
+                    wb.put(_TIME + _time_key(old[3]) + k, b"")
+                undone += 1
             it.prev()
         del it
         wb.delete_range(start, _END)

@@ -1,0 +1,280 @@
+"""Figure 6: pending label joins on disk (RocksStore, the daemon's) against the in-memory join (MemoryStore).
+
+Three measurements, each in a child process of its own (``python -m bench.join child ...``):
+
+- **size**: a real :class:`monitor.daemon.Daemon` (config with ``kafka.labels_topic``; its Kafka
+  consumer is not started) is fed predictions whose labels have not come, through
+  ``daemon.pipeline.process``; at each pending size it reports VmRSS and the time of
+  ``daemon.checkpoint()`` (encode + write + fsync, median of 3) and the checkpoint's size. Once with
+  the on-disk store up to 10,000,000 pending, once with the in-memory join (the store swapped for a
+  :class:`~monitor.join.MemoryStore`, as before the store existed) up to 1,000,000.
+- **throughput**: two pipelines in one process, one per store, each holding ``P`` pending
+  predictions; rounds alternate (ABBA) between them. A round feeds ``M`` new predictions and the ``M``
+  labels of the oldest waiting ones (so the pending count stays at ``P``): the rate is labelled
+  predictions (one prediction message + one label message) per second through ``Pipeline.process`` and
+  ``Pipeline.process_labels``; the same rounds also time the join alone (``LabelJoin`` calls with
+  prebuilt rows).
+- the on-disk store's pair rate at 10,000,000 pending, from the end of the size run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+START = 1.7e9
+RATE = 115.0  # predictions per second of event time: 10,000,000 pending is a day
+BATCH = 2000
+#: The on-disk join's per-message cost may be at most 20% above the in-memory join's.
+TARGET_RATIO = 1 / 1.2
+TARGET_RSS_MIB = 300.0
+
+
+def _prediction(i: int) -> bytes:
+    return (b'{"id":"p-%d","timestamp":%.3f,"x":%.4f,"group":"%s","y_pred":%d,"y_pred_proba":%.4f}'
+            % (i, START + i / RATE, (i % 997) / 997 - 0.5, b"B" if i % 10 == 0 else b"A", i % 2,
+               0.3 + (i % 7) / 10))
+
+
+def _label(i: int) -> bytes:
+    return b'{"id":"p-%d","timestamp":%.3f,"y":%d}' % (i, START + i / RATE + 86400.0, (i // 3) % 2)
+
+
+def _setup(tmp: str) -> str:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+
+    from monitor.baseline import build_baseline
+    from monitor.config import load_config
+
+    rng = np.random.default_rng(1)
+    n = 20_000
+    score = rng.random(n)
+    pq.write_table(pa.table({"id": [f"t-{i}" for i in range(n)], "timestamp": (START - 1e6 + np.arange(n)).tolist(),
+                             "x": rng.normal(0, 0.3, n), "group": np.where(rng.random(n) < 0.1, "B", "A"),
+                             "y_pred": (score > 0.5).astype(int), "y_pred_proba": score,
+                             "y": (rng.random(n) < score).astype(int)}), os.path.join(tmp, "train.parquet"))
+    tree = {
+        "model": "lender",
+        "schema": {"id": {"path": "id"}, "timestamp": {"path": "timestamp"},
+                   "features": [{"name": "x", "type": "numeric"}],
+                   "prediction": {"name": "y_pred", "type": "categorical"}, "score": {"name": "y_pred_proba"},
+                   "label": {"name": "y", "type": "categorical"}},
+        "baseline": os.path.join(tmp, "baseline.json"),
+        "kafka": {"bootstrap_servers": "127.0.0.1:9", "topic": "p", "labels_topic": "l", "group_id": "g"},
+        "window": {"size": 5000},
+        "labels": {"window": 5000, "positive": "1", "ttl": "30d", "timestamp_path": "timestamp",
+                   "max_pending": 20_000_000},
+        "segments": [{"name": "group"}],
+        "state": {"dir": os.path.join(tmp, "state"), "checkpoint_interval": "1h"},
+    }
+    path = os.path.join(tmp, "driftmon.yaml")
+    with open(path, "w", encoding="utf-8") as fh:
+        yaml.safe_dump(tree, fh)
+    config = load_config(path)
+    build_baseline(config, os.path.join(tmp, "train.parquet")).save(config.baseline)
+    return path
+
+
+def _child(*args: str) -> dict:
+    from bench.common import REPO
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-m", "bench.join", "child", *args], cwd=str(REPO), env=env,
+                          capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"join child {args[0]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run(quick: bool = False) -> dict:
+    from bench.common import log, scratch_dir
+
+    tmp = scratch_dir("driftmon-bench-join-")
+    config = _setup(tmp)
+    disk_sizes = [0, 50_000, 100_000, 200_000] if quick else [0, 1_000_000, 2_000_000, 5_000_000, 10_000_000]
+    memory_sizes = [0, 50_000, 100_000] if quick else [0, 250_000, 500_000, 1_000_000]
+    pending = 50_000 if quick else 1_000_000
+    per_round = 10_000 if quick else 50_000
+    rounds = 2 if quick else 5
+    log(f"join: pending size vs RSS and checkpoint time, on disk up to {disk_sizes[-1]:,}")
+    disk = _child("size", "--config", config, "--store", "disk", "--dir", os.path.join(tmp, "disk"),
+                  "--sizes", ",".join(map(str, disk_sizes)), "--pairs", str(per_round))
+    log(f"join: in memory up to {memory_sizes[-1]:,}")
+    memory = _child("size", "--config", config, "--store", "memory", "--dir", os.path.join(tmp, "memory"),
+                    "--sizes", ",".join(map(str, memory_sizes)), "--pairs", str(per_round))
+    log(f"join: throughput at {pending:,} pending, {rounds} rounds of {per_round:,} labelled predictions")
+    tp = _child("throughput", "--config", config, "--dir", os.path.join(tmp, "tp"), "--pending", str(pending),
+                "--per-round", str(per_round), "--rounds", str(rounds))
+    ratios = [d / m for d, m in zip(tp["disk_rates"], tp["memory_rates"])]
+    join_ratios = [d / m for d, m in zip(tp["disk_join_rates"], tp["memory_join_rates"])]
+    empty = disk["samples"][0]["checkpoint_s"]
+    largest = disk["samples"][-1]
+    memory_largest = memory["samples"][-1]
+    out = {
+        "what": "pending label joins: RSS and checkpoint time by pending size, and labelled-prediction throughput, "
+                "on disk (RocksStore) vs in memory (MemoryStore)",
+        "sizes": {"disk": disk["samples"], "memory": memory["samples"]},
+        "rss_mib_at_largest": largest["rss_mib"],
+        "largest_pending": largest["pending"],
+        "peak_rss_mib": disk["peak_mib"],
+        "checkpoint_s_empty": empty,
+        "checkpoint_s_at_largest": largest["checkpoint_s"],
+        "checkpoint_ratio_largest_over_empty": largest["checkpoint_s"] / empty,
+        "memory_rss_mib_at_largest": memory_largest["rss_mib"],
+        "memory_checkpoint_s_at_largest": memory_largest["checkpoint_s"],
+        "memory_largest_pending": memory_largest["pending"],
+        "disk_pairs_per_s_at_largest": disk["pairs_per_s"],
+        "throughput": {
+            "pending": pending, "per_round": per_round, "rounds": rounds,
+            "disk_pairs_per_s": statistics.median(tp["disk_rates"]),
+            "memory_pairs_per_s": statistics.median(tp["memory_rates"]),
+            "ratio": statistics.median(ratios), "ratios": ratios,
+            "join_alone_disk_per_s": statistics.median(tp["disk_join_rates"]),
+            "join_alone_memory_per_s": statistics.median(tp["memory_join_rates"]),
+            "join_alone_ratio": statistics.median(join_ratios),
+            "detail": tp,
+        },
+        "disk_bytes_at_largest": largest["store_bytes"],
+        "target": {"rss_mib": TARGET_RSS_MIB, "checkpoint_ratio": 2.0, "throughput_ratio": TARGET_RATIO},
+    }
+    out["met"] = (disk["peak_mib"] < TARGET_RSS_MIB and out["checkpoint_ratio_largest_over_empty"] < 2.0
+                  and out["throughput"]["ratio"] >= TARGET_RATIO)
+    return out
+
+
+# ---- children ---------------------------------------------------------------------------------------
+
+def _dir_bytes(path: str) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return total
+
+
+def _feed_predictions(pipeline, start: int, stop: int) -> None:
+    for i in range(start, stop, BATCH):
+        pipeline.process([_prediction(j) for j in range(i, min(stop, i + BATCH))])
+
+
+def _pairs(pipeline, first_label: int, first_new: int, n: int) -> float:
+    """Feed n new predictions and the labels of n waiting ones; seconds (messages built beforehand)."""
+    preds = [[_prediction(j) for j in range(i, min(first_new + n, i + BATCH))] for i in range(first_new, first_new + n, BATCH)]
+    labels = [[_label(j) for j in range(i, min(first_label + n, i + BATCH))]
+              for i in range(first_label, first_label + n, BATCH)]
+    started = time.perf_counter()
+    for p, lab in zip(preds, labels):
+        pipeline.process(p)
+        pipeline.process_labels(lab)
+    pipeline.take_performance()
+    return time.perf_counter() - started
+
+
+def child_size(args) -> None:
+    from bench.common import proc_status
+    from monitor.baseline import Baseline
+    from monitor.config import load_config
+    from monitor.daemon import Daemon, streaming_gc
+    from monitor.join import MemoryStore
+
+    config = load_config(args.config)
+    config.state.dir = args.dir
+    daemon = Daemon(config, Baseline.load(config.baseline))
+    join = daemon.pipeline.tracker.join
+    if args.store == "memory":  # the join as it was before the store: a dict, whole in every checkpoint
+        join.close()
+        join.store, join._unchecked = MemoryStore(), False
+    samples, done = [], 0
+    with streaming_gc():
+        for size in map(int, args.sizes.split(",")):
+            _feed_predictions(daemon.pipeline, done, size)
+            done = size
+            times = []
+            for _ in range(3):
+                daemon._changed = True
+                started = time.perf_counter()
+                assert daemon.checkpoint(force=True)
+                times.append(time.perf_counter() - started)
+            status = proc_status()
+            samples.append({"pending": join.pending, "rss_mib": status["VmRSS"], "checkpoint_s": statistics.median(times),
+                            "checkpoint_bytes": os.path.getsize(daemon.store.checkpoint_path),
+                            "store_bytes": _dir_bytes(os.path.join(args.dir, "labels"))})
+            print(json.dumps(samples[-1]), file=sys.stderr, flush=True)
+        pairs = int(args.pairs)
+        seconds = _pairs(daemon.pipeline, 0, done, pairs)
+    assert join.pending == done, (join.pending, done)
+    print(json.dumps({"samples": samples, "peak_mib": proc_status()["VmHWM"], "pairs_per_s": pairs / seconds}))
+
+
+def child_throughput(args) -> None:
+    from monitor.baseline import Baseline
+    from monitor.config import load_config
+    from monitor.daemon import streaming_gc
+    from monitor.pipeline import Pipeline
+
+    config = load_config(args.config)
+    baseline = Baseline.load(config.baseline)
+    pending, per_round = int(args.pending), int(args.per_round)
+    pipelines = {"memory": Pipeline(config, baseline), "disk": Pipeline(config, baseline)}
+    pipelines["disk"].tracker.join.open(os.path.join(args.dir, "labels"))
+    out = {"memory_rates": [], "disk_rates": [], "memory_join_rates": [], "disk_join_rates": []}
+    cursor = {"memory": 0, "disk": 0}  # the oldest waiting prediction
+    with streaming_gc():
+        for p in pipelines.values():
+            _feed_predictions(p, 0, pending)
+        for r in range(int(args.rounds)):
+            order = ["memory", "disk"] if r % 2 == 0 else ["disk", "memory"]
+            for name in order:
+                p = pipelines[name]
+                first = cursor[name]
+                seconds = _pairs(p, first, pending + first, per_round)
+                cursor[name] += per_round
+                out[f"{name}_rates"].append(per_round / seconds)
+                # the join alone: the same kind of work with prebuilt rows
+                join, first = p.tracker.join, cursor[name]
+                ids = [f"p-{j}" for j in range(pending + first, pending + first + per_round)]
+                times = [START + j / RATE for j in range(pending + first, pending + first + per_round)]
+                rows = [[j % 2, 0.5, t, "A"] for j, t in zip(range(per_round), times)]
+                old = [f"p-{j}" for j in range(first, first + per_round)]
+                started = time.perf_counter()
+                for i in range(0, per_round, BATCH):
+                    join.add_predictions(ids[i:i + BATCH], times[i:i + BATCH], rows[i:i + BATCH])
+                    join.add_labels(old[i:i + BATCH], [t + 86400.0 for t in times[i:i + BATCH]], ["1"] * len(old[i:i + BATCH]))
+                out[f"{name}_join_rates"].append(per_round / (time.perf_counter() - started))
+                cursor[name] += per_round
+                print(f"round {r} {name}: {out[f'{name}_rates'][-1]:,.0f} pairs/s, join alone "
+                      f"{out[f'{name}_join_rates'][-1]:,.0f}/s, pending {join.pending:,}", file=sys.stderr, flush=True)
+    pipelines["disk"].tracker.join.close()
+    print(json.dumps(out))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.join")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("child", help="(internal) a measured process")
+    c.add_argument("kind", choices=("size", "throughput"))
+    c.add_argument("--config", required=True)
+    c.add_argument("--dir", required=True)
+    c.add_argument("--store", choices=("disk", "memory"), default="disk")
+    c.add_argument("--sizes", default="0")
+    c.add_argument("--pairs", default="10000")
+    c.add_argument("--pending", default="100000")
+    c.add_argument("--per-round", default="10000")
+    c.add_argument("--rounds", default="2")
+    args = parser.parse_args(argv)
+    (child_size if args.kind == "size" else child_throughput)(args)
+
+
+if __name__ == "__main__":
+    main()
