@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 
 from detectors import CategoryCounter
+from detectors.window import FeatureDrift
 from monitor.baseline import (Baseline, _arrow_column, _column, build_baseline, categorical_names, category_counts,
                               read_table)
 from monitor.config import Config
+from monitor.registry import feature_policies
 from monitor.window import Evaluator, Window
 
 __all__ = ["compare_files"]
@@ -30,7 +32,9 @@ def compare_files(config: Config, current_path: str, reference_path: str | None 
     missing = [spec.name for _role, spec in config.drift_columns() if spec.name not in names]
     if any(role == "feature" for role, spec in config.drift_columns() if spec.name in missing):
         raise ValueError(f"{current_path} lacks feature columns: {missing}")
-    window = Window(baseline, names=names)
+    features = [spec.name for role, spec in config.drift_columns() if role == "feature"]
+    outputs = {role: spec.name for role, spec in config.drift_columns() if role != "feature" and spec.name in names}
+    window = Window(baseline, detectors=[FeatureDrift(baseline.profiles, feature_policies(config), features, outputs)])
     for _role, spec in config.drift_columns():
         if spec.name not in names:
             continue
@@ -41,7 +45,6 @@ def compare_files(config: Config, current_path: str, reference_path: str | None 
             acc.update(_column(table, spec))
     window.events = table.num_rows
     evaluator = Evaluator(config, baseline)
-    evaluator.outputs = [n for n in evaluator.outputs if n in names]
     result = evaluator.evaluate(window)
     result["window"]["source"] = os.path.basename(current_path)
     return result

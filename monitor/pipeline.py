@@ -6,13 +6,12 @@ from collections import Counter
 
 import numpy as np
 
-from detectors import ConfidenceBasedEstimator
 from monitor.baseline import Baseline
 from monitor.budget import AlphaBudget
 from monitor.config import Config
 from monitor.decode import MAX_MESSAGE_BYTES, Batch, Decoder
-from monitor.multivariate import ClassifierRunner, MultivariateState, min_interval_seconds
 from monitor.performance import PerformanceTracker
+from monitor.registry import build_detectors
 from monitor.window import Evaluator, Window
 
 __all__ = ["Pipeline"]
@@ -35,11 +34,11 @@ class Pipeline:
     def __init__(self, config: Config, baseline: Baseline, background: bool = False):
         self.config = config
         self.baseline = baseline
-        self.multivariate = None  # multivariate and embedding detectors (monitor/multivariate.py), when configured
-        if config.multivariate is not None or config.schema.embeddings():
-            # background (the daemon): the domain classifier is fitted off the consuming thread
-            runner = ClassifierRunner(background=background, min_interval=min_interval_seconds(config))
-            self.multivariate = MultivariateState(config, baseline, runner)
+        # The window detectors from the config (monitor/registry.py): every window holds fresh twins of these.
+        # background (the daemon): the domain classifier is fitted off the consuming thread
+        self.detectors = build_detectors(config, baseline, background)
+        mv = next((d for d in self.detectors if d.key == "multivariate"), None)
+        self.multivariate = None if mv is None else mv.state  # its runner's counts are metrics
         max_bytes = config.kafka.max_message_bytes if config.kafka is not None else MAX_MESSAGE_BYTES
         self.decoder = Decoder(config.schema, columns=config.drift_columns(), extra=config.extra_columns(),
                                max_bytes=max_bytes)
@@ -62,17 +61,7 @@ class Pipeline:
         self.positions: dict[str, int] = {}  # "topic:partition" -> next offset to read
 
     def _new_window(self, index: int, start: float | None = None, end: float | None = None) -> Window:
-        config, estimator = self.config, None
-        perf = self.baseline.extras.get("performance") or {}
-        if config.schema.score is not None and perf.get("estimator"):
-            estimator = ConfidenceBasedEstimator(positive=1)
-            estimator.load_state_dict(perf["estimator"])
-        segments = {s.name: set(self.baseline.extras.get("segments", {}).get(s.name, [])) for s in config.segments}
-        return Window(self.baseline, index, start, end, names=[spec.name for _r, spec in config.drift_columns()],
-                      segments=segments, estimator=estimator,
-                      score=config.schema.score.name if config.schema.score else None,
-                      threshold=config.labels.threshold,
-                      multivariate=self.multivariate.fresh() if self.multivariate is not None else None)
+        return Window(self.baseline, index, start, end, [d.fresh() for d in self.detectors])
 
     def take_performance(self) -> list[dict]:
         """Performance windows closed since the last call."""

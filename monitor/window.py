@@ -1,70 +1,51 @@
-"""Tumbling windows of streaming distributions, evaluated against the baseline when they close."""
+"""Tumbling windows: bookkeeping plus a list of window detectors, evaluated against the baseline when they close.
+
+What a window measures is its detectors' business (:mod:`detectors.window`, built from the config by
+:mod:`monitor.registry`): the window feeds them every batch, merges, checkpoints and evaluates them
+without knowing what they are, and keeps only what every window has (index, bounds, event counts,
+offsets).
+"""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
-
-from detectors import (
-    CategoricalProfile,
-    CategoryCounter,
-    ConfidenceBasedEstimator,
-    FeaturePolicy,
-    NumericHistogram,
-    compare_categorical,
-    compare_effect,
-    compare_numeric,
-    decide,
-)
+from detectors.window import FeatureDrift, WindowContext, distribution
 from monitor.baseline import Baseline
 from monitor.config import Config
 from monitor.decode import Batch
-from monitor.values import iso, segment_value
+from monitor.registry import feature_policies
+from monitor.values import iso
 
 __all__ = ["Window", "Evaluator", "distribution", "iso"]
 
 
-#: Unseen category names kept in a window result (the most frequent first).
-MAX_UNSEEN_SHOWN = 10
-
-
-def distribution(acc) -> dict:
-    """The window's counts on the baseline's bins or categories: what the report draws next to the baseline."""
-    if isinstance(acc, CategoryCounter):
-        top = sorted(acc.unseen_top.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_UNSEEN_SHOWN]
-        return {"counts": acc.counts.tolist(), "other": acc.other, "unseen": acc.unseen,
-                "unseen_top": dict(top), "missing": acc.missing}
-    return {"counts": acc.counts.tolist(), "sums": acc.sums.tolist(), "missing": acc.missing,
-            "out_of_range": acc.out_of_range, "min": acc.min, "max": acc.max, "mean": acc.mean, "std": acc.std}
-
-
 class Window:
-    """One open window: streaming accumulators for every column plus bookkeeping.
+    """One open window: its detectors plus bookkeeping.
 
     Parameters
     ----------
     baseline : Baseline
-        Supplies each column's bin edges and known categories.
+        The baseline the detectors compare with.
     index : int
         Sequence number of this window (0, 1, ...), stable across restarts.
     start, end : float or None
         Bounds in epoch seconds for time windows; None for count windows.
+    detectors : list, optional
+        Window detectors (see :mod:`detectors.window`); default: univariate drift of every column
+        of the baseline.
     """
 
     def __init__(self, baseline: Baseline, index: int = 0, start: float | None = None, end: float | None = None,
-                 names: list[str] | None = None, segments: dict | None = None, estimator=None,
-                 score: str | None = None, threshold: float = 0.5, multivariate=None):
+                 detectors: list | None = None):
         self.baseline = baseline
         self.index = index
         self.start = start
         self.end = end
-        self.names = list(baseline.profiles) if names is None else names
-        self.segments = segments or {}  # field -> known values ("other" pools the rest)
-        self.estimator = estimator  # a fitted ConfidenceBasedEstimator, or None
-        self.score = score
-        self.threshold = threshold
-        self.multivariate = multivariate  # a monitor.multivariate.MultivariateState, or None
+        if detectors is None:
+            detectors = [FeatureDrift(baseline.profiles, {}, [n for n, r in baseline.roles.items() if r == "feature"],
+                                      {r: n for n, r in baseline.roles.items() if r != "feature"})]
+        self.detectors = list(detectors)
         self._reset()
 
     def _reset(self) -> None:
@@ -73,65 +54,50 @@ class Window:
         self.first_time = math.inf
         self.last_time = -math.inf
         self.offsets: dict[str, list[int]] = {}  # "topic:partition" -> [first, last] offset in this window
-        self.accumulators = {}
-        self.by_segment: dict[str, dict[str, Window]] = {field: {} for field in self.segments}
-        self.estimated = {"tp": 0.0, "fp": 0.0, "fn": 0.0, "tn": 0.0, "n": 0, "sparse": 0}
-        for name in self.names:
-            profile = self.baseline.profiles[name]
-            if isinstance(profile, CategoricalProfile):
-                self.accumulators[name] = CategoryCounter(profile.categories, profile.other_categories)
-            else:
-                self.accumulators[name] = NumericHistogram(profile.edges, profile.min, profile.max)
+
+    def detector(self, key: str):
+        """The detector with this checkpoint key, or None."""
+        return next((d for d in self.detectors if d.key == key), None)
+
+    @property
+    def accumulators(self) -> dict:
+        """Column name -> its histogram or category counts (the univariate detector's)."""
+        return self.detector(FeatureDrift.key).accumulators
 
     def update(self, batch: Batch) -> "Window":
         """Add the rows of a batch (already cut to this window)."""
         if batch.n == 0:
             return self
-        for name, acc in self.accumulators.items():
-            acc.update(batch.columns[name])
-        if self.multivariate is not None:
-            self.multivariate.update(batch.columns)
+        for detector in self.detectors:
+            detector.update(batch)
         self.events += batch.n
-        if self.estimator is not None:
-            for key, value in self.estimator.expected_counts(batch.columns[self.score], self.threshold).items():
-                self.estimated[key] += value
-        for field, known in self.segments.items():
-            self._update_segments(batch, field, known)
-        if batch.timestamps is not None and batch.n:
+        if batch.timestamps is not None:
             lo, hi = float(batch.timestamps.min()), float(batch.timestamps.max())
             if not math.isnan(lo):
                 self.first_time = min(self.first_time, lo)
                 self.last_time = max(self.last_time, hi)
         return self
 
-    def _update_segments(self, batch: Batch, field: str, known) -> None:
-        """Per-segment windows of one field, each accumulator updated for all segment values in one pass."""
-        names = [segment_value(v, known) for v in batch.columns[field]]
-        values = sorted(set(names))
-        code = {v: i for i, v in enumerate(values)}
-        groups = np.fromiter((code[v] for v in names), dtype=np.int64, count=len(names))
-        subs = []
-        for value in values:
-            sub = self.by_segment[field].get(value)
-            if sub is None:
-                sub = self.by_segment[field][value] = Window(self.baseline, names=self.names)
-            subs.append(sub)
-        for name in self.names:
-            accs = [sub.accumulators[name] for sub in subs]
-            kind = NumericHistogram if isinstance(accs[0], NumericHistogram) else CategoryCounter
-            kind.update_groups(accs, batch.columns[name], groups)
-        sizes = np.bincount(groups, minlength=len(subs))
-        ts = batch.timestamps
-        if ts is not None and not np.isnan(ts).all():
-            low, high = np.full(len(subs), np.inf), np.full(len(subs), -np.inf)
-            ok = ~np.isnan(ts)
-            np.minimum.at(low, groups[ok], ts[ok])
-            np.maximum.at(high, groups[ok], ts[ok])
-        for i, sub in enumerate(subs):
-            sub.events += int(sizes[i])
-            if ts is not None and not np.isnan(ts).all() and math.isfinite(low[i]):
-                sub.first_time = min(sub.first_time, float(low[i]))
-                sub.last_time = max(sub.last_time, float(high[i]))
+    def merge(self, other: "Window") -> "Window":
+        """Add another partial window of the same period (another worker's, another chunk's). Returns self.
+
+        Counts, histograms and offsets add exactly, so the merged window evaluates as one process that
+        saw every event would (the domain classifier's sample is a sample of the union).
+        """
+        if (self.index, self.start, self.end) != (other.index, other.start, other.end):
+            raise ValueError(f"cannot merge window {other.index} ({other.start}..{other.end}) into "
+                             f"window {self.index} ({self.start}..{self.end})")
+        if [d.key for d in self.detectors] != [d.key for d in other.detectors]:
+            raise ValueError("cannot merge windows with different detectors")
+        for mine, theirs in zip(self.detectors, other.detectors):
+            mine.merge(theirs)
+        self.events += other.events
+        self.invalid += other.invalid
+        self.first_time = min(self.first_time, other.first_time)
+        self.last_time = max(self.last_time, other.last_time)
+        for key, (first, last) in other.offsets.items():
+            self.add_offsets(key, first, last)
+        return self
 
     def add_offsets(self, key: str, first: int, last: int) -> None:
         span = self.offsets.get(key)
@@ -158,10 +124,7 @@ class Window:
             "first_time": self.first_time if math.isfinite(self.first_time) else None,
             "last_time": self.last_time if math.isfinite(self.last_time) else None,
             "offsets": self.offsets,
-            "accumulators": {name: acc.state_dict() for name, acc in self.accumulators.items()},
-            "estimated": self.estimated,
-            "segments": {f: {v: w.state_dict() for v, w in subs.items()} for f, subs in self.by_segment.items()},
-            **({"multivariate": self.multivariate.state_dict()} if self.multivariate is not None else {}),
+            **{d.key: d.state_dict() for d in self.detectors},
         }
 
     def load_state_dict(self, state: dict) -> "Window":
@@ -173,66 +136,33 @@ class Window:
         self.first_time = math.inf if state["first_time"] is None else state["first_time"]
         self.last_time = -math.inf if state["last_time"] is None else state["last_time"]
         self.offsets = {k: list(v) for k, v in state["offsets"].items()}
-        for name, acc_state in state["accumulators"].items():
-            self.accumulators[name].load_state_dict(acc_state)
-        self.estimated = dict(state["estimated"])
-        if self.multivariate is not None and "multivariate" in state:
-            self.multivariate.load_state_dict(state["multivariate"])
-        for field, subs in state["segments"].items():
-            for value, sub in subs.items():
-                self.by_segment.setdefault(field, {})[value] = Window(self.baseline, names=self.names) \
-                    .load_state_dict(sub)
+        for detector in self.detectors:
+            if detector.key in state:
+                detector.load_state_dict(state[detector.key])
         return self
 
     def fresh(self, index: int, start: float | None = None, end: float | None = None) -> "Window":
-        """An empty window with the same columns, segments and estimator."""
-        return Window(self.baseline, index, start, end, self.names, self.segments, self.estimator, self.score,
-                      self.threshold, self.multivariate.fresh() if self.multivariate is not None else None)
+        """An empty window with twins of the same detectors."""
+        return Window(self.baseline, index, start, end, [d.fresh() for d in self.detectors])
 
 
 class Evaluator:
-    """Compare a closed window with the baseline and decide which columns drifted.
+    """Evaluate a closed window: its bookkeeping plus the sections of each detector's result.
 
-    Features form one family for the multiple-testing correction; the
-    prediction, score and label are judged as a second family, so adding
-    features never makes prediction drift harder to detect.
+    Parameters
+    ----------
+    config : Config
+    baseline : Baseline
     """
 
     def __init__(self, config: Config, baseline: Baseline):
         self.config = config
         self.baseline = baseline
-        drift = config.drift
-        self.policies = {}
-        for _role, spec in config.drift_columns():
-            defaults = drift.numeric if spec.type == "numeric" else drift.categorical
-            method = spec.drift.effect_method or defaults.effect_method
-            threshold = spec.drift.threshold
-            if threshold is None and method == defaults.effect_method:
-                threshold = defaults.threshold
-            # Otherwise None: each effect method has its own calibrated default (detectors.FeaturePolicy).
-            self.policies[spec.name] = FeaturePolicy(
-                effect_method=method, effect_threshold=threshold,
-                min_events=spec.drift.min_events or drift.min_events,
-            )
-        self.features = [spec.name for role, spec in config.schema.columns() if role == "feature"]
-        self.alpha = drift.alpha  # the per-window level; the pipeline sets it from a false-page budget
-        self.outputs = [spec.name for role, spec in config.drift_columns() if role != "feature"]
-
-    def _compare(self, name: str, window: Window) -> dict:
-        profile = self.baseline.profiles[name]
-        acc = window.accumulators[name]
-        if isinstance(profile, CategoricalProfile):
-            result = compare_categorical(profile, acc, self.policies[name])
-        else:
-            result = compare_numeric(profile, acc, self.policies[name])
-        result["distribution"] = distribution(acc)
-        return result
+        self.policies = feature_policies(config)
+        self.alpha = config.drift.alpha  # the per-window level; the pipeline sets it from a false-page budget
 
     def evaluate(self, window: Window, complete: bool = True) -> dict:
         """The window result (the shape documented in docs/DESIGN.md)."""
-        alpha = self.alpha
-        features = decide({name: self._compare(name, window) for name in self.features}, alpha=alpha)
-        outputs = decide({name: self._compare(name, window) for name in self.outputs}, alpha=alpha)
         start, end = window.bounds()
         if window.events == 0:
             status = "empty"
@@ -244,32 +174,8 @@ class Evaluator:
                 "invalid": window.invalid, "status": status, "complete": complete}
         if window.offsets:
             info["offsets"] = {k: list(v) for k, v in sorted(window.offsets.items())}
-        result = {
-            "model": self.config.model,
-            "baseline_fingerprint": self.baseline.fingerprint,
-            "window": info,
-            "drifted": sorted(name for name, r in features.items() if r["drift"]),
-            "features": features,
-        }
-        for role, spec in self.config.drift_columns():
-            if role != "feature":
-                result[role] = outputs[spec.name]
-        if window.estimator is not None:
-            result["estimated_performance"] = ConfidenceBasedEstimator.metrics_from_counts(window.estimated)
-        if window.multivariate is not None:
-            result.update(window.multivariate.results(window.index))
-        if window.by_segment:
-            result["segments"] = {
-                field: {value: self._segment_summary(sub) for value, sub in sorted(subs.items())}
-                for field, subs in window.by_segment.items()}
+        result = {"model": self.config.model, "baseline_fingerprint": self.baseline.fingerprint, "window": info}
+        context = WindowContext(index=window.index, events=window.events, alpha=self.alpha)
+        for detector in window.detectors:
+            result.update(detector.result(context).sections())
         return result
-
-    def _segment_summary(self, window: Window) -> dict:
-        """Feature drift within one segment value (its own Holm family)."""
-        if window.events < self.config.drift.min_events:
-            return {"events": window.events, "status": "insufficient_data", "drifted": []}
-        features = decide({name: compare_effect(self.baseline.profiles[name], window.accumulators[name],
-                                                self.policies[name]) for name in self.features}, alpha=self.alpha)
-        return {"events": window.events, "status": "ok",
-                "drifted": sorted(name for name, r in features.items() if r["drift"]),
-                "effects": {name: r["effect"]["value"] for name, r in features.items()}}

@@ -1,0 +1,135 @@
+"""The window detector registry: config section -> detector, for every window.
+
+Each entry is a builder ``build(config, baseline, background) -> detector | None`` (None when its
+config section is off). The pipeline builds the list once and gives every window a
+:meth:`~detectors.window.WindowDetector.fresh` twin of each; the window updates, merges,
+checkpoints and evaluates them without knowing what they are (see :mod:`detectors.window` and
+docs/DESIGN.md "Window detectors"). Adding a detector: a module in ``detectors/``, its config
+section, one entry in :data:`REGISTRY`, docs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from detectors import ConfidenceBasedEstimator, FeaturePolicy
+from detectors.window import EstimatedPerformance, FeatureDrift, SegmentDrift, WindowContext
+from monitor.config import Config
+from monitor.multivariate import ClassifierRunner, MultivariateState, min_interval_seconds
+from monitor.values import segment_value
+
+__all__ = ["REGISTRY", "MultivariateDetector", "build_detectors", "feature_policies"]
+
+
+def feature_policies(config: Config) -> dict[str, FeaturePolicy]:
+    """Column name -> its drift decision rule, from ``drift`` and the column's ``drift:`` overrides."""
+    drift = config.drift
+    policies = {}
+    for _role, spec in config.drift_columns():
+        defaults = drift.numeric if spec.type == "numeric" else drift.categorical
+        method = spec.drift.effect_method or defaults.effect_method
+        threshold = spec.drift.threshold
+        if threshold is None and method == defaults.effect_method:
+            threshold = defaults.threshold
+        # Otherwise None: each effect method has its own calibrated default (detectors.FeaturePolicy).
+        policies[spec.name] = FeaturePolicy(effect_method=method, effect_threshold=threshold,
+                                            min_events=spec.drift.min_events or drift.min_events)
+    return policies
+
+
+def _features(config: Config, baseline, background: bool) -> FeatureDrift:
+    outputs = {role: spec.name for role, spec in config.drift_columns() if role != "feature"}
+    features = [spec.name for role, spec in config.schema.columns() if role == "feature"]
+    return FeatureDrift(baseline.profiles, feature_policies(config), features, outputs)
+
+
+def _estimated_performance(config: Config, baseline, background: bool) -> EstimatedPerformance | None:
+    perf = baseline.extras.get("performance") or {}
+    if config.schema.score is None or not perf.get("estimator"):
+        return None
+    estimator = ConfidenceBasedEstimator(positive=1).load_state_dict(perf["estimator"])
+    return EstimatedPerformance(estimator, config.schema.score.name, config.labels.threshold)
+
+
+def _segments(config: Config, baseline, background: bool) -> SegmentDrift | None:
+    if not config.segments:
+        return None
+    known = baseline.extras.get("segments", {})
+    fields = {s.name: set(known.get(s.name, [])) for s in config.segments}
+    features = [spec.name for role, spec in config.schema.columns() if role == "feature"]
+    names = [spec.name for _role, spec in config.drift_columns()]
+    return SegmentDrift(baseline.profiles, feature_policies(config), features, names, fields,
+                        config.drift.min_events, segment_value)
+
+
+@dataclass(frozen=True)
+class MultivariateResult:
+    """The ``multivariate`` and ``embeddings`` sections (each method's typed result, as its ``to_dict()``)."""
+
+    parts: dict
+
+    def sections(self) -> dict:
+        return self.parts
+
+
+class MultivariateDetector:
+    """The multivariate and embedding detectors of a window (:class:`MultivariateState`) under the protocol.
+
+    The domain classifier's evaluation may run on the daemon's worker thread (see
+    :class:`ClassifierRunner`); the runner is shared by every window's twin.
+    """
+
+    key = "multivariate"
+
+    def __init__(self, state: MultivariateState):
+        self.state = state
+
+    def fresh(self) -> "MultivariateDetector":
+        return MultivariateDetector(self.state.fresh())
+
+    def update(self, batch) -> "MultivariateDetector":
+        if batch.n:
+            self.state.update(batch.columns)
+        return self
+
+    def merge(self, other: "MultivariateDetector") -> "MultivariateDetector":
+        """PCA reconstruction and embedding sums add exactly; the classifier's reservoir samples merge as
+        a sample of the union (see :meth:`detectors.multivariate.DomainClassifier.merge`)."""
+        for key, detector in self.state.detectors.items():
+            detector.merge(other.state.detectors[key])
+        for key, detector in self.state.embeddings.items():
+            detector.merge(other.state.embeddings[key])
+        return self
+
+    def result(self, context: WindowContext) -> MultivariateResult:
+        return MultivariateResult(self.state.results(context.index))
+
+    def state_dict(self) -> dict:
+        return self.state.state_dict()
+
+    def load_state_dict(self, state: dict) -> "MultivariateDetector":
+        self.state.load_state_dict(state)
+        return self
+
+
+def _multivariate(config: Config, baseline, background: bool) -> MultivariateDetector | None:
+    if config.multivariate is None and not config.schema.embeddings():
+        return None
+    # background (the daemon): the domain classifier is fitted off the consuming thread
+    runner = ClassifierRunner(background=background, min_interval=min_interval_seconds(config))
+    return MultivariateDetector(MultivariateState(config, baseline, runner))
+
+
+#: Window detectors in the order their sections appear in a window result.
+REGISTRY: dict[str, Callable] = {
+    "features": _features,
+    "estimated_performance": _estimated_performance,
+    "multivariate": _multivariate,
+    "segments": _segments,
+}
+
+
+def build_detectors(config: Config, baseline, background: bool = False) -> list:
+    """The configured window detectors (prototypes: each window holds fresh twins of them)."""
+    return [d for d in (build(config, baseline, background) for build in REGISTRY.values()) if d is not None]

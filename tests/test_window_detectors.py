@@ -1,0 +1,149 @@
+"""The window detector protocol: every registered detector implements it, partial windows merge exactly,
+checkpoints round-trip (and older ones load), and the window result is derived from the detectors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from detectors.window import WindowContext, WindowDetector
+from monitor.baseline import Baseline
+from monitor.pipeline import Pipeline
+from monitor.registry import REGISTRY, build_detectors
+from monitor.synth import car_loan
+from tests.helpers import write_setup
+
+WINDOW = 4000
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    # every registered detector on: features and outputs, estimated performance (score + label), multivariate
+    # (PCA reconstruction; the domain classifier's sample merges as a sample, so it is compared apart), segments
+    tmp = tmp_path_factory.mktemp("detectors")
+    _path, config = write_setup(tmp, car_loan(seed=3), schema={"label": {"name": "repaid", "type": "categorical"}},
+                                window={"size": WINDOW}, segments=[{"name": "channel", "path": "channel"}],
+                                multivariate={"methods": ["pca_reconstruction"]})
+    return config, Baseline.load(config.baseline)
+
+
+def messages(n, drift_at=None, seed=5):
+    return car_loan(seed=seed).messages(n, drift_at=drift_at, start_time=1.7e9)
+
+
+def counts_of(state):
+    """Every integer count in a checkpoint (bins, categories, missing, out of range, events), by path."""
+    out = {}
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{path}/{k}")
+        elif isinstance(node, list) and node and all(isinstance(x, int) and not isinstance(x, bool) for x in node):
+            out[path] = list(node)
+        elif isinstance(node, int) and not isinstance(node, bool):
+            out[path] = node
+    walk(state, "")
+    return out
+
+
+def close(a, b, rel=1e-9):
+    """Equal but for float rounding (sums and moments depend on how the stream was cut)."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(close(a[k], b[k], rel) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(close(x, y, rel) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return a == pytest.approx(b, rel=rel, abs=1e-12)
+    return a == b
+
+
+def test_every_registered_detector_implements_the_protocol(setup):
+    config, baseline = setup
+    detectors = build_detectors(config, baseline)
+    assert [d.key for d in detectors] == ["accumulators", "estimated", "multivariate", "segments"]
+    assert len(REGISTRY) == len(detectors)  # all four configured here
+    batch = Pipeline(config, baseline).decoder.decode(messages(500))
+    context = WindowContext(index=0, events=batch.n, alpha=0.01)
+    for d in detectors:
+        assert isinstance(d, WindowDetector), d.key
+        assert d.update(batch) is d
+        twin = d.fresh()
+        assert type(twin) is type(d) and twin.key == d.key
+        assert twin.load_state_dict(json.loads(json.dumps(d.state_dict()))) is twin
+        assert json.dumps(twin.state_dict(), sort_keys=True) == json.dumps(d.state_dict(), sort_keys=True)
+        sections = d.result(context).sections()
+        assert sections == twin.result(context).sections()
+        json.dumps(sections, allow_nan=False)  # JSON-safe at the edge
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+def test_partial_windows_merge_into_the_whole_window(setup, parts):
+    """Split one window's events among workers (as partitions would), merge: the counts are the whole
+    window's bit for bit, the statistics equal but for float rounding, the decisions identical."""
+    config, baseline = setup
+    stream = messages(WINDOW - 1, drift_at=WINDOW // 2)  # one short: the windows stay open
+    whole = Pipeline(config, baseline)
+    whole.process(stream)
+    workers = [Pipeline(config, baseline) for _ in range(parts)]
+    rng = np.random.default_rng(parts)
+    owner = rng.integers(0, parts, size=len(stream))
+    for i, worker in enumerate(workers):
+        mine = [m for m, o in zip(stream, owner) if o == i]
+        for start in range(0, len(mine), 700):  # batches of another size than the whole's
+            worker.process(mine[start:start + 700])
+    merged = workers[0].window
+    for worker in workers[1:]:
+        merged.merge(worker.window)
+
+    a, b = whole.window.state_dict(), merged.state_dict()
+    assert a["events"] == b["events"] == WINDOW - 1
+    assert counts_of(a) == counts_of(b) and len(counts_of(a)) > 100
+    assert close(a["accumulators"], b["accumulators"]) and close(a["segments"], b["segments"])
+    assert close(a["estimated"], b["estimated"])
+    ra, rb = (whole.evaluator.evaluate(w) for w in (whole.window, merged))
+    assert ra["drifted"] == rb["drifted"] and ra["drifted"]  # the drift is seen, by both
+    assert close(ra["features"], rb["features"], rel=1e-7)
+    assert close(ra["segments"], rb["segments"], rel=1e-7) and close(ra["prediction"], rb["prediction"], rel=1e-7)
+    assert close(ra["estimated_performance"], rb["estimated_performance"])
+    assert close(ra["multivariate"], rb["multivariate"], rel=1e-7)
+
+
+def test_merge_refuses_another_period_or_other_detectors(setup):
+    config, baseline = setup
+    p = Pipeline(config, baseline)
+    with pytest.raises(ValueError, match="cannot merge window 1"):
+        p.window.merge(p.window.fresh(1))
+    other = p.window.fresh(0)
+    other.detectors = other.detectors[:1]
+    with pytest.raises(ValueError, match="different detectors"):
+        p.window.merge(other)
+    features, segments = p.window.detectors[0], p.window.detectors[-1]
+    with pytest.raises(TypeError):
+        features.merge(segments)
+
+
+def test_results_are_the_detectors_sections_in_registry_order(setup):
+    config, baseline = setup
+    p = Pipeline(config, baseline)
+    (result,), _ = p.process(messages(WINDOW))
+    assert list(result)[:3] == ["model", "baseline_fingerprint", "window"]
+    assert list(result)[3:] == ["drifted", "features", "prediction", "score", "label", "estimated_performance",
+                                "multivariate", "segments"]
+    assert set(result["segments"]["channel"]) == {"web", "branch", "partner"}
+
+
+def test_a_checkpoint_from_before_the_protocol_loads(setup):
+    """Older checkpoints held every segment value as a whole window; they restore to the same result."""
+    config, baseline = setup
+    p = Pipeline(config, baseline)
+    p.process(messages(WINDOW - 1))
+    state = p.state_dict()
+    old = json.loads(json.dumps(state))
+    for values in old["window"]["segments"].values():
+        for value, sub in values.items():  # the old layout: a full window state per segment value
+            values[value] = {"index": 0, "start": None, "end": None, "events": sub["events"], "invalid": 0,
+                             "first_time": None, "last_time": None, "offsets": {},
+                             "accumulators": sub["accumulators"], "estimated": {}, "segments": {}}
+    restored = Pipeline(config, baseline).load_state_dict(old)
+    assert restored.evaluator.evaluate(restored.window) == p.evaluator.evaluate(p.window)
