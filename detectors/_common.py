@@ -72,6 +72,17 @@ class _Moments:
         self.mean += delta * n_b / n
         self.n = n
 
+    def merge(self, other):
+        """Add another set of moments (Chan et al.'s pairwise formula). Returns self."""
+        if other.n == 0:
+            return self
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        self.m2 += other.m2 + delta * delta * self.n * other.n / n
+        self.mean += delta * other.n / n
+        self.n = n
+        return self
+
     def sample_var(self):
         return max(self.m2, 0.0) / (self.n - 1) if self.n > 1 else None
 

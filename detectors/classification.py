@@ -171,6 +171,32 @@ class ClassificationAccumulator:
         self._cal_score += np.bincount(c, weights=s, minlength=self.n_bins_calibration)
         self._cal_pos += np.bincount(c[y], minlength=self.n_bins_calibration)
 
+    def merge(self, other):
+        """Add another accumulator of the same configuration (another worker's rows). Returns self.
+
+        Counts (confusion cells, score and calibration histograms, missing) add exactly, whatever the
+        order in which each side met the classes; the log-loss moments merge by Chan's formula. Exact
+        while the classes fit in ``MAX_CLASSES``: beyond it, which classes are pooled as overflow depends
+        on the order of first appearance, as it does for one accumulator.
+        """
+        if not isinstance(other, ClassificationAccumulator):
+            raise TypeError(f"cannot merge {type(other).__name__} into ClassificationAccumulator")
+        mine = (self.classes, self.positive, self.n_bins_calibration, self.score_bins)
+        if mine != (other.classes, other.positive, other.n_bins_calibration, other.score_bins):
+            raise ValueError("can only merge accumulators with the same classes, positive and bins")
+        index = np.array([self._class_index(name) for name in other._names], dtype=np.int64)
+        if index.size:
+            np.add.at(self._cm, (index[:, None], index[None, :]), other._cm)
+        self._correct += other._correct
+        self._missing += other._missing
+        self._pos_hist += other._pos_hist
+        self._neg_hist += other._neg_hist
+        self._log_loss.merge(other._log_loss)
+        self._cal_n += other._cal_n
+        self._cal_score += other._cal_score
+        self._cal_pos += other._cal_pos
+        return self
+
     # ---- read-only views
 
     @property

@@ -141,6 +141,22 @@ class GroupAccumulator:
             self._counts[:, j] += np.bincount(idx[mask], minlength=k)
         return self
 
+    def merge(self, other):
+        """Add another accumulator's rows (another worker's). Returns self.
+
+        Counts add exactly while the groups fit in ``max_groups``; beyond it, which groups are pooled
+        under "other" depends on the order of first appearance, as it does for one accumulator.
+        """
+        if not isinstance(other, GroupAccumulator):
+            raise TypeError(f"cannot merge {type(other).__name__} into GroupAccumulator")
+        if (self.favourable, self.max_groups) != (other.favourable, other.max_groups):
+            raise ValueError("can only merge accumulators with the same favourable label and max_groups")
+        index = np.array([self._group_index(name) for name in other._names], dtype=np.int64)
+        if index.size:
+            np.add.at(self._counts, index, other._counts)
+        self._missing += other._missing
+        return self
+
     @property
     def groups(self):
         """Group names in order of first appearance (a copy)."""

@@ -71,6 +71,16 @@ class RegressionAccumulator:
         self._ape.add(err[nz] / np.abs(y[nz]))
         return self
 
+    def merge(self, other):
+        """Add another accumulator's rows (moments by Chan's formula; counts exactly). Returns self."""
+        if not isinstance(other, RegressionAccumulator):
+            raise TypeError(f"cannot merge {type(other).__name__} into RegressionAccumulator")
+        for mine, theirs in ((self._y, other._y), (self._abs, other._abs), (self._sq, other._sq),
+                             (self._ape, other._ape)):
+            mine.merge(theirs)
+        self._missing += other._missing
+        return self
+
     @property
     def n(self):
         return self._y.n
