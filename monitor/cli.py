@@ -46,7 +46,8 @@ def _setup_logging(level: str = "INFO") -> None:
         if not any(isinstance(f, _QuietKafka) for f in handler.filters):
             handler.addFilter(_QuietKafka())
     logging.getLogger("kafka").setLevel(logging.WARNING)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # ERROR: a job still running at its next time (a broker probe waiting out its timeout) is not news
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
 
 
 def _load(path: str, need_baseline: bool = True):

@@ -50,6 +50,10 @@ def streaming_gc():
 
 log = logging.getLogger(__name__)
 
+#: From SIGTERM to exit: the final checkpoint, commit and closes share this budget (Kubernetes waits 30 s
+#: by default before SIGKILL; a broker that is down must not use it up).
+STOP_SECONDS = 4.5
+
 
 class Daemon:
     """Consume, window, evaluate, checkpoint, serve.
@@ -326,7 +330,9 @@ class Daemon:
             self._publish()
         self.batch_seconds.labels(self.model).observe(time.perf_counter() - started)
 
-    def _commit(self, timeout_ms: int = 10_000) -> None:
+    def _commit(self, timeout_ms: int = 1500) -> None:
+        # Short: a commit takes milliseconds when the broker is up, and one in flight when SIGTERM comes
+        # is part of the 5 s budget to exit; a failed commit is retried at the next interval.
         # the broker down: a commit would only wait; the next one after it is back covers these
         reachable = self.health.up or self.health.last_contact is None
         self.policy.commit(self.source, timeout_ms, reachable)
@@ -348,7 +354,7 @@ class Daemon:
     def install_signal_handlers(self) -> None:
         def stop(signum, _frame):
             log.info("received %s: draining and stopping", signal.Signals(signum).name)
-            self.stopping.set()
+            self.stop()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
@@ -449,7 +455,14 @@ class Daemon:
         return 0
 
     def stop(self) -> None:
+        if not self.stopping.is_set():
+            self._stop_deadline = time.monotonic() + STOP_SECONDS
         self.stopping.set()
+
+    def _stop_left(self) -> float:
+        """Seconds left of the stop budget (SIGTERM to exit, see STOP_SECONDS)."""
+        deadline = getattr(self, "_stop_deadline", None)
+        return STOP_SECONDS if deadline is None else deadline - time.monotonic()
 
     def shutdown(self, quiet: bool = False) -> None:
         """Checkpoint, commit and close, within a few seconds even when the broker is down."""
@@ -462,13 +475,15 @@ class Daemon:
             elif self.writes["checkpoint"].failing:
                 log.error("stopping without a final checkpoint (%s): the next start resumes from the last "
                           "durable one and reads the events since then again", self.writes["checkpoint"].last_error)
-            try:
-                self._commit(timeout_ms=2000)
-            except Exception as exc:  # the checkpoint holds the positions; the restart seeks to them
-                log.warning("final offset commit failed: %s", exc)
-            self.source.close(timeout_s=1.0)
+            left = self._stop_left()
+            if left > 2.0:  # else skip it: the checkpoint holds the positions and the restart seeks to them
+                try:
+                    self._commit(timeout_ms=int(min(1.0, left - 2.0) * 1000))
+                except Exception as exc:
+                    log.warning("final offset commit failed: %s", exc)
+            self.source.close(timeout_s=min(0.5, max(0.1, (self._stop_left() - 0.5) / 3)))
             self.source = None
-        self.dispatcher.close(timeout=1.0)
+        self.dispatcher.close(timeout=min(1.0, max(0.1, self._stop_left() - 0.3)))
         self.outbox.close()
         if self.pipeline.tracker is not None:
             self.pipeline.tracker.join.close()

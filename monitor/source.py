@@ -275,7 +275,8 @@ class KafkaSource:
         cfg = self.cfg
         with self._lag_lock:
             if self._lag_client is None:
-                self._lag_client = _Consumer(metrics_enabled=False, request_timeout_ms=max(1000, timeout_ms),
+                self._lag_client = _Consumer(metrics_enabled=False, enable_auto_commit=False,
+                                             request_timeout_ms=max(1000, timeout_ms),
                                              bootstrap_timeout_ms=timeout_ms, **client_options(cfg))
             assigned = list(self.assigned)
             partitions = assigned or [TopicPartition(cfg.topic, p)
@@ -311,7 +312,7 @@ class KafkaSource:
         """Close the clients, each bounded by ``timeout_s`` (a broker that is down does not hold up exit)."""
         if self._producer is not None:
             self._producer.close(timeout=timeout_s)
-        if self._lag_lock.acquire(timeout=timeout_s):  # a probe in flight ends within its own timeout
+        if self._lag_lock.acquire(timeout=min(0.2, timeout_s)):  # a probe in flight: leave its client to exit
             try:
                 if self._lag_client is not None:
                     self._lag_client.close(timeout_ms=int(timeout_s * 1000))

@@ -144,3 +144,30 @@ def test_status_and_metrics_answer_while_every_lock_is_held(tmp_path):
     finally:
         daemon.http.stop()
         daemon.outbox.close()
+
+
+def test_sigterm_while_the_broker_is_down_exits_0_within_5_s(tmp_path, own_broker):
+    topic, path, config, daemon = setup_daemon(tmp_path, own_broker)
+    with open(path) as fh:
+        tree = yaml.safe_load(fh)
+    tree["kafka"]["unavailable_after"] = "3s"
+    with open(path, "w") as fh:
+        yaml.safe_dump(tree, fh, sort_keys=False)
+    try:
+        daemon.start()
+        daemon.wait(lambda: fetch(daemon.port, "/readyz") == (200, b"ready: baseline loaded and consuming\n"),
+                    60, "ready")
+        produce(own_broker.bootstrap, topic, car_loan(seed=6).messages(500))
+        daemon.wait(lambda: daemon.status()["messages_consumed"] == 500, 60, "500 consumed")
+        own_broker.halt()
+        try:
+            daemon.wait(lambda: (r := fetch(daemon.port, "/readyz")) and r[0] == 503, 60, "not ready")
+            code, seconds = daemon.terminate(timeout=30)
+        finally:
+            own_broker.restart()
+        assert code == 0 and seconds < 5, (code, seconds, daemon.log())
+    finally:
+        daemon.close()
+    log = open(daemon.log_path, errors="replace").read()
+    assert "Traceback" not in log, log[-3000:]
+
