@@ -171,3 +171,29 @@ def test_sigterm_while_the_broker_is_down_exits_0_within_5_s(tmp_path, own_broke
     log = open(daemon.log_path, errors="replace").read()
     assert "Traceback" not in log, log[-3000:]
 
+
+
+def test_a_broker_down_at_start_is_retried_until_it_comes_back(tmp_path, own_broker):
+    """Started while its broker is down, driftmon serves (not ready), retries with a log line each time,
+    and consumes as soon as the broker is back; no restart of the process is needed."""
+    topic, path, config, daemon = setup_daemon(tmp_path, own_broker)
+    produce(own_broker.bootstrap, topic, car_loan(seed=7).messages(700))
+    own_broker.halt()
+    try:
+        daemon.start()  # waits for /healthz only
+        daemon.wait(lambda: daemon.log().count("retrying in") >= 2, 60, "two connection retries")
+        code, body = fetch(daemon.port, "/readyz")
+        assert code == 503 and b"connecting to the Kafka broker" in body, body
+    finally:
+        own_broker.restart()
+    try:
+        daemon.wait(lambda: fetch(daemon.port, "/readyz") == (200, b"ready: baseline loaded and consuming\n"),
+                    120, "ready once the broker is back")
+        daemon.wait(lambda: daemon.status()["messages_consumed"] == 700, 60, "700 consumed")
+        assert sample(daemon.metrics(), "driftmon_broker_up") == 1
+        assert daemon.terminate(timeout=30)[0] == 0
+    finally:
+        daemon.close()
+    log = open(daemon.log_path, errors="replace").read()
+    assert "Traceback" not in log, log[-3000:]
+    assert "kafka: connected to" in log
