@@ -243,7 +243,41 @@ def _gap_test(pairs, bound):
     return min(1.0, float(ndtr(-((rates[hi] - rates[lo]) - bound) / se)) * k * (k - 1))
 
 
-def fairness_report(acc, min_group_size=None, alpha=0.05, parity_ratio_bound=0.8, max_equalized_odds_difference=0.1):
+def _widening_test(now, base, bound):
+    """One-sided p-value of H0 "(hi - lo) now <= (hi - lo) in the baseline + bound" for the extreme groups now.
+
+    ``now`` and ``base`` map group -> (successes, trials); groups missing from the baseline are skipped.
+    Bonferroni over the k (k - 1) ordered pairs the extremes were picked from.
+    """
+    pairs = {g: v for g, v in now.items() if g in base and base[g][1] > 0}
+    if len(pairs) < 2:
+        return None, None
+    rates = {g: x / n for g, (x, n) in pairs.items()}
+    lo, hi = min(rates, key=rates.get), max(rates, key=rates.get)
+    base_gap = base[hi][0] / base[hi][1] - base[lo][0] / base[lo][1]
+    var = 0.0
+    for x, n in (pairs[lo], pairs[hi], base[lo], base[hi]):
+        q = _clip_rate(x, n)
+        var += q * (1 - q) / n
+    z = ((rates[hi] - rates[lo]) - base_gap - bound) / np.sqrt(var)
+    k = len(pairs)
+    return min(1.0, float(ndtr(-z)) * k * (k - 1)), base_gap
+
+
+def _rate_pairs(counts, min_group_size):
+    positive, tpr, fpr = {}, {}, {}
+    for name, c in counts.items():
+        if c["n"] >= min_group_size:
+            positive[name] = (c["positive"], c["n"])
+        if c["tp"] + c["fn"] >= min_group_size:
+            tpr[name] = (c["tp"], c["tp"] + c["fn"])
+        if c["fp"] + c["tn"] >= min_group_size:
+            fpr[name] = (c["fp"], c["fp"] + c["tn"])
+    return positive, tpr, fpr
+
+
+def fairness_report(acc, min_group_size=None, alpha=0.05, parity_ratio_bound=0.8, max_equalized_odds_difference=0.1,
+                    reference=None, max_gap_widening=None):
     """Per-group rates, gap metrics, and alerts that test the bounds themselves.
 
     Parameters
@@ -262,6 +296,13 @@ def fairness_report(acc, min_group_size=None, alpha=0.05, parity_ratio_bound=0.8
     max_equalized_odds_difference : float or None
         The alert bound for the equalized odds difference (0.1 is customary);
         None never alerts on it.
+    reference : GroupAccumulator or None
+        The same attribute's counts on the baseline's labelled data.
+    max_gap_widening : float or None
+        With ``reference``: alert (``alerts["widened"]``) when a gap between
+        the groups that are now the extremes (parity, TPR or FPR) is shown to
+        exceed the same groups' gap in the baseline by more than this (H0
+        "gap now <= gap then + max_gap_widening"). None: no such alert.
 
     Returns
     -------
@@ -357,6 +398,17 @@ def fairness_report(acc, min_group_size=None, alpha=0.05, parity_ratio_bound=0.8
             eo_p_value = min(1.0, min(tests) * len(tests))
     alerts = {"demographic_parity": bool(p_value is not None and p_value <= alpha),
               "equalized_odds": bool(eo_p_value is not None and eo_p_value <= alpha)}
+    baseline_gaps = widened_p = None
+    if reference is not None and max_gap_widening is not None:
+        now = _rate_pairs(counts, min_group_size)
+        base = _rate_pairs(reference.counts(), 1)
+        tests = [_widening_test(a, b, max_gap_widening) for a, b in zip(now, base)]
+        baseline_gaps = {name: t[1] for name, t in zip(
+            ("demographic_parity_difference", "equal_opportunity_difference", "false_positive_rate_difference"),
+            tests)}
+        done = [t[0] for t in tests if t[0] is not None]
+        widened_p = min(1.0, min(done) * len(done)) if done else None
+        alerts["widened"] = bool(widened_p is not None and widened_p <= alpha)
     return {
         "groups": groups,
         "insufficient": [name for name, row in groups.items() if not row["sufficient"]],
@@ -370,6 +422,8 @@ def fairness_report(acc, min_group_size=None, alpha=0.05, parity_ratio_bound=0.8
             "max_group": hi,
             "p_value": p_value,
             "equalized_odds_p_value": eo_p_value,
+            "baseline_gaps": baseline_gaps,
+            "widened_p_value": widened_p,
         },
         "alerts": alerts,
         "alert": any(alerts.values()),
@@ -378,5 +432,6 @@ def fairness_report(acc, min_group_size=None, alpha=0.05, parity_ratio_bound=0.8
         "parity_ratio_bound": float(parity_ratio_bound),
         "max_equalized_odds_difference": None if max_equalized_odds_difference is None
         else float(max_equalized_odds_difference),
+        "max_gap_widening": None if max_gap_widening is None else float(max_gap_widening),
         "missing": acc.missing,
     }

@@ -148,6 +148,8 @@ def performance_evidence(result: dict) -> dict[tuple, Evidence]:
             "max_equalized_odds_difference": report.get("max_equalized_odds_difference"),
             "p_value": overall.get("p_value"), "equalized_odds_p_value": overall.get("equalized_odds_p_value"),
             "alerts": report.get("alerts", {"demographic_parity": bool(report["alert"])}),
+            "max_gap_widening": report.get("max_gap_widening"), "baseline_gaps": overall.get("baseline_gaps"),
+            "widened_p_value": overall.get("widened_p_value"),
             "min_group": overall.get("min_group"), "max_group": overall.get("max_group"),
             "groups": {g: {k: v[k] for k in ("n", "positive_rate", "tpr", "fpr", "accuracy")}
                        for g, v in report["groups"].items()},
@@ -490,6 +492,8 @@ class AlertEngine:
                     ("TPR", details.get("equal_opportunity_difference")),
                     ("FPR", details.get("false_positive_rate_difference"))) if gap is not None]
                 harms.append(f"equalized odds: {', '.join(gaps)} (bound {details.get('max_equalized_odds_difference')})")
+            if (details.get("alerts") or {}).get("widened"):
+                harms.append(f"a gap widened by more than {details.get('max_gap_widening')} beyond the baseline's")
             payload["summary"] = (f"{model}: {subject}: {'; '.join(harms) or 'fairness bound crossed'}" + intermittent
                                   if status == "firing" else f"{model}: fairness across {subject} is back within bounds; resolved")
         elif kind == "multivariate_drift":

@@ -308,6 +308,21 @@ def build_baseline(config: Config, data_path: str, seed: int = 0, validation_pat
             raise BaselineError(f"{exc}: give labelled data with --validation for the baseline performance") from None
         extras["performance"] = baseline_performance(config, label, prediction, score, config.labels.positive)
         extras["performance"]["source"] = os.path.basename(validation_path or data_path)
+        if config.fairness is not None:
+            from detectors import GroupAccumulator
+
+            groups = {}
+            for attr in config.fairness.attributes:
+                try:
+                    values = _column(labelled, Column(name=attr.name, type="categorical", path=attr.path))
+                except BaselineError:
+                    continue  # the labelled data lack the attribute: no baseline gaps for it
+                acc = GroupAccumulator(config.fairness.favourable, max_groups=attr.max_values)
+                acc.update([category_name(v) for v in values], [category_name(v) for v in prediction],
+                           [category_name(v) for v in label])
+                groups[attr.name] = acc.state_dict()
+            if groups:
+                extras["fairness"] = groups
     return Baseline(profiles, roles, meta, extras)
 
 

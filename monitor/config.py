@@ -573,6 +573,9 @@ class FairnessConfig(_Node):
     parity_ratio_bound: float = 0.8  # the four-fifths rule
     # alert when a TPR or FPR gap between groups is shown to exceed this (0.1 is customary); null: never
     max_equalized_odds_difference: float | None = 0.1
+    # with group rates in the baseline (`baseline --validation` data that has the attributes): alert when a
+    # gap is shown to exceed the baseline's same gap by more than this; null (the default): no such alert
+    max_gap_widening: float | None = None
     min_group_size: int | None = None  # default 385: a rate's 95% interval is at most +-0.05 wide
     alpha: float = 0.05
 
@@ -583,6 +586,8 @@ class FairnessConfig(_Node):
             raise ValueError("`parity_ratio_bound` must be in (0, 1]")
         if self.max_equalized_odds_difference is not None and not 0 <= self.max_equalized_odds_difference < 1:
             raise ValueError("`max_equalized_odds_difference` must be in [0, 1)")
+        if self.max_gap_widening is not None and not 0 <= self.max_gap_widening < 1:
+            raise ValueError("`max_gap_widening` must be in [0, 1)")
 
 
 class Config(_Node):

@@ -122,6 +122,10 @@ class PerformanceTracker:
         self.delay_counts = [0] * len(DELAY_BUCKETS)
         self.delay_sum = 0.0
         self.alpha = config.drift.alpha  # the label-drift level, from the false-page budget when there is one
+        self.reference_groups = {}  # attribute -> the baseline's GroupAccumulator (labelled data's group rates)
+        for attr, state in (baseline.extras.get("fairness") or {}).items():
+            self.reference_groups[attr] = GroupAccumulator(state["favourable"], max_groups=int(state["max_groups"])
+                                                           ).load_state_dict(state)
         self.budget = None  # monitor.budget.AlphaBudget, shared with the pipeline
         self.index = 0
         self.windows_evaluated = 0
@@ -325,7 +329,8 @@ class PerformanceTracker:
             result["fairness"][attr] = fairness_report(
                 acc, min_group_size=fairness.min_group_size, alpha=fairness.alpha,
                 parity_ratio_bound=fairness.parity_ratio_bound,
-                max_equalized_odds_difference=fairness.max_equalized_odds_difference)
+                max_equalized_odds_difference=fairness.max_equalized_odds_difference,
+                reference=self.reference_groups.get(attr), max_gap_widening=fairness.max_gap_widening)
         if self.errors is not None:
             result["error_rate"] = {"estimate": self.errors.estimate, "detections": self.errors.detections,
                                     "drift_detected": bool(self.errors.drift_detected)}

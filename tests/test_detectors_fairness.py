@@ -227,3 +227,19 @@ def test_state_round_trip():
 def test_docstring_examples_hold():
     failed, attempted = doctest.testmod(fairness, optionflags=doctest.ELLIPSIS)
     assert attempted > 0 and failed == 0
+
+
+def test_a_gap_that_widens_beyond_the_baselines_alerts():
+    rng = np.random.default_rng(14)
+
+    def acc(rate_b, n=4000):
+        g, p = _scenario(rng, {"A": (n, 0.5), "B": (n, rate_b)})
+        return GroupAccumulator("approve").update(g, p)
+
+    reference = acc(0.35, n=20_000)  # the model already had a gap of 0.15 on validation data
+    same = fairness_report(acc(0.35), reference=reference, max_gap_widening=0.05)
+    assert same["overall"]["baseline_gaps"]["demographic_parity_difference"] == pytest.approx(0.15, abs=0.02)
+    assert same["alerts"]["widened"] is False and same["overall"]["widened_p_value"] > 0.5
+    wider = fairness_report(acc(0.2), reference=reference, max_gap_widening=0.05)  # gap 0.3: 0.15 wider
+    assert wider["alerts"]["widened"] is True and wider["alert"] is True
+    assert "widened" not in fairness_report(acc(0.2))["alerts"]  # off without a reference

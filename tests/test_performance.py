@@ -198,3 +198,21 @@ def test_a_fairness_attribute_and_segment_may_be_a_monitored_feature_too(tmp_pat
     assert decoder.aliases == {"cohort": "group", "sex": "group"}
     batch = decoder.decode(messages(labelled(10, seed=4)))
     assert list(batch.columns["sex"]) == list(batch.columns["cohort"]) == list(batch.columns["group"])
+
+
+def test_fairness_relative_to_the_baselines_group_rates(tmp_path):
+    tree = labelled_config(fairness={"attributes": [{"name": "group"}], "favourable": "1", "min_group_size": 100,
+                                     "max_gap_widening": 0.05})
+    pq.write_table(pa.table(labelled(20_000, seed=1)), tmp_path / "train.parquet")
+    (tmp_path / "driftmon.yaml").write_text(yaml.safe_dump(tree))
+    config = load_config(tmp_path / "driftmon.yaml")
+    build_baseline(config, str(tmp_path / "train.parquet")).save(config.baseline)
+    baseline = Baseline.load(config.baseline)
+    counts = baseline.extras["fairness"]["group"]
+    assert counts["groups"] == ["A", "B"] or sorted(counts["groups"]) == ["A", "B"]
+    _, perf = feed(Pipeline(config, baseline), messages(labelled(10_000, seed=5)))
+    assert [r["fairness"]["group"]["alerts"]["widened"] for r in perf] == [False, False]
+    _, perf = feed(Pipeline(config, baseline), messages(labelled(10_000, seed=5, degrade_group_b=True)))
+    report = perf[0]["fairness"]["group"]
+    assert report["alerts"]["widened"] is True and abs(report["overall"]["baseline_gaps"][
+        "demographic_parity_difference"]) < 0.05
