@@ -248,22 +248,6 @@ class KafkaSource:
         if offsets:
             self._consumer.commit(offsets, timeout_ms=timeout_ms)
 
-    def lag(self, positions: dict[str, int]) -> dict[int, int]:
-        """Partition -> messages behind the end of the log (own client: safe off the consuming thread)."""
-        assigned = list(self.assigned)
-        if not assigned:
-            return {}
-        with self._lag_lock:
-            if self._lag_client is None:
-                self._lag_client = KafkaConsumer(metrics_enabled=False, **client_options(self.cfg))
-            ends = self._lag_client.end_offsets(assigned)
-        out = {}
-        for tp, end in ends.items():
-            position = positions.get(partition_key(tp))
-            if position is not None and tp.topic == self.cfg.topic:
-                out[tp.partition] = max(0, end - position)
-        return out
-
     def probe(self, positions: dict[str, int], timeout_ms: int) -> tuple[dict[int, int], bool]:
         """One round trip to the broker on a client of its own (safe off the consuming thread).
 

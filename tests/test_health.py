@@ -197,3 +197,39 @@ def test_a_broker_down_at_start_is_retried_until_it_comes_back(tmp_path, own_bro
     log = open(daemon.log_path, errors="replace").read()
     assert "Traceback" not in log, log[-3000:]
     assert "kafka: connected to" in log
+
+
+def test_broker_health_turns_unready_after_unavailable_after_and_back():
+    """BrokerHealth alone, on a fake clock: when /readyz flips, what the lag and timestamps say."""
+    from monitor.health import BrokerHealth
+
+    now = [1000.0]
+    health = BrokerHealth(30.0, "k:9092", clock=lambda: now[0])
+    assert health.ready() == (False, "connecting to the Kafka broker at k:9092 for 0 s")
+    now[0] += 12
+    health.error = "KafkaTimeoutError: Unable to bootstrap"
+    assert health.ready()[0] is False and "for 12 s (KafkaTimeoutError" in health.ready()[1]
+    health.bootstrapped()
+    assert health.ready() == (True, "") and health.up and health.last_fetch is None  # no fetch yet
+    now[0] += 1
+    health.probe_succeeded({0: 5}, caught_up=False)  # behind: not fresh
+    assert health.lag == {0: 5} and health.lag_timestamp == 1013 and health.last_fetch is None
+    now[0] += 1
+    health.records_received()
+    assert health.last_fetch == 1014
+    now[0] += 1
+    health.probe_succeeded({0: 0}, caught_up=True)
+    assert health.last_fetch == 1015 and health.lag_timestamp == 1015
+    now[0] += 5
+    health.probe_failed("KafkaTimeoutError: Failed to get offsets")
+    assert not health.up and health.lag == {} and health.lag_timestamp == 1015  # unknown, not frozen
+    assert health.ready() == (True, "")  # 5 s since the last answer: not yet
+    now[0] += 24.9
+    assert health.ready()[0] is True
+    now[0] += 0.2
+    ready, why = health.ready()
+    assert not ready and why.startswith("Kafka broker at k:9092 unreachable for 30 s (KafkaTimeoutError")
+    assert health.last_fetch == 1015
+    now[0] += 40
+    health.probe_succeeded({0: 0}, caught_up=True)
+    assert health.ready() == (True, "") and health.up and health.error is None and health.last_fetch == now[0]
