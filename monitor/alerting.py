@@ -556,7 +556,7 @@ class AlertEngine:
     def flapping(self) -> dict[str, int]:
         """Alert kind -> number of subjects flapping (every kind present, zeros included)."""
         counts = {kind: 0 for kind in ALERT_KINDS}
-        for st in self.states.values():
+        for st in list(self.states.values()):  # likewise read by scrapes
             if st.flapping:
                 counts[st.kind] += 1
         return counts
