@@ -14,43 +14,26 @@ import math
 
 import numpy as np
 
-from detectors import (
-    CategoricalProfile,
-    CategoryCounter,
-    ClassificationAccumulator,
-    ConfidenceBasedEstimator,
-    ErrorRateDetector,
-    FeaturePolicy,
-    GroupAccumulator,
-    NumericHistogram,
-    RegressionAccumulator,
-    compare_categorical,
-    compare_numeric,
-    decide,
-    fairness_report,
-    performance_drop_test,
-)
+from detectors import (ClassificationAccumulator, ConfidenceBasedEstimator, ErrorRateDetector, GroupAccumulator,
+                       RegressionAccumulator)
+from detectors.window import WindowContext
 from monitor.config import Column, Config, Feature, FieldRef, SchemaConfig
 from monitor.decode import MAX_MESSAGE_BYTES, Decoder
 from monitor.join import LabelJoin
-from monitor.values import category_name, iso, segment_value
+from monitor.registry import build_labelled_detectors
+from monitor.values import category_name, iso
 
 __all__ = ["PerformanceTracker", "baseline_performance", "DELAY_BUCKETS"]
 
 #: Label delay histogram buckets, in seconds (a click in seconds, a repaid loan in months).
 DELAY_BUCKETS = (1, 10, 60, 300, 1800, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400, 90 * 86400, math.inf)
 
-_PROPORTIONS = {"accuracy": "n", "precision": "predicted_positive", "recall": "actual_positive"}
 _DEFAULT_METRICS = {"classification": ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "ece"),
                     "regression": ("mae", "rmse", "mape", "r2")}
 
 
 def _task(config: Config) -> str:
     return "regression" if config.schema.prediction.type == "numeric" else "classification"
-
-
-def _accumulator(task: str, positive):
-    return ClassificationAccumulator(positive=positive) if task == "classification" else RegressionAccumulator()
 
 
 def baseline_performance(config: Config, label, prediction, score=None, positive=None) -> dict:
@@ -133,17 +116,10 @@ class PerformanceTracker:
         self._new_window()
 
     def _new_window(self) -> None:
-        self.acc = _accumulator(self.task, self.positive)
-        self.by_segment = {field: {} for field in self.segment_values}
-        self.groups = {a.name: GroupAccumulator(self.config.fairness.favourable, max_groups=a.max_values)
-                       for a in (self.config.fairness.attributes if self.config.fairness else [])}
-        profile = self.baseline.profiles.get(self.label_name)
-        if isinstance(profile, CategoricalProfile):
-            self.label_acc = CategoryCounter(profile.categories, profile.other_categories)
-        elif profile is not None:
-            self.label_acc = NumericHistogram(profile.edges, profile.min, profile.max)
-        else:
-            self.label_acc = None
+        # The labelled window's detectors (monitor/registry.py LABELLED): fresh twins of the prototypes.
+        if not hasattr(self, "prototypes"):
+            self.prototypes = build_labelled_detectors(self.config, self.baseline, self)
+        self.detectors = [d.fresh() for d in self.prototypes]
         self.labelled = 0
         self.first_time = math.inf
         self.last_time = -math.inf
@@ -245,100 +221,43 @@ class PerformanceTracker:
             scores = None
             if self.score_name and self.positive is not None and cols["score"] is not None:
                 scores = np.asarray(cols["score"], dtype=float)
-            self.acc.update(labels, preds, scores)
             both = _present(labels) & _present(preds)
             self.errors.update((labels[both] != preds[both]).astype(np.int8))
-            if self.label_acc is not None:
-                self.label_acc.update(labels.tolist())
         else:
             labels = np.asarray(cols["label"], dtype=float)
             preds = np.array([np.nan if p is None else float(p) for p in cols["pred"]])
-            self.acc.update(labels, preds)
-            if self.label_acc is not None:
-                self.label_acc.update(labels)
-        for field, known in self.segment_values.items():
-            values = _names(cols[field])
-            for value in sorted({v for v in set(values.tolist())}, key=str):
-                mask = values == value
-                name = value if value in known else "other"
-                acc = self.by_segment[field].setdefault(name, _accumulator(self.task, self.positive))
-                if self.task == "classification":
-                    acc.update(labels[mask], preds[mask])
-                else:
-                    acc.update(labels[mask], preds[mask])
-        for attr in self.attributes:
-            y_true = labels if self.task == "classification" else None
-            self.groups[attr].update(_names(cols[attr]), preds, y_true)
+            scores = None
+        batch = LabelledBatch(n, {"label": labels, "pred": preds, "score": scores,
+                                  **{e: _names(cols[e]) for e in self.extras}})
+        for detector in self.detectors:
+            detector.update(batch)
         self.labelled += n
 
     # ---- evaluation ------------------------------------------------------------------------------
-
-    def _drops(self, acc) -> dict:
-        values = acc.metrics()
-        errs = acc.std_errors()
-        out = {}
-        for metric in self.metrics:
-            base = self.reference.get(metric)
-            value = values.get(metric)
-            n = values.get("n") or 0
-            if metric in ("precision", "recall") and self.task == "classification" and self.positive is not None:
-                n = self._denominator(acc, metric)
-            if base is None or value is None:
-                continue
-            if metric not in _PROPORTIONS and not errs.get(metric):
-                continue  # no standard error (ECE): reported, never tested
-            out[metric] = performance_drop_test(
-                metric, base, value, n, margin=self.config.performance.margin, std_err=errs.get(metric),
-                alpha=self.config.performance.alpha)
-        return out
-
-    def _denominator(self, acc, metric: str) -> int:
-        labels = [str(x) for x in acc.labels]
-        cm = np.asarray(acc.confusion_matrix)
-        if self.positive not in labels:
-            return 0
-        k = labels.index(self.positive)
-        return int(cm[:, k].sum()) if metric == "precision" else int(cm[k, :].sum())
 
     def _close(self) -> dict:
         if self.budget is not None and self.budget.enabled:
             finite = math.isfinite(self.first_time) and math.isfinite(self.last_time)
             self.budget.observe("labels", self.first_time if finite else None, self.last_time if finite else None)
             self.alpha = self.budget.alpha()
-        fairness = self.config.fairness
+        context = WindowContext(index=self.index, events=self.labelled, alpha=self.alpha)
+        sections = {}
+        for detector in self.detectors:
+            sections.update(detector.result(context).sections())
         result = {
             "model": self.config.model,
             "baseline_fingerprint": self.baseline.fingerprint,
             "window": {"index": self.index, "labelled": self.labelled,
                        "start": iso(self.first_time), "end": iso(self.last_time)},
-            "task": self.task,
-            "metrics": {k: v for k, v in self.acc.metrics().items() if k in self.metrics or k == "n"},
-            "baseline": {k: self.reference.get(k) for k in self.metrics},
-            "drops": self._drops(self.acc),
-            "segments": {},
-            "fairness": {},
+            **{k: sections.pop(k) for k in ("task", "metrics", "baseline", "drops")},
+            "segments": sections.pop("segments", {}),
+            "fairness": sections.pop("fairness", {}),
             "error_rate": None,
         }
-        for field, accs in self.by_segment.items():
-            result["segments"][field] = {
-                value: {"metrics": {k: v for k, v in acc.metrics().items() if k in self.metrics or k == "n"},
-                        "drops": self._drops(acc)}
-                for value, acc in sorted(accs.items())
-            }
-        for attr, acc in self.groups.items():
-            result["fairness"][attr] = fairness_report(
-                acc, min_group_size=fairness.min_group_size, alpha=fairness.alpha,
-                parity_ratio_bound=fairness.parity_ratio_bound,
-                max_equalized_odds_difference=fairness.max_equalized_odds_difference,
-                reference=self.reference_groups.get(attr), max_gap_widening=fairness.max_gap_widening)
         if self.errors is not None:
             result["error_rate"] = {"estimate": self.errors.estimate, "detections": self.errors.detections,
                                     "drift_detected": bool(self.errors.drift_detected)}
-        if self.label_acc is not None:
-            profile = self.baseline.profiles[self.label_name]
-            compare = compare_categorical if isinstance(profile, CategoricalProfile) else compare_numeric
-            result["label_drift"] = decide({"label": compare(profile, self.label_acc, FeaturePolicy(
-                min_events=self.config.drift.min_events))}, alpha=self.alpha)["label"]
+        result.update(sections)  # label drift, and what later detectors add
         self.index += 1
         self.windows_evaluated += 1
         self.last_result = result
@@ -350,10 +269,8 @@ class PerformanceTracker:
     def state_dict(self) -> dict:
         return {
             "join": self.join.state_dict(),
-            "acc": self.acc.state_dict(),
-            "by_segment": {f: {v: a.state_dict() for v, a in accs.items()} for f, accs in self.by_segment.items()},
-            "groups": {a: g.state_dict() for a, g in self.groups.items()},
-            "label_acc": None if self.label_acc is None else self.label_acc.state_dict(),
+            "by_segment": {}, "groups": {}, "label_acc": None,  # the layout before the protocol, when not configured
+            **{d.key: d.state_dict() for d in self.detectors},
             "errors": None if self.errors is None else self.errors.state_dict(),
             "labelled": self.labelled,
             "first_time": None if math.isinf(self.first_time) else self.first_time,
@@ -365,17 +282,9 @@ class PerformanceTracker:
     def load_state_dict(self, state: dict) -> "PerformanceTracker":
         self._new_window()
         self.join.load_state_dict(state["join"])
-        self.acc.load_state_dict(state["acc"])
-        for field, accs in state["by_segment"].items():
-            for value, s in accs.items():
-                self.by_segment.setdefault(field, {})[value] = _accumulator(self.task, self.positive)
-                self.by_segment[field][value].load_state_dict(s)
-        for attr, s in state["groups"].items():
-            # the window the checkpoint holds keeps the group cap it was counted with
-            self.groups[attr] = GroupAccumulator(self.config.fairness.favourable,
-                                                 max_groups=int(s["max_groups"])).load_state_dict(s)
-        if self.label_acc is not None and state["label_acc"] is not None:
-            self.label_acc.load_state_dict(state["label_acc"])
+        for detector in self.detectors:
+            if state.get(detector.key) is not None:
+                detector.load_state_dict(state[detector.key])
         if self.errors is not None and state["errors"] is not None:
             self.errors.load_state_dict(state["errors"])
         self.labelled = state["labelled"]
@@ -385,6 +294,16 @@ class PerformanceTracker:
         self.index, self.windows_evaluated = state["index"], state["windows_evaluated"]
         self.last_result = state["last_result"]
         return self
+
+
+class LabelledBatch:
+    """Joined predictions as columns, what the labelled window detectors update with (detectors/labelled.py)."""
+
+    __slots__ = ("n", "columns")
+
+    def __init__(self, n: int, columns: dict):
+        self.n = n
+        self.columns = columns
 
 
 def _names(values) -> np.ndarray:

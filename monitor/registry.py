@@ -14,12 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from detectors import ConfidenceBasedEstimator, FeaturePolicy
+from detectors.labelled import FairnessGroups, LabelDrift, PerformanceDrops, SegmentPerformance
 from detectors.window import EstimatedPerformance, FeatureDrift, SegmentDrift, WindowContext
 from monitor.config import Config
 from monitor.multivariate import ClassifierRunner, MultivariateState, min_interval_seconds
 from monitor.values import segment_value
 
-__all__ = ["REGISTRY", "MultivariateDetector", "build_detectors", "feature_policies"]
+__all__ = ["LABELLED", "REGISTRY", "MultivariateDetector", "build_detectors", "build_labelled_detectors",
+           "feature_policies"]
 
 
 def feature_policies(config: Config) -> dict[str, FeaturePolicy]:
@@ -133,3 +135,52 @@ REGISTRY: dict[str, Callable] = {
 def build_detectors(config: Config, baseline, background: bool = False) -> list:
     """The configured window detectors (prototypes: each window holds fresh twins of them)."""
     return [d for d in (build(config, baseline, background) for build in REGISTRY.values()) if d is not None]
+
+
+# ---- labelled windows (every labels.window joined predictions; monitor/performance.py) ----------------------
+# Builders get the tracker for what it derives from the config and the baseline: the task, the positive
+# class, the metrics and the baseline's values of them.
+
+
+def _performance(config: Config, baseline, tracker) -> PerformanceDrops:
+    return PerformanceDrops(tracker.task, tracker.positive, tracker.metrics, tracker.reference,
+                            config.performance.margin, config.performance.alpha)
+
+
+def _segment_performance(config: Config, baseline, tracker) -> SegmentPerformance | None:
+    fields = {f: set(known) for f, known in tracker.segment_values.items()}
+    if not fields:
+        return None
+    return SegmentPerformance(tracker.task, tracker.positive, tracker.metrics, tracker.reference, fields,
+                              config.performance.margin, config.performance.alpha)
+
+
+def _fairness(config: Config, baseline, tracker) -> FairnessGroups | None:
+    fairness = config.fairness
+    if fairness is None or not fairness.attributes:
+        return None
+    report = {"min_group_size": fairness.min_group_size, "alpha": fairness.alpha,
+              "parity_ratio_bound": fairness.parity_ratio_bound,
+              "max_equalized_odds_difference": fairness.max_equalized_odds_difference,
+              "max_gap_widening": fairness.max_gap_widening}
+    return FairnessGroups(fairness.favourable, {a.name: a.max_values for a in fairness.attributes}, tracker.task,
+                          report, tracker.reference_groups)
+
+
+def _label_drift(config: Config, baseline, tracker) -> LabelDrift | None:
+    profile = baseline.profiles.get(tracker.label_name)
+    return None if profile is None else LabelDrift(profile, config.drift.min_events)
+
+
+#: Detectors of labelled windows, in the order their sections appear in a performance window result.
+LABELLED: dict[str, Callable] = {
+    "performance": _performance,
+    "segment_performance": _segment_performance,
+    "fairness": _fairness,
+    "label_drift": _label_drift,
+}
+
+
+def build_labelled_detectors(config: Config, baseline, tracker) -> list:
+    """The configured labelled-window detectors (prototypes: each labelled window holds fresh twins)."""
+    return [d for d in (build(config, baseline, tracker) for build in LABELLED.values()) if d is not None]

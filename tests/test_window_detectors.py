@@ -147,3 +147,43 @@ def test_a_checkpoint_from_before_the_protocol_loads(setup):
                              "accumulators": sub["accumulators"], "estimated": {}, "segments": {}}
     restored = Pipeline(config, baseline).load_state_dict(old)
     assert restored.evaluator.evaluate(restored.window) == p.evaluator.evaluate(p.window)
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("labelled")
+    _path, config = write_setup(tmp, car_loan(seed=4), schema={"label": {"name": "repaid", "type": "categorical"}},
+                                window={"size": WINDOW}, segments=[{"name": "channel", "path": "channel"}],
+                                fairness={"attributes": [{"name": "channel", "path": "channel"}], "favourable": "1",
+                                          "min_group_size": 50},
+                                labels={"window": 100_000})
+    return config, Baseline.load(config.baseline)
+
+
+def test_labelled_window_detectors_merge_into_the_whole(labelled):
+    """Performance, segment performance, fairness and label drift of labelled partials: the whole window's."""
+    config, baseline = labelled
+    stream = messages(6000, drift_at=3000, seed=6)
+    whole = Pipeline(config, baseline)
+    whole.process(stream)
+    keys = [d.key for d in whole.tracker.detectors]
+    assert keys == ["acc", "by_segment", "groups", "label_acc"]
+    workers = [Pipeline(config, baseline) for _ in range(3)]
+    for i, m in enumerate(stream[:30]):  # a few single-message batches too
+        workers[i % 3].process([m])
+    for k, worker in enumerate(workers):
+        worker.process([m for i, m in enumerate(stream[30:]) if i % 3 == k])
+    merged = workers[0].tracker.detectors
+    for worker in workers[1:]:
+        for mine, theirs in zip(merged, worker.tracker.detectors):
+            assert isinstance(mine, WindowDetector)
+            assert mine.merge(theirs) is mine
+    context = WindowContext(index=0, events=6000, alpha=0.01)
+    for a, b in zip(whole.tracker.detectors, merged):
+        assert a.key == b.key
+        ra, rb = a.result(context).sections(), b.result(context).sections()
+        assert close(ra, rb, rel=1e-7), a.key
+    perf = whole.tracker.detectors[0].result(context).sections()
+    assert perf["metrics"]["n"] == 6000
+    assert whole.tracker.detectors[2].groups["channel"].counts() == merged[2].groups["channel"].counts()
+    assert counts_of(whole.tracker.detectors[3].state_dict()) == counts_of(merged[3].state_dict())  # label counts
