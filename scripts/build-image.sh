@@ -94,7 +94,9 @@ if store inspect --type image "$built" >/dev/null 2>&1; then
     exit 0
 fi
 
-build_args=(--build-arg "BASE_IMAGE=$base" --layers --tag "$TAG" --tag "$built" --file "$ROOT/Dockerfile")
+# No --layers: buildah 1.28 reused a cached `COPY . .` layer after the sources had changed. The whole image
+# is keyed on its inputs above instead.
+build_args=(--build-arg "BASE_IMAGE=$base" --no-cache --tag "$TAG" --tag "$built" --file "$ROOT/Dockerfile")
 if [ -n "${PIP_CERT:-}" ] && [ -s "$PIP_CERT" ]; then
     build_args+=(--secret "id=pip_cert,src=$PIP_CERT")
 fi

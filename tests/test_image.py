@@ -100,6 +100,7 @@ def test_image_runs_as_the_charts_user_and_checks_and_replays_the_charts_config(
     number, unit = re.match(r"([\d.]+)\s*([kMG]?B)", listed).groups()
     assert float(number) * {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}[unit] < MAX_BYTES, listed
 
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     container = buildah("from", "--quiet", image).stdout.strip()
     try:
         out = tmp / "out"
@@ -119,9 +120,16 @@ def test_image_runs_as_the_charts_user_and_checks_and_replays_the_charts_config(
             assert proc.returncode == 0, f"{' '.join(command)} exited {proc.returncode}: {err}{proc.stderr}"
             return (out / f"{n}.out").read_text()
 
-        project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
         assert run("driftmon", "--version").strip() == f"driftmon {project['version']}"
         assert run("id", "-u").strip() == str(uid)
+        # the image holds this tree's package: its modules and its declared requirements
+        package = run("python3", "-c", "import importlib.metadata as m, json, os, monitor; "
+                                      "print(json.dumps(sorted(os.listdir(os.path.dirname(monitor.__file__))))); "
+                                      "print(json.dumps(m.requires('driftmon')))").splitlines()
+        modules = sorted(p.name for p in (REPO / "monitor").iterdir() if p.suffix == ".py")
+        assert [n for n in json.loads(package[0]) if n.endswith(".py")] == modules
+        assert {re.split(r"[<>=;\[ ]", r)[0] for r in json.loads(package[1]) if "extra ==" not in r} \
+            == {re.split(r"[<>=;\[ ]", r)[0] for r in project["dependencies"]}
         assert run("sh", "-c", "test ! -e /run/secrets/pip_cert && ! command -v gcc && ! command -v pytest "
                                "&& echo clean").strip() == "clean"
         checked = run("driftmon", "check-config", "--config", "/etc/driftmon/driftmon.yaml").strip()
