@@ -683,7 +683,7 @@ def performance_for(paths: list[str], result: dict) -> dict | None:
 
 
 def daemon_report(daemon, query: str = "") -> tuple[int, bytes]:
-    """``/report[?index=N]`` of a running daemon: (HTTP status, body).
+    """``/report[?index=N]`` of a running daemon (its :class:`monitor.view.ServiceView`): (HTTP status, body).
 
     The latest closed window comes from memory, older ones from the window log in the state
     directory (as far back as it reaches, rotation included).
@@ -696,10 +696,8 @@ def daemon_report(daemon, query: str = "") -> tuple[int, bytes]:
     except ValueError:
         return 400, f"index must be a window number, got {raw!r}\n".encode()
     windows = state_logs(daemon.config.state.dir, "windows")
-    with daemon.lock:
-        last = daemon.pipeline.last_result
-        tracker = daemon.pipeline.tracker
-        live_performance = tracker.last_result if tracker is not None else None
+    snapshot = daemon.snapshot  # published by the daemon after each change: no lock, as /status
+    last, live_performance = snapshot.get("last_window"), snapshot.get("last_performance")
     if last is None:
         return 404, b"no window has closed yet: try again after the first one\n"
     if index is None or index == last["window"]["index"]:

@@ -69,3 +69,30 @@ def test_interval_edge_cases():
     # seeded: the same seed gives the same interval
     assert effect_interval("ks", [50, 30, 20], [30, 30, 40], seed=3) == effect_interval("ks", [50, 30, 20],
                                                                                          [30, 30, 40], seed=3)
+
+
+def test_redraws_use_the_detectors_own_formulas():
+    from detectors import ks_binned, wasserstein_binned
+    from detectors.interval import _effects
+
+    rng = np.random.default_rng(11)
+    p = rng.integers(0, 50, size=(6, 9)).astype(float)
+    q = rng.integers(0, 50, size=(6, 9)).astype(float)
+    p[:, 0] += 1
+    q[:, 0] += 1
+    edges = np.sort(rng.normal(size=8))
+    p_mean = np.concatenate(([edges[0] - 0.5], (edges[1:] + edges[:-1]) / 2, [edges[-1] + 0.7]))
+    q_mean = p_mean + 0.05
+    lo, hi, std = edges[0] - 1.0, edges[-1] + 1.0, 1.3
+    expected = {
+        "jensen_shannon": [js_distance(a, b) for a, b in zip(p, q)],
+        "psi": [psi(a, b) for a, b in zip(p, q)],
+        "ks": [ks_binned(a, b)[0] for a, b in zip(p, q)],
+        "wasserstein": [wasserstein_binned(edges, a, b, lo, hi, p_sums=a * p_mean, q_sums=b * q_mean) / std
+                        for a, b in zip(p, q)],
+    }
+    for method, values in expected.items():
+        got = _effects(method, p, q, edges, lo, hi, std, p_mean, q_mean)
+        np.testing.assert_allclose(got, values, rtol=1e-10, atol=1e-12, err_msg=method)
+    no_sums = _effects("wasserstein", p, q, edges, lo, hi, std, None, None)
+    np.testing.assert_allclose(no_sums, [wasserstein_binned(edges, a, b, lo, hi) / std for a, b in zip(p, q)])
