@@ -5,15 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections import Counter
 from datetime import datetime, timezone
 
 import numpy as np
 
 from detectors import CategoricalProfile, NumericProfile
 from monitor.config import Column, Config, ConfigError
-from monitor.multivariate import check_artefacts, fit_artefacts, vectors_of
+from monitor.multivariate import vectors_of
 from monitor.performance import baseline_performance
+from monitor.registry import Training, check_extras, fit_extras
 from monitor.values import category_name, segment_value
 
 __all__ = ["Baseline", "BaselineError", "build_baseline", "category_name", "read_table", "segment_value"]
@@ -215,11 +215,7 @@ class Baseline:
                 raise ConfigError(
                     key, f"{spec.name!r} is {spec.type} in the config but {_type_of(profile)} in the baseline"
                 )
-        for segment in config.segments:
-            if segment.name not in self.extras.get("segments", {}):
-                raise ConfigError("segments", f"{segment.name!r} is not in the baseline; rebuild it")
-        if config.multivariate is not None or config.schema.embeddings():
-            check_artefacts(config, self.extras, config.baseline)
+        check_extras(config, self.extras, config.baseline)  # what the window detectors learnt (monitor/registry.py)
         if config.schema.label is not None and config.schema.prediction is not None \
                 and "performance" not in self.extras:
             raise ConfigError("schema.label", "the baseline has no performance: rebuild it with labelled data "
@@ -280,21 +276,13 @@ def build_baseline(config: Config, data_path: str, seed: int = 0, validation_pat
         "source": {"file": os.path.basename(data_path), "rows": table.num_rows, "sha256": _sha256_file(data_path)},
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    extras: dict = {}
-    if config.segments:
-        extras["segments"] = {}
-        for segment in config.segments:
-            values = [category_name(v) for v in _column(table, Column(name=segment.name, type="categorical",
-                                                                        path=segment.path))]
-            counts = Counter(v for v in values if v is not None)
-            top = sorted(counts, key=lambda v: (-counts[v], v))[:segment.max_values]
-            extras["segments"][segment.name] = sorted(top)
-    if config.multivariate is not None or config.schema.embeddings():
-        try:
-            extras.update(fit_artefacts(config, lambda spec: _column(table, spec),
-                                        lambda spec: vectors_of(_arrow_column(table, spec)), seed=seed))
-        except ValueError as exc:
-            raise BaselineError(f"{data_path}: {exc}") from None
+    training = Training(lambda spec: _column(table, spec), lambda spec: vectors_of(_arrow_column(table, spec)))
+    try:
+        extras = fit_extras(config, training, seed)  # what the window detectors learn (monitor/registry.py)
+    except BaselineError:
+        raise
+    except ValueError as exc:
+        raise BaselineError(f"{data_path}: {exc}") from None
     schema = config.schema
     if schema.label is not None and schema.prediction is not None:
         labelled = labelled if labelled is not None else table

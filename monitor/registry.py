@@ -1,7 +1,10 @@
 """The window detector registry: config section -> detector, for every window.
 
-Each entry is a builder ``build(config, baseline, background) -> detector | None`` (None when its
-config section is off). The pipeline builds the list once and gives every window a
+Each entry (:class:`Entry`) has a builder ``build(config, baseline, background) -> detector | None``
+(None when its config section is off) and, for detectors that need something learnt from the training
+data, ``fit`` (called when a baseline is built; returns baseline extras) and ``check`` (called when a
+baseline is loaded; raises ConfigError when the baseline lacks them). The pipeline builds the list once
+and gives every window a
 :meth:`~detectors.window.WindowDetector.fresh` twin of each; the window updates, merges,
 checkpoints and evaluates them without knowing what they are (see :mod:`detectors.window` and
 docs/DESIGN.md "Window detectors"). Adding a detector: a module in ``detectors/``, its config
@@ -10,18 +13,40 @@ section, one entry in :data:`REGISTRY`, docs.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from detectors import ConfidenceBasedEstimator, FeaturePolicy
 from detectors.labelled import FairnessGroups, LabelDrift, PerformanceDrops, SegmentPerformance
 from detectors.window import EstimatedPerformance, FeatureDrift, SegmentDrift, WindowContext
-from monitor.config import Config
-from monitor.multivariate import ClassifierRunner, MultivariateState, min_interval_seconds
-from monitor.values import segment_value
+from monitor.config import Column, Config, ConfigError
+from monitor.multivariate import ClassifierRunner, MultivariateState, check_artefacts, fit_artefacts, min_interval_seconds
+from monitor.values import category_name, segment_value
 
-__all__ = ["LABELLED", "REGISTRY", "MultivariateDetector", "build_detectors", "build_labelled_detectors",
+__all__ = ["LABELLED", "REGISTRY", "Entry", "Training", "MultivariateDetector", "build_detectors", "build_labelled_detectors",
            "feature_policies"]
+
+
+@dataclass(frozen=True)
+class Training:
+    """The training data as a ``fit`` hook sees it.
+
+    ``column(spec)``: a column as numpy floats (numeric) or a list of values (categorical);
+    ``vectors(spec)``: an embedding column as an ``(n, dimension)`` array (NaN rows where absent).
+    """
+
+    column: Callable
+    vectors: Callable
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered detector: how to build it per window, and what it learns from the training data."""
+
+    build: Callable  # (config, baseline, background) -> detector or None
+    fit: Callable | None = None  # (config, training: Training, seed) -> baseline extras
+    check: Callable | None = None  # (config, extras, baseline path) -> None, or ConfigError
 
 
 def feature_policies(config: Config) -> dict[str, FeaturePolicy]:
@@ -52,6 +77,25 @@ def _estimated_performance(config: Config, baseline, background: bool) -> Estima
         return None
     estimator = ConfidenceBasedEstimator(positive=1).load_state_dict(perf["estimator"])
     return EstimatedPerformance(estimator, config.schema.score.name, config.labels.threshold)
+
+
+def _fit_segments(config: Config, training: Training, seed: int) -> dict:
+    """The most frequent values of each segment field (the rest is pooled as "other")."""
+    if not config.segments:
+        return {}
+    out = {}
+    for segment in config.segments:
+        values = [category_name(v) for v in training.column(Column(name=segment.name, type="categorical",
+                                                                    path=segment.path))]
+        counts = Counter(v for v in values if v is not None)
+        out[segment.name] = sorted(sorted(counts, key=lambda v: (-counts[v], v))[:segment.max_values])
+    return {"segments": out}
+
+
+def _check_segments(config: Config, extras: dict, path: str) -> None:
+    for segment in config.segments:
+        if segment.name not in extras.get("segments", {}):
+            raise ConfigError("segments", f"{segment.name!r} is not in the baseline; rebuild it")
 
 
 def _segments(config: Config, baseline, background: bool) -> SegmentDrift | None:
@@ -123,18 +167,45 @@ def _multivariate(config: Config, baseline, background: bool) -> MultivariateDet
     return MultivariateDetector(MultivariateState(config, baseline, runner))
 
 
+def _fit_multivariate(config: Config, training: Training, seed: int) -> dict:
+    if config.multivariate is None and not config.schema.embeddings():
+        return {}
+    return fit_artefacts(config, training.column, training.vectors, seed=seed)
+
+
+def _check_multivariate(config: Config, extras: dict, path: str) -> None:
+    if config.multivariate is not None or config.schema.embeddings():
+        check_artefacts(config, extras, path)
+
+
 #: Window detectors in the order their sections appear in a window result.
-REGISTRY: dict[str, Callable] = {
-    "features": _features,
-    "estimated_performance": _estimated_performance,
-    "multivariate": _multivariate,
-    "segments": _segments,
+REGISTRY: dict[str, Entry] = {
+    "features": Entry(_features),
+    "estimated_performance": Entry(_estimated_performance),
+    "multivariate": Entry(_multivariate, _fit_multivariate, _check_multivariate),
+    "segments": Entry(_segments, _fit_segments, _check_segments),
 }
 
 
 def build_detectors(config: Config, baseline, background: bool = False) -> list:
     """The configured window detectors (prototypes: each window holds fresh twins of them)."""
-    return [d for d in (build(config, baseline, background) for build in REGISTRY.values()) if d is not None]
+    return [d for d in (e.build(config, baseline, background) for e in REGISTRY.values()) if d is not None]
+
+
+def fit_extras(config: Config, training: Training, seed: int = 0) -> dict:
+    """The baseline extras every registered detector learns from the training data."""
+    extras: dict = {}
+    for entry in REGISTRY.values():
+        if entry.fit is not None:
+            extras.update(entry.fit(config, training, seed))
+    return extras
+
+
+def check_extras(config: Config, extras: dict, path: str) -> None:
+    """Raise ConfigError when a configured detector's baseline extras are missing or stale."""
+    for entry in REGISTRY.values():
+        if entry.check is not None:
+            entry.check(config, extras, path)
 
 
 # ---- labelled windows (every labels.window joined predictions; monitor/performance.py) ----------------------

@@ -187,3 +187,24 @@ def test_labelled_window_detectors_merge_into_the_whole(labelled):
     assert perf["metrics"]["n"] == 6000
     assert whole.tracker.detectors[2].groups["channel"].counts() == merged[2].groups["channel"].counts()
     assert counts_of(whole.tracker.detectors[3].state_dict()) == counts_of(merged[3].state_dict())  # label counts
+
+
+def test_registered_fit_and_check_hooks_guard_the_baseline(setup):
+    """A baseline without what a configured detector learns from the training data is refused at load."""
+    import msgspec
+
+    from monitor.config import ConfigError
+    from monitor.registry import REGISTRY
+
+    config, baseline = setup
+    assert {k for k, e in REGISTRY.items() if e.fit is not None} == {"multivariate", "segments"}
+    baseline.check(config)  # built from this config: complete
+    for key, section in (("segments", "segments"), ("multivariate", "multivariate.methods")):
+        extras = {k: v for k, v in baseline.extras.items() if k != key}
+        stripped = Baseline(baseline.profiles, baseline.roles, baseline.meta, extras)
+        with pytest.raises(ConfigError) as err:
+            stripped.check(config)
+        assert err.value.key == section and "rebuild it" in str(err.value)
+    no_segments = msgspec.structs.replace(config, segments=[])
+    Baseline(baseline.profiles, baseline.roles, baseline.meta,
+             {k: v for k, v in baseline.extras.items() if k != "segments"}).check(no_segments)
