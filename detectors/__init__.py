@@ -4,7 +4,7 @@ No I/O, logging or service code lives here; ``monitor`` builds on it.
 """
 
 from .accumulate import CategoryCounter, NumericHistogram
-from .drift import FeaturePolicy, compare_categorical, compare_effect, compare_numeric, decide
+from .drift import FeaturePolicy, compare_categorical, compare_effect, compare_effects, compare_numeric, decide
 from .fairness import DEFAULT_MIN_GROUP_SIZE, GroupAccumulator, fairness_report
 from .performance import ClassificationAccumulator, ConfidenceBasedEstimator, RegressionAccumulator, performance_drop_test
 from .profile import CategoricalProfile, NumericProfile
@@ -28,6 +28,7 @@ __all__ = [
     "chi2_homogeneity",
     "compare_categorical",
     "compare_effect",
+    "compare_effects",
     "compare_numeric",
     "decide",
     "fairness_report",

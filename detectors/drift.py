@@ -27,9 +27,9 @@ import numpy as np
 from .accumulate import CategoryCounter, NumericHistogram
 from .profile import CategoricalProfile, NumericProfile
 from .stats import (EFFECT_METHODS, chi2_homogeneity, holm, js_distance, ks_binned, material_divergence, material_ks,
-                    material_wasserstein, psi, wasserstein_binned)
+                    material_wasserstein, material_wasserstein_many, psi, wasserstein_binned)
 
-__all__ = ["FeaturePolicy", "compare_categorical", "compare_effect", "compare_numeric", "decide"]
+__all__ = ["FeaturePolicy", "compare_categorical", "compare_effect", "compare_effects", "compare_numeric", "decide"]
 
 TEST_METHODS = {"numeric": ("ks", "chi2"), "categorical": ("chi2",)}
 
@@ -197,6 +197,31 @@ def compare_effect(profile, acc, policy: FeaturePolicy | None = None) -> dict:
                        "threshold": threshold},
             "test": {"p_value": None if material is None or status != "ok" else material.p_value,
                      "p_value_adjusted": None, "alpha": None}}
+
+
+def compare_effects(profile, accs: list, policy: FeaturePolicy | None = None) -> list[dict]:
+    """:func:`compare_effect` of several windows of one feature; Wasserstein tests run as one vectorized call."""
+    policy = policy or FeaturePolicy()
+    if not (isinstance(profile, NumericProfile) and policy.resolve("numeric")[0] == "wasserstein"
+            and profile.n > 0 and profile.std > 0):
+        return [compare_effect(profile, acc, policy) for acc in accs]
+    threshold = policy.resolve("numeric")[1]
+    live = [i for i, acc in enumerate(accs) if acc.n > 0]
+    tests = material_wasserstein_many(
+        profile.edges, profile.counts, [accs[i].counts for i in live], [min(profile.min, accs[i].min) for i in live],
+        [max(profile.max, accs[i].max) for i in live], profile.sums, [accs[i].sums for i in live], profile.std,
+        [accs[i].std for i in live], threshold, scale=profile.std)
+    material = dict(zip(live, tests))
+    out = []
+    for i, acc in enumerate(accs):
+        t = material.get(i)
+        status = "ok" if acc.n >= policy.min_events else "insufficient_data"
+        out.append({"status": status, "drift": False,
+                    "effect": {"method": "wasserstein", "value": None if t is None else t.estimate,
+                               "threshold": threshold},
+                    "test": {"p_value": None if t is None or status != "ok" else t.p_value,
+                             "p_value_adjusted": None, "alpha": None}})
+    return out
 
 
 def compare_numeric(profile: NumericProfile, hist: NumericHistogram, policy: FeaturePolicy | None = None) -> dict:

@@ -29,7 +29,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from .accumulate import CategoryCounter, NumericHistogram
-from .drift import FeaturePolicy, compare_categorical, compare_effect, compare_numeric, decide
+from .drift import FeaturePolicy, compare_categorical, compare_effects, compare_numeric, decide
 from .estimation import ConfidenceBasedEstimator
 from .profile import CategoricalProfile
 
@@ -326,18 +326,28 @@ class SegmentDrift:
                     acc.merge(theirs.accumulators[name])
         return self
 
-    def _summary(self, seg: _Segment, alpha: float) -> SegmentSummary:
-        if seg.events < self.min_events:
-            return SegmentSummary(events=seg.events, status="insufficient_data", drifted=[])
-        features = decide({name: compare_effect(self.profiles[name], seg.accumulators[name], self.policies.get(name))
-                           for name in self.features}, alpha=alpha)
-        return SegmentSummary(events=seg.events, status="ok",
-                              drifted=sorted(name for name, r in features.items() if r["drift"]),
-                              effects={name: r["effect"]["value"] for name, r in features.items()})
+    def _summaries(self, values: dict, alpha: float) -> dict:
+        """Every segment value of one field; each feature's tests run for all its values at once."""
+        judged = [v for v, seg in sorted(values.items()) if seg.events >= self.min_events]
+        per_value = {v: {} for v in judged}
+        for name in self.features:
+            results = compare_effects(self.profiles[name], [values[v].accumulators[name] for v in judged],
+                                      self.policies.get(name))
+            for v, r in zip(judged, results):
+                per_value[v][name] = r
+        out = {}
+        for v, seg in sorted(values.items()):
+            if v not in per_value:
+                out[v] = SegmentSummary(events=seg.events, status="insufficient_data", drifted=[])
+                continue
+            features = decide(per_value[v], alpha=alpha)
+            out[v] = SegmentSummary(events=seg.events, status="ok",
+                                    drifted=sorted(name for name, r in features.items() if r["drift"]),
+                                    effects={name: r["effect"]["value"] for name, r in features.items()})
+        return out
 
     def result(self, context: WindowContext) -> SegmentDriftResult:
-        return SegmentDriftResult({f: {v: self._summary(seg, context.alpha) for v, seg in sorted(values.items())}
-                                   for f, values in self.by_segment.items()})
+        return SegmentDriftResult({f: self._summaries(values, context.alpha) for f, values in self.by_segment.items()})
 
     def state_dict(self) -> dict:
         # the layout of the per-segment windows before the protocol, so older checkpoints load

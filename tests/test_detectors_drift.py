@@ -265,3 +265,16 @@ def test_compare_effect_is_the_decision_of_the_full_comparison(numeric_profile, 
     counter = _counter(cat_profile, values)
     full, light = compare_categorical(cat_profile, counter), compare_effect(cat_profile, counter)
     assert light["effect"]["value"] == full["effect"]["value"] and light["test"]["p_value"] == full["test"]["p_value"]
+
+
+def test_compare_effects_is_compare_effect_for_each_window(numeric_profile):
+    from detectors import compare_effect, compare_effects
+
+    rng = np.random.default_rng(22)
+    hists = [_hist(numeric_profile, rng.normal(10 + 0.2 * k, 2, size)) for k, size in enumerate((50, 400, 3000))]
+    hists.append(_hist(numeric_profile, np.full(3, np.nan)))  # no values at all
+    for one, many in zip([compare_effect(numeric_profile, h) for h in hists], compare_effects(numeric_profile, hists)):
+        assert one["status"] == many["status"]
+        for part in ("effect", "test"):
+            for key, value in one[part].items():
+                assert many[part][key] == (pytest.approx(value, rel=1e-9) if isinstance(value, float) else value)
