@@ -590,6 +590,33 @@ class FairnessConfig(_Node):
             raise ValueError("`max_gap_widening` must be in [0, 1)")
 
 
+class ClusterConfig(_Node):
+    """Scale-out (docs/DESIGN.md, "Scale-out"): replicas are workers that produce per-partition window
+    partials to an internal topic; the replica assigned that topic's partition merges them and alone
+    evaluates, exports the global metrics and alerts. Internal names default from ``kafka.topic``,
+    ``model`` and ``kafka.group_id``."""
+
+    enabled: bool = False
+    partials_topic: str | None = None  # default <kafka.topic>.driftmon.<model>.partials
+    changelog_topic: str | None = None  # default <kafka.topic>.driftmon.<model>.aggregator (compacted)
+    aggregator_group_id: str | None = None  # default <kafka.group_id>-aggregator
+    # how long after a window's end the aggregator waits for partitions that have not reported past it
+    grace: str = "30s"
+    create_topics: bool = True  # create the two internal topics at start when they are missing
+    replication_factor: int = -1  # of created internal topics; -1: the broker's default
+
+    def __post_init__(self):
+        _durations(self, "grace")
+        if self.replication_factor == 0 or self.replication_factor < -1:
+            raise ValueError("`replication_factor` must be -1 (the broker's default) or at least 1")
+
+    def names(self, topic: str, model: str, group_id: str) -> tuple[str, str, str]:
+        """(partials topic, changelog topic, aggregator group) with the defaults filled in."""
+        return (self.partials_topic or f"{topic}.driftmon.{model}.partials",
+                self.changelog_topic or f"{topic}.driftmon.{model}.aggregator",
+                self.aggregator_group_id or f"{group_id}-aggregator")
+
+
 class Config(_Node):
     model: str
     schema: SchemaConfig
@@ -605,6 +632,7 @@ class Config(_Node):
     segments: list[Segment] = msgspec.field(default_factory=list)
     fairness: FairnessConfig | None = None
     multivariate: MultivariateConfig | None = None
+    cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     def __post_init__(self):
@@ -630,6 +658,21 @@ class Config(_Node):
                 raise ValueError(f"`multivariate.features`: not numeric or categorical features: {unknown}")
             if len(self.multivariate_features()) < 2:
                 raise ValueError("`multivariate` needs at least two numeric or categorical features")
+        if self.cluster.enabled:
+            self._check_cluster()
+
+    def _check_cluster(self) -> None:
+        """What scale-out merges today (docs/DESIGN.md, "Scale-out"); the rest is refused, not approximated."""
+        if self.kafka is None:
+            raise ValueError("`cluster.enabled` needs a `kafka` section")
+        if self.window.duration is None:
+            raise ValueError("`cluster.enabled` needs `window.duration`: count windows are per process "
+                             "(the n-th event of a partition says nothing about the others)")
+        if self.multivariate is not None or self.schema.embeddings():
+            raise ValueError("`cluster.enabled`: multivariate and embedding detectors are not merged across "
+                             "replicas yet")
+        if self.schema.label is not None:
+            raise ValueError("`cluster.enabled`: performance from labels is not merged across replicas yet")
 
     def multivariate_features(self) -> list:
         """The features the multivariate methods watch (empty when they are off)."""

@@ -101,7 +101,12 @@ class Daemon:
         tracker = self.pipeline.tracker
         if tracker is not None and config.labels_on_topic:  # pending label joins on disk (monitor/join.py)
             tracker.join.open(os.path.join(config.state.dir, "labels"))
-        restored = self.store.load()
+        self.cluster = None
+        if config.cluster.enabled:  # scale-out: state lives in Kafka (monitor/cluster.py), not in a checkpoint
+            from monitor.cluster import Cluster
+
+            self.cluster = Cluster(self)
+        restored = self.store.load() if self.cluster is None else None
         if restored is not None:
             self.pipeline.load_state_dict(restored["pipeline"])
             self.alerts.load_state_dict(restored["alerts"])
@@ -239,6 +244,9 @@ class Daemon:
 
     def checkpoint(self, force: bool = False) -> bool:
         """Make the state as of this call durable (see :meth:`CheckpointPolicy.checkpoint`); True when it is."""
+        if self.cluster is not None:
+            with self.lock:
+                return self.cluster.checkpoint(force)
         return self.policy.checkpoint(self.lock, self._snapshot, force, before=self._flush_dead_letters,
                                       on_durable=self._durable)
 
@@ -270,6 +278,12 @@ class Daemon:
         self.health.probe_succeeded(lag, caught_up)
 
     def _tick(self) -> None:
+        if self.cluster is not None:
+            if self.source is not None and self._outgoing is None:
+                with self.lock:
+                    self._handle(self.cluster.tick(time.time(), self.idle))
+                    self._publish()
+            return
         if not self.idle or self._outgoing is not None:
             return
         with self.lock:
@@ -277,6 +291,8 @@ class Daemon:
             self._publish()
 
     def _resend(self, sink_name: str) -> None:
+        if self.cluster is not None and not self.cluster.active:
+            return  # the aggregator alone owns the alert lifecycle
         with self.lock:  # a consistent view: no window is half-applied, and later notifications supersede it
             self.dispatcher.refresh(sink_name, self.alerts.active())
 
@@ -292,6 +308,12 @@ class Daemon:
         if batches:
             self.health.records_received()
             self._process(batches)
+        if self.cluster is not None:
+            with self.lock:
+                self._handle(self.cluster.step(time.time()))
+                self._publish()
+                self.cluster.commit(self.source)
+            return
         if self.policy.commit_due():
             self.checkpoint()
             self._commit()
@@ -317,7 +339,16 @@ class Daemon:
             for pb in batches:
                 if not self.source.owns(pb):
                     continue  # revoked since the poll: its next owner reads it (see KafkaSource.owns)
-                if labels_topic and pb.topic == labels_topic:
+                if self.cluster is not None and pb.topic == self.config.kafka.topic:
+                    late = self.cluster.worker.late
+                    batch = self.cluster.worker.process(pb.key, pb.values, pb.times, pb.offsets)
+                    pipeline = self.pipeline  # the replica's own message counts (the aggregator's are global)
+                    pipeline.late += self.cluster.worker.late - late
+                    pipeline.consumed += len(pb.values)
+                    pipeline.invalid.update(batch.invalid)
+                    pipeline.positions[pb.key] = int(pb.offsets[-1]) + 1
+                    results = []
+                elif labels_topic and pb.topic == labels_topic:
                     batch = self.pipeline.process_labels(pb.values, pb.times, pb.key, pb.offsets)
                     results = []
                 else:
@@ -340,6 +371,9 @@ class Daemon:
     def _before_rebalance(self, keys: list[str]) -> dict[str, int]:
         """Checkpoint what is processed; the source commits the returned durable offsets before the
         partitions go, so their next owner neither counts those events again nor skips any."""
+        if self.cluster is not None:
+            with self.lock:
+                return self.cluster.before_revoke()
         self.checkpoint(force=True)
         return self.policy.durable()
 
@@ -348,6 +382,8 @@ class Daemon:
         with self.lock:
             for key in keys:
                 self.pipeline.positions.pop(key, None)
+            if self.cluster is not None:
+                self.cluster.worker.release(keys)
             self._changed = True
         log.info("partitions handed over to another member: %s", sorted(keys))
 
@@ -394,6 +430,8 @@ class Daemon:
                                        next_run_time=datetime.now(timezone.utc))
         self.scheduler.start()
         self._connect()
+        if self.cluster is not None and self.source is not None:
+            self.cluster.start()
         return self
 
     def _connect(self) -> None:
@@ -405,7 +443,9 @@ class Daemon:
         kafka = self.config.kafka
         backoff = 1.0
         while not self.stopping.is_set():
-            source = KafkaSource(kafka, lambda: dict(self.pipeline.positions), on_revoke=self._before_rebalance,
+            positions = self.cluster.worker.positions if self.cluster is not None else \
+                (lambda: dict(self.pipeline.positions))
+            source = KafkaSource(kafka, positions, on_revoke=self._before_rebalance,
                                  on_release=self._release)
             outcome: dict = {}
 
@@ -478,11 +518,17 @@ class Daemon:
             left = self._stop_left()
             if left > 2.0:  # else skip it: the checkpoint holds the positions and the restart seeks to them
                 try:
-                    self._commit(timeout_ms=int(min(1.0, left - 2.0) * 1000))
+                    if self.cluster is not None:
+                        with self.lock:
+                            self.cluster.commit(self.source, force=True)
+                    else:
+                        self._commit(timeout_ms=int(min(1.0, left - 2.0) * 1000))
                 except Exception as exc:
                     log.warning("final offset commit failed: %s", exc)
             self.source.close(timeout_s=min(0.5, max(0.1, (self._stop_left() - 0.5) / 3)))
             self.source = None
+        if self.cluster is not None:
+            self.cluster.close()
         self.dispatcher.close(timeout=min(1.0, max(0.1, self._stop_left() - 0.3)))
         self.outbox.close()
         if self.pipeline.tracker is not None:

@@ -66,6 +66,11 @@ NAMES = {
     "fairness_positive_rate": ("gauge", "Rate of favourable predictions per group of an attribute."),
     "segment_features_drifted": ("gauge", "Features that drifted within a segment value in the last window."),
     "notifications_dropped": ("counter", "Notifications dropped because the outbox was full."),
+    "cluster_aggregator": ("gauge", "1 if this replica is the scale-out aggregator of the model, else 0."),
+    "cluster_partials_produced": ("counter", "Window partials this replica produced to the partials topic."),
+    "cluster_late_partials": ("counter", "Partials that reached the aggregator after their window closed (not merged)."),
+    "cluster_duplicate_partials": ("counter", "Partials the aggregator had merged before (a worker's re-read), dropped."),
+    "cluster_changelog_writes": ("counter", "Aggregator state records written to the changelog topic."),
     "state_write_failures": ("counter", "Failed writes to the state directory (full or read-only disk), by target "
                              "(checkpoint, window_log, outbox); retried with backoff."),
     "state_last_write_timestamp_seconds": ("gauge", "Last successful write to the state directory, by target, "
@@ -175,7 +180,18 @@ class DriftmonCollector(Collector):
         if health is not None:
             yield from self._health_families(m, health)
 
-        yield from self._window_families(m, p.last_result)
+        cluster = getattr(s, "cluster", None)
+        if cluster is not None:
+            for key, value in (("cluster_aggregator", 1 if cluster.active else 0),
+                               ("cluster_partials_produced", cluster.partials_produced),
+                               ("cluster_late_partials", cluster.aggregator.late),
+                               ("cluster_duplicate_partials", cluster.aggregator.duplicates),
+                               ("cluster_changelog_writes", cluster.changelog_writes)):
+                fam = _family(key, [])
+                fam.add_metric([m], value)
+                yield fam
+        if cluster is None or cluster.active:  # in scale-out the aggregator alone exports the verdicts
+            yield from self._window_families(m, p.last_result)
         if getattr(p, "multivariate", None) is not None and p.multivariate.detectors:
             yield from self._multivariate_families(m, p.multivariate, p.last_result)
         yield from self._alert_families(m)

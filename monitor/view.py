@@ -47,6 +47,11 @@ class ServiceView:
         return self.health.lag
 
     @property
+    def cluster(self):
+        """The scale-out part (monitor/cluster.py), or None in single mode."""
+        return self.daemon.cluster
+
+    @property
     def checkpoints(self) -> int:
         return self.daemon.policy.checkpoints
 
@@ -119,6 +124,7 @@ class ServiceView:
             "last_window": pipeline.last_result,
             "report": "/report",  # the last window as an HTML page; /report?index=N for older ones
             "last_performance": tracker.last_result if tracker else None,
+            **({} if self.daemon.cluster is None else {"cluster": self.daemon.cluster.status()}),
             "labels": None if tracker is None else {
                 "received": tracker.join.received, "matched": tracker.join.matched,
                 "expired": tracker.join.expired, "pending": tracker.join.pending},

@@ -154,3 +154,21 @@ def test_record_limits_are_validated_by_check_config(tmp_path, key, value, words
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.startswith("config error: kafka") and words in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_cluster_is_off_by_default_and_refuses_what_it_cannot_merge():
+    base = {"model": "m", "baseline": "b.json", "schema": {"features": [{"name": "x", "type": "numeric"}]},
+            "kafka": {"bootstrap_servers": "k:9092", "topic": "preds", "group_id": "g"}}
+    config = parse_config({**base, "window": {"duration": "1m"}})
+    assert config.cluster.enabled is False and "cluster" not in config.hash()  # unchanged hash without it
+    on = parse_config({**base, "window": {"duration": "1m"}, "cluster": {"enabled": True}})
+    assert on.cluster.names("preds", "m", on.kafka.group_id) == (
+        "preds.driftmon.m.partials", "preds.driftmon.m.aggregator", f"{on.kafka.group_id}-aggregator")
+    assert on.cluster.grace_seconds == 30.0
+    with pytest.raises(ConfigError, match="window.duration"):
+        parse_config({**base, "window": {"size": 100}, "cluster": {"enabled": True}})
+    with pytest.raises(ConfigError, match="kafka"):
+        parse_config({k: v for k, v in base.items() if k != "kafka"} | {"window": {"duration": "1m"},
+                                                                         "cluster": {"enabled": True}})
+    with pytest.raises(ConfigError, match="cluster.replication_factor"):
+        parse_config({**base, "window": {"duration": "1m"}, "cluster": {"enabled": True, "replication_factor": 0}})

@@ -1,0 +1,460 @@
+"""Scale-out (``cluster.enabled``): workers produce window partials, one aggregator chosen by Kafka merges them.
+
+Every replica is a worker: it consumes its share of the prediction partitions as in single mode, but
+keeps one event-time window per source partition and, when that window closes, produces its partial
+(the window's accumulators, covered offsets and the partition's watermark) to the partials topic. The
+source offsets it commits stop at the first event of each partition's open window, after the partials
+before it are acknowledged (acks=all), so a worker killed at any moment is replaced by a re-read of
+exactly its open windows.
+
+Every replica is also a member of the aggregator group, which reads the partials topic (one partition
+per model). Whoever Kafka assigns that partition is the aggregator: it merges the partials of a window
+(exact: counts and histograms add), closes the window when every source partition's watermark has
+passed its end (or ``cluster.grace`` after its end on the clock), evaluates it with the single-mode
+evaluator, and owns the alert lifecycle. Its whole state (open merged windows, watermarks, the last
+merged window per source partition, the alert engine, closed windows not yet emitted, and the partials
+offset it has consumed up to) is one record, keyed by model, on a compacted changelog topic, written
+before anything is emitted. A new aggregator restores that record and re-reads the partials after its
+offset. A partial for a window the aggregator already merged from that partition (a worker re-read
+after a crash) is a duplicate and is dropped; one for a window already closed is late: counted in
+``driftmon_cluster_late_partials_total``, never merged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import TopicAlreadyExistsError
+
+from monitor.config import ConfigError
+from monitor.pipeline import Pipeline
+from monitor.source import client_options
+from monitor.window import Window
+
+__all__ = ["Cluster", "Worker", "Aggregator", "merge_window", "check_copartitioned"]
+
+log = logging.getLogger(__name__)
+
+
+def merge_window(into: Window, other: Window) -> Window:
+    """Add ``other``'s events to ``into`` (same baseline and columns): counts, histograms and sums add."""
+    for name, acc in into.accumulators.items():
+        acc.merge(other.accumulators[name])
+    into.events += other.events
+    into.invalid += other.invalid
+    into.first_time = min(into.first_time, other.first_time)
+    into.last_time = max(into.last_time, other.last_time)
+    for key, (first, last) in other.offsets.items():
+        into.add_offsets(key, first, last)
+    for key, value in other.estimated.items():
+        into.estimated[key] += value
+    for field, subs in other.by_segment.items():
+        mine = into.by_segment.setdefault(field, {})
+        for value, sub in subs.items():
+            if value not in mine:
+                mine[value] = Window(into.baseline, names=into.names)
+            merge_window(mine[value], sub)
+    return into
+
+
+class _PartitionPipeline(Pipeline):
+    """A worker's pipeline for one source partition: a closed window becomes a partial, not a verdict."""
+
+    def _close(self, next_start: float | None, complete: bool = True) -> dict:
+        window = self.window
+        partial = {"start": window.start, "end": window.end,
+                   "watermark": next_start if next_start is not None else window.end,
+                   "window": window.state_dict()}
+        self.window = window.fresh(window.index + 1, next_start,
+                                   None if next_start is None else next_start + self.duration)
+        return partial
+
+
+class Worker:
+    """Per-partition event-time windows of this replica's share of the prediction topic."""
+
+    def __init__(self, config, baseline):
+        self.config = config
+        self.baseline = baseline
+        self.parts: dict[str, _PartitionPipeline] = {}
+        self.pending: list[tuple[str, dict]] = []  # (source partition, partial) not yet produced
+        self.late = 0  # events older than their partition's open window (merged into it, as in single mode)
+
+    def _part(self, key: str) -> _PartitionPipeline:
+        part = self.parts.get(key)
+        if part is None:
+            part = self.parts[key] = _PartitionPipeline(self.config, self.baseline)
+        return part
+
+    def process(self, key: str, values, times, offsets):
+        """Feed one partition's batch; closed windows join :attr:`pending`. Returns the decoded batch."""
+        part = self._part(key)
+        before = part.late
+        partials, batch = part.process(values, times, key, offsets)
+        self.late += part.late - before
+        self.pending += [(key, p) for p in partials]
+        return batch
+
+    def tick(self, now: float) -> None:
+        """Close open windows whose end plus ``window.grace`` has passed on the clock (the worker is idle)."""
+        grace = self.config.window.grace_seconds
+        for key, part in self.parts.items():
+            window = part.window
+            if window.start is not None and window.end + grace <= now and (window.events or window.invalid):
+                self.pending.append((key, part._close(next_start=None)))
+                part.window.start = part.window.end = None  # the next event opens its own window
+
+    def positions(self) -> dict[str, int]:
+        return {key: part.positions[key] for key, part in self.parts.items() if key in part.positions}
+
+    def safe_offsets(self) -> dict[str, int]:
+        """Offsets safe to commit once :attr:`pending` is produced: each partition's open window starts there."""
+        out = {}
+        for key, part in self.parts.items():
+            span = part.window.offsets.get(key)
+            if span is not None:
+                out[key] = span[0]
+            elif key in part.positions:
+                out[key] = part.positions[key]
+        return out
+
+    def release(self, keys) -> None:
+        for key in keys:
+            self.parts.pop(key, None)
+        self.pending = [(k, p) for k, p in self.pending if k not in set(keys)]
+
+
+class Aggregator:
+    """The merged windows of one model, their watermarks, and the closing rule."""
+
+    def __init__(self, pipeline: Pipeline, topic: str, grace: float):
+        self.pipeline = pipeline  # evaluates closed windows (the daemon's: its results feed metrics and alerts)
+        self.topic = topic
+        self.grace = grace
+        self.late = 0  # partials for windows already closed
+        self.duplicates = 0  # partials merged before (a worker re-read after a crash), dropped
+        self._reset()
+
+    def _reset(self) -> None:
+        self.open: dict[float, Window] = {}  # window start -> merged window
+        self.watermarks: dict[str, float] = {}  # source partition -> all its windows before this are reported
+        self.merged: dict[str, int] = {}  # source partition -> last offset merged from it
+        self.closed_until = -math.inf  # end of the last closed window
+        self.position: int | None = None  # next partials offset to read
+
+    def add(self, offset: int, record: dict) -> None:
+        """Apply one partial (read at ``offset`` of the partials topic)."""
+        self.position = offset + 1
+        key, start = record["partition"], record["start"]
+        self.watermarks[key] = max(self.watermarks.get(key, -math.inf), record["watermark"])
+        span = record["window"]["offsets"].get(key)
+        if start is None or span is None:
+            return  # no valid event: only the watermark counts
+        if span[1] <= self.merged.get(key, -1):
+            self.duplicates += 1  # a worker re-read these offsets after a crash or a rebalance
+            return
+        self.merged[key] = span[1]
+        if start < self.closed_until:
+            self.late += 1
+            log.warning("late partial from %s for the window at %s, closed already: counted, not merged",
+                        key, start)
+            return
+        window = self.open.get(start)
+        if window is None:
+            window = self.open[start] = self.pipeline._new_window(0, start, record["end"])
+        part = self.pipeline._new_window(0, start, record["end"]).load_state_dict(record["window"])
+        merge_window(window, part)
+
+    def close(self, partitions: int, now: float) -> list[dict]:
+        """Evaluate the windows every source partition has reported past (or whose grace is over), oldest first."""
+        keys = [f"{self.topic}:{p}" for p in range(partitions)]
+        mark = min((self.watermarks.get(k, -math.inf) for k in keys), default=-math.inf)
+        results = []
+        for start in sorted(self.open):
+            window = self.open[start]
+            if not (window.end <= mark or window.end + self.grace <= now):
+                break
+            del self.open[start]
+            window.index = self.pipeline.window.index
+            self.pipeline.window = window
+            results.append(self.pipeline._close(next_start=None))
+            self.closed_until = max(self.closed_until, window.end)
+        return results
+
+    def state_dict(self) -> dict:
+        return {"open": [w.state_dict() for _s, w in sorted(self.open.items())],
+                "watermarks": dict(self.watermarks), "merged": dict(self.merged),
+                "closed_until": None if math.isinf(self.closed_until) else self.closed_until,
+                "position": self.position, "late": self.late, "duplicates": self.duplicates}
+
+    def load_state_dict(self, state: dict) -> "Aggregator":
+        self._reset()
+        for ws in state["open"]:
+            self.open[ws["start"]] = self.pipeline._new_window(0).load_state_dict(ws)
+        self.watermarks = dict(state["watermarks"])
+        self.merged = dict(state["merged"])
+        self.closed_until = -math.inf if state["closed_until"] is None else state["closed_until"]
+        self.position = state["position"]
+        self.late, self.duplicates = state["late"], state["duplicates"]
+        return self
+
+
+def check_copartitioned(admin_consumer: KafkaConsumer, topic: str, labels_topic: str) -> None:
+    """Raise ConfigError naming both topics unless they have the same number of partitions."""
+    a = admin_consumer.partitions_for_topic(topic) or set()
+    b = admin_consumer.partitions_for_topic(labels_topic) or set()
+    if len(a) != len(b):
+        raise ConfigError("kafka.labels_topic", f"{labels_topic} has {len(b)} partitions and {topic} has {len(a)}: "
+                                                "scale-out joins labels at the worker owning the prediction's "
+                                                "partition, so both topics must have the same partition count "
+                                                "(and be keyed by id)")
+
+
+class _AggregatorListener(ConsumerRebalanceListener):
+    def __init__(self, cluster: "Cluster"):
+        self.cluster = cluster
+
+    def on_partitions_revoked(self, revoked):
+        self.cluster.assigned = False
+
+    def on_partitions_assigned(self, assigned):
+        self.cluster.assigned = bool(assigned)
+        self.cluster.restore_needed = bool(assigned)
+
+
+class Cluster:
+    """The daemon's scale-out part: the worker, the aggregator, and their Kafka clients.
+
+    All Kafka calls of scale-out are here. The daemon calls :meth:`start` after its source is
+    connected, :meth:`step` after each poll, :meth:`tick` every second, :meth:`checkpoint` where
+    single mode writes its checkpoint, and :meth:`close` at shutdown; all under the daemon's lock
+    except start and close.
+    """
+
+    def __init__(self, daemon):
+        self.daemon = daemon
+        config = daemon.config
+        self.config = config
+        kafka = config.kafka
+        self.partials_topic, self.changelog_topic, self.group_id = config.cluster.names(
+            kafka.topic, config.model, kafka.group_id)
+        self.worker = Worker(config, daemon.baseline)
+        self.aggregator = Aggregator(daemon.pipeline, kafka.topic, config.cluster.grace_seconds)
+        self.assigned = False  # this replica holds the model's partials partition
+        self.active = False  # ... and has restored the aggregator state from the changelog
+        self.restore_needed = False
+        self.changed = False
+        self.partitions = 0  # of the source topic
+        self._producer: KafkaProducer | None = None
+        self._consumer: KafkaConsumer | None = None
+        self._last_commit = 0.0
+        self.changelog_writes = 0
+        self.partials_produced = 0
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def status(self) -> dict:
+        """The /status section (read without the lock: plain numbers)."""
+        agg = self.aggregator
+        return {"aggregator": self.active, "partials_topic": self.partials_topic,
+                "changelog_topic": self.changelog_topic, "partials_produced": self.partials_produced,
+                "late_partials": agg.late, "duplicate_partials": agg.duplicates,
+                "open_windows": len(agg.open), "changelog_writes": self.changelog_writes}
+
+    # ---- clients ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        kafka = self.config.kafka
+        options = client_options(kafka)
+        if self.config.cluster.create_topics:
+            self._create_topics(options)
+        self._producer = KafkaProducer(acks="all", linger_ms=5, compression_type="gzip",
+                                       max_request_size=16 * 1024 * 1024, **options)
+        self._consumer = KafkaConsumer(group_id=self.group_id, enable_auto_commit=False,
+                                       auto_offset_reset="earliest", isolation_level="read_committed",
+                                       session_timeout_ms=kafka.session_timeout_ms,
+                                       heartbeat_interval_ms=max(100, kafka.session_timeout_ms // 3),
+                                       max_partition_fetch_bytes=16 * 1024 * 1024,
+                                       fetch_max_bytes=64 * 1024 * 1024, metrics_enabled=False, **options)
+        self.partitions = len(self._consumer.partitions_for_topic(kafka.topic) or ())
+        self._consumer.subscribe([self.partials_topic], listener=_AggregatorListener(self))
+        self._thread = threading.Thread(target=self._run, name="driftmon-aggregator", daemon=True)
+        self._thread.start()
+        log.info("scale-out: partials on %s (aggregator group %s), changelog %s, %d source partitions",
+                 self.partials_topic, self.group_id, self.changelog_topic, self.partitions)
+
+    def _create_topics(self, options: dict) -> None:
+        replication = self.config.cluster.replication_factor
+        admin = KafkaAdminClient(**options)
+        try:
+            for topic, configs in ((self.partials_topic, {"retention.ms": str(7 * 86400 * 1000)}),
+                                   (self.changelog_topic, {"cleanup.policy": "compact",
+                                                           "min.compaction.lag.ms": "60000"})):
+                configs["max.message.bytes"] = str(16 * 1024 * 1024)
+                try:
+                    admin.create_topics([NewTopic(topic, 1, replication, topic_configs=configs)])
+                    log.info("created topic %s", topic)
+                except TopicAlreadyExistsError:
+                    pass
+        finally:
+            admin.close()
+
+    def close(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
+        if self._consumer is not None:
+            self._consumer.close(autocommit=False, timeout_ms=1000)
+            self._consumer = None
+        if self._producer is not None:
+            self._producer.close(timeout=1)
+            self._producer = None
+
+    # ---- work (under the daemon's lock) --------------------------------------------------------------
+
+    def produce_partials(self) -> None:
+        """Produce pending partials and wait for the broker's acknowledgement (before any commit)."""
+        worker = self.worker
+        if not worker.pending:
+            return
+        model = self.config.model.encode()
+        for key, partial in worker.pending:
+            value = json.dumps({"partition": key, **partial}, separators=(",", ":")).encode()
+            self._producer.send(self.partials_topic, key=model, value=value)
+        self._producer.flush()
+        self.partials_produced += len(worker.pending)
+        worker.pending = []
+
+    def commit(self, source, force: bool = False) -> None:
+        """Commit the source offsets that every produced partial covers (throttled)."""
+        now = time.monotonic()
+        if not force and now - self._last_commit < self.config.kafka.commit_interval_seconds:
+            return
+        self.produce_partials()
+        source.commit(self.worker.safe_offsets(), timeout_ms=10_000)
+        self._last_commit = now
+
+    def before_revoke(self) -> dict[str, int]:
+        self.produce_partials()
+        return self.worker.safe_offsets()
+
+    def step(self, now: float) -> list[dict]:
+        """Produce the worker's partials; as the aggregator, close the windows whose grace is over."""
+        self.produce_partials()
+        return self.aggregator.close(self.partitions, now) if self.active else []
+
+    def tick(self, now: float, idle: bool) -> list[dict]:
+        if idle:
+            self.worker.tick(now)
+        return self.step(now)
+
+    def _run(self) -> None:
+        """The aggregator group member (its own thread: its polls must not slow down the worker's)."""
+        daemon = self.daemon
+        while not self._stopping.is_set():
+            try:
+                records = self._consumer.poll(timeout_ms=500, max_records=500)
+            except Exception as exc:  # the broker is down: the worker's health reports it; try again
+                log.warning("aggregator poll failed: %s", exc)
+                self._stopping.wait(1.0)
+                continue
+            with daemon.lock:
+                if self.restore_needed:
+                    records = {}  # re-read from the restored position
+                    self._restore()
+                if not self.assigned:
+                    if self.active:
+                        self._resign()
+                    continue
+                for recs in records.values():
+                    for r in recs:
+                        self.aggregator.add(r.offset, json.loads(r.value))
+                        self.changed = True
+                results = self.aggregator.close(self.partitions, time.time()) if self.active else []
+                if results or self.changed:
+                    daemon._handle(results)
+                    daemon._publish()
+
+    # ---- aggregator state in the changelog ------------------------------------------------------------
+
+    def _snapshot(self) -> dict:
+        daemon = self.daemon
+        pipeline = daemon.pipeline.state_dict()
+        pipeline.pop("positions", None)
+        pipeline.pop("window", None)
+        return {"aggregator": self.aggregator.state_dict(), "pipeline": pipeline,
+                "alerts": daemon.alerts.state_dict(), "outgoing": daemon._outgoing}
+
+    def checkpoint(self, force: bool = False) -> bool:
+        """Write the aggregator's state to the changelog (acks=all) when it changed; True when durable."""
+        if not self.active:
+            return True
+        if not (self.changed or force):
+            return True
+        value = json.dumps(self._snapshot(), separators=(",", ":")).encode()
+        try:
+            self._producer.send(self.changelog_topic, key=self.config.model.encode(), value=value)
+            self._producer.flush(timeout=10)
+        except Exception as exc:  # the broker is away: nothing is emitted until the state is durable
+            log.warning("aggregator state not written to %s: %s", self.changelog_topic, exc)
+            return False
+        self.changelog_writes += 1
+        self.changed = False
+        return True
+
+    def _read_changelog(self) -> dict | None:
+        reader = KafkaConsumer(enable_auto_commit=False, metrics_enabled=False,
+                               **client_options(self.config.kafka))
+        try:
+            tp = TopicPartition(self.changelog_topic, 0)
+            reader.assign([tp])
+            reader.seek_to_beginning(tp)
+            end = reader.end_offsets([tp])[tp]
+            model, latest = self.config.model.encode(), None
+            while reader.position(tp) < end:
+                for recs in reader.poll(timeout_ms=1000).values():
+                    for r in recs:
+                        if r.key == model:
+                            latest = r.value
+            return None if latest is None else json.loads(latest)
+        finally:
+            reader.close()
+
+    def _restore(self) -> None:
+        """Take over as the aggregator: the state of the last changelog record, then the partials after it."""
+        self.restore_needed = False
+        daemon = self.daemon
+        state = self._read_changelog()
+        tp = TopicPartition(self.partials_topic, 0)
+        if state is None:
+            self.aggregator._reset()
+            self._consumer.seek_to_beginning(tp)
+        else:
+            self.aggregator.load_state_dict(state["aggregator"])
+            daemon.pipeline.load_state_dict({**state["pipeline"], "positions": {},
+                                             "window": daemon.pipeline._new_window(0).state_dict()})
+            daemon.pipeline.window.index = daemon.pipeline.windows_evaluated
+            daemon.alerts.load_state_dict(state["alerts"])
+            if self.aggregator.position is not None:
+                self._consumer.seek(tp, self.aggregator.position)
+            else:
+                self._consumer.seek_to_beginning(tp)
+            if state.get("outgoing"):
+                daemon._outgoing = state["outgoing"]  # the last aggregator stopped between changelog and emission
+        self.active = True
+        log.info("aggregator for %s: restored %s, reading partials from %s", self.config.model,
+                 "its changelog" if state is not None else "nothing (first aggregator)",
+                 self.aggregator.position or "the beginning")
+
+    def _resign(self) -> None:
+        self.active = False
+        self.aggregator._reset()
+        self.daemon.pipeline.last_result = None  # the global metrics are exported by the aggregator only
+        log.info("no longer the aggregator for %s", self.config.model)

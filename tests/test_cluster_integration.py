@@ -1,0 +1,183 @@
+"""Scale-out on a real Apache Kafka broker: one process vs three replicas with `cluster.enabled`.
+
+The stream is produced window by window (event time); each window's messages are produced only after
+both deployments have consumed the previous ones, so the single process sees every window whole, in
+any partition order, exactly as the replicas' per-partition windows do. Event times lie ahead of the
+wall clock, so only events (watermarks) close windows, never the clock: the comparison is exact.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from datetime import datetime
+
+import pytest
+import yaml
+from kafka import KafkaProducer
+
+from monitor.synth import car_loan
+from monitor.tansu import free_port
+from tests.daemon_proc import DaemonProcess
+from tests.helpers import read_jsonl, write_setup
+from tests.receiver import Receiver
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 6
+DURATION = 10.0  # seconds of event time per window
+PER_WINDOW = 1200
+# windows 1-3 drift: feature alerts fire with window 2 (fire_after 2) and resolve with window 5
+DRIFTED = {1, 2, 3}
+WINDOWS = 7  # the 7th only closes the 6th
+
+
+def _config(tmp_path, broker, topic: str, receiver: Receiver) -> tuple[str, object]:
+    kafka = {"bootstrap_servers": broker.bootstrap, "topic": topic, "group_id": f"single-{topic}",
+             "max_poll_interval_ms": 10000, "session_timeout_ms": 6000, "lag_interval": "1s",
+             "commit_interval": "200ms"}
+    return write_setup(tmp_path, car_loan(seed=1), window={"duration": "10s"}, kafka=kafka,
+                       segments=[{"name": "channel"}],
+                       alerts={"webhooks": [{"url": receiver.url + "/single"}], "fire_after": 2, "resolve_after": 2},
+                       state={"dir": "state", "checkpoint_interval": "1s"})
+
+
+def _replica(tmp_path, path: str, name: str, cluster: dict | None) -> DaemonProcess:
+    home = tmp_path / name
+    home.mkdir()
+    tree = yaml.safe_load(open(path))
+    tree["baseline"] = str(tmp_path / "baseline.json")
+    tree["state"]["dir"] = str(home / "state")
+    if cluster is not None:
+        tree["cluster"] = cluster
+        tree["kafka"]["group_id"] = tree["kafka"]["group_id"].replace("single-", "cluster-")
+        tree["alerts"]["webhooks"][0]["url"] = tree["alerts"]["webhooks"][0]["url"].replace("/single", "/cluster")
+    config = home / "driftmon.yaml"
+    config.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return DaemonProcess(str(config), free_port(), str(tmp_path / f"{name}.log"))
+
+
+def _windows(daemons) -> dict[float, dict]:
+    """Closed windows by start, over the window logs of all daemons (an aggregator that moved logged
+    some windows on each replica; one logged twice after a crash is the same window)."""
+    out = {}
+    for d in daemons:
+        log = os.path.join(os.path.dirname(d.config_path), "state", "windows.jsonl")
+        if os.path.exists(log):
+            for w in read_jsonl(log):
+                out.setdefault(_seconds(w["window"]["start"]), w)
+    return out
+
+
+def _seconds(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def _stream(start: float) -> list[list[bytes]]:
+    synth = car_loan(seed=5)
+    out = []
+    for k in range(WINDOWS):
+        t0 = start + k * DURATION
+        msgs = synth.messages(PER_WINDOW, drift_at=0 if k in DRIFTED else None, start_time=t0 + 0.01,
+                              rate=PER_WINDOW / (DURATION - 0.1), id_prefix=f"w{k}")
+        out.append(msgs)
+    return out
+
+
+def _consumed(daemons) -> int:
+    return sum((d.status() or {}).get("messages_consumed", 0) for d in daemons)
+
+
+def _aggregators(daemons) -> list:
+    return [d for d in daemons if d.proc.poll() is None and ((d.status() or {}).get("cluster") or {}).get("aggregator")]
+
+
+def test_three_replicas_give_the_single_process_verdicts_and_one_page(tmp_path, kafka_broker):
+    receiver = Receiver()
+    topic = kafka_broker.create_topic(f"predictions-{uuid.uuid4().hex[:8]}", partitions=PARTITIONS)
+    path, _ = _config(tmp_path, kafka_broker, topic, receiver)
+    single = _replica(tmp_path, path, "single", None)
+    replicas = [_replica(tmp_path, path, f"r{i}", {"enabled": True, "grace": "10m"}) for i in range(3)]
+    start = (int(time.time() // DURATION) + 30) * DURATION  # ahead of the clock: only events close windows
+    stream = _stream(start)
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, linger_ms=5)
+    daemons = [single, *replicas]
+    try:
+        for d in daemons:
+            d.start()
+        ready = b"ready: baseline loaded and consuming\n"
+        for d in daemons:
+            d.wait(lambda d=d: d.get("/readyz") == ready, 90, "an assignment")
+        single.wait(lambda: len(_aggregators(replicas)) == 1, 60, "one aggregator")
+        produced = 0
+        for k, msgs in enumerate(stream):
+            for i, m in enumerate(msgs):
+                producer.send(topic, value=m, partition=i % PARTITIONS)
+            producer.flush()
+            produced += len(msgs)
+            single.wait(lambda: _consumed([single]) >= produced, 90, f"single: window {k} consumed")
+            single.wait(lambda: _consumed(replicas) >= produced, 90, f"replicas: window {k} consumed")
+        single.wait(lambda: len(_windows([single])) >= WINDOWS - 1, 60, "single: windows closed")
+        single.wait(lambda: len(_windows(replicas)) >= WINDOWS - 1, 90, "replicas: windows closed")
+        ((alerts_single, alerts_cluster)) = [
+            receiver.wait_for(lambda p: sum(x["status"] == "resolved" for x in p) >= 1, 60, path=p)
+            for p in ("/single", "/cluster")]
+        time.sleep(3)  # a duplicate page would come within the outbox's first retry
+        [agg] = _aggregators(replicas)
+        status = agg.status()
+        metrics = agg.metrics()
+        workers = [d for d in replicas if d is not agg]
+        worker_metrics = [d.metrics() for d in workers]
+        for d in daemons:
+            assert d.terminate(timeout=30)[0] == 0
+    finally:
+        producer.close()
+        for d in daemons:
+            d.close()
+        receiver.close()
+
+    one, many = _windows([single]), _windows(replicas)
+    starts = sorted(one)[:WINDOWS - 1]
+    assert sorted(many)[:WINDOWS - 1] == starts
+    for s in starts:
+        a, b = one[s], many[s]
+        assert a["window"]["events"] == b["window"]["events"] == PER_WINDOW
+        assert a["drifted"] == b["drifted"]
+        for name, fa in a["features"].items():
+            fb = b["features"][name]
+            assert fa["drift"] == fb["drift"], (s, name)
+            assert fa["distribution"]["counts"] == fb["distribution"]["counts"], (s, name)  # exact: counts add
+            assert fa["distribution"]["missing"] == fb["distribution"]["missing"]
+            # the means and variances combine in another order (Chan et al.): equal to rounding
+            for key in ("score", "p_value"):
+                va, vb = fa.get(key), fb.get(key)
+                if isinstance(va, float):
+                    assert vb == pytest.approx(va, rel=1e-9, abs=1e-12), (s, name, key)
+        assert a["segments"]["channel"].keys() == b["segments"]["channel"].keys()
+        for value, seg in a["segments"]["channel"].items():
+            other = b["segments"]["channel"][value]
+            assert (seg["events"], seg["drifted"]) == (other["events"], other["drifted"])
+    assert {k for k, w in one.items() if w["drifted"]} == {start + k * DURATION for k in DRIFTED}
+
+    # one page per alert: the same notifications as the single process, each exactly once
+    def lifecycle(payloads):
+        return sorted((x["dedup_key"], x["status"], x["window"]["start"]) for x in payloads)
+
+    assert lifecycle(alerts_cluster) == lifecycle(alerts_single)
+    keys = [(x["dedup_key"], x["status"]) for x in alerts_cluster]
+    assert len(keys) == len(set(keys)) and ("car-loan/feature_drift/car_value", "firing") in keys
+    assert ("car-loan/feature_drift/car_value", "resolved") in keys
+
+    # the global metrics on the aggregator only; every replica consumed a share
+    key = lambda name, **labels: (name, tuple(sorted({"model": "car-loan", **labels}.items())))  # noqa: E731
+    assert status["cluster"]["late_partials"] == 0 and status["windows_evaluated"] == WINDOWS - 1
+    assert metrics[key("driftmon_cluster_aggregator")] == 1
+    assert metrics[key("driftmon_windows_evaluated_total")] == WINDOWS - 1
+    assert key("driftmon_feature_drift_detected", feature="car_value") in metrics
+    for m in worker_metrics:
+        assert m[key("driftmon_cluster_aggregator")] == 0
+        assert key("driftmon_feature_drift_detected", feature="car_value") not in m
+        assert m[key("driftmon_messages_consumed_total")] > 0
+    assert sum(m[key("driftmon_messages_consumed_total")] for m in [metrics, *worker_metrics]) \
+        == WINDOWS * PER_WINDOW
