@@ -38,30 +38,9 @@ from monitor.pipeline import Pipeline
 from monitor.source import client_options
 from monitor.window import Window
 
-__all__ = ["Cluster", "Worker", "Aggregator", "merge_window", "check_copartitioned"]
+__all__ = ["Cluster", "Worker", "Aggregator", "check_copartitioned"]
 
 log = logging.getLogger(__name__)
-
-
-def merge_window(into: Window, other: Window) -> Window:
-    """Add ``other``'s events to ``into`` (same baseline and columns): counts, histograms and sums add."""
-    for name, acc in into.accumulators.items():
-        acc.merge(other.accumulators[name])
-    into.events += other.events
-    into.invalid += other.invalid
-    into.first_time = min(into.first_time, other.first_time)
-    into.last_time = max(into.last_time, other.last_time)
-    for key, (first, last) in other.offsets.items():
-        into.add_offsets(key, first, last)
-    for key, value in other.estimated.items():
-        into.estimated[key] += value
-    for field, subs in other.by_segment.items():
-        mine = into.by_segment.setdefault(field, {})
-        for value, sub in subs.items():
-            if value not in mine:
-                mine[value] = Window(into.baseline, names=into.names)
-            merge_window(mine[value], sub)
-    return into
 
 
 class _PartitionPipeline(Pipeline):
@@ -170,7 +149,8 @@ class Aggregator:
         if window is None:
             window = self.open[start] = self.pipeline._new_window(0, start, record["end"])
         part = self.pipeline._new_window(0, start, record["end"]).load_state_dict(record["window"])
-        merge_window(window, part)
+        part.index = window.index  # the worker's own count of its partition's windows
+        window.merge(part)  # exact: counts and histograms add (Window.merge)
 
     def close(self, partitions: int, now: float) -> list[dict]:
         """Evaluate the windows every source partition has reported past (or whose grace is over), oldest first."""
