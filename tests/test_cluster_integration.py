@@ -181,3 +181,70 @@ def test_three_replicas_give_the_single_process_verdicts_and_one_page(tmp_path, 
         assert m[key("driftmon_messages_consumed_total")] > 0
     assert sum(m[key("driftmon_messages_consumed_total")] for m in [metrics, *worker_metrics]) \
         == WINDOWS * PER_WINDOW
+
+
+def test_kill_9_of_the_aggregator_and_a_worker_loses_and_double_counts_nothing(tmp_path, kafka_broker):
+    """Mid-stream, the aggregator and another replica die with kill -9 and come back on empty state
+    directories (emptyDir): every window still holds exactly its events, and each notification reaches
+    the receiver with one notification_id (at-least-once delivery, one alert lifecycle)."""
+    receiver = Receiver()
+    topic = kafka_broker.create_topic(f"predictions-{uuid.uuid4().hex[:8]}", partitions=PARTITIONS)
+    path, _ = _config(tmp_path, kafka_broker, topic, receiver)
+    cluster = {"enabled": True, "grace": "10m"}
+    replicas = [_replica(tmp_path, path, f"r{i}", cluster) for i in range(3)]
+    start = (int(time.time() // DURATION) + 30) * DURATION
+    stream = _stream(start)
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, linger_ms=5)
+    everyone = list(replicas)
+    try:
+        for d in replicas:
+            d.start()
+        for d in replicas:
+            d.wait(lambda d=d: d.get("/readyz") == b"ready: baseline loaded and consuming\n", 90, "an assignment")
+        first = replicas[0]
+        first.wait(lambda: len(_aggregators(replicas)) == 1, 60, "one aggregator")
+        for k, msgs in enumerate(stream):
+            for i, m in enumerate(msgs):
+                producer.send(topic, value=m, partition=i % PARTITIONS)
+            producer.flush()
+            if k == 3:  # mid-stream, while the replicas work on it
+                [agg] = _aggregators(replicas)
+                other = next(d for d in replicas if d is not agg)
+                first.wait(lambda: (agg.status() or {}).get("messages_consumed", 0) > 0, 30, "consuming")
+                agg.kill9()
+                other.kill9()
+                survivors = [d for d in replicas if d not in (agg, other)]
+                back = [_replica(tmp_path, path, f"{name}-again", cluster) for name in ("agg", "worker")]
+                everyone += back
+                for d in back:
+                    d.start()
+                replicas = survivors + back
+        alive = replicas[0]
+        alive.wait(lambda: len(_windows(everyone)) >= WINDOWS - 1, 180, "windows closed")
+        payloads = receiver.wait_for(lambda p: any(x["status"] == "resolved" for x in p), 60, path="/cluster")
+        time.sleep(3)
+        payloads = receiver.payloads("/cluster")
+        [agg] = alive.wait(lambda: (a := _aggregators(replicas)) and len(a) == 1 and a, 60, "one aggregator")
+        status = agg.status()
+        for d in replicas:
+            assert d.terminate(timeout=30)[0] == 0
+    finally:
+        producer.close()
+        for d in everyone:
+            d.close()
+        receiver.close()
+    logs = "\n".join(open(d.log_path, errors="replace").read() for d in everyone)
+    assert "restored its changelog" in logs  # a new aggregator took over from the changelog
+    windows = _windows(everyone)
+    starts = sorted(windows)[:WINDOWS - 1]
+    assert starts == [start + k * DURATION for k in range(WINDOWS - 1)]
+    assert [windows[s]["window"]["events"] for s in starts] == [PER_WINDOW] * (WINDOWS - 1)
+    assert {s for s in starts if windows[s]["drifted"]} == {start + k * DURATION for k in DRIFTED}
+    assert status["cluster"]["late_partials"] == 0
+    # one lifecycle: each (alert, status) once, or again with the same notification_id (at-least-once)
+    by_step: dict = {}
+    for x in payloads:
+        by_step.setdefault((x["dedup_key"], x["status"]), set()).add(x["notification_id"])
+    assert all(len(keys) == 1 for keys in by_step.values()), by_step
+    assert {("car-loan/feature_drift/car_value", "firing"), ("car-loan/feature_drift/car_value", "resolved")} \
+        <= set(by_step)
