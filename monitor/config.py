@@ -106,6 +106,11 @@ class KafkaConfig(_Node):
     # Records larger than this are rejected unparsed (reason too_large); Kafka's own default record limit.
     max_message_bytes: int = 1_048_576
     dead_letter_topic: str | None = None
+    # Dead-letter copies are cut to this many bytes (headers driftmon-truncated, driftmon-original-bytes),
+    # under the broker's default max.message.bytes (1048588) with room for the headers.
+    dead_letter_max_bytes: int = 1_000_000
+    # How long a checkpoint waits for dead letters to be acknowledged before counting them unconfirmed.
+    dead_letter_timeout: str = "10s"
     labels_topic: str | None = None  # labels arriving later, joined to predictions by id
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
@@ -143,6 +148,9 @@ class KafkaConfig(_Node):
                 raise ValueError(f"`{key}` must be between 1 and 2147483647, got {getattr(self, key)}")
         _durations(self, "commit_interval")
         _durations(self, "lag_interval")
+        _durations(self, "dead_letter_timeout")
+        if not 1024 <= self.dead_letter_max_bytes <= 104_857_600:
+            raise ValueError("`dead_letter_max_bytes` must be between 1024 and 104857600")
         if self.max_message_bytes < 1:
             raise ValueError("`max_message_bytes` must be at least 1")
         if self.dead_letter_topic is not None and not self.dead_letter_topic.strip():

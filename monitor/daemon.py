@@ -18,6 +18,7 @@ from monitor import __version__
 from monitor.alerting import AlertEngine, window_end_seconds
 from monitor.baseline import Baseline
 from monitor.config import Config, ConfigError
+from monitor.deadletter import DeadLetters
 from monitor.durability import CheckpointPolicy
 from monitor.health import BrokerHealth
 from monitor.metrics import DriftmonCollector, make_registry
@@ -134,6 +135,8 @@ class Daemon:
                                request_timeout=config.http.request_timeout_seconds,
                                max_connections=config.http.max_connections)
         self.source: KafkaSource | None = None
+        kafka = config.kafka
+        self.dead_letters = DeadLetters(kafka) if kafka is not None and kafka.dead_letter_topic else None
         self.scheduler: BackgroundScheduler | None = None
         self._gc_thresholds: tuple | None = None
         self._publish()
@@ -245,9 +248,10 @@ class Daemon:
     def checkpoint(self, force: bool = False) -> bool:
         """Make the state as of this call durable (see :meth:`CheckpointPolicy.checkpoint`); True when it is."""
         if self.cluster is not None:
+            self._settle_dead_letters()
             with self.lock:
                 return self.cluster.checkpoint(force)
-        return self.policy.checkpoint(self.lock, self._snapshot, force, before=self._flush_dead_letters,
+        return self.policy.checkpoint(self.lock, self._snapshot, force, before=self._dead_letter_mark,
                                       on_durable=self._durable)
 
     def _snapshot(self) -> tuple[dict, dict]:
@@ -255,9 +259,19 @@ class Daemon:
                  "outgoing": self._outgoing}
         return state, dict(state["pipeline"]["positions"])
 
-    def _flush_dead_letters(self) -> None:
-        if self.source is not None and self.config.kafka.dead_letter_topic:
-            self.source.flush()  # rejected messages reach the dead-letter topic before their offsets are durable
+    def _dead_letter_mark(self):
+        """Under the lock, with the snapshot: the wait for the dead letters of the records it covers. They are
+        acknowledged (or counted failed or unconfirmed) before it is written; a crash re-reads, and re-sends,
+        whatever comes after it. Callers that hold the lock settle them first (:meth:`_settle_dead_letters`)."""
+        if self.dead_letters is None:
+            return None
+        mark = self.dead_letters.enqueued
+        return lambda: self.dead_letters.wait(mark)
+
+    def _settle_dead_letters(self, timeout: float | None = None) -> None:
+        """Wait, without the lock, for the dead letters in flight, before a checkpoint taken under the lock."""
+        if self.dead_letters is not None and self.dead_letters.pending:
+            self.dead_letters.wait(self.dead_letters.enqueued, timeout)
 
     def _durable(self, state: dict) -> None:
         if state["pipeline"].get("performance"):  # the label join's undo records this covers can go
@@ -286,6 +300,7 @@ class Daemon:
             return
         if not self.idle or self._outgoing is not None:
             return
+        self._settle_dead_letters()  # (the consuming loop is idle: it is not producing more meanwhile)
         with self.lock:
             self._handle(self.pipeline.tick(time.time()))
             self._publish()
@@ -298,6 +313,7 @@ class Daemon:
 
     def _consume_once(self) -> None:
         if self._outgoing is not None:  # closed windows wait for a durable checkpoint (a full disk?)
+            self._settle_dead_letters()
             with self.lock:
                 self._handle([])  # tries the checkpoint and the emission again, with backoff
         self._pause(self._outgoing is not None)
@@ -335,8 +351,8 @@ class Daemon:
     def _process(self, batches) -> None:
         started = time.perf_counter()
         labels_topic = self.config.kafka.labels_topic
-        with self.lock:
-            for pb in batches:
+        for pb in batches:
+            with self.lock:
                 if not self.source.owns(pb):
                     continue  # revoked since the poll: its next owner reads it (see KafkaSource.owns)
                 if self.cluster is not None and pb.topic == self.config.kafka.topic:
@@ -353,12 +369,20 @@ class Daemon:
                     results = []
                 else:
                     results, batch = self.pipeline.process(pb.values, pb.times, pb.key, pb.offsets)
-                if batch.rejected and self.config.kafka.dead_letter_topic:
-                    self.source.dead_letter(
+                if batch.rejected and self.dead_letters is not None:
+                    self.dead_letters.put(  # never blocks: sent on their own thread
                         [(pb.values[i], reason, f"{pb.key}:{int(pb.offsets[i])}") for i, reason in batch.rejected])
+                self._changed = True
+                closing = results or self.pipeline.performance or self._outgoing is not None
+                if not (closing and self.dead_letters is not None and self.dead_letters.pending):
+                    self._handle(results)  # in the same hold of the lock, as without dead letters
+                    self._publish()
+                    continue
+            # A window closed with dead letters in flight: its checkpoint waits for them, not under the lock.
+            self._settle_dead_letters()
+            with self.lock:
                 self._handle(results)
-            self._changed = True
-            self._publish()
+                self._publish()
         self.batch_seconds.labels(self.model).observe(time.perf_counter() - started)
 
     def _commit(self, timeout_ms: int = 1500) -> None:
@@ -413,6 +437,8 @@ class Daemon:
         self._gc_thresholds = gc.get_threshold()
         gc.set_threshold(GC_GEN0_THRESHOLD, *self._gc_thresholds[1:])  # see GC_GEN0_THRESHOLD
         self.dispatcher.start()
+        if self.dead_letters is not None:
+            self.dead_letters.start()
         unavailable = kafka.unavailable_after_seconds
         # Probe often enough that an outage is seen well within `unavailable_after`.
         probe_every = min(kafka.lag_interval_seconds, unavailable / 3)
@@ -509,6 +535,8 @@ class Daemon:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
         if self.source is not None:
+            # SIGTERM exits within the stop budget even when the dead-letter topic is down
+            self._settle_dead_letters(timeout=min(1.0, max(0.0, self._stop_left() - 3.0)))
             if self.checkpoint(force=True) and self._outgoing is not None:
                 with self.lock:
                     self._emit_pending()  # else the restart emits them from the checkpoint
@@ -529,6 +557,8 @@ class Daemon:
             self.source = None
         if self.cluster is not None:
             self.cluster.close()
+        if self.dead_letters is not None:
+            self.dead_letters.close(timeout=min(0.5, max(0.1, self._stop_left() - 0.8)))
         self.dispatcher.close(timeout=min(1.0, max(0.1, self._stop_left() - 0.3)))
         self.outbox.close()
         if self.pipeline.tracker is not None:

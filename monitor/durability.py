@@ -46,12 +46,13 @@ class CheckpointPolicy:
         self._save_lock = threading.Lock()
 
     def checkpoint(self, lock, snapshot: Callable[[], tuple[dict, dict]], force: bool = False,
-                   before: Callable[[], None] | None = None,
+                   before: Callable[[], Callable[[], None] | None] | None = None,
                    on_durable: Callable[[dict], None] | None = None) -> bool:
         """Take a snapshot under ``lock`` and write it outside; True when the state as of this call is durable.
 
-        ``snapshot()`` returns the state to write and its positions; ``before()`` runs first, under the lock
-        (the dead letters reach their topic before their offsets can become durable); ``on_durable(state)``
+        ``snapshot()`` returns the state to write and its positions; ``before()`` runs first, under the lock,
+        and may return a callable that runs outside it before the write (the dead letters of the records
+        the snapshot covers are settled before their offsets can become durable); ``on_durable(state)``
         runs once the state is on disk (the label join drops the undo records it covers). A write that fails is
         counted and retried with backoff (``force`` tries at once); meanwhile nothing is committed past the
         last durable checkpoint, so a crash loses nothing either.
@@ -62,13 +63,14 @@ class CheckpointPolicy:
                     return self._saved >= self._snapshots  # the checkpoint on disk is current
             if not force and not self.retry.due():
                 return False
-            if before is not None:
-                before()
+            settle = before() if before is not None else None
             self.changed = False
             self._snapshots += 1
             seq = self._snapshots
             state, positions = snapshot()
             text = self.store.encode(state)
+        if settle is not None:
+            settle()  # outside the lock: /status and /metrics never wait for the broker
         with self._save_lock:
             if seq <= self._saved:
                 return True  # a newer snapshot is on disk already
@@ -95,12 +97,12 @@ class CheckpointPolicy:
         return time.monotonic() - self.last_commit >= self.commit_seconds
 
     def commit(self, source, timeout_ms: int = 10_000, reachable: bool = True) -> None:
-        """Commit the durable positions through ``source`` (dead letters flushed first), when they moved.
+        """Commit the durable positions through ``source`` when they moved (a durable checkpoint was written
+        after the dead letters it covers were settled, see :meth:`checkpoint`).
 
         ``reachable`` False (the broker is known to be down) skips the commit: it would only wait, and the
         next one after the broker is back covers these positions.
         """
-        source.flush()  # dead letters are durable before their offsets are committed
         positions = self.durable()
         self.last_commit = time.monotonic()
         if positions == self.committed or not reachable:

@@ -80,6 +80,11 @@ NAMES = {
     "multivariate_drift_score": ("gauge", "Multivariate statistic of the last window it judged: pca_reconstruction "
                                           "the error shift in per-row stds, domain_classifier the held-out ROC AUC."),
     "multivariate_drift_p_value": ("gauge", "p-value of the multivariate method's test in the last window it judged."),
+    "dead_letters_sent": ("counter", "Rejected messages acknowledged by the dead-letter topic."),
+    "dead_letters_failed": ("counter", "Dead letters not sent, or not acknowledged before their offsets were checkpointed, "
+                                       "by reason."),
+    "dead_letters_truncated": ("counter", "Dead letters whose payload was cut to kafka.dead_letter_max_bytes."),
+    "dead_letters_pending": ("gauge", "Dead letters queued or in flight, not yet acknowledged."),
     "multivariate_evaluations": ("counter", "Domain-classifier evaluations finished, and windows it skipped (rate limit)."),
 }
 
@@ -180,6 +185,10 @@ class DriftmonCollector(Collector):
         if health is not None:
             yield from self._health_families(m, health)
 
+        dead = getattr(s, "dead_letters", None)
+        if dead is not None:
+            yield from self._dead_letter_families(m, dead)
+
         cluster = getattr(s, "cluster", None)
         if cluster is not None:
             for key, value in (("cluster_aggregator", 1 if cluster.active else 0),
@@ -209,6 +218,25 @@ class DriftmonCollector(Collector):
                 fam = _family(key, [])
                 fam.add_metric([m], value)
                 yield fam
+
+    @staticmethod
+    def _dead_letter_families(m: str, dead):
+        from monitor.deadletter import FAILURE_REASONS
+
+        fam = _family("dead_letters_sent", [])
+        fam.add_metric([m], dead.sent)
+        yield fam
+        fam = _family("dead_letters_failed", ["reason"])
+        failed = dict(dead.failed)
+        for reason in FAILURE_REASONS:  # pre-exported zeros
+            fam.add_metric([m, reason], failed.get(reason, 0))
+        yield fam
+        fam = _family("dead_letters_truncated", [])
+        fam.add_metric([m], dead.truncated)
+        yield fam
+        fam = _family("dead_letters_pending", [])
+        fam.add_metric([m], dead.pending)
+        yield fam
 
     def _performance_families(self, m: str, tracker, baseline):
         join = tracker.join

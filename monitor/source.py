@@ -6,7 +6,7 @@ import logging
 import threading
 
 import numpy as np
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
 
@@ -151,7 +151,6 @@ class KafkaSource:
         self._consumer: KafkaConsumer | None = None
         self._lag_client: KafkaConsumer | None = None
         self._lag_lock = threading.Lock()
-        self._producer: KafkaProducer | None = None
 
     def start(self, bootstrap_timeout_ms: int = 30_000) -> "KafkaSource":
         """Create the consumer and subscribe; raises (kafka-python's errors) when the broker cannot be
@@ -278,24 +277,8 @@ class KafkaSource:
                 lag[tp.partition] = max(0, end - position)
         return lag, caught_up
 
-    def dead_letter(self, items: list[tuple[bytes, str, str]]) -> None:
-        """Produce rejected messages (value, reason, source) to the dead-letter topic, if configured."""
-        if not self.cfg.dead_letter_topic or not items:
-            return
-        if self._producer is None:
-            self._producer = KafkaProducer(acks="all", **client_options(self.cfg))
-        for value, reason, origin in items:
-            self._producer.send(self.cfg.dead_letter_topic, value=value or b"",
-                                headers=[("driftmon-reason", reason.encode()), ("driftmon-source", origin.encode())])
-
-    def flush(self) -> None:
-        if self._producer is not None:
-            self._producer.flush(timeout=10)
-
     def close(self, timeout_s: float = 5.0) -> None:
         """Close the clients, each bounded by ``timeout_s`` (a broker that is down does not hold up exit)."""
-        if self._producer is not None:
-            self._producer.close(timeout=timeout_s)
         if self._lag_lock.acquire(timeout=min(0.2, timeout_s)):  # a probe in flight: leave its client to exit
             try:
                 if self._lag_client is not None:

@@ -67,6 +67,11 @@ class ServiceView:
     def paused(self) -> bool:
         return self.daemon.paused
 
+    @property
+    def dead_letters(self):
+        """The dead-letter sender (counters only), or None without ``kafka.dead_letter_topic``."""
+        return self.daemon.dead_letters
+
     def alert_stats(self) -> dict:
         d = self.daemon
         return {"firing": d.alerts.firing(), "flapping": d.alerts.flapping(), "sent": dict(d.dispatcher.sent),

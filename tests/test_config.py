@@ -144,6 +144,8 @@ def test_sasl_without_password_fails_at_start(monkeypatch):
     ("max_message_bytes", 0, "max_message_bytes"),
     ("max_message_bytes", "1MiB", "kafka.max_message_bytes"),
     ("dead_letter_topic", " ", "dead_letter_topic"),
+    ("dead_letter_max_bytes", 100, "dead_letter_max_bytes"),
+    ("dead_letter_timeout", "soon", "dead_letter_timeout"),
 ])
 def test_record_limits_are_validated_by_check_config(tmp_path, key, value, words):
     tree = base()
