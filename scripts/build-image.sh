@@ -26,8 +26,9 @@ export STORAGE_DRIVER=${STORAGE_DRIVER:-vfs} BUILDAH_ISOLATION=${BUILDAH_ISOLATI
 say() { printf 'build-image: %s\n' "$*" >&2; }
 die() { printf 'build-image: ERROR: %s\n' "$*" >&2; exit 1; }
 # buildah 1.28 does not read STORAGE_DRIVER itself: pass it, and the store, on every call.
-store() { buildah --root "$CACHE/storage-$STORAGE_DRIVER" --runroot "/run/driftmon-buildah-$STORAGE_DRIVER" \
-    --storage-driver "$STORAGE_DRIVER" "$@"; }
+# One run root per store (locks and mount state must not be shared between stores).
+RUNROOT=/run/driftmon-buildah-$(printf '%s' "$CACHE" | sha256sum | cut -c1-8)-$STORAGE_DRIVER
+store() { buildah --root "$CACHE/storage-$STORAGE_DRIVER" --runroot "$RUNROOT" --storage-driver "$STORAGE_DRIVER" "$@"; }
 
 case "${1:-build}" in
     buildah) shift; store "$@"; exit $? ;;
