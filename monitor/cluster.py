@@ -370,7 +370,8 @@ class Cluster:
         pipeline.pop("positions", None)
         pipeline.pop("window", None)
         return {"aggregator": self.aggregator.state_dict(), "pipeline": pipeline,
-                "alerts": daemon.alerts.state_dict(), "outgoing": daemon._outgoing}
+                "alerts": daemon.alerts.state_dict(), "outgoing": daemon._outgoing,
+                "undelivered": daemon.outbox.undelivered()}
 
     def checkpoint(self, force: bool = False) -> bool:
         """Write the aggregator's state to the changelog (acks=all) when it changed; True when durable."""
@@ -426,6 +427,8 @@ class Cluster:
                 self._consumer.seek(tp, self.aggregator.position)
             else:
                 self._consumer.seek_to_beginning(tp)
+            if state.get("undelivered"):  # in the last aggregator's outbox, not acknowledged: at-least-once
+                daemon.dispatcher.submit(state["undelivered"])
             if state.get("outgoing"):
                 daemon._outgoing = state["outgoing"]  # the last aggregator stopped between changelog and emission
         self.active = True

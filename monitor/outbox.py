@@ -134,6 +134,19 @@ class Outbox:
             rows = self._db.execute("SELECT payload FROM outbox WHERE sink = ? AND delivered = 0", (sink,)).fetchall()
         return {json.loads(r[0])["dedup_key"] for r in rows}
 
+    def undelivered(self) -> list[dict]:
+        """Notifications some sink has not acknowledged yet, oldest first, each once (scale-out keeps them
+        in the aggregator's changelog, so a new aggregator on another pod delivers them)."""
+        with self._lock:
+            rows = self._db.execute("SELECT payload FROM outbox WHERE delivered = 0 ORDER BY id").fetchall()
+        out, seen = [], set()
+        for (payload,) in rows:
+            note = json.loads(payload)
+            if note["notification_id"] not in seen:
+                seen.add(note["notification_id"])
+                out.append(note)
+        return out
+
     def pending_now(self) -> int:
         """Pending notifications, without waiting: the last count taken when a write (an fsync on a slow or
         full disk) holds the database, so a scrape never waits on the disk."""

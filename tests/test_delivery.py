@@ -361,3 +361,19 @@ def test_resend_never_overtakes_a_queued_notification(receiver):
     # a is re-sent firing; c, resolved a moment ago, is re-sent resolved (Prometheus' 15 minutes)
     assert [(x["labels"]["subject"], x["endsAt"] > x["startsAt"]) for x in body] == [("a", True), ("c", True)]
     assert body[1]["endsAt"] <= time.strftime("%Y-%m-%dT%H:%M:%S.999Z", time.gmtime())
+
+
+def test_outbox_lists_each_undelivered_notification_once(tmp_path):
+    from monitor.outbox import Outbox
+
+    box = Outbox(str(tmp_path / "outbox.sqlite"))
+    notes = [{"notification_id": f"m/feature_drift/x#1.{i}", "alert": "feature_drift", "dedup_key": "m/x"}
+             for i in range(3)]
+    for note in notes:
+        box.put(["a", "b"], note)
+    row, _, _, _ = box.head("a")
+    box.done(row)  # the first reached sink a, not sink b: still undelivered
+    row, _, _, _ = box.head("b")
+    box.done(row)
+    assert [n["notification_id"] for n in box.undelivered()] == [n["notification_id"] for n in notes[1:]]
+    box.close()

@@ -527,6 +527,7 @@ def test_schema_rejects_bad_values(helm, tmp_path, bad, key):
     ({"mode": "sidecar", "podDisruptionBudget": {"enabled": True}}, "podDisruptionBudget.enabled: only for"),
     ({"persistence": {"enabled": True}, "replicaCount": 2}, "persistence.enabled: needs replicaCount 1"),
     ({"config": {"http": {"port": 8000}}}, "http"),
+    ({"config": {"cluster": {"enabled": True}}}, "config.cluster.enabled: needs config.window.duration"),
     ({"webConfig": {"enabled": True}}, "webConfig.secretName: required with webConfig.enabled"),
     ({"webConfig": {"tlsSecretName": "t"}}, "webConfig.tlsSecretName: needs webConfig.enabled"),
     ({"webConfig": {"enabled": True, "secretName": "w"}, "serviceMonitor": {"enabled": True, "scheme": "http"}},
@@ -725,3 +726,14 @@ def test_dockerfile_hadolint():
         pytest.fail(message, pytrace=False)
     proc = subprocess.run([hadolint, str(REPO / "Dockerfile")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_scale_out_runs_replicas_on_empty_dirs(render):
+    """config.cluster.enabled with replicaCount 3: one Deployment of 3 pods, state on emptyDir, no PVC."""
+    docs = render(CHART / "ci" / "deployment-cluster-values.yaml")
+    [deployment] = by_kind(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 3 and not by_kind(docs, "PersistentVolumeClaim")
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert any("emptyDir" in v for v in volumes.values())
+    config_map = next(d for d in by_kind(docs, "ConfigMap") if "driftmon.yaml" in d.get("data", {}))
+    assert yaml.safe_load(config_map["data"]["driftmon.yaml"])["cluster"]["enabled"] is True

@@ -169,8 +169,12 @@ mode-specific switches. Renders nothing; fails with a message that names the val
 {{- end }}
 {{- else }}
 {{- if and .Values.persistence.enabled (gt (int .Values.replicaCount) 1) }}
-{{- fail "persistence.enabled: needs replicaCount 1, since every replica needs its own state directory" }}
+{{- fail "persistence.enabled: needs replicaCount 1, since every replica needs its own state directory; for one monitor over many replicas set config.cluster.enabled (state in Kafka, emptyDir)" }}
 {{- end }}
+{{- end }}
+{{- $cluster := .Values.config.cluster | default dict }}
+{{- if and $cluster.enabled (not ((.Values.config.window | default dict).duration)) }}
+{{- fail "config.cluster.enabled: needs config.window.duration (count windows are per process)" }}
 {{- end }}
 {{- end }}
 
