@@ -8,6 +8,7 @@ import numpy as np
 from monitor.baseline import Baseline
 from monitor.daemon import Daemon
 from monitor.pipeline import Pipeline
+from monitor.state import WriteRetry
 from monitor.synth import car_loan
 from tests.helpers import fill_disk, mount_tmpfs, read_jsonl, write_setup
 
@@ -102,3 +103,20 @@ def test_a_full_disk_holds_closed_windows_until_checkpoint_log_and_outbox_take_t
         daemon.outbox.close()
     finally:
         unmount()
+
+
+def test_write_retry_backs_off_doubling_to_its_cap_and_resets_on_success():
+    now = [100.0]
+    retry = WriteRetry("the checkpoint", initial=0.5, maximum=4.0, clock=lambda: now[0])
+    assert retry.due() and not retry.failing
+    waits = []
+    for _ in range(6):
+        retry.failed(OSError(28, "No space left on device"))
+        waits.append(retry.retry_at - now[0])
+        assert not retry.due()
+    assert waits == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    assert retry.failures == 6 and retry.failing and "No space left" in retry.last_error
+    now[0] += 4.0
+    assert retry.due()
+    retry.ok()
+    assert not retry.failing and retry.due() and retry.failures == 6 and retry.last_success is not None
