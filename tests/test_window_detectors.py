@@ -92,9 +92,11 @@ def test_partial_windows_merge_into_the_whole_window(setup, parts):
         mine = [m for m, o in zip(stream, owner) if o == i]
         for start in range(0, len(mine), 700):  # batches of another size than the whole's
             worker.process(mine[start:start + 700])
-    merged = workers[0].window
-    for worker in workers[1:]:
-        merged.merge(worker.window)
+    # the partials travel as JSON (a topic's records): the aggregator loads each into an empty window and merges
+    partials = [json.loads(json.dumps(w.window.state_dict())) for w in workers]
+    merged = whole.window.fresh(0).load_state_dict(partials[0])
+    for partial in partials[1:]:
+        merged.merge(whole.window.fresh(0).load_state_dict(partial))
 
     a, b = whole.window.state_dict(), merged.state_dict()
     assert a["events"] == b["events"] == WINDOW - 1
