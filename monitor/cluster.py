@@ -33,12 +33,11 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import TopicAlreadyExistsError
 
-from monitor.config import ConfigError
 from monitor.pipeline import Pipeline
 from monitor.source import client_options
 from monitor.window import Window
 
-__all__ = ["Cluster", "Worker", "Aggregator", "check_copartitioned"]
+__all__ = ["Cluster", "Worker", "Aggregator"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +64,7 @@ class Worker:
         self.parts: dict[str, _PartitionPipeline] = {}
         self.pending: list[tuple[str, dict]] = []  # (source partition, partial) not yet produced
         self.late = 0  # events older than their partition's open window (merged into it, as in single mode)
+        self.seen: dict[str, float] = {}  # partition -> when it last sent records (monotonic)
 
     def _part(self, key: str) -> _PartitionPipeline:
         part = self.parts.get(key)
@@ -75,17 +75,23 @@ class Worker:
     def process(self, key: str, values, times, offsets):
         """Feed one partition's batch; closed windows join :attr:`pending`. Returns the decoded batch."""
         part = self._part(key)
+        self.seen[key] = time.monotonic()
         before = part.late
         partials, batch = part.process(values, times, key, offsets)
         self.late += part.late - before
         self.pending += [(key, p) for p in partials]
         return batch
 
-    def tick(self, now: float) -> None:
-        """Close open windows whose end plus ``window.grace`` has passed on the clock (the worker is idle)."""
+    def tick(self, now: float, idle: bool, quiet: float = 2.0) -> None:
+        """Close open windows whose end plus ``window.grace`` has passed on the clock, for partitions that sent
+        nothing for ``quiet`` seconds (or all, when the replica is idle): a partition read from a backlog
+        keeps its window open until its events move past it, as its watermark promises."""
         grace = self.config.window.grace_seconds
+        clock = time.monotonic()
         for key, part in self.parts.items():
             window = part.window
+            if not (idle or clock - self.seen.get(key, 0.0) >= quiet):
+                continue
             if window.start is not None and window.end + grace <= now and (window.events or window.invalid):
                 self.pending.append((key, part._close(next_start=None)))
                 part.window.start = part.window.end = None  # the next event opens its own window
@@ -123,6 +129,7 @@ class Aggregator:
 
     def _reset(self) -> None:
         self.open: dict[float, Window] = {}  # window start -> merged window
+        self.arrived: dict[float, float] = {}  # window start -> when its first partial arrived (wall clock)
         self.watermarks: dict[str, float] = {}  # source partition -> all its windows before this are reported
         self.merged: dict[str, int] = {}  # source partition -> last offset merged from it
         self.closed_until = -math.inf  # end of the last closed window
@@ -148,6 +155,7 @@ class Aggregator:
         window = self.open.get(start)
         if window is None:
             window = self.open[start] = self.pipeline._new_window(0, start, record["end"])
+            self.arrived[start] = time.time()
         part = self.pipeline._new_window(0, start, record["end"]).load_state_dict(record["window"])
         part.index = window.index  # the worker's own count of its partition's windows
         window.merge(part)  # exact: counts and histograms add (Window.merge)
@@ -159,9 +167,13 @@ class Aggregator:
         results = []
         for start in sorted(self.open):
             window = self.open[start]
-            if not (window.end <= mark or window.end + self.grace <= now):
+            # the grace runs from the window's end and from its first partial's arrival: a backlog read
+            # from the past does not close windows before the partitions behind had a chance to report
+            waited = now - self.arrived.get(start, now)
+            if not (window.end <= mark or (window.end + self.grace <= now and waited >= self.grace)):
                 break
             del self.open[start]
+            self.arrived.pop(start, None)
             window.index = self.pipeline.window.index
             self.pipeline.window = window
             results.append(self.pipeline._close(next_start=None))
@@ -170,31 +182,22 @@ class Aggregator:
 
     def state_dict(self) -> dict:
         return {"open": [w.state_dict() for _s, w in sorted(self.open.items())],
+                "arrived": [self.arrived.get(s) for s in sorted(self.open)],
                 "watermarks": dict(self.watermarks), "merged": dict(self.merged),
                 "closed_until": None if math.isinf(self.closed_until) else self.closed_until,
                 "position": self.position, "late": self.late, "duplicates": self.duplicates}
 
     def load_state_dict(self, state: dict) -> "Aggregator":
         self._reset()
-        for ws in state["open"]:
+        for ws, arrived in zip(state["open"], state["arrived"]):
             self.open[ws["start"]] = self.pipeline._new_window(0).load_state_dict(ws)
+            self.arrived[ws["start"]] = arrived if arrived is not None else time.time()
         self.watermarks = dict(state["watermarks"])
         self.merged = dict(state["merged"])
         self.closed_until = -math.inf if state["closed_until"] is None else state["closed_until"]
         self.position = state["position"]
         self.late, self.duplicates = state["late"], state["duplicates"]
         return self
-
-
-def check_copartitioned(admin_consumer: KafkaConsumer, topic: str, labels_topic: str) -> None:
-    """Raise ConfigError naming both topics unless they have the same number of partitions."""
-    a = admin_consumer.partitions_for_topic(topic) or set()
-    b = admin_consumer.partitions_for_topic(labels_topic) or set()
-    if len(a) != len(b):
-        raise ConfigError("kafka.labels_topic", f"{labels_topic} has {len(b)} partitions and {topic} has {len(a)}: "
-                                                "scale-out joins labels at the worker owning the prediction's "
-                                                "partition, so both topics must have the same partition count "
-                                                "(and be keyed by id)")
 
 
 class _AggregatorListener(ConsumerRebalanceListener):
@@ -331,8 +334,7 @@ class Cluster:
         return self.aggregator.close(self.partitions, now) if self.active else []
 
     def tick(self, now: float, idle: bool) -> list[dict]:
-        if idle:
-            self.worker.tick(now)
+        self.worker.tick(now, idle)
         return self.step(now)
 
     def _run(self) -> None:

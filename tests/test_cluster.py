@@ -1,0 +1,98 @@
+"""The scale-out aggregator's rules without a broker: merge, watermark, grace, late and duplicate partials."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from monitor.cluster import Aggregator, Worker
+from monitor.pipeline import Pipeline
+from monitor.synth import car_loan
+from tests.helpers import write_setup
+
+START = 1_767_225_600.0  # a window boundary (10 s windows)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from monitor.baseline import Baseline
+
+    tmp = tmp_path_factory.mktemp("cluster")
+    _, config = write_setup(tmp, car_loan(seed=1), window={"duration": "10s"}, segments=[{"name": "channel"}])
+    return config, Baseline.load(config.baseline)
+
+
+def _worker_partials(config, baseline, messages_by_partition, now):
+    """Feed each partition's messages through a worker; return its partials as the topic carries them."""
+    worker = Worker(config, baseline)
+    for p, messages in messages_by_partition.items():
+        worker.process(f"t:{p}", messages, None, list(range(len(messages))))
+    worker.tick(now, idle=True)
+    return [json.loads(json.dumps({"partition": key, **partial})) for key, partial in worker.pending]
+
+
+def test_partials_merge_to_the_single_process_window_and_close_on_the_watermark(setup):
+    config, baseline = setup
+    messages = car_loan(seed=3).messages(3000, start_time=START + 0.5, rate=400.0)  # 7.5 s: one window
+    later = car_loan(seed=4).messages(3, start_time=START + 10.5, rate=10.0, id_prefix="next")
+    parts = {p: messages[p::3] + later[p:p + 1] for p in range(3)}  # each partition moves on to the next window
+    partials = _worker_partials(config, baseline, parts, now=START + 5)  # the clock closes nothing
+    assert [p["watermark"] for p in partials] == [START + 10] * 3
+    agg = Aggregator(Pipeline(config, baseline), "t", grace=30.0)
+    for i, record in enumerate(partials[:2]):
+        agg.add(i, record)
+    assert agg.close(3, now=START + 11) == []  # partition 2 has not reported past the window's end
+    agg.add(2, partials[2])
+    [merged] = agg.close(3, now=START + 11)
+
+    single = Pipeline(config, baseline)
+    [whole], _ = single.process(messages + later)
+    assert merged["window"]["events"] == whole["window"]["events"] == 3000
+    for name, feature in whole["features"].items():
+        assert merged["features"][name]["distribution"]["counts"] == feature["distribution"]["counts"]
+        assert merged["features"][name]["drift"] == feature["drift"]
+        if isinstance(feature.get("p_value"), float):
+            assert merged["features"][name]["p_value"] == pytest.approx(feature["p_value"], rel=1e-9, abs=1e-12)
+    for value, seg in whole["segments"]["channel"].items():
+        other = merged["segments"]["channel"][value]
+        assert (other["events"], other["status"], other["drifted"]) == (seg["events"], seg["status"], seg["drifted"])
+        assert other["effects"] == pytest.approx(seg["effects"], rel=1e-9, abs=1e-12)  # merged moments: rounding
+
+    # the same partial again (a worker re-read after a crash): a duplicate, dropped
+    agg.add(3, partials[0])
+    assert agg.duplicates == 1 and agg.late == 0
+    # a partial for the closed window with new offsets: late, counted, not merged
+    late = json.loads(json.dumps(partials[0]))
+    late["window"]["offsets"]["t:0"] = [5000, 5001]
+    agg.add(4, late)
+    assert agg.late == 1 and agg.open == {}
+
+
+def test_grace_closes_windows_of_silent_partitions_and_the_state_round_trips(setup):
+    config, baseline = setup
+    messages = car_loan(seed=5).messages(500, start_time=START + 0.5, rate=100.0)
+    [partial] = _worker_partials(config, baseline, {0: messages}, now=START + 100)  # idle: closed on the clock
+    agg = Aggregator(Pipeline(config, baseline), "t", grace=30.0)
+    agg.add(0, partial)
+    agg.arrived[START] = START - 60  # the first partial came a minute before (on the test's clock)
+    assert agg.close(2, now=START + 20) == []  # the window's end + grace is still ahead
+    state = json.loads(json.dumps(agg.state_dict()))
+    restored = Aggregator(Pipeline(config, baseline), "t", grace=30.0).load_state_dict(state)
+    assert restored.position == 1 and restored.merged == {"t:0": 499} and restored.watermarks == {"t:0": START + 10}
+    [result] = restored.close(2, now=START + 41)  # partition 1 never reported: the grace closes it
+    assert result["window"]["events"] == 500 and restored.closed_until == START + 10
+    assert math.isinf(Aggregator(Pipeline(config, baseline), "t", 1.0).closed_until)
+
+
+def test_a_busy_partition_keeps_its_window_open_on_a_busy_worker(setup):
+    config, baseline = setup
+    worker = Worker(config, baseline)
+    messages = car_loan(seed=6).messages(100, start_time=START + 0.5, rate=100.0)
+    worker.process("t:0", messages, None, list(range(100)))
+    worker.tick(START + 1000, idle=False)  # the partition just sent records: a backlog, not a silence
+    assert worker.pending == [] and worker.safe_offsets() == {"t:0": 0}
+    worker.seen["t:0"] -= 10
+    worker.tick(START + 1000, idle=False)  # silent for 10 s: closed on the clock
+    assert len(worker.pending) == 1 and worker.safe_offsets() == {"t:0": 100}
