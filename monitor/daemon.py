@@ -325,6 +325,7 @@ class Daemon:
             self.health.records_received()
             self._process(batches)
         if self.cluster is not None:
+            self._settle_dead_letters()  # the offsets committed below cover their records
             with self.lock:
                 self._handle(self.cluster.step(time.time()))
                 self._publish()
