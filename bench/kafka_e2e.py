@@ -11,9 +11,13 @@ The topic is filled once with N wide() messages. Then, alternating:
   state dir, running its consume loop (``_consume_once``, the body of ``Daemon.run``)
   until the pipeline has consumed all N messages.
 
-Both rates are counted from the moment the first non-empty poll returns (so the
-group join is left out of both) to the moment the last message is in:
-(N - first batch) / elapsed.
+Then, alternating again, the same daemon with ``kafka.client: confluent-kafka`` beside the
+kafka-python daemon and a bare confluent-kafka ``Consumer`` with the options ``ConfluentSource``
+uses (``consume()`` of 5000 records, nothing done with them): each client's end-to-end rate beside
+its bare consume rate, and the confluent-kafka daemon's speed-up over the kafka-python one (target 2x).
+
+All rates are counted from the moment the first non-empty poll returns (so the group join is left
+out) to the moment the last message is in: (N - first batch) / elapsed.
 """
 
 from __future__ import annotations
@@ -116,8 +120,33 @@ def run(quick: bool = False) -> dict:
                 raise RuntimeError(f"ceiling consumer saw only {seen} of {n_messages} messages")
             return {"rate": (n_messages - first[1]) / (end - first[0]), "seconds": end - first[0]}
 
-        def run_subject() -> dict:
-            daemon = Daemon(config_for("daemon"), baseline)
+        def run_ceiling_confluent() -> dict:
+            from confluent_kafka import Consumer
+
+            from monitor.kafka_client import ConfluentSource
+
+            kcfg = config_for("ceiling-confluent").kafka
+            consumer = Consumer(ConfluentSource(kcfg, dict)._consumer_options())  # the daemon's own options
+            consumer.subscribe([kcfg.topic])
+            seen, first = 0, None
+            deadline = time.monotonic() + 600
+            try:
+                while seen < n_messages and time.monotonic() < deadline:
+                    got = sum(m.error() is None for m in consumer.consume(kcfg.max_poll_records, 0.5))
+                    if got and first is None:
+                        first = (time.perf_counter(), got)
+                    seen += got
+                end = time.perf_counter()
+            finally:
+                consumer.close()
+            if seen < n_messages:
+                raise RuntimeError(f"bare confluent consumer saw only {seen} of {n_messages} messages")
+            return {"rate": (n_messages - first[1]) / (end - first[0]), "seconds": end - first[0]}
+
+        def run_subject(client: str = "kafka-python") -> dict:
+            config = config_for("daemon")
+            config.kafka.client = client
+            daemon = Daemon(config, baseline)
             daemon.start()
             first = []
             real_poll = daemon.source.poll
@@ -147,9 +176,43 @@ def run(quick: bool = False) -> dict:
                     "windows": windows}
 
         rounds_out = interleave(run_ceiling, run_subject, rounds, log=log, label="kafka")
+        confluent_rounds = None
+        try:
+            import confluent_kafka  # noqa: F401
+        except ImportError as exc:
+            confluent_skipped = f"confluent-kafka not installed ({exc})"
+        else:
+            confluent_skipped = None
+            # each client's daemon (kafka-python the reference), with the bare confluent consumer beside them
+            confluent_rounds = []
+            for r in range(rounds):
+                steps = [("bare", run_ceiling_confluent), ("kafka-python", run_subject),
+                         ("confluent-kafka", lambda: run_subject("confluent-kafka"))]
+                got = {}
+                for name, fn in (steps if r % 2 == 0 else steps[::-1]):
+                    got[name] = fn()
+                confluent_rounds.append(got)
+                log(f"  confluent round {r + 1}/{rounds}: bare {got['bare']['rate']:,.0f}, daemon on confluent-kafka "
+                    f"{got['confluent-kafka']['rate']:,.0f}, daemon on kafka-python {got['kafka-python']['rate']:,.0f} msg/s")
     finally:
         broker.stop()
     summary = summarize(rounds_out, "rate")
+    if confluent_rounds:
+        import statistics
+
+        speedups = [g["confluent-kafka"]["rate"] / g["kafka-python"]["rate"] for g in confluent_rounds]
+        confluent = {
+            "bare_msgs_per_s": statistics.median(g["bare"]["rate"] for g in confluent_rounds),
+            "daemon_msgs_per_s": statistics.median(g["confluent-kafka"]["rate"] for g in confluent_rounds),
+            "kafka_python_daemon_msgs_per_s": statistics.median(g["kafka-python"]["rate"] for g in confluent_rounds),
+            "speedup": statistics.median(speedups), "speedups": speedups,
+            "ratio_to_bare": statistics.median(g["confluent-kafka"]["rate"] / g["bare"]["rate"] for g in confluent_rounds),
+            "target": {"speedup": 2.0},
+            "rounds": confluent_rounds,
+        }
+        confluent["met"] = confluent["speedup"] >= 2.0
+    else:
+        confluent = {"skipped": confluent_skipped}
     return {
         "what": "monitor.daemon.Daemon consume loop (poll + Pipeline.process + checkpoints + commits) from Apache Kafka",
         "ceiling_what": "bare kafka-python KafkaConsumer, same options as KafkaSource, no processing",
@@ -169,4 +232,5 @@ def run(quick: bool = False) -> dict:
         "detail": summary,
         "target": {"ratio": TARGET_RATIO},
         "met": summary["ratio_median"] >= TARGET_RATIO,
+        "confluent": confluent,
     }

@@ -95,6 +95,15 @@ def markdown(doc: dict) -> str:
                 f"| 2. end-to-end from Apache Kafka ({k['messages']:,} msgs, daemon consume + process) "
                 f"| {_rate(k['subject_msgs_per_s'])} | {_rate(k['ceiling_msgs_per_s'])} (bare kafka-python consume) "
                 f"| {k['ratio']:.2f} | >= {k['target']['ratio']:.2f} | {_met(k)} |")
+            c = k.get("confluent") or {}
+            if "daemon_msgs_per_s" in c:
+                lines.append(
+                    f"| 2. end-to-end with `kafka.client: confluent-kafka` (bare confluent-kafka consume: "
+                    f"{_rate(c['bare_msgs_per_s'])}) | {_rate(c['daemon_msgs_per_s'])} "
+                    f"| {_rate(c['kafka_python_daemon_msgs_per_s'])} (the daemon on kafka-python) "
+                    f"| {c['speedup']:.2f} | >= {c['target']['speedup']:.1f} | {_met(c)} |")
+            elif c:
+                lines.append(f"| 2. end-to-end with confluent-kafka | {c.get('skipped') or c.get('error')} | | | >= 2.0 | skipped |")
     if "memory" in r:
         mm = r["memory"]
         if "error" in mm or "skipped" in mm:

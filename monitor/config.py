@@ -127,6 +127,8 @@ class KafkaConfig(_Node):
     ssl_check_hostname: bool = True
     # Broker unreachable this long (no answer to fetches or probes): /readyz turns 503 until it is back.
     unavailable_after: str = "30s"
+    # The client library: kafka-python (pure Python) or confluent-kafka (librdkafka; `pip install driftmon[confluent]`).
+    client: Literal["kafka-python", "confluent-kafka"] = "kafka-python"
 
     def __post_init__(self):
         if not self.topic.strip():
@@ -156,6 +158,12 @@ class KafkaConfig(_Node):
         if self.dead_letter_topic is not None and not self.dead_letter_topic.strip():
             raise ValueError("`dead_letter_topic` must not be empty (leave it out to send no dead letters)")
         _durations(self, "unavailable_after")
+        if self.client == "confluent-kafka":
+            import importlib.util
+
+            if importlib.util.find_spec("confluent_kafka") is None:
+                raise ValueError("`client: confluent-kafka` needs the confluent-kafka package "
+                                 "(pip install 'driftmon[confluent]')")
         if self.security_protocol.startswith("SASL") and self.sasl_mechanism is None:
             raise ValueError("`sasl_mechanism` is required with a SASL security_protocol")
 

@@ -27,6 +27,7 @@ from monitor.pipeline import Pipeline
 from monitor.replay import advance_alerts
 from monitor.server import HttpServer
 from monitor.sinks import Dispatcher
+from monitor.kafka_client import make_source
 from monitor.source import KafkaSource
 from monitor.state import StateStore, WriteRetry
 from monitor.view import ServiceView
@@ -472,7 +473,7 @@ class Daemon:
         while not self.stopping.is_set():
             positions = self.cluster.worker.positions if self.cluster is not None else \
                 (lambda: dict(self.pipeline.positions))
-            source = KafkaSource(kafka, positions, on_revoke=self._before_rebalance,
+            source = make_source(kafka, positions, on_revoke=self._before_rebalance,
                                  on_release=self._release)
             outcome: dict = {}
 

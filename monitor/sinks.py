@@ -266,23 +266,20 @@ class KafkaSink:
         self._producer = None
 
     def send(self, note: dict) -> None:
-        from kafka import KafkaProducer
-        from kafka.errors import KafkaError
-
-        from monitor.source import client_options
+        from monitor.kafka_client import ProduceError, make_producer
 
         try:
             if self._producer is None:
-                self._producer = KafkaProducer(acks="all", **client_options(self.kafka))
+                self._producer = make_producer(self.kafka)
             key = (note.get("idempotency_key") or note["dedup_key"]).encode()
             body = json.dumps(note, allow_nan=False, sort_keys=True).encode()
-            self._producer.send(self.cfg.topic, key=key, value=body).get(timeout=self.cfg.timeout_seconds)
-        except KafkaError as exc:
+            self._producer.send(self.cfg.topic, body, key=key, wait_s=self.cfg.timeout_seconds)
+        except ProduceError as exc:
             raise DeliveryError("kafka", f"{self.name}: {exc}") from None
 
     def close(self) -> None:
         if self._producer is not None:
-            self._producer.close(timeout=5)
+            self._producer.close(timeout_s=5)
 
 
 def make_sink(cfg: Sink, kafka: KafkaConfig | None = None):

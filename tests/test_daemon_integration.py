@@ -41,12 +41,16 @@ def receiver():
     r.close()
 
 
-def setup_daemon(tmp_path, broker, receiver=None, partitions=1, **overrides):
+#: The Kafka client libraries (kafka.client); the broker-facing tests run on each.
+CLIENTS = ["kafka-python", "confluent-kafka"]
+
+
+def setup_daemon(tmp_path, broker, receiver=None, partitions=1, client="kafka-python", **overrides):
     topic = f"predictions-{uuid.uuid4().hex[:8]}"
     broker.create_topic(topic, partitions=partitions)
     kafka = {"bootstrap_servers": broker.bootstrap, "topic": topic, "group_id": f"driftmon-{topic}",
              "max_poll_interval_ms": 6000, "session_timeout_ms": 6000, "lag_interval": "1s",
-             "commit_interval": "200ms"}
+             "commit_interval": "200ms", "client": client}
     alerts = {"webhooks": [{"url": receiver.url + "/hook"}]} if receiver else {}
     path, config = write_setup(tmp_path, car_loan(seed=1), window={"size": WINDOW}, kafka=kafka, alerts=alerts,
                                state={"dir": "state", "checkpoint_interval": "1s"}, **overrides)
@@ -54,8 +58,9 @@ def setup_daemon(tmp_path, broker, receiver=None, partitions=1, **overrides):
     return topic, path, config, daemon
 
 
-def test_daemon_metrics_status_webhooks_and_graceful_stop(tmp_path, broker, receiver):
-    topic, path, config, daemon = setup_daemon(tmp_path, broker, receiver)
+@pytest.mark.parametrize("client", CLIENTS)
+def test_daemon_metrics_status_webhooks_and_graceful_stop(tmp_path, client, broker, receiver):
+    topic, path, config, daemon = setup_daemon(tmp_path, broker, receiver, client=client)
     messages = car_loan(seed=21).messages(6000, drift_at=3000)
     bad = [b"{not json", b'{"id": "x", "car_value": "cheap"}', b'{"car_value": 1.0}', b'{"id": "y", "car_value": NaN}']
     messages[100:100] = bad
@@ -122,8 +127,9 @@ def test_daemon_metrics_status_webhooks_and_graceful_stop(tmp_path, broker, rece
     consumer.close()
 
 
-def test_kill_9_mid_stream_loses_and_double_counts_nothing(tmp_path, broker):
-    topic, path, config, daemon = setup_daemon(tmp_path, broker)
+@pytest.mark.parametrize("client", CLIENTS)
+def test_kill_9_mid_stream_loses_and_double_counts_nothing(tmp_path, client, broker):
+    topic, path, config, daemon = setup_daemon(tmp_path, broker, client=client)
     total = 24_000
     messages = car_loan(seed=33).messages(total, drift_at=12_000)
     producer = threading.Thread(target=produce, args=(broker.bootstrap, topic, messages, 3000.0))
@@ -198,10 +204,11 @@ def test_notifications_pending_at_shutdown_are_sent_after_restart(tmp_path, brok
     assert len({x["notification_id"] for x in got}) == len(got)  # nothing sent twice
 
 
-def test_committed_offsets_never_run_ahead_of_the_checkpoint(tmp_path, broker):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_committed_offsets_never_run_ahead_of_the_checkpoint(tmp_path, client, broker):
     """Offsets are committed only once their events are in a checkpoint: a restart that loses the
     checkpoint's newer part (or finds none) re-reads events instead of skipping them."""
-    topic, path, config, daemon = setup_daemon(tmp_path, broker)
+    topic, path, config, daemon = setup_daemon(tmp_path, broker, client=client)
     messages = car_loan(seed=44).messages(2000)
     checkpoint = os.path.join(config.state.dir, "checkpoint.json")
     try:
@@ -257,12 +264,13 @@ def group_caught_up(bootstrap: str, group_id: str, topic: str, partitions: int) 
         consumer.close()
 
 
-def test_replicas_share_the_group_and_rebalances_lose_and_double_count_nothing(tmp_path, kafka_broker):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_replicas_share_the_group_and_rebalances_lose_and_double_count_nothing(tmp_path, client, kafka_broker):
     """Two daemons share a group on a 4-partition topic; mid-stream a third joins and one leaves.
     Each hand-over checkpoints and commits first (on kafka-python's IO thread, awaited), so the events
     over every replica's windows equal the valid messages produced, exactly."""
     partitions = 4
-    topic, path, config, first = setup_daemon(tmp_path, kafka_broker, partitions=partitions)
+    topic, path, config, first = setup_daemon(tmp_path, kafka_broker, partitions=partitions, client=client)
     second = DaemonProcess(replica_config(tmp_path, path, "second"), free_port(), str(tmp_path / "second.log"))
     third = DaemonProcess(replica_config(tmp_path, path, "third"), free_port(), str(tmp_path / "third.log"))
     messages = car_loan(seed=61).messages(30_000)
@@ -304,10 +312,11 @@ def test_replicas_share_the_group_and_rebalances_lose_and_double_count_nothing(t
     assert sum(invalid for _, invalid in totals) == len(messages) - valid, totals
 
 
-def test_rejected_messages_go_to_the_dead_letter_topic_with_their_reason(tmp_path, broker):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_rejected_messages_go_to_the_dead_letter_topic_with_their_reason(tmp_path, client, broker):
     dlq = f"dlq-{uuid.uuid4().hex[:8]}"
     broker.create_topic(dlq)
-    topic, path, config, daemon = setup_daemon(tmp_path, broker)
+    topic, path, config, daemon = setup_daemon(tmp_path, broker, client=client)
     text = open(path).read().replace("commit_interval: 200ms", f"commit_interval: 200ms\n  dead_letter_topic: {dlq}")
     open(path, "w").write(text)
     messages = car_loan(seed=71).messages(50)

@@ -25,7 +25,7 @@ from monitor.tansu import free_port
 from tests import brokers
 from tests.daemon_proc import DaemonProcess
 from tests.helpers import write_setup
-from tests.test_daemon_integration import produce
+from tests.test_daemon_integration import CLIENTS, produce
 
 pytestmark = pytest.mark.integration
 
@@ -108,10 +108,12 @@ def run_and_consume(tmp_path, broker, listener, secure, env, secrets, messages, 
 POISON = [b"{not json", b'{"id": "x", "car_value": "cheap"}']
 
 
-def test_tls_with_server_verification_consumes_and_dead_letters(tmp_path, secure_broker):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_tls_with_server_verification_consumes_and_dead_letters(tmp_path, secure_broker, client):
     messages = car_loan(seed=3).messages(2500)
     messages[7:7] = POISON
-    dlq, daemon, _ = run_and_consume(tmp_path, secure_broker, "SSL", {"security_protocol": "SSL"}, {}, [],
+    dlq, daemon, _ = run_and_consume(tmp_path, secure_broker, "SSL", {"security_protocol": "SSL", "client": client},
+                                     {}, [],
                                      messages)
     try:
         status = daemon.wait_windows(2)
@@ -123,13 +125,14 @@ def test_tls_with_server_verification_consumes_and_dead_letters(tmp_path, secure
     assert [r.value for r in read_topic(secure_broker, dlq, 2)] == POISON
 
 
-def test_mutual_tls_with_an_encrypted_client_key_from_a_file(tmp_path, secure_broker):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_mutual_tls_with_an_encrypted_client_key_from_a_file(tmp_path, secure_broker, client):
     passphrase_file = tmp_path / "key-passphrase"
     passphrase_file.write_text(secure_broker.pki.client_key_password + "\n")
     messages = car_loan(seed=4).messages(2000)
     messages[5:5] = POISON
     dlq, daemon, _ = run_and_consume(
-        tmp_path, secure_broker, "MTLS", mtls(secure_broker, ssl_password_file=str(passphrase_file)), {},
+        tmp_path, secure_broker, "MTLS", mtls(secure_broker, ssl_password_file=str(passphrase_file), client=client), {},
         [secure_broker.pki.client_key_password], messages)
     try:
         assert daemon.wait_windows(2)["messages_consumed"] == 2002
@@ -140,13 +143,14 @@ def test_mutual_tls_with_an_encrypted_client_key_from_a_file(tmp_path, secure_br
     assert [r.value for r in read_topic(secure_broker, dlq, 2)] == POISON
 
 
-def test_scram_sha_512_over_tls_consumes_dead_letters_and_alerts_to_kafka(tmp_path, secure_broker):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_scram_sha_512_over_tls_consumes_dead_letters_and_alerts_to_kafka(tmp_path, secure_broker, client):
     alerts_topic = secure_broker.create_topic(f"alerts-{uuid.uuid4().hex[:8]}")
     alerts = {"sinks": [{"type": "kafka", "name": "bus", "topic": alerts_topic, "alerts": ["feature_drift"]}]}
     env = {"DRIFTMON_KAFKA_SASL_PASSWORD": brokers.SCRAM_PASSWORD}
     messages = car_loan(seed=5).messages(5000, drift_at=1000)
     messages[3:3] = POISON
-    dlq, daemon, _ = run_and_consume(tmp_path, secure_broker, "SCRAM", scram(), env, [brokers.SCRAM_PASSWORD],
+    dlq, daemon, _ = run_and_consume(tmp_path, secure_broker, "SCRAM", scram(client=client), env, [brokers.SCRAM_PASSWORD],
                                      messages, alerts=alerts)
     try:
         daemon.wait_windows(5)

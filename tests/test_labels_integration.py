@@ -17,14 +17,15 @@ from monitor.tansu import free_port
 from tests.daemon_proc import DaemonProcess
 from tests.helpers import read_jsonl
 from tests.labelled import config as labelled_config, label_messages, labelled, messages
-from tests.test_daemon_integration import produce
+from tests.test_daemon_integration import CLIENTS, produce
 
 pytestmark = pytest.mark.integration
 
 WINDOW = 2000
 
 
-def test_late_out_of_order_labels_join_and_survive_a_kill(tmp_path, broker):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_late_out_of_order_labels_join_and_survive_a_kill(tmp_path, broker, client):
     suffix = uuid.uuid4().hex[:8]
     preds_topic, labels_topic = f"preds-{suffix}", f"labels-{suffix}"
     broker.create_topic(preds_topic)
@@ -32,7 +33,8 @@ def test_late_out_of_order_labels_join_and_survive_a_kill(tmp_path, broker):
     pq.write_table(pa.table(labelled(20_000, seed=1)), tmp_path / "train.parquet")
     tree = labelled_config(
         kafka={"bootstrap_servers": broker.bootstrap, "topic": preds_topic, "labels_topic": labels_topic,
-               "group_id": f"driftmon-{suffix}", "max_poll_interval_ms": 6000, "session_timeout_ms": 6000},
+               "group_id": f"driftmon-{suffix}", "max_poll_interval_ms": 6000, "session_timeout_ms": 6000,
+               "client": client},
         window={"size": WINDOW}, labels={"window": WINDOW, "positive": "1", "ttl": "30d", "timestamp_path": "timestamp"},
         state={"dir": "state", "checkpoint_interval": "1s"})
     (tmp_path / "driftmon.yaml").write_text(yaml.safe_dump(tree))

@@ -1,0 +1,450 @@
+"""Every Kafka client of the daemon behind one small interface, on kafka-python or confluent-kafka.
+
+``kafka.client`` picks the library: ``kafka-python`` (the default, pure Python) or
+``confluent-kafka`` (librdkafka, the optional extra ``driftmon[confluent]``: it parses records in C,
+several times faster). The rest of driftmon uses only what this module returns:
+
+- :func:`make_source` -> a consumer-group source with ``start(bootstrap_timeout_ms)``,
+  ``poll(timeout_ms) -> [PartitionBatch]``, ``owns(batch)``, ``pause(bool)``, ``commit(positions,
+  timeout_ms)``, ``probe(positions, timeout_ms)``, ``lag(positions)``, ``dead_letter(items)``,
+  ``flush()``, ``close(timeout_s)`` and the attributes ``assigned`` and ``rebalances``; rebalance
+  hand-overs go through the ``on_revoke`` and ``on_release`` callbacks (see
+  :class:`monitor.source.KafkaSource`, the kafka-python one).
+- :func:`make_producer` -> ``send(topic, value, headers)``, ``flush(timeout_s)``, ``close(timeout_s)``
+  (alert sinks, dead letters), raising :class:`ProduceError` when a record is refused.
+- :func:`create_topics` (the demo's and tests' admin needs).
+
+Both implementations read the same :class:`~monitor.config.KafkaConfig`, with the same TLS and SASL
+settings and the same start-up security check (:func:`monitor.kafka_security.check_brokers`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+
+from monitor.config import ConfigError, KafkaConfig, kafka_secrets, ssl_key_password
+
+__all__ = ["ConfluentSource", "ProduceError", "create_topics", "make_producer", "make_source"]
+
+log = logging.getLogger(__name__)
+
+
+class ProduceError(Exception):
+    """A record the broker did not take (after the client's own retries)."""
+
+
+def make_source(cfg: KafkaConfig, positions, on_revoke=None, on_release=None):
+    """The consumer-group source for ``cfg.client`` (not started)."""
+    if cfg.client == "confluent-kafka":
+        return ConfluentSource(cfg, positions, on_revoke=on_revoke, on_release=on_release)
+    from monitor.source import KafkaSource
+
+    return KafkaSource(cfg, positions, on_revoke=on_revoke, on_release=on_release)
+
+
+def make_producer(cfg: KafkaConfig):
+    """A producer (acks=all) for ``cfg.client``."""
+    if cfg.client == "confluent-kafka":
+        return _ConfluentProducer(cfg)
+    return _KafkaPythonProducer(cfg)
+
+
+def create_topics(cfg: KafkaConfig, topics: dict[str, int], timeout_s: float = 30.0) -> None:
+    """Create topics (name -> partitions), replication factor 1; existing ones are left alone."""
+    if cfg.client == "confluent-kafka":
+        from confluent_kafka import KafkaException
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        admin = AdminClient(librdkafka_options(cfg))
+        futures = admin.create_topics([NewTopic(t, n, 1) for t, n in topics.items()], request_timeout=timeout_s)
+        for future in futures.values():
+            try:
+                future.result(timeout=timeout_s)
+            except KafkaException as exc:
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise
+        return
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    from monitor.source import client_options
+
+    admin = KafkaAdminClient(**client_options(cfg))
+    try:
+        admin.create_topics([NewTopic(t, n, 1) for t, n in topics.items()])
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        admin.close()
+
+
+# ---- kafka-python -----------------------------------------------------------------------------------
+
+class _KafkaPythonProducer:
+    def __init__(self, cfg: KafkaConfig):
+        from kafka import KafkaProducer
+        from kafka.errors import KafkaError
+
+        from monitor.source import client_options
+
+        try:
+            self._producer = KafkaProducer(acks="all", **client_options(cfg))
+        except KafkaError as exc:  # no broker reachable: the caller retries
+            raise ProduceError(str(exc)) from None
+
+    def send(self, topic: str, value: bytes, headers=None, key: bytes | None = None, wait_s: float | None = None):
+        from kafka.errors import KafkaError
+
+        try:
+            future = self._producer.send(topic, value=value, key=key, headers=headers or [])
+            if wait_s is not None:
+                future.get(timeout=wait_s)
+        except KafkaError as exc:
+            raise ProduceError(str(exc)) from None
+
+    def flush(self, timeout_s: float = 10.0) -> None:
+        self._producer.flush(timeout=timeout_s)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._producer.close(timeout=timeout_s)
+
+
+# ---- confluent-kafka (librdkafka) -------------------------------------------------------------------
+
+def librdkafka_options(cfg: KafkaConfig) -> dict:
+    """Connection and security settings in librdkafka's names (the same config keys as kafka-python's)."""
+    servers = cfg.bootstrap_servers
+    options = {
+        "bootstrap.servers": servers if isinstance(servers, str) else ",".join(servers),
+        "client.id": cfg.client_id,
+        "security.protocol": cfg.security_protocol.lower(),
+        "reconnect.backoff.max.ms": 1000,
+    }
+    if cfg.sasl_mechanism:
+        options["sasl.mechanism"] = cfg.sasl_mechanism
+        if cfg.sasl_plain_username:
+            options["sasl.username"] = cfg.sasl_plain_username
+        password = kafka_secrets(cfg).get("sasl_plain_password")
+        if password:
+            options["sasl.password"] = password
+    if cfg.security_protocol.endswith("SSL"):
+        if cfg.ssl_cafile:
+            options["ssl.ca.location"] = cfg.ssl_cafile
+        if cfg.ssl_certfile:
+            options["ssl.certificate.location"] = cfg.ssl_certfile
+        if cfg.ssl_keyfile:
+            options["ssl.key.location"] = cfg.ssl_keyfile
+        key_password = ssl_key_password(cfg)
+        if key_password:
+            options["ssl.key.password"] = key_password
+        options["ssl.endpoint.identification.algorithm"] = "https" if cfg.ssl_check_hostname else "none"
+    return options
+
+
+def _check_security(cfg: KafkaConfig) -> None:
+    """The same one-shot TLS/SASL check as the kafka-python source (a refusal is one line, exit 2)."""
+    if cfg.security_protocol == "PLAINTEXT":
+        return
+    from monitor.kafka_security import check_brokers
+    from monitor.source import client_options
+
+    check_brokers(cfg, client_options(cfg))
+
+
+class _ConfluentProducer:
+    def __init__(self, cfg: KafkaConfig):
+        from confluent_kafka import Producer
+
+        self._producer = Producer({**librdkafka_options(cfg), "acks": "all", "linger.ms": 5})
+
+    def send(self, topic: str, value: bytes, headers=None, key: bytes | None = None, wait_s: float | None = None):
+        failed = []
+
+        def report(err, _msg):
+            if err is not None:
+                failed.append(err)
+
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, headers=headers or [], on_delivery=report)
+                break
+            except BufferError:  # the local queue is full: serve deliveries, then try again
+                self._producer.poll(0.1)
+        self._producer.poll(0)
+        if wait_s is not None:
+            if self._producer.flush(wait_s) > 0:
+                raise ProduceError(f"not delivered within {wait_s:g} s")
+            if failed:
+                raise ProduceError(str(failed[0]))
+
+    def flush(self, timeout_s: float = 10.0) -> None:
+        self._producer.flush(timeout_s)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._producer.flush(timeout_s)
+
+
+class _Record:
+    __slots__ = ("topic", "partition")
+
+    def __init__(self, topic: str, partition: int):
+        self.topic = topic
+        self.partition = partition
+
+    def __hash__(self):
+        return hash((self.topic, self.partition))
+
+    def __eq__(self, other):
+        return (self.topic, self.partition) == (other.topic, other.partition)
+
+    def __lt__(self, other):
+        return (self.topic, self.partition) < (other.topic, other.partition)
+
+
+def _key(topic: str, partition: int) -> str:
+    return f"{topic}:{partition}"
+
+
+class ConfluentBatch:
+    """The records one poll returned for one partition, as columns (as :class:`monitor.source.PartitionBatch`)."""
+
+    __slots__ = ("key", "topic", "partition", "values", "offsets", "_messages")
+
+    def __init__(self, topic: str, partition: int, messages: list):
+        self.key = _key(topic, partition)
+        self.topic = topic
+        self.partition = partition
+        self._messages = messages
+        self.values = [m.value() for m in messages]
+        first, last = messages[0].offset(), messages[-1].offset()
+        if last - first + 1 == len(messages):
+            self.offsets = np.arange(first, last + 1, dtype=np.int64)
+        else:
+            self.offsets = np.fromiter((m.offset() for m in messages), dtype=np.int64, count=len(messages))
+
+    def times(self) -> np.ndarray:
+        msgs = self._messages
+        return np.fromiter((m.timestamp()[1] for m in msgs), dtype=np.float64, count=len(msgs)) / 1000.0
+
+
+class ConfluentSource:
+    """The consumer-group source on confluent-kafka: the contract of :class:`monitor.source.KafkaSource`.
+
+    librdkafka runs rebalance callbacks inside ``consume()``, on the consuming thread, so the
+    hand-over commit is a plain synchronous commit there (kafka-python calls them on its IO thread).
+    """
+
+    def __init__(self, cfg: KafkaConfig, positions, on_revoke=None, on_release=None):
+        self.cfg = cfg
+        self.positions = positions
+        self.on_revoke = on_revoke
+        self.on_release = on_release
+        self.assigned: frozenset = frozenset()
+        self.rebalances = 0
+        self._revoked: set = set()
+        self._rewind: dict = {}
+        self._consumer = None
+        self._probe_client = None
+        self._probe_lock = threading.Lock()
+        self._producer: _ConfluentProducer | None = None
+        self._paused = False
+
+    def _consumer_options(self) -> dict:
+        cfg = self.cfg
+        return {
+            **librdkafka_options(cfg),
+            "group.id": cfg.group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": cfg.auto_offset_reset,
+            "session.timeout.ms": cfg.session_timeout_ms,
+            "heartbeat.interval.ms": max(100, cfg.session_timeout_ms // 3),
+            "max.poll.interval.ms": cfg.max_poll_interval_ms,
+            "fetch.max.bytes": cfg.fetch_max_bytes,
+            "max.partition.fetch.bytes": cfg.max_partition_fetch_bytes,
+            "receive.message.max.bytes": max(cfg.fetch_max_bytes + 1_000_000, 100_000_000),
+            "partition.assignment.strategy": "range",
+        }
+
+    def start(self, bootstrap_timeout_ms: int = 30_000) -> "ConfluentSource":
+        """Create the consumer and subscribe; raises when no broker answers within ``bootstrap_timeout_ms``."""
+        from confluent_kafka import Consumer, KafkaException
+
+        _check_security(self.cfg)
+        try:
+            consumer = Consumer(self._consumer_options())
+        except KafkaException as exc:
+            raise ConfigError("kafka", f"confluent-kafka refused the settings: {exc}") from None
+        try:  # librdkafka connects lazily: ask for metadata, so an unreachable broker fails here as kafka-python does
+            consumer.list_topics(self.cfg.topic, timeout=bootstrap_timeout_ms / 1000)
+        except KafkaException as exc:
+            consumer.close()
+            raise ConnectionError(f"no broker answered within {bootstrap_timeout_ms} ms: {exc}") from None
+        self._consumer = consumer
+        topics = [self.cfg.topic] + ([self.cfg.labels_topic] if self.cfg.labels_topic else [])
+        consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
+        return self
+
+    def owns(self, batch) -> bool:
+        tp = _Record(batch.topic, batch.partition)
+        if tp in self.assigned:
+            return True
+        first = int(batch.offsets[0])
+        self._rewind[tp] = min(first, self._rewind.get(tp, first))
+        return False
+
+    def _on_assign(self, consumer, partitions) -> None:
+        assigned = {_Record(p.topic, p.partition) for p in partitions}
+        released = self._revoked - assigned
+        self._revoked = set()
+        if released and self.on_release is not None:
+            self.on_release([_key(tp.topic, tp.partition) for tp in released])
+        saved = self.positions()
+        for p in partitions:
+            tp = _Record(p.topic, p.partition)
+            offset = saved.get(_key(p.topic, p.partition), self._rewind.get(tp))
+            if offset is not None:
+                p.offset = offset
+        consumer.assign(partitions)
+        if self._paused:
+            consumer.pause(partitions)
+        self._rewind = {}
+        self.assigned = frozenset(assigned)
+        self.rebalances += 1
+        log.info("assigned partitions %s", sorted(_key(tp.topic, tp.partition) for tp in assigned))
+
+    def _on_revoke(self, consumer, partitions) -> None:
+        from confluent_kafka import TopicPartition
+
+        revoked = {_Record(p.topic, p.partition) for p in partitions}
+        self.assigned = frozenset()
+        self._revoked |= revoked
+        log.info("partitions revoked: %s", sorted(_key(tp.topic, tp.partition) for tp in revoked))
+        if revoked and self.on_revoke is not None:
+            try:
+                durable = self.on_revoke([_key(tp.topic, tp.partition) for tp in revoked])
+                offsets = [TopicPartition(tp.topic, tp.partition, durable[_key(tp.topic, tp.partition)])
+                           for tp in sorted(revoked) if _key(tp.topic, tp.partition) in durable]
+                if offsets:
+                    consumer.commit(offsets=offsets, asynchronous=False)
+                    log.info("committed before the hand-over: %s",
+                             {_key(o.topic, o.partition): o.offset for o in offsets})
+            except Exception as exc:  # the rebalance goes on; the next owner re-reads from the last commit
+                log.warning("checkpoint/commit before the rebalance failed: %s", exc)
+        consumer.unassign()
+
+    def _on_lost(self, consumer, partitions) -> None:
+        lost = {_Record(p.topic, p.partition) for p in partitions}
+        self.assigned = frozenset()
+        self._revoked |= lost
+        log.warning("partitions lost with the group membership (not committed): %s",
+                    sorted(_key(tp.topic, tp.partition) for tp in lost))
+        consumer.unassign()
+
+    def poll(self, timeout_ms: int = 500) -> list:
+        messages = self._consumer.consume(num_messages=self.cfg.max_poll_records, timeout=timeout_ms / 1000)
+        by_partition: dict = {}
+        for m in messages:
+            if m.error() is not None:
+                if not m.error().code() == -191:  # _PARTITION_EOF is not an error
+                    log.warning("kafka: %s", m.error())
+                continue
+            by_partition.setdefault((m.topic(), m.partition()), []).append(m)
+        return [ConfluentBatch(t, p, msgs) for (t, p), msgs in sorted(by_partition.items())]
+
+    def pause(self, paused: bool) -> None:
+        if paused == self._paused:
+            return
+        self._paused = paused
+        partitions = self._consumer.assignment()
+        if partitions:
+            (self._consumer.pause if paused else self._consumer.resume)(partitions)
+
+    def commit(self, positions: dict[str, int], timeout_ms: int | None = None) -> None:
+        from confluent_kafka import TopicPartition
+
+        offsets = [TopicPartition(tp.topic, tp.partition, positions[_key(tp.topic, tp.partition)])
+                   for tp in sorted(self.assigned) if _key(tp.topic, tp.partition) in positions]
+        if offsets:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+
+    def _ends(self, partitions: list, timeout_s: float) -> dict:
+        out = {}
+        for tp in partitions:
+            from confluent_kafka import TopicPartition
+
+            _low, high = self._probe_client.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
+                                                                  timeout=timeout_s, cached=False)
+            out[tp] = high
+        return out
+
+    def _probe(self):
+        if self._probe_client is None:
+            from confluent_kafka import Consumer
+
+            self._probe_client = Consumer({**librdkafka_options(self.cfg), "group.id": self.cfg.group_id + "-probe",
+                                           "enable.auto.commit": False})
+        return self._probe_client
+
+    def lag(self, positions: dict[str, int]) -> dict[int, int]:
+        lag, _ = self.probe(positions, 10_000)
+        return lag
+
+    def probe(self, positions: dict[str, int], timeout_ms: int) -> tuple[dict[int, int], bool]:
+        """Lag of the prediction topic's assigned partitions and whether all were read to their end,
+        on a client of its own (see :meth:`monitor.source.KafkaSource.probe`)."""
+        from confluent_kafka import KafkaException
+
+        cfg, timeout_s = self.cfg, timeout_ms / 1000
+        with self._probe_lock:
+            client = self._probe()
+            assigned = list(self.assigned)
+            try:
+                if assigned:
+                    ends = self._ends(assigned, timeout_s)
+                else:
+                    meta = client.list_topics(cfg.topic, timeout=timeout_s)
+                    parts = sorted(meta.topics[cfg.topic].partitions) or [0]
+                    ends = self._ends([_Record(cfg.topic, p) for p in parts], timeout_s)
+            except KafkaException as exc:
+                raise ConnectionError(str(exc)) from None
+        lag, caught_up = {}, bool(assigned)
+        for tp in assigned:
+            end, position = ends.get(tp), positions.get(_key(tp.topic, tp.partition))
+            if end is None or end < 0 or position is None:
+                continue
+            if position < end:
+                caught_up = False
+            if tp.topic == cfg.topic:
+                lag[tp.partition] = max(0, end - position)
+        return lag, caught_up
+
+    def dead_letter(self, items: list[tuple[bytes, str, str]]) -> None:
+        if not self.cfg.dead_letter_topic or not items:
+            return
+        if self._producer is None:
+            self._producer = _ConfluentProducer(self.cfg)
+        for value, reason, origin in items:
+            self._producer.send(self.cfg.dead_letter_topic, value or b"",
+                                headers=[("driftmon-reason", reason.encode()), ("driftmon-source", origin.encode())])
+
+    def flush(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(10)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout_s)
+        if self._probe_lock.acquire(timeout=timeout_s):
+            try:
+                if self._probe_client is not None:
+                    self._probe_client.close()
+                    self._probe_client = None
+            finally:
+                self._probe_lock.release()
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
