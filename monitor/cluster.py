@@ -31,7 +31,7 @@ import time
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import ProducerFencedError, TopicAlreadyExistsError
 
 from monitor.pipeline import Pipeline
 from monitor.source import client_options
@@ -235,7 +235,8 @@ class Cluster:
         self.restore_needed = False
         self.changed = False
         self.partitions = 0  # of the source topic
-        self._producer: KafkaProducer | None = None
+        self._producer: KafkaProducer | None = None  # partials
+        self._state_producer: KafkaProducer | None = None  # the changelog, transactional (the aggregator's)
         self._consumer: KafkaConsumer | None = None
         self._last_commit = 0.0
         self.changelog_writes = 0
@@ -296,36 +297,47 @@ class Cluster:
         if self._consumer is not None:
             self._consumer.close(autocommit=False, timeout_ms=1000)
             self._consumer = None
-        if self._producer is not None:
-            self._producer.close(timeout=1)
-            self._producer = None
+        for producer in (self._producer, self._state_producer):
+            if producer is not None:
+                producer.close(timeout=1)
+        self._producer = self._state_producer = None
 
     # ---- work (under the daemon's lock) --------------------------------------------------------------
 
-    def produce_partials(self) -> None:
-        """Produce pending partials and wait for the broker's acknowledgement (before any commit)."""
+    def produce_partials(self) -> bool:
+        """Produce pending partials and wait for the broker's acknowledgement; True when none is pending."""
         worker = self.worker
         if not worker.pending:
-            return
+            return True
         model = self.config.model.encode()
-        for key, partial in worker.pending:
-            value = json.dumps({"partition": key, **partial}, separators=(",", ":")).encode()
-            self._producer.send(self.partials_topic, key=model, value=value)
-        self._producer.flush()
+        try:
+            for key, partial in worker.pending:
+                value = json.dumps({"partition": key, **partial}, separators=(",", ":")).encode()
+                self._producer.send(self.partials_topic, key=model, value=value)
+            self._producer.flush(timeout=10)
+        except Exception as exc:  # kept and sent again: the aggregator drops what arrives twice (by offset)
+            log.warning("partials not acknowledged by %s, retrying: %s", self.partials_topic, exc)
+            return False
         self.partials_produced += len(worker.pending)
         worker.pending = []
+        return True
 
     def commit(self, source, force: bool = False) -> None:
         """Commit the source offsets that every produced partial covers (throttled)."""
         now = time.monotonic()
         if not force and now - self._last_commit < self.config.kafka.commit_interval_seconds:
             return
-        self.produce_partials()
-        source.commit(self.worker.safe_offsets(), timeout_ms=10_000)
+        if not self.produce_partials():
+            return  # the offsets wait for the partials they cover
+        try:
+            source.commit(self.worker.safe_offsets(), timeout_ms=10_000)
+        except Exception as exc:  # a rebalance or an outage: the next owner re-reads; duplicates are dropped
+            log.warning("offset commit failed: %s", exc)
         self._last_commit = now
 
     def before_revoke(self) -> dict[str, int]:
-        self.produce_partials()
+        if not self.produce_partials():
+            return {}  # nothing safe to commit beyond the last commit
         return self.worker.safe_offsets()
 
     def step(self, now: float) -> list[dict]:
@@ -347,10 +359,18 @@ class Cluster:
                 log.warning("aggregator poll failed: %s", exc)
                 self._stopping.wait(1.0)
                 continue
+            state = None
+            if self.restore_needed:
+                records = {}  # re-read from the restored position
+                try:  # outside the lock: the worker goes on meanwhile
+                    state = self._fence_and_read()
+                except Exception as exc:  # the broker is away: try again on the next poll
+                    log.warning("aggregator take-over failed, retrying: %s", exc)
+                    self._stopping.wait(1.0)
+                    continue
             with daemon.lock:
                 if self.restore_needed:
-                    records = {}  # re-read from the restored position
-                    self._restore()
+                    self._restore(state)
                 if not self.assigned:
                     if self.active:
                         self._resign()
@@ -382,18 +402,29 @@ class Cluster:
         if not (self.changed or force):
             return True
         value = json.dumps(self._snapshot(), separators=(",", ":")).encode()
+        producer = self._state_producer
         try:
-            self._producer.send(self.changelog_topic, key=self.config.model.encode(), value=value)
-            self._producer.flush(timeout=10)
+            producer.begin_transaction()
+            producer.send(self.changelog_topic, key=self.config.model.encode(), value=value)
+            producer.commit_transaction()
+        except ProducerFencedError:
+            log.warning("fenced: another replica took over as the aggregator for %s", self.config.model)
+            self._resign()
+            self.restore_needed = self.assigned  # still ours by the group's last word: take over again
+            return False
         except Exception as exc:  # the broker is away: nothing is emitted until the state is durable
             log.warning("aggregator state not written to %s: %s", self.changelog_topic, exc)
+            try:
+                producer.abort_transaction()
+            except Exception:  # the next write tries again; a new aggregator aborts it anyway
+                pass
             return False
         self.changelog_writes += 1
         self.changed = False
         return True
 
     def _read_changelog(self) -> dict | None:
-        reader = KafkaConsumer(enable_auto_commit=False, metrics_enabled=False,
+        reader = KafkaConsumer(enable_auto_commit=False, metrics_enabled=False, isolation_level="read_committed",
                                **client_options(self.config.kafka))
         try:
             tp = TopicPartition(self.changelog_topic, 0)
@@ -410,11 +441,31 @@ class Cluster:
         finally:
             reader.close()
 
-    def _restore(self) -> None:
+    def _fence_and_read(self) -> dict | None:
+        """Fence the previous aggregator, then read the last state it committed.
+
+        The changelog is written in transactions under one transactional id per model: initializing it
+        aborts the previous owner's open transaction and makes its next write fail (a stalled aggregator
+        that wakes up after its session expired cannot write a stale state), and the state is read with
+        ``read_committed``.
+        """
+        if self._state_producer is not None:  # a new epoch each take-over, even of our own partition
+            self._state_producer.close(timeout=1)
+            self._state_producer = None
+        producer = KafkaProducer(transactional_id=self.changelog_topic, acks="all", compression_type="gzip",
+                                 max_request_size=16 * 1024 * 1024, **client_options(self.config.kafka))
+        try:
+            producer.init_transactions()
+        except BaseException:
+            producer.close(timeout=1)
+            raise
+        self._state_producer = producer
+        return self._read_changelog()
+
+    def _restore(self, state: dict | None) -> None:
         """Take over as the aggregator: the state of the last changelog record, then the partials after it."""
         self.restore_needed = False
         daemon = self.daemon
-        state = self._read_changelog()
         tp = TopicPartition(self.partials_topic, 0)
         if state is None:
             self.aggregator._reset()
@@ -441,5 +492,9 @@ class Cluster:
     def _resign(self) -> None:
         self.active = False
         self.aggregator._reset()
+        self.daemon._outgoing = None  # the next aggregator emits them from the changelog, or evaluates them again
+        if self._state_producer is not None:
+            self._state_producer.close(timeout=1)
+            self._state_producer = None
         self.daemon.pipeline.last_result = None  # the global metrics are exported by the aggregator only
         log.info("no longer the aggregator for %s", self.config.model)

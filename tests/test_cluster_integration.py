@@ -9,6 +9,7 @@ wall clock, so only events (watermarks) close windows, never the clock: the comp
 from __future__ import annotations
 
 import os
+import signal
 import time
 import uuid
 from datetime import datetime
@@ -248,3 +249,56 @@ def test_kill_9_of_the_aggregator_and_a_worker_loses_and_double_counts_nothing(t
     assert all(len(keys) == 1 for keys in by_step.values()), by_step
     assert {("car-loan/feature_drift/car_value", "firing"), ("car-loan/feature_drift/car_value", "resolved")} \
         <= set(by_step)
+
+
+def test_a_stalled_aggregator_that_wakes_up_is_fenced(tmp_path, kafka_broker):
+    """The aggregator freezes (SIGSTOP) past its session timeout; another replica takes over; when the
+    frozen one resumes (SIGCONT) it must not write its stale state or page: it is fenced by the changelog's
+    transactional id, or finds its partition gone. Windows stay exact and each alert pages once."""
+    receiver = Receiver()
+    topic = kafka_broker.create_topic(f"predictions-{uuid.uuid4().hex[:8]}", partitions=PARTITIONS)
+    path, _ = _config(tmp_path, kafka_broker, topic, receiver)
+    replicas = [_replica(tmp_path, path, f"r{i}", {"enabled": True, "grace": "10m"}) for i in range(3)]
+    start = (int(time.time() // DURATION) + 30) * DURATION
+    stream = _stream(start)
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, linger_ms=5)
+    try:
+        for d in replicas:
+            d.start()
+        for d in replicas:
+            d.wait(lambda d=d: d.get("/readyz") == b"ready: baseline loaded and consuming\n", 90, "an assignment")
+        first = replicas[0]
+        [frozen] = first.wait(lambda: (a := _aggregators(replicas)) and len(a) == 1 and a, 60, "one aggregator")
+        others = [d for d in replicas if d is not frozen]
+        for k, msgs in enumerate(stream):
+            for i, m in enumerate(msgs):
+                producer.send(topic, value=m, partition=i % PARTITIONS)
+            producer.flush()
+            if k == 2:
+                frozen.proc.send_signal(signal.SIGSTOP)
+                others[0].wait(lambda: len(_aggregators(others)) == 1, 120, "a new aggregator")
+        others[0].wait(lambda: len(_windows(replicas)) >= WINDOWS - 1, 180, "windows closed")
+        frozen.proc.send_signal(signal.SIGCONT)
+        others[0].wait(lambda: "no longer the aggregator" in frozen.log() or "fenced" in frozen.log(), 60,
+                       "the woken aggregator stands down")
+        receiver.wait_for(lambda p: any(x["status"] == "resolved" for x in p), 60, path="/cluster")
+        time.sleep(3)
+        payloads = receiver.payloads("/cluster")
+        assert len(_aggregators(replicas)) == 1
+        for d in replicas:
+            assert d.terminate(timeout=30)[0] == 0
+    finally:
+        producer.close()
+        for d in replicas:
+            if d.proc is not None and d.proc.poll() is None:
+                d.proc.send_signal(signal.SIGCONT)
+            d.close()
+        receiver.close()
+    windows = _windows(replicas)
+    starts = sorted(windows)[:WINDOWS - 1]
+    assert [windows[s]["window"]["events"] for s in starts] == [PER_WINDOW] * (WINDOWS - 1)
+    by_step: dict = {}
+    for x in payloads:
+        by_step.setdefault((x["dedup_key"], x["status"]), set()).add(x["notification_id"])
+    assert all(len(keys) == 1 for keys in by_step.values()), by_step
+    assert ("car-loan/feature_drift/car_value", "resolved") in by_step
