@@ -81,7 +81,7 @@ class DeadLetters:
 
     @property
     def pending(self) -> int:
-        """Dead letters accepted but not yet acknowledged or failed."""
+        """Dead letters accepted but neither acknowledged, failed nor counted unconfirmed yet."""
         with self._cond:
             return len(self._unresolved)
 

@@ -84,7 +84,8 @@ NAMES = {
     "dead_letters_failed": ("counter", "Dead letters not sent, or not acknowledged before their offsets were checkpointed, "
                                        "by reason."),
     "dead_letters_truncated": ("counter", "Dead letters whose payload was cut to kafka.dead_letter_max_bytes."),
-    "dead_letters_pending": ("gauge", "Dead letters queued or in flight, not yet acknowledged."),
+    "dead_letters_pending": ("gauge", "Dead letters queued or in flight: neither acknowledged, failed nor counted "
+                                      "unconfirmed yet."),
     "multivariate_evaluations": ("counter", "Domain-classifier evaluations finished, and windows it skipped (rate limit)."),
 }
 

@@ -294,3 +294,18 @@ def test_status_answers_while_a_checkpoint_waits_for_dead_letters(tmp_path):
         assert daemon.policy.checkpoints == 1 and dict(daemon.dead_letters.failed) == {"unconfirmed": 1}
     finally:
         daemon.outbox.close()
+
+
+def test_dead_letters_beyond_the_queue_bound_are_dropped_and_counted():
+    """Never blocking the consuming loop has a price when the topic is away long: past the queue bound a dead
+    letter is dropped, counted queue_full, and not waited for."""
+    from monitor.config import parse_config
+    from monitor.deadletter import DeadLetters
+
+    cfg = parse_config(car_loan().config(kafka={"bootstrap_servers": "127.0.0.1:9", "topic": "t", "group_id": "g",
+                                                "dead_letter_topic": "dlq", "dead_letter_timeout": "1s"})).kafka
+    dead = DeadLetters(cfg, queue_bytes=100)  # not started: nothing leaves the queue
+    mark = dead.put([(b"x" * 60, "not_json", "t:0:0"), (b"y" * 60, "not_json", "t:0:1"), (None, "null_value", "t:0:2")])
+    assert mark == 2 and dead.pending == 2 and dict(dead.failed) == {"queue_full": 1}
+    assert not dead.wait(mark, timeout=0.2)  # neither acknowledged: counted unconfirmed, not waited for again
+    assert dict(dead.failed) == {"queue_full": 1, "unconfirmed": 2} and dead.pending == 0
