@@ -182,11 +182,14 @@ def test_notifications_pending_at_shutdown_are_sent_after_restart(tmp_path, brok
     try:
         daemon.start()
         daemon.wait_windows(5, timeout=90)
+        def failures(m):
+            return sum(v for (name, labels), v in m.items() if name == "driftmon_notification_failures_total")
+
+        # queued first, tried and failed a moment later: wait for both rather than read them at one instant
         pending = daemon.wait(lambda: (m := daemon.metrics())[("driftmon_outbox_pending", (("model", "car-loan"),))]
-                              and m, 20, "pending notifications")
+                              and failures(m) >= 1 and m, 30, "pending notifications that failed to send")
         queued = pending[("driftmon_outbox_pending", (("model", "car-loan"),))]
-        failures = sum(v for (name, labels), v in pending.items() if name == "driftmon_notification_failures_total")
-        assert queued >= 1 and failures >= 1
+        assert queued >= 1 and failures(pending) >= 1
         assert daemon.terminate()[0] == 0
     finally:
         daemon.close()
