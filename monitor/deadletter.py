@@ -20,11 +20,8 @@ import threading
 import time
 from collections import Counter, deque
 
-from kafka import KafkaProducer
-from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
-
 from monitor.config import KafkaConfig
-from monitor.source import client_options
+from monitor.kafka_client import ProduceTimeoutError, RecordTooLargeError, make_producer
 
 __all__ = ["DeadLetters", "FAILURE_REASONS", "QUEUE_BYTES"]
 
@@ -76,7 +73,7 @@ class DeadLetters:
         self._cond = threading.Condition()
         self._slow = False  # a wait timed out and nothing was acknowledged since: do not wait again
         self._closing = False
-        self._producer: KafkaProducer | None = None
+        self._producer = None  # monitor.kafka_client.make_producer (kafka.client picks the library)
         self._thread: threading.Thread | None = None
 
     @property
@@ -139,7 +136,11 @@ class DeadLetters:
         while True:
             with self._cond:
                 while not self._queue and not self._closing:
-                    self._cond.wait()
+                    if self._unresolved and self._producer is not None:
+                        self._producer.poll(0)  # librdkafka hands acknowledgements over here (kafka-python
+                        self._cond.wait(0.05)   # on its own IO thread); the callbacks take this same lock
+                    else:
+                        self._cond.wait()
                 if not self._queue:
                     return
                 seq, value, reason, source = self._queue.popleft()
@@ -158,15 +159,9 @@ class DeadLetters:
             with self._cond:
                 self.truncated += 1
         if self._producer is None:
-            self._producer = KafkaProducer(
-                acks="all",
-                max_request_size=self.max_bytes + _HEADROOM,
-                max_block_ms=int(self.timeout * 1000),  # metadata of a missing topic, a full buffer
-                linger_ms=5,
-                **client_options(self.cfg))
-        future = self._producer.send(self.topic, value=payload, headers=headers)
-        future.add_callback(lambda _meta, seq=seq: self._resolve(seq, None))
-        future.add_errback(lambda exc, seq=seq: self._resolve(seq, exc))
+            self._producer = make_producer(self.cfg, max_request_bytes=self.max_bytes + _HEADROOM,
+                                           max_block_s=self.timeout)
+        self._producer.send_async(self.topic, payload, headers, lambda exc, seq=seq: self._resolve(seq, exc))
 
     def _resolve(self, seq: int, exc: BaseException | None) -> None:
         with self._cond:
@@ -188,12 +183,12 @@ class DeadLetters:
         if self._thread is not None:
             self._thread.join(timeout / 2)
         if self._producer is not None:
-            self._producer.close(timeout=timeout / 2)
+            self._producer.close(timeout_s=timeout / 2)
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, MessageSizeTooLargeError) or "TooLarge" in type(exc).__name__:
+    if isinstance(exc, RecordTooLargeError) or "TooLarge" in type(exc).__name__:
         return "too_large"
-    if isinstance(exc, KafkaTimeoutError):
+    if isinstance(exc, ProduceTimeoutError):
         return "timeout"
     return "error"

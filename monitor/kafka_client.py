@@ -22,18 +22,28 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import numpy as np
 
 from monitor.config import ConfigError, KafkaConfig, kafka_secrets, ssl_key_password
 
-__all__ = ["ConfluentSource", "ProduceError", "create_topics", "make_producer", "make_source"]
+__all__ = ["ConfluentSource", "ProduceError", "ProduceTimeoutError", "RecordTooLargeError", "create_topics",
+           "make_producer", "make_source"]
 
 log = logging.getLogger(__name__)
 
 
 class ProduceError(Exception):
     """A record the broker did not take (after the client's own retries)."""
+
+
+class RecordTooLargeError(ProduceError):
+    """The record is larger than the producer's or the broker's limit."""
+
+
+class ProduceTimeoutError(ProduceError):
+    """Not delivered (or not even queued) in time."""
 
 
 def make_source(cfg: KafkaConfig, positions, on_revoke=None, on_release=None):
@@ -45,11 +55,18 @@ def make_source(cfg: KafkaConfig, positions, on_revoke=None, on_release=None):
     return KafkaSource(cfg, positions, on_revoke=on_revoke, on_release=on_release)
 
 
-def make_producer(cfg: KafkaConfig):
-    """A producer (acks=all) for ``cfg.client``."""
+def make_producer(cfg: KafkaConfig, max_request_bytes: int | None = None, max_block_s: float | None = None):
+    """A producer (acks=all) for ``cfg.client``.
+
+    ``send(topic, value, headers, key, wait_s)`` waits for the acknowledgement when ``wait_s`` is
+    given; ``send_async(topic, value, headers, on_done)`` calls ``on_done(None)`` or ``on_done(exc)``
+    (:class:`RecordTooLargeError`, :class:`ProduceTimeoutError` or another error) from the client's
+    thread or from :meth:`poll`, which the caller runs now and then (librdkafka delivers results there).
+    ``max_request_bytes`` caps a request; ``max_block_s`` bounds a send that waits for room or metadata.
+    """
     if cfg.client == "confluent-kafka":
-        return _ConfluentProducer(cfg)
-    return _KafkaPythonProducer(cfg)
+        return _ConfluentProducer(cfg, max_request_bytes, max_block_s)
+    return _KafkaPythonProducer(cfg, max_request_bytes, max_block_s)
 
 
 def create_topics(cfg: KafkaConfig, topics: dict[str, int], timeout_s: float = 30.0) -> None:
@@ -83,17 +100,44 @@ def create_topics(cfg: KafkaConfig, topics: dict[str, int], timeout_s: float = 3
 
 # ---- kafka-python -----------------------------------------------------------------------------------
 
+def _kafka_python_error(exc: BaseException) -> BaseException:
+    from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+
+    if isinstance(exc, MessageSizeTooLargeError) or "TooLarge" in type(exc).__name__:
+        return RecordTooLargeError(str(exc))
+    if isinstance(exc, KafkaTimeoutError):
+        return ProduceTimeoutError(str(exc))
+    return exc
+
+
 class _KafkaPythonProducer:
-    def __init__(self, cfg: KafkaConfig):
+    def __init__(self, cfg: KafkaConfig, max_request_bytes: int | None = None, max_block_s: float | None = None):
         from kafka import KafkaProducer
         from kafka.errors import KafkaError
 
         from monitor.source import client_options
 
+        options = {"acks": "all", "linger_ms": 5, **client_options(cfg)}
+        if max_request_bytes is not None:
+            options["max_request_size"] = max_request_bytes
+        if max_block_s is not None:
+            options["max_block_ms"] = int(max_block_s * 1000)  # metadata of a missing topic, a full buffer
         try:
-            self._producer = KafkaProducer(acks="all", **client_options(cfg))
+            self._producer = KafkaProducer(**options)
         except KafkaError as exc:  # no broker reachable: the caller retries
             raise ProduceError(str(exc)) from None
+
+    def send_async(self, topic: str, value: bytes, headers, on_done) -> None:
+        try:
+            future = self._producer.send(topic, value=value, headers=headers or [])
+        except Exception as exc:  # noqa: BLE001 - whatever the client raises is the record's outcome
+            on_done(_kafka_python_error(exc))
+            return
+        future.add_callback(lambda _meta: on_done(None))
+        future.add_errback(lambda exc: on_done(_kafka_python_error(exc)))
+
+    def poll(self, timeout_s: float = 0.0) -> None:
+        pass  # kafka-python delivers results on its own IO thread
 
     def send(self, topic: str, value: bytes, headers=None, key: bytes | None = None, wait_s: float | None = None):
         from kafka.errors import KafkaError
@@ -154,11 +198,51 @@ def _check_security(cfg: KafkaConfig) -> None:
     check_brokers(cfg, client_options(cfg))
 
 
+def _confluent_error(err) -> BaseException:
+    from confluent_kafka import KafkaError
+
+    if err.code() in (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE):
+        return RecordTooLargeError(err.str())
+    if err.code() in (KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT):
+        return ProduceTimeoutError(err.str())
+    return ProduceError(err.str())
+
+
 class _ConfluentProducer:
-    def __init__(self, cfg: KafkaConfig):
+    def __init__(self, cfg: KafkaConfig, max_request_bytes: int | None = None, max_block_s: float | None = None):
         from confluent_kafka import Producer
 
-        self._producer = Producer({**librdkafka_options(cfg), "acks": "all", "linger.ms": 5})
+        options = {**librdkafka_options(cfg), "acks": "all", "linger.ms": 5}
+        if max_request_bytes is not None:
+            options["message.max.bytes"] = max_request_bytes
+        self.max_block_s = 60.0 if max_block_s is None else max_block_s
+        if max_block_s is not None:  # kafka-python's max_block_ms bounds the wait for a missing topic's metadata;
+            options["message.timeout.ms"] = max(1000, int(max_block_s * 1000))  # here: the whole delivery
+        self._producer = Producer(options)
+
+    def send_async(self, topic: str, value: bytes, headers, on_done) -> None:
+        from confluent_kafka import KafkaException
+
+        def report(err, _msg):
+            on_done(None if err is None else _confluent_error(err))
+
+        deadline = time.monotonic() + self.max_block_s
+        while True:
+            try:
+                self._producer.produce(topic, value=value, headers=headers or [], on_delivery=report)
+                break
+            except BufferError:  # the local queue is full: serve deliveries, then try again
+                if time.monotonic() >= deadline:
+                    on_done(ProduceTimeoutError(f"no room in the producer's queue within {self.max_block_s:g} s"))
+                    return
+                self._producer.poll(0.1)
+            except KafkaException as exc:
+                on_done(_confluent_error(exc.args[0]))
+                return
+        self._producer.poll(0)
+
+    def poll(self, timeout_s: float = 0.0) -> None:
+        self._producer.poll(timeout_s)
 
     def send(self, topic: str, value: bytes, headers=None, key: bytes | None = None, wait_s: float | None = None):
         failed = []

@@ -22,7 +22,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from monitor.synth import car_loan
 from tests.daemon_proc import DaemonProcess
 from tests.helpers import read_jsonl
-from tests.test_daemon_integration import WINDOW, setup_daemon
+from tests.test_daemon_integration import CLIENTS, WINDOW, setup_daemon
 
 pytestmark = pytest.mark.integration
 
@@ -94,9 +94,10 @@ def metric(daemon: DaemonProcess, name: str, **labels) -> float:
     return daemon.metrics().get((name, tuple(sorted({"model": "car-loan", **labels}.items()))))
 
 
-def test_every_poison_kind_is_counted_by_reason_and_dead_lettered(tmp_path, broker):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_every_poison_kind_is_counted_by_reason_and_dead_lettered(tmp_path, broker, client):
     dlq = broker.create_topic(f"dlq-{uuid.uuid4().hex[:8]}")
-    topic, path, config, daemon = setup_daemon(tmp_path, broker)
+    topic, path, config, daemon = setup_daemon(tmp_path, broker, client=client)
     with_kafka(path, dead_letter_topic=dlq, max_message_bytes=65536)
     valid = car_loan(seed=91).messages(3 * WINDOW)
     rng = random.Random(7)
@@ -150,11 +151,12 @@ def _big_topic(bootstrap: str, max_bytes: int) -> str:
     return name
 
 
-def test_a_rejected_record_too_large_for_the_dead_letter_topic_is_sent_truncated(tmp_path, kafka_broker):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_rejected_record_too_large_for_the_dead_letter_topic_is_sent_truncated(tmp_path, kafka_broker, client):
     """A 2 MiB record on a topic that allows it: too_large for driftmon (1 MiB default), and over the
     dead-letter topic's 1 MiB limit: its dead letter is cut to 1,000,000 bytes, with headers saying so."""
     dlq = kafka_broker.create_topic(f"dlq-{uuid.uuid4().hex[:8]}")
-    topic, path, config, daemon = setup_daemon(tmp_path, kafka_broker)
+    topic, path, config, daemon = setup_daemon(tmp_path, kafka_broker, client=client)
     big_topic = _big_topic(kafka_broker.bootstrap, 4 * 1_048_576)
     text = open(path).read().replace(f"topic: {topic}", f"topic: {big_topic}")
     open(path, "w").write(text)
@@ -183,10 +185,11 @@ def test_a_rejected_record_too_large_for_the_dead_letter_topic_is_sent_truncated
     assert tomb.value == b"" and "driftmon-truncated" not in dict(tomb.headers)
 
 
-def test_a_missing_dead_letter_topic_costs_counted_failures_not_the_stream(tmp_path, kafka_broker):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_missing_dead_letter_topic_costs_counted_failures_not_the_stream(tmp_path, kafka_broker, client):
     """The dead-letter topic does not exist (and the broker does not create topics): every dead letter
     fails and is counted once, consumption and windows go on, and /status keeps answering."""
-    topic, path, config, daemon = setup_daemon(tmp_path, kafka_broker)
+    topic, path, config, daemon = setup_daemon(tmp_path, kafka_broker, client=client)
     with_kafka(path, dead_letter_topic=f"missing-{uuid.uuid4().hex[:8]}", dead_letter_timeout="1s")
     valid = car_loan(seed=93).messages(3 * WINDOW)
     values = list(valid)
@@ -210,11 +213,12 @@ def test_a_missing_dead_letter_topic_costs_counted_failures_not_the_stream(tmp_p
         daemon.close()
 
 
-def test_dead_letters_survive_kill_9_at_least_once(tmp_path, kafka_broker, capsys):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_dead_letters_survive_kill_9_at_least_once(tmp_path, kafka_broker, client, capsys):
     """kill -9 three times mid-stream: every rejected record is on the dead-letter topic at least once;
     the duplicates (records re-read after the last checkpoint) are counted and reported."""
     dlq = kafka_broker.create_topic(f"dlq-{uuid.uuid4().hex[:8]}")
-    topic, path, config, daemon = setup_daemon(tmp_path, kafka_broker)
+    topic, path, config, daemon = setup_daemon(tmp_path, kafka_broker, client=client)
     with_kafka(path, dead_letter_topic=dlq)
     text = open(path).read().replace("commit_interval: 200ms", "commit_interval: 2s")
     open(path, "w").write(text.replace("checkpoint_interval: 1s", "checkpoint_interval: 5s"))  # more to re-read
