@@ -327,7 +327,7 @@ def check_driftmon_container(c: dict, values: dict) -> None:
         assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port["name"], **https}
     else:
         assert "livenessProbe" not in c
-    if values["readinessProbe"]["enabled"]:
+    if readiness_gated(values):
         assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port["name"], **https}
     else:
         assert "readinessProbe" not in c
@@ -346,6 +346,12 @@ def check_driftmon_container(c: dict, values: dict) -> None:
     for env in c.get("env", []):
         if re.search(r"(?i)(password|secret|token)", env["name"]):
             assert "value" not in env and "secretKeyRef" in env["valueFrom"], env
+
+
+def readiness_gated(values: dict) -> bool:
+    """Whether driftmon's /readyz gates its pod: a sidecar's would gate the model server's pod."""
+    sidecar = values["mode"] == "sidecar"
+    return values["readinessProbe"]["enabled"] and (not sidecar or values["sidecar"]["readinessProbe"]["enabled"])
 
 
 def https_served(values: dict) -> bool:
@@ -618,6 +624,41 @@ def test_example_model_server_includes_the_sidecar(helm, example_chart, native):
     assert selects(driftmon_service["spec"]["selector"], template_meta["labels"])
     config_map = next(d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == f"{RELEASE}-driftmon")
     assert {"name": "driftmon-config", "configMap": {"name": config_map["metadata"]["name"]}} in pod["volumes"]
+
+
+@pytest.mark.parametrize("native", [False, True], ids=["ordinary-container", "native-sidecar"])
+@pytest.mark.parametrize("opt_in", [None, False, True], ids=["default", "off", "opt-in"])
+def test_sidecar_does_not_gate_the_model_server_on_kafka(helm, example_chart, tmp_path, native, opt_in):
+    """/readyz turns 503 while Kafka is unreachable; a sidecar's readiness is the pod's (a native sidecar's
+    counts towards the pod's Ready condition too), so by default the sidecar has no readiness probe and a
+    Kafka outage does not take the model server out of its Service. Liveness (/healthz) stays."""
+    driftmon = {"sidecar": {"native": native}}
+    if opt_in is not None:
+        driftmon["sidecar"]["readinessProbe"] = {"enabled": opt_in}
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(yaml.safe_dump({"driftmon": driftmon}))
+    docs = template(helm, example_chart, values_file)
+    validate_all(docs)
+    (model_server,) = by_kind(docs, "Deployment")
+    pod = model_server["spec"]["template"]["spec"]
+    sidecar = container(pod)
+    assert ("restartPolicy" in sidecar) == native
+    assert sidecar["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    if opt_in:
+        assert sidecar["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    else:
+        assert "readinessProbe" not in sidecar
+    # the model server's own readiness is untouched
+    assert container(pod, "model")["readinessProbe"]["httpGet"]["path"] == "/health"
+
+
+def test_deployment_mode_keeps_readiness_whatever_the_sidecar_switch(render, helm, tmp_path):
+    values_file = tmp_path / "values.yaml"
+    values = yaml.safe_load((CHART / "ci" / "deployment-minimal-values.yaml").read_text())
+    values["sidecar"] = {"readinessProbe": {"enabled": False}}
+    values_file.write_text(yaml.safe_dump(values))
+    pod = one(template(helm, CHART, values_file), "Deployment")["spec"]["template"]["spec"]
+    assert container(pod)["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
 
 def test_example_native_sidecar_refuses_old_kubernetes(helm, example_chart):

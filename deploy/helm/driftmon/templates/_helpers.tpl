@@ -275,8 +275,11 @@ through "driftmon.sidecar.container", by a model server's pod.
     {{- toYaml (omit . "enabled") | nindent 4 }}
   {{- end }}
   {{- end }}
+  {{- /* In sidecar mode /readyz (503 while Kafka is unreachable) would take the model server's whole
+  pod out of its Services, a native sidecar's readiness counting towards the pod's too: opt-in only. */}}
+  {{- $gate := or (ne .Values.mode "sidecar") .Values.sidecar.readinessProbe.enabled }}
   {{- with .Values.readinessProbe }}
-  {{- if .enabled }}
+  {{- if and .enabled $gate }}
   readinessProbe:
     httpGet:
       path: /readyz
