@@ -86,6 +86,10 @@ def _stream(start: float) -> list[list[bytes]]:
     return out
 
 
+def _lifecycle(payloads) -> list:
+    return sorted((x["dedup_key"], x["status"], x["window"]["start"]) for x in payloads)
+
+
 def _consumed(daemons) -> int:
     return sum((d.status() or {}).get("messages_consumed", 0) for d in daemons)
 
@@ -124,7 +128,11 @@ def test_three_replicas_give_the_single_process_verdicts_and_one_page(tmp_path, 
         ((alerts_single, alerts_cluster)) = [
             receiver.wait_for(lambda p: sum(x["status"] == "resolved" for x in p) >= 1, 60, path=p)
             for p in ("/single", "/cluster")]
+        # both deliver the same notifications (each path's outbox at its own pace), then nothing more
+        single.wait(lambda: _lifecycle(receiver.payloads("/cluster")) == _lifecycle(receiver.payloads("/single")),
+                    60, "the same notifications from both")
         time.sleep(3)  # a duplicate page would come within the outbox's first retry
+        alerts_single, alerts_cluster = receiver.payloads("/single"), receiver.payloads("/cluster")
         [agg] = _aggregators(replicas)
         status = agg.status()
         metrics = agg.metrics()
@@ -162,10 +170,7 @@ def test_three_replicas_give_the_single_process_verdicts_and_one_page(tmp_path, 
     assert {k for k, w in one.items() if w["drifted"]} == {start + k * DURATION for k in DRIFTED}
 
     # one page per alert: the same notifications as the single process, each exactly once
-    def lifecycle(payloads):
-        return sorted((x["dedup_key"], x["status"], x["window"]["start"]) for x in payloads)
-
-    assert lifecycle(alerts_cluster) == lifecycle(alerts_single)
+    assert _lifecycle(alerts_cluster) == _lifecycle(alerts_single)
     keys = [(x["dedup_key"], x["status"]) for x in alerts_cluster]
     assert len(keys) == len(set(keys)) and ("car-loan/feature_drift/car_value", "firing") in keys
     assert ("car-loan/feature_drift/car_value", "resolved") in keys
