@@ -71,6 +71,8 @@ class Config:
     outbox_for: str = "15m"
     state_write_failures_range: str = "5m"
     state_write_failures_for: str = "5m"
+    dead_letter_failures_range: str = "15m"  # any failed dead letter in this range ...
+    dead_letter_failures_for: str = "5m"  # ... for this long (a single failure fires once, briefly)
 
 
 CONFIG = Config()
@@ -327,6 +329,19 @@ def groups(cfg: Config = CONFIG) -> list[dict]:
             f"({{{{ $value | humanize }}}} failures in {cfg.state_write_failures_range}; a full or read-only disk?). "
             "driftmon retries with backoff and commits no offset past its last durable checkpoint; once a window "
             "closes it pauses consumption until the disk takes writes again.",
+        ),
+        _alert(
+            cfg,
+            "DriftmonDeadLettersFailing",
+            f"sum by (model, reason) (increase(driftmon_dead_letters_failed_total{{{s}}}"
+            f"[{cfg.dead_letter_failures_range}])) > 0",
+            cfg.dead_letter_failures_for,
+            "warning",
+            "Dead letters of model {{ $labels.model }} fail ({{ $labels.reason }}).",
+            "{{ $value | humanize }} dead letters of model {{ $labels.model }} failed with reason "
+            f"{{{{ $labels.reason }}}} in {cfg.dead_letter_failures_range}: copies of rejected records are missing "
+            "from the dead-letter topic. Consumption and drift monitoring go on; the rejected records are still "
+            "counted in driftmon_messages_invalid_total.",
         ),
     ]
     return [
