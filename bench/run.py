@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m bench.run            # the full run (about 5 minutes on 2 cores)
+    python -m bench.run            # the full run (about 15 minutes on 2 cores)
     python -m bench.run --quick    # a smoke run with small sizes (under a minute)
     python -m bench.run --only pipeline,memory
     python -m bench.run --only soak [--soak-minutes 30]   # not part of the default run (not in CI)
