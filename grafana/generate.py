@@ -323,6 +323,11 @@ DRIFT_MAPPINGS = [{"type": "value", "options": {
     "1": {"text": "DRIFT", "color": "red", "index": 1},
 }}]
 
+BROKER_MAPPINGS = [{"type": "value", "options": {
+    "0": {"text": "unreachable", "color": "red", "index": 0},
+    "1": {"text": "up", "color": "green", "index": 1},
+}}]
+
 
 # --------------------------------------------------------------------------- dashboards
 
@@ -506,6 +511,19 @@ def operations(cfg: Config = CONFIG) -> dict:
                  "Number of events in the latest evaluated window, per model. Small windows make drift tests "
                  "noisy.",
                  "short", [b.target(f"max by (model) (driftmon_window_events{s})", "{{model}}")], min=0, step=True)
+    b.timeseries("Broker reachable",
+                 "1 while a daemon's Kafka broker answers (its last probe succeeded or records arrived since), 0 "
+                 "while it is unreachable, per model and instance. After kafka.unavailable_after (30 s) at 0, "
+                 "/readyz answers 503; /healthz stays 200, so the pod is not restarted.",
+                 "none", [b.target(f"min by (model, instance) (driftmon_broker_up{s})", "{{model}} {{instance}}")],
+                 min=0, max=1, step=True, mappings=BROKER_MAPPINGS)
+    b.timeseries("Time since last fetch",
+                 "Seconds since each daemon had read everything assigned to it (now minus "
+                 "driftmon_last_fetch_timestamp_seconds), per model and instance: freshness, not traffic, so it "
+                 "stays low on an idle topic while the broker answers. It climbs during a broker outage or a stuck "
+                 "consumer; the DriftmonNotReceivingData alert fires when no replica of a model is fresh for 5 min.",
+                 "s", [b.target(f"time() - max by (model, instance) (driftmon_last_fetch_timestamp_seconds{s})",
+                                "{{model}} {{instance}}")], min=0)
     b.timeseries("Notifications sent",
                  "Webhook notifications delivered per minute, per model, sink and alert.",
                  "opm", [b.target(f"60 * sum by (model, sink, alert) (rate(driftmon_notifications_sent_total{s}{rate}))",

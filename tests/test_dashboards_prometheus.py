@@ -150,6 +150,13 @@ def test_every_panel_query_returns_data_and_rules_load(tmp_path, prometheus):
                         empty.append(f"{uid} / {title}: {expr}")
             assert checked >= 20
             assert not empty, "panels without data:\n" + "\n".join(empty)
+            # with the broker up and the stream read, the health panels say so
+            ops = dict(generator.iter_panel_queries(generator.load_dashboards()["driftmon-operations"],
+                                                     variables))
+            (up,) = api(url, "/api/v1/query", query=ops["Broker reachable"])["result"]
+            assert float(up["value"][1]) == 1.0, up
+            (age,) = api(url, "/api/v1/query", query=ops["Time since last fetch"])["result"]
+            assert 0 <= float(age["value"][1]) < 60, age
 
             # the shipped alert rules load and evaluate without error on real data
             groups = api(url, "/api/v1/rules")["groups"]

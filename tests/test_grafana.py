@@ -228,7 +228,8 @@ def test_required_content():
     assert {"driftmon_messages_consumed_total", "driftmon_messages_invalid_total",
             "driftmon_batch_processing_seconds_bucket", "driftmon_notifications_sent_total",
             "driftmon_notification_failures_total", "driftmon_outbox_pending", "driftmon_checkpoints_total",
-            "process_cpu_seconds_total", "process_resident_memory_bytes"} <= series("driftmon-operations")
+            "process_cpu_seconds_total", "process_resident_memory_bytes", "driftmon_broker_up",
+            "driftmon_last_fetch_timestamp_seconds"} <= series("driftmon-operations")
     feature_panels = _panels(COMMITTED["driftmon-feature"])
     assert all('feature=~"$feature"' in t["expr"] for p in feature_panels for t in p["targets"])
 
