@@ -33,6 +33,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import ProducerFencedError, TopicAlreadyExistsError
 
+from monitor.config import ConfigError
 from monitor.pipeline import Pipeline
 from monitor.source import client_options
 from monitor.window import Window
@@ -258,7 +259,12 @@ class Cluster:
         kafka = self.config.kafka
         options = client_options(kafka)
         if self.config.cluster.create_topics:
-            self._create_topics(options)
+            try:
+                self._create_topics(options)
+            except Exception as exc:  # e.g. no Create ACL: one line naming the key, exit 2
+                raise ConfigError("cluster.create_topics", f"cannot create {self.partials_topic} and "
+                                  f"{self.changelog_topic} ({type(exc).__name__}: {exc}); create them (docs/helm.md, "
+                                  "scale-out topics) and set create_topics: false, or grant Create") from None
         self._producer = KafkaProducer(acks="all", linger_ms=5, compression_type="gzip",
                                        max_request_size=16 * 1024 * 1024, **options)
         self._consumer = KafkaConsumer(group_id=self.group_id, enable_auto_commit=False,

@@ -289,7 +289,7 @@ def test_a_stalled_aggregator_that_wakes_up_is_fenced(tmp_path, kafka_broker):
         receiver.wait_for(lambda p: any(x["status"] == "resolved" for x in p), 60, path="/cluster")
         time.sleep(3)
         payloads = receiver.payloads("/cluster")
-        assert len(_aggregators(replicas)) == 1
+        others[0].wait(lambda: len(_aggregators(replicas)) == 1, 60, "one aggregator after the rejoin")
         for d in replicas:
             assert d.terminate(timeout=30)[0] == 0
     finally:
@@ -307,3 +307,24 @@ def test_a_stalled_aggregator_that_wakes_up_is_fenced(tmp_path, kafka_broker):
         by_step.setdefault((x["dedup_key"], x["status"]), set()).add(x["notification_id"])
     assert all(len(keys) == 1 for keys in by_step.values()), by_step
     assert ("car-loan/feature_drift/car_value", "resolved") in by_step
+
+
+def test_internal_topics_that_cannot_be_created_stop_the_start_with_one_line(tmp_path, kafka_broker):
+    """A replication factor the cluster cannot give (3 on one broker): exit 2, one line naming the key."""
+    import subprocess
+    import sys
+
+    receiver = Receiver()
+    try:
+        topic = kafka_broker.create_topic(f"predictions-{uuid.uuid4().hex[:8]}", partitions=2)
+        path, _ = _config(tmp_path, kafka_broker, topic, receiver)
+        daemon = _replica(tmp_path, path, "r0", {"enabled": True, "replication_factor": 3})
+        proc = subprocess.run([sys.executable, "-m", "monitor.cli", "run", "--config", daemon.config_path,
+                               "--port", str(free_port())], capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    finally:
+        receiver.close()
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert last.startswith("config error: cluster.create_topics: cannot create ") and "Traceback" not in proc.stderr
+    assert f"{topic}.driftmon.car-loan.partials" in last
