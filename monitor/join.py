@@ -196,7 +196,7 @@ class RocksStore:
             return
         old_index = iter(_time_keys([o[3] for _k, o, _n in items if o is not None]))
         new_index = iter(_time_keys([n[3] for _k, _o, n in items if n is not None]))
-        wb, undo, encode = self._batch(), [], self._encode
+        wb, undo, encode, count = self._batch(), [], self._encode, self.count
         for key, before, new in items:
             k = key.encode()
             if before is not None:
@@ -209,10 +209,11 @@ class RocksStore:
                 index = next(new_index)
                 wb.put(_TIME + index + k, b"")
             undo.append((key, before, index))
-            self.count += (new is not None) - (before is not None)
+            count += (new is not None) - (before is not None)
+        wb.put(_UNDO + _U64.pack(self.epoch) + _U64.pack(self._seq + 1), encode(undo))
+        self.db.write(wb, self._write)  # raises on a full disk (RocksDB then refuses writes until reopened)
         self._seq += 1
-        wb.put(_UNDO + _U64.pack(self.epoch) + _U64.pack(self._seq), encode(undo))
-        self.db.write(wb, self._write)
+        self.count = count
 
     def _oldest(self, lower: bytes, upper: bytes, limit: int) -> list[bytes]:
         """Up to ``limit`` index keys (time + id) in [lower, upper), oldest first."""
@@ -340,7 +341,10 @@ class RocksStore:
 
     def close(self) -> None:
         if self.db is not None:
-            self.db.close()
+            try:
+                self.db.close()
+            except Exception as exc:  # a store that failed a write (full disk): the checkpoint has the state
+                log.warning("label join store %s closed with an error: %s", self.path, exc)
             self.db = None
 
 
