@@ -22,6 +22,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from monitor.config import ALERT_KINDS, Config
+from monitor.registry import alert_specs, findings
 from monitor.values import iso
 
 __all__ = ["AlertEngine", "Evidence", "collect_evidence", "performance_evidence", "window_end_seconds"]
@@ -89,16 +90,8 @@ def collect_evidence(result: dict, config: Config, baseline_missing: dict[str, f
             details = {"name": name, "method": method, "score": score, "threshold": part["threshold"],
                        "p_value": part.get("p_value", part.get("p_value_adjusted")), "test": "chi2"}
             out[("feature_drift", name)] = Evidence(bool(r["drift"]), _ratio(score, part["threshold"]), details)
-    for method, r in (result.get("multivariate") or {}).items():
-        # a background classifier result is evidence once, in the first window that reports it
-        if r.get("status") == "ok" and r.get("fresh", True):
-            score = r["auc"] if method == "domain_classifier" else r["effect"]
-            # the classifier's effect is AUC - 0.5 against its threshold's distance from 0.5
-            ratio = (_ratio(score - 0.5, r["threshold"] - 0.5) if method == "domain_classifier"
-                     else _ratio(abs(score), r["threshold"]))
-            out[("multivariate_drift", method)] = Evidence(bool(r["drift"]), ratio, {
-                "method": method, "score": score, "threshold": r["threshold"], "p_value": r["p_value"],
-                "window": r.get("window", window["index"]), "events": r["events"]})
+    for f in findings(config, result):  # what registered detectors declare (monitor/registry.py)
+        out[(f.kind, f.subject)] = Evidence(f.bad, f.ratio, f.details)
     invalid = window.get("invalid", 0)
     seen = window["events"] + invalid
     if seen:
@@ -220,7 +213,6 @@ _RUNBOOK_ANCHOR = {
     "data_quality:unseen": "driftmonfeatureunseencategories",
     "performance_drop": "performance-drop",
     "fairness": "fairness",
-    "multivariate_drift": "driftmonmultivariatedrift",
 }
 
 
@@ -414,6 +406,9 @@ class AlertEngine:
 
     @staticmethod
     def _anchor(kind: str, subject: str) -> str:
+        spec = alert_specs().get(kind)
+        if spec is not None:
+            return spec.anchor
         check = subject.rsplit(":", 1)[-1] if kind == "data_quality" and ":" in subject else None
         return _RUNBOOK_ANCHOR.get(f"{kind}:{check}", _RUNBOOK_ANCHOR[kind])
 
@@ -436,6 +431,7 @@ class AlertEngine:
         details = st.details or {}
         window = dict(st.window or {})
         flap = self._flap_info(st)
+        specs = alert_specs()
         payload = {
             "status": status,
             "alert": kind,
@@ -496,13 +492,11 @@ class AlertEngine:
                 harms.append(f"a gap widened by more than {details.get('max_gap_widening')} beyond the baseline's")
             payload["summary"] = (f"{model}: {subject}: {'; '.join(harms) or 'fairness bound crossed'}" + intermittent
                                   if status == "firing" else f"{model}: fairness across {subject} is back within bounds; resolved")
-        elif kind == "multivariate_drift":
-            payload["multivariate"] = details
-            what = "ROC AUC" if subject == "domain_classifier" else "error shift"
-            payload["summary"] = (
-                f"{model}: multivariate drift by {subject} ({what} {details.get('score', 0):.3g} vs threshold "
-                f"{details.get('threshold', 0):.3g}, p={details.get('p_value', 1):.2g})" + intermittent
-                if status == "firing" else f"{model}: {subject} is back in line with the baseline; resolved")
+        elif kind in specs:  # worded by the detector's registry entry
+            spec = specs[kind]
+            payload[spec.section] = details
+            firing = status == "firing"
+            payload["summary"] = spec.summary(model, subject, details, firing) + (intermittent if firing else "")
         elif kind == "data_quality":
             payload["check"] = details
             payload["summary"] = (f"{model}: data quality: {details.get('name')} {details.get('check')} share "
@@ -546,8 +540,8 @@ class AlertEngine:
         return out
 
     def firing(self) -> dict[str, int]:
-        """Alert kind -> number of alerts firing (every kind present, zeros included)."""
-        counts = {kind: 0 for kind in ALERT_KINDS}
+        """Alert kind -> number of alerts firing (every kind present, registered detectors' too, zeros included)."""
+        counts = {kind: 0 for kind in (*ALERT_KINDS, *alert_specs())}
         for st in list(self.states.values()):  # a scrape thread reads while the consumer adds states
             if st.firing:
                 counts[st.kind] += 1
@@ -555,7 +549,7 @@ class AlertEngine:
 
     def flapping(self) -> dict[str, int]:
         """Alert kind -> number of subjects flapping (every kind present, zeros included)."""
-        counts = {kind: 0 for kind in ALERT_KINDS}
+        counts = {kind: 0 for kind in (*ALERT_KINDS, *alert_specs())}
         for st in list(self.states.values()):  # likewise read by scrapes
             if st.flapping:
                 counts[st.kind] += 1

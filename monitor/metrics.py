@@ -14,8 +14,9 @@ from prometheus_client.registry import Collector
 
 from monitor.decode import INVALID_REASONS
 from monitor.performance import DELAY_BUCKETS
+from monitor.registry import detector_samples
 
-__all__ = ["NAMES", "DriftmonCollector", "make_registry"]
+__all__ = ["DETECTOR_FAMILIES", "NAMES", "DriftmonCollector", "make_registry"]
 
 PREFIX = "driftmon_"
 
@@ -87,6 +88,20 @@ NAMES = {
     "dead_letters_pending": ("gauge", "Dead letters queued or in flight: neither acknowledged, failed nor counted "
                                       "unconfirmed yet."),
     "multivariate_evaluations": ("counter", "Domain-classifier evaluations finished, and windows it skipped (rate limit)."),
+}
+
+
+#: The families a window detector may declare samples of (its registry entry's ``metrics`` hook, see
+#: :class:`monitor.registry.Sample`): name (a key of NAMES) -> its labels after ``model``. The collector
+#: exports these from the registry without knowing the detectors; a family appears once a sample of it is
+#: declared (a sample whose value is None exports the family without that series: configured, no value yet).
+#: A detector whose results fit a family here needs no edit to this file; a new family is one line here
+#: and one in NAMES.
+DETECTOR_FAMILIES = {
+    "multivariate_drift_detected": ("method",),
+    "multivariate_drift_score": ("method",),
+    "multivariate_drift_p_value": ("method",),
+    "multivariate_evaluations": ("outcome",),
 }
 
 
@@ -202,8 +217,7 @@ class DriftmonCollector(Collector):
                 yield fam
         if cluster is None or cluster.active:  # in scale-out the aggregator alone exports the verdicts
             yield from self._window_families(m, p.last_result)
-        if getattr(p, "multivariate", None) is not None and p.multivariate.detectors:
-            yield from self._multivariate_families(m, p.multivariate, p.last_result)
+        yield from self._detector_families(m, getattr(p, "detectors", None) or [], p.last_result)
         yield from self._alert_families(m)
         if p.tracker is not None:
             yield from self._performance_families(m, p.tracker, s.baseline)
@@ -361,25 +375,21 @@ class DriftmonCollector(Collector):
             fam.add_metric([m], end)
             yield fam
 
-    def _multivariate_families(self, m: str, state, result: dict | None):
-        detected = _family("multivariate_drift_detected", ["method"])
-        score = _family("multivariate_drift_score", ["method"])
-        pval = _family("multivariate_drift_p_value", ["method"])
-        section = (result or {}).get("multivariate") or {}
-        for method in state.detectors:  # pre-exported zeros for the configured methods
-            r = section.get(method) or {}
-            detected.add_metric([m, method], 1 if r.get("drift") else 0)
-            value = r.get("auc") if method == "domain_classifier" else r.get("effect")
-            if value is not None:
-                score.add_metric([m, method], value)
-            if r.get("p_value") is not None:
-                pval.add_metric([m, method], r["p_value"])
-        yield from (detected, score, pval)
-        if "domain_classifier" in state.detectors:
-            runs = _family("multivariate_evaluations", ["outcome"])
-            runs.add_metric([m, "finished"], state.runner.evaluations)
-            runs.add_metric([m, "skipped"], state.runner.skipped)
-            yield runs
+    @staticmethod
+    def _detector_families(m: str, detectors: list, result: dict | None):
+        """The samples registered detectors declare (monitor/registry.py), one family per name."""
+        families: dict = {}
+        for sample in detector_samples(detectors, result):
+            labels = DETECTOR_FAMILIES.get(sample.family)
+            if labels is None or len(sample.labels) != len(labels):
+                raise ValueError(f"detector metric {sample.family}{sample.labels}: not a family of DETECTOR_FAMILIES "
+                                 "with these labels")
+            fam = families.get(sample.family)
+            if fam is None:
+                fam = families[sample.family] = _family(sample.family, list(labels))
+            if sample.value is not None:
+                fam.add_metric([m, *map(str, sample.labels)], sample.value)
+        yield from (families[k] for k in DETECTOR_FAMILIES if k in families)
 
     def _alert_families(self, m: str):
         stats_fn = getattr(self.service, "alert_stats", None)

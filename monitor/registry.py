@@ -7,8 +7,12 @@ baseline is loaded; raises ConfigError when the baseline lacks them). The pipeli
 and gives every window a
 :meth:`~detectors.window.WindowDetector.fresh` twin of each; the window updates, merges,
 checkpoints and evaluates them without knowing what they are (see :mod:`detectors.window` and
-docs/DESIGN.md "Window detectors"). Adding a detector: a module in ``detectors/``, its config
-section, one entry in :data:`REGISTRY`, docs.
+docs/DESIGN.md "Window detectors"). An entry may also declare what its results mean for Prometheus and
+alerting: ``metrics`` (:class:`Sample` values of families from :data:`monitor.metrics.DETECTOR_FAMILIES`),
+``evidence`` (:class:`Finding` values for the alert engine) and ``alerts`` (:class:`AlertSpec`: how a
+kind's notification reads), so :mod:`monitor.metrics` and :mod:`monitor.alerting` iterate over the registry
+instead of reading sections by name. Adding a detector: a module in ``detectors/``, its config section, one
+entry in :data:`REGISTRY`, docs.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from monitor.config import Column, Config, ConfigError
 from monitor.multivariate import ClassifierRunner, MultivariateState, check_artefacts, fit_artefacts, min_interval_seconds
 from monitor.values import category_name, segment_value
 
-__all__ = ["LABELLED", "REGISTRY", "Entry", "Training", "MultivariateDetector", "build_detectors", "build_labelled_detectors",
-           "feature_policies"]
+__all__ = ["LABELLED", "REGISTRY", "AlertSpec", "Entry", "Finding", "Sample", "Training", "MultivariateDetector",
+           "alert_specs", "build_detectors", "build_labelled_detectors", "detector_samples", "feature_policies",
+           "findings"]
 
 
 @dataclass(frozen=True)
@@ -41,12 +46,65 @@ class Training:
 
 
 @dataclass(frozen=True)
+class Sample:
+    """One metric sample a detector declares.
+
+    ``family`` is a key of :data:`monitor.metrics.DETECTOR_FAMILIES` (the fixed, documented set: names
+    are never built from data); ``labels`` are the values of that family's labels after ``model``, from
+    the configuration only.
+    """
+
+    family: str
+    labels: tuple
+    value: float | None  # None: the family is exported without this series (configured, no value yet)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What one window says about one alert subject: the alert engine's evidence.
+
+    ``kind`` is one of :data:`monitor.config.ALERT_KINDS`; ``subject`` is bounded by the configuration
+    (a method, a feature); ``ratio`` is evidence / threshold (``>= alerts.critical_ratio`` is critical);
+    ``details`` go into the notification.
+    """
+
+    kind: str
+    subject: str
+    bad: bool
+    ratio: float
+    details: dict
+
+
+@dataclass(frozen=True)
+class AlertSpec:
+    """How a notification of one alert kind reads.
+
+    ``section``: the payload key its details go under; ``anchor``: its section of docs/runbook.md
+    (GitHub anchor); ``summary(model, subject, details, firing) -> str`` (the engine appends the
+    intermittent note of a flapping alert).
+    """
+
+    kind: str
+    section: str
+    anchor: str
+    summary: Callable
+
+
+@dataclass(frozen=True)
 class Entry:
-    """One registered detector: how to build it per window, and what it learns from the training data."""
+    """One registered detector: how to build it per window, what it learns from the training data, and
+    what its results mean for metrics and alerts.
+
+    A detector whose ``metrics`` hook is set has ``key`` equal to its registry name (that is how the
+    collector finds the built detector).
+    """
 
     build: Callable  # (config, baseline, background) -> detector or None
     fit: Callable | None = None  # (config, training: Training, seed) -> baseline extras
     check: Callable | None = None  # (config, extras, baseline path) -> None, or ConfigError
+    metrics: Callable | None = None  # (detector, last window result or None) -> iterable of Sample
+    evidence: Callable | None = None  # (config, window result) -> iterable of Finding
+    alerts: tuple = ()  # AlertSpec of the kinds it raises whose notifications it words
 
 
 def feature_policies(config: Config) -> dict[str, FeaturePolicy]:
@@ -178,11 +236,57 @@ def _check_multivariate(config: Config, extras: dict, path: str) -> None:
         check_artefacts(config, extras, path)
 
 
+def _multivariate_metrics(detector: MultivariateDetector, result: dict | None):
+    section = (result or {}).get("multivariate") or {}
+    detectors = detector.state.detectors
+    for method in detectors:  # pre-exported zeros for the configured methods
+        r = section.get(method) or {}
+        yield Sample("multivariate_drift_detected", (method,), 1 if r.get("drift") else 0)
+    for method in detectors:  # None until the method has judged a window: the family without the series
+        r = section.get(method) or {}
+        yield Sample("multivariate_drift_score", (method,), r.get("auc") if method == "domain_classifier" else r.get("effect"))
+    for method in detectors:
+        yield Sample("multivariate_drift_p_value", (method,), (section.get(method) or {}).get("p_value"))
+    if "domain_classifier" in detectors:
+        yield Sample("multivariate_evaluations", ("finished",), detector.state.runner.evaluations)
+        yield Sample("multivariate_evaluations", ("skipped",), detector.state.runner.skipped)
+
+
+def _ratio(value, threshold) -> float:
+    if value is None or not threshold:
+        return 0.0
+    return float(value) / float(threshold)
+
+
+def _multivariate_evidence(config: Config, result: dict):
+    for method, r in (result.get("multivariate") or {}).items():
+        # a background classifier result is evidence once, in the first window that reports it
+        if r.get("status") == "ok" and r.get("fresh", True):
+            score = r["auc"] if method == "domain_classifier" else r["effect"]
+            # the classifier's effect is AUC - 0.5 against its threshold's distance from 0.5
+            ratio = (_ratio(score - 0.5, r["threshold"] - 0.5) if method == "domain_classifier"
+                     else _ratio(abs(score), r["threshold"]))
+            yield Finding("multivariate_drift", method, bool(r["drift"]), ratio, {
+                "method": method, "score": score, "threshold": r["threshold"], "p_value": r["p_value"],
+                "window": r.get("window", result["window"]["index"]), "events": r["events"]})
+
+
+def _multivariate_summary(model: str, subject: str, details: dict, firing: bool) -> str:
+    if not firing:
+        return f"{model}: {subject} is back in line with the baseline; resolved"
+    what = "ROC AUC" if subject == "domain_classifier" else "error shift"
+    return (f"{model}: multivariate drift by {subject} ({what} {details.get('score', 0):.3g} vs threshold "
+            f"{details.get('threshold', 0):.3g}, p={details.get('p_value', 1):.2g})")
+
+
 #: Window detectors in the order their sections appear in a window result.
 REGISTRY: dict[str, Entry] = {
     "features": Entry(_features),
     "estimated_performance": Entry(_estimated_performance),
-    "multivariate": Entry(_multivariate, _fit_multivariate, _check_multivariate),
+    "multivariate": Entry(_multivariate, _fit_multivariate, _check_multivariate, metrics=_multivariate_metrics,
+                          evidence=_multivariate_evidence,
+                          alerts=(AlertSpec("multivariate_drift", "multivariate", "driftmonmultivariatedrift",
+                                            _multivariate_summary),)),
     "segments": Entry(_segments, _fit_segments, _check_segments),
 }
 
@@ -199,6 +303,26 @@ def fit_extras(config: Config, training: Training, seed: int = 0) -> dict:
         if entry.fit is not None:
             extras.update(entry.fit(config, training, seed))
     return extras
+
+
+def detector_samples(detectors: list, result: dict | None) -> list[Sample]:
+    """The metric samples every registered detector declares, from the built detectors and the last result."""
+    out: list[Sample] = []
+    for name, entry in REGISTRY.items():
+        detector = next((d for d in detectors if d.key == name), None)
+        if entry.metrics is not None and detector is not None:
+            out.extend(entry.metrics(detector, result))
+    return out
+
+
+def findings(config: Config, result: dict) -> list[Finding]:
+    """The alert evidence every registered detector declares for one window result, in registry order."""
+    return [f for entry in REGISTRY.values() if entry.evidence is not None for f in entry.evidence(config, result)]
+
+
+def alert_specs() -> dict[str, AlertSpec]:
+    """Alert kind -> how its notifications read, for the kinds registered detectors word."""
+    return {spec.kind: spec for entry in REGISTRY.values() for spec in entry.alerts}
 
 
 def check_extras(config: Config, extras: dict, path: str) -> None:
