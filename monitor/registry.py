@@ -244,7 +244,8 @@ def _multivariate_metrics(detector: MultivariateDetector, result: dict | None):
         yield Sample("multivariate_drift_detected", (method,), 1 if r.get("drift") else 0)
     for method in detectors:  # None until the method has judged a window: the family without the series
         r = section.get(method) or {}
-        yield Sample("multivariate_drift_score", (method,), r.get("auc") if method == "domain_classifier" else r.get("effect"))
+        value = r.get("auc") if method == "domain_classifier" else r.get("effect")
+        yield Sample("multivariate_drift_score", (method,), value)
     for method in detectors:
         yield Sample("multivariate_drift_p_value", (method,), (section.get(method) or {}).get("p_value"))
     if "domain_classifier" in detectors:
