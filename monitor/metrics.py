@@ -98,6 +98,8 @@ NAMES = {
 #: A detector whose results fit a family here needs no edit to this file; a new family is one line here
 #: and one in NAMES.
 DETECTOR_FAMILIES = {
+    "estimated_performance": ("metric",),
+    "segment_features_drifted": ("segment",),
     "multivariate_drift_detected": ("method",),
     "multivariate_drift_score": ("method",),
     "multivariate_drift_p_value": ("method",),
@@ -355,16 +357,6 @@ class DriftmonCollector(Collector):
         drifted = _family("features_drifted", [])
         drifted.add_metric([m], len((result or {}).get("drifted", [])))
         yield drifted
-        estimated = _family("estimated_performance", ["metric"])
-        for metric, value in sorted(((result or {}).get("estimated_performance") or {}).items()):
-            if metric in ("accuracy", "precision", "recall", "f1") and value is not None:
-                estimated.add_metric([m, metric], value)
-        yield estimated
-        segments = _family("segment_features_drifted", ["segment"])
-        for field, values in sorted(((result or {}).get("segments") or {}).items()):
-            for value, summary in sorted(values.items()):
-                segments.add_metric([m, f"{field}={value}"], len(summary["drifted"]))
-        yield segments
         if result is not None:
             events = _family("window_events", [])
             events.add_metric([m], result["window"]["events"])

@@ -95,8 +95,7 @@ class Entry:
     """One registered detector: how to build it per window, what it learns from the training data, and
     what its results mean for metrics and alerts.
 
-    A detector whose ``metrics`` hook is set has ``key`` equal to its registry name (that is how the
-    collector finds the built detector).
+    ``key``: the built detector's ``key`` when it is not the entry's name (how the collector finds it).
     """
 
     build: Callable  # (config, baseline, background) -> detector or None
@@ -105,6 +104,7 @@ class Entry:
     metrics: Callable | None = None  # (detector, last window result or None) -> iterable of Sample
     evidence: Callable | None = None  # (config, window result) -> iterable of Finding
     alerts: tuple = ()  # AlertSpec of the kinds it raises whose notifications it words
+    key: str | None = None
 
 
 def feature_policies(config: Config) -> dict[str, FeaturePolicy]:
@@ -236,6 +236,18 @@ def _check_multivariate(config: Config, extras: dict, path: str) -> None:
         check_artefacts(config, extras, path)
 
 
+def _estimated_metrics(detector: EstimatedPerformance, result: dict | None):
+    for metric, value in sorted(((result or {}).get("estimated_performance") or {}).items()):
+        if metric in ("accuracy", "precision", "recall", "f1") and value is not None:
+            yield Sample("estimated_performance", (metric,), value)
+
+
+def _segments_metrics(detector: SegmentDrift, result: dict | None):
+    for field, values in sorted(((result or {}).get("segments") or {}).items()):
+        for value, summary in sorted(values.items()):  # values: the baseline's top ones and "other"
+            yield Sample("segment_features_drifted", (f"{field}={value}",), len(summary["drifted"]))
+
+
 def _multivariate_metrics(detector: MultivariateDetector, result: dict | None):
     section = (result or {}).get("multivariate") or {}
     detectors = detector.state.detectors
@@ -283,12 +295,12 @@ def _multivariate_summary(model: str, subject: str, details: dict, firing: bool)
 #: Window detectors in the order their sections appear in a window result.
 REGISTRY: dict[str, Entry] = {
     "features": Entry(_features),
-    "estimated_performance": Entry(_estimated_performance),
+    "estimated_performance": Entry(_estimated_performance, metrics=_estimated_metrics, key=EstimatedPerformance.key),
     "multivariate": Entry(_multivariate, _fit_multivariate, _check_multivariate, metrics=_multivariate_metrics,
                           evidence=_multivariate_evidence,
                           alerts=(AlertSpec("multivariate_drift", "multivariate", "driftmonmultivariatedrift",
                                             _multivariate_summary),)),
-    "segments": Entry(_segments, _fit_segments, _check_segments),
+    "segments": Entry(_segments, _fit_segments, _check_segments, metrics=_segments_metrics),
 }
 
 
@@ -310,7 +322,7 @@ def detector_samples(detectors: list, result: dict | None) -> list[Sample]:
     """The metric samples every registered detector declares, from the built detectors and the last result."""
     out: list[Sample] = []
     for name, entry in REGISTRY.items():
-        detector = next((d for d in detectors if d.key == name), None)
+        detector = next((d for d in detectors if d.key == (entry.key or name)), None)
         if entry.metrics is not None and detector is not None:
             out.extend(entry.metrics(detector, result))
     return out

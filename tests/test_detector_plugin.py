@@ -182,3 +182,24 @@ def test_an_undeclared_family_is_refused(setup, monkeypatch):
     monkeypatch.setitem(REGISTRY, "mean_shift", Entry(_build, metrics=lambda d, r: [Sample("mean_shift_rate", (), 1)]))
     with pytest.raises(ValueError, match="mean_shift_rate"):
         scrape(Pipeline(config, baseline), baseline)
+
+
+def test_ported_detectors_export_their_series_from_the_registry(tmp_path):
+    """Estimated performance and segment drift declare their series in their entries: the values are the result's."""
+    _path, config = write_setup(tmp_path, car_loan(seed=3), schema={"label": {"name": "repaid", "type": "categorical"}},
+                                window={"size": WINDOW}, segments=[{"name": "channel", "path": "channel"}])
+    baseline = Baseline.load(config.baseline)
+    p = Pipeline(config, baseline)
+    assert not any(name in ("driftmon_estimated_performance", "driftmon_segment_features_drifted")
+                   for name, _ in scrape(p, baseline))  # no window judged yet: no series
+    (result,) = windows(p, True, 1, seed=4)
+    samples = scrape(p, baseline)
+    model = ("model", config.model)
+    estimated = {dict(labels)["metric"]: v for (name, labels), v in samples.items()
+                 if name == "driftmon_estimated_performance"}
+    assert estimated and estimated == pytest.approx({k: v for k, v in result["estimated_performance"].items()
+                                                     if k in ("accuracy", "precision", "recall", "f1")})
+    segments = {labels: v for (name, labels), v in samples.items() if name == "driftmon_segment_features_drifted"}
+    assert segments == {(model, ("segment", f"channel={value}")): len(s["drifted"])
+                        for value, s in result["segments"]["channel"].items()}
+    assert sum(segments.values()) > 0  # the drifted rows drift within segments too
