@@ -83,7 +83,7 @@ class Worker:
         self.pending += [(key, p) for p in partials]
         return batch
 
-    def tick(self, now: float, idle: bool, quiet: float = 2.0) -> None:
+    def tick(self, now: float, idle: bool, owned=None, quiet: float = 2.0) -> None:
         """Close open windows whose end plus ``window.grace`` has passed on the clock, for partitions that sent
         nothing for ``quiet`` seconds (or all, when the replica is idle): a partition read from a backlog
         keeps its window open until its events move past it, as its watermark promises."""
@@ -91,6 +91,8 @@ class Worker:
         clock = time.monotonic()
         for key, part in self.parts.items():
             window = part.window
+            if owned is not None and key not in owned:
+                continue
             if not (idle or clock - self.seen.get(key, 0.0) >= quiet):
                 continue
             if window.start is not None and window.end + grace <= now and (window.events or window.invalid):
@@ -230,6 +232,8 @@ class Cluster:
         self.partials_topic, self.changelog_topic, self.group_id = config.cluster.names(
             kafka.topic, config.model, kafka.group_id)
         self.worker = Worker(config, daemon.baseline)
+        # what a first aggregator starts from (a take-over without a changelog record starts there too)
+        self._fresh = {"pipeline": daemon.pipeline.state_dict(), "alerts": daemon.alerts.state_dict()}
         self.aggregator = Aggregator(daemon.pipeline, kafka.topic, config.cluster.grace_seconds)
         self.assigned = False  # this replica holds the model's partials partition
         self.active = False  # ... and has restored the aggregator state from the changelog
@@ -352,7 +356,10 @@ class Cluster:
         return self.aggregator.close(self.partitions, now) if self.active else []
 
     def tick(self, now: float, idle: bool) -> list[dict]:
-        self.worker.tick(now, idle)
+        source = self.daemon.source
+        # only partitions this replica holds: one it lost (a stall past the session timeout) has another owner
+        owned = {f"{tp.topic}:{tp.partition}" for tp in source.assigned} if source is not None else set()
+        self.worker.tick(now, idle, owned)
         return self.step(now)
 
     def _run(self) -> None:
@@ -472,10 +479,16 @@ class Cluster:
         """Take over as the aggregator: the state of the last changelog record, then the partials after it."""
         self.restore_needed = False
         daemon = self.daemon
+        daemon._outgoing = None  # whatever this replica evaluated before is superseded by the changelog's state
         tp = TopicPartition(self.partials_topic, 0)
-        if state is None:
+        if state is None:  # nothing was ever committed, so nothing was emitted: start as the first aggregator did
             self.aggregator._reset()
+            state = self._fresh
+            daemon.pipeline.load_state_dict({**state["pipeline"], "positions": {},
+                                             "window": daemon.pipeline._new_window(0).state_dict()})
+            daemon.alerts.load_state_dict(state["alerts"])
             self._consumer.seek_to_beginning(tp)
+            state = None
         else:
             self.aggregator.load_state_dict(state["aggregator"])
             daemon.pipeline.load_state_dict({**state["pipeline"], "positions": {},
