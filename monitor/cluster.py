@@ -31,7 +31,7 @@ import time
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import ProducerFencedError, TopicAlreadyExistsError
+from kafka.errors import KafkaTimeoutError, ProducerFencedError, TopicAlreadyExistsError
 
 from monitor.config import ConfigError
 from monitor.pipeline import Pipeline
@@ -203,6 +203,19 @@ class Aggregator:
         return self
 
 
+def _commit_transaction(producer: KafkaProducer, timeout_ms: int) -> None:
+    """``producer.commit_transaction()`` with a bound: kafka-python's waits without one, and an aggregator
+    waiting forever under the daemon's lock would stop the worker too. Raises KafkaTimeoutError."""
+    manager = getattr(producer, "_transaction_manager", None)
+    if manager is None or not hasattr(manager, "begin_commit"):  # another kafka-python: its own call
+        producer.commit_transaction()
+        return
+    result = manager.begin_commit()
+    producer._sender.wakeup()
+    if not result.wait(timeout_ms=timeout_ms):  # raises the commit's error, if it failed
+        raise KafkaTimeoutError(f"the changelog transaction did not commit within {timeout_ms} ms")
+
+
 class _AggregatorListener(ConsumerRebalanceListener):
     def __init__(self, cluster: "Cluster"):
         self.cluster = cluster
@@ -238,6 +251,7 @@ class Cluster:
         self.assigned = False  # this replica holds the model's partials partition
         self.active = False  # ... and has restored the aggregator state from the changelog
         self.restore_needed = False
+        self._retake_at: float | None = None  # after being fenced: when to take over again if still assigned
         self.changed = False
         self.partitions = 0  # of the source topic
         self._producer: KafkaProducer | None = None  # partials
@@ -373,6 +387,9 @@ class Cluster:
                 self._stopping.wait(1.0)
                 continue
             state = None
+            if self._retake_at is not None and time.monotonic() >= self._retake_at:
+                self._retake_at = None
+                self.restore_needed = self.assigned and not self.active
             if self.restore_needed:
                 records = {}  # re-read from the restored position
                 try:  # outside the lock: the worker goes on meanwhile
@@ -419,18 +436,20 @@ class Cluster:
         try:
             producer.begin_transaction()
             producer.send(self.changelog_topic, key=self.config.model.encode(), value=value)
-            producer.commit_transaction()
+            _commit_transaction(producer, timeout_ms=10_000)
         except ProducerFencedError:
             log.warning("fenced: another replica took over as the aggregator for %s", self.config.model)
             self._resign()
-            self.restore_needed = self.assigned  # still ours by the group's last word: take over again
+            # Still ours by the group's last word? Take over again once the group had time to settle (the
+            # replica that fenced us may be a stalled one that is about to learn it lost the partition).
+            self._retake_at = time.monotonic() + self.config.kafka.session_timeout_ms / 1000
             return False
         except Exception as exc:  # the broker is away: nothing is emitted until the state is durable
             log.warning("aggregator state not written to %s: %s", self.changelog_topic, exc)
-            try:
-                producer.abort_transaction()
-            except Exception:  # the next write tries again; a new aggregator aborts it anyway
-                pass
+            # A transaction in an unknown state: take over afresh (a new epoch aborts it, and the state is
+            # read back from what was committed), at once if the partition is still ours.
+            self._resign()
+            self._retake_at = time.monotonic()
             return False
         self.changelog_writes += 1
         self.changed = False
