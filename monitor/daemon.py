@@ -21,6 +21,7 @@ from monitor.config import Config, ConfigError
 from monitor.deadletter import DeadLetters
 from monitor.durability import CheckpointPolicy
 from monitor.health import BrokerHealth
+from monitor.join import StoreError
 from monitor.metrics import DriftmonCollector, make_registry
 from monitor.outbox import Outbox
 from monitor.pipeline import Pipeline
@@ -97,28 +98,21 @@ class Daemon:
         # failed writes of the state directory (a full or read-only disk), counted and retried with backoff
         self.writes = {"checkpoint": self.policy.retry, "window_log": WriteRetry("the window log"),
                        "outbox": self.outbox.writes}
+        self.labels_path = None  # pending label joins on disk (monitor/join.py), when labels have a topic
+        self.rewind = False  # the label join store failed a write: back to the last durable checkpoint (see _recover)
         self.paused = False  # consumption paused until closed windows are durable and emitted
         self.listeners = []  # callables(result), e.g. the demo's live display
         self.last_window_end: float | None = None
-        tracker = self.pipeline.tracker
-        if tracker is not None and config.labels_on_topic:  # pending label joins on disk (monitor/join.py)
-            tracker.join.open(os.path.join(config.state.dir, "labels"))
+        if self.pipeline.tracker is not None and config.labels_on_topic:
+            self.labels_path = os.path.join(config.state.dir, "labels")
+            self.writes["labels"] = WriteRetry("the label join store")
+            self.pipeline.tracker.join.open(self.labels_path)
         self.cluster = None
         if config.cluster.enabled:  # scale-out: state lives in Kafka (monitor/cluster.py), not in a checkpoint
             from monitor.cluster import Cluster
 
             self.cluster = Cluster(self)
-        restored = self.store.load() if self.cluster is None else None
-        if restored is not None:
-            self.pipeline.load_state_dict(restored["pipeline"])
-            self.alerts.load_state_dict(restored["alerts"])
-            if self.pipeline.last_result is not None:
-                self.last_window_end = window_end_seconds(self.pipeline.last_result)
-            if restored.get("outgoing"):
-                self._outgoing = restored["outgoing"]  # the crash came between checkpoint and emission
-                self._emit_pending()
-            log.info("restored checkpoint: window %d with %d events, positions %s",
-                     self.pipeline.window.index, self.pipeline.window.events, self.pipeline.positions)
+        self._restore(self.store.load() if self.cluster is None else None)
         self.lock = threading.RLock()
         self.stopping = threading.Event()
         self.config_hash = config.hash()
@@ -209,6 +203,71 @@ class Daemon:
         if self._outgoing is not None and self.checkpoint():
             self._emit_pending()
 
+    def _restore(self, restored: dict | None) -> None:
+        """Load a checkpoint into the pipeline and the alerts (at start, and when the label join store is
+        rewound to the last durable one, see :meth:`_recover`); the windows it holds unemitted are emitted."""
+        if restored is None:
+            return
+        self.pipeline.load_state_dict(restored["pipeline"])
+        self.alerts.load_state_dict(restored["alerts"])
+        if self.pipeline.last_result is not None:
+            self.last_window_end = window_end_seconds(self.pipeline.last_result)
+        if restored.get("outgoing"):
+            self._outgoing = restored["outgoing"]  # the crash came between checkpoint and emission
+            self._emit_pending()
+        log.info("restored checkpoint: window %d with %d events, positions %s",
+                 self.pipeline.window.index, self.pipeline.window.events, self.pipeline.positions)
+
+    def _store_failed(self, exc: StoreError) -> None:
+        """The label join store refused a write (a full disk): RocksDB refuses every later one until it is
+        reopened, and the pipeline's state no longer matches it. Counted; from now on nothing is processed
+        or checkpointed (nothing is committed past the last durable checkpoint) until :meth:`_recover`.
+        Takes no lock: it runs under the pipeline lock or the checkpoint's save lock."""
+        if not self.rewind:
+            self.writes["labels"].failed(exc)
+        self.rewind = True
+
+    def _recover(self) -> None:
+        """Rewind to the last durable checkpoint once the label join store opens again (retried with backoff).
+
+        As a restart would: the store is reopened and rolled back to the checkpoint's epoch, the pipeline
+        and the alerts are loaded from the checkpoint, and a new consumer seeks to its positions. The
+        records read since then are read again (their dead letters are sent again) and counted once: the
+        windows closed since were never emitted (no checkpoint was durable to emit them).
+        """
+        retry = self.writes["labels"]
+        if not retry.due():
+            return
+        with self.lock, self.policy.holding():  # no checkpoint is written while the one on disk is loaded
+            try:
+                restored = self.store.load()
+                consumed, invalid, late = self.pipeline.consumed, self.pipeline.invalid, self.pipeline.late
+                if restored is None:  # no checkpoint yet: a fresh start, as a restart would make
+                    self.pipeline.tracker.join.close()
+                    self.pipeline = Pipeline(self.config, self.baseline, background=True)
+                    self.alerts.load_state_dict({"states": {}, "recent": []})
+                    self.last_window_end = None
+                self.pipeline.consumed, self.pipeline.invalid, self.pipeline.late = consumed, invalid, late
+                self.pipeline.performance = []
+                self._outgoing = None
+                self.pipeline.tracker.join.open(self.labels_path)  # closes the failed one
+                self._restore(restored)
+                if restored is None:
+                    self.pipeline.tracker.join.expire()  # clears the store no checkpoint names
+            except StoreError as exc:
+                retry.failed(exc)
+                return
+            retry.ok()
+            self.rewind = False
+            self.policy.restored(self.pipeline.positions)
+            self._publish()
+        log.warning("label join store reopened and rolled back to the last durable checkpoint: reading again "
+                    "from %s", self.pipeline.positions)
+        source, self.source = self.source, None
+        source.close(timeout_s=2.0)
+        self.consuming = False
+        self._connect()  # the new consumer seeks to the checkpoint's positions (see KafkaSource.on_assigned)
+
     def _emit_pending(self) -> bool:
         """Emit the closed windows held in ``_outgoing`` (a checkpoint holding them is durable).
 
@@ -252,10 +311,18 @@ class Daemon:
             self._settle_dead_letters()
             with self.lock:
                 return self.cluster.checkpoint(force)
-        return self.policy.checkpoint(self.lock, self._snapshot, force, before=self._dead_letter_mark,
-                                      on_durable=self._durable)
+        if self.rewind:
+            return False  # the state in memory is not the store's: only the one on disk is
+        try:
+            return self.policy.checkpoint(self.lock, self._snapshot, force, before=self._dead_letter_mark,
+                                          on_durable=self._durable)
+        except StoreError as exc:  # the label join store's commit (taken with the snapshot)
+            self._store_failed(exc)
+            return False
 
     def _snapshot(self) -> tuple[dict, dict]:
+        if self.rewind:  # failed after checkpoint() looked, before the snapshot took the lock
+            raise StoreError("the label join store waits to be rolled back")
         state = {"pipeline": self.pipeline.state_dict(), "alerts": self.alerts.state_dict(),
                  "outgoing": self._outgoing}
         return state, dict(state["pipeline"]["positions"])
@@ -276,7 +343,10 @@ class Daemon:
 
     def _durable(self, state: dict) -> None:
         if state["pipeline"].get("performance"):  # the label join's undo records this covers can go
-            self.pipeline.tracker.join.durable(state["pipeline"]["performance"]["join"])
+            try:
+                self.pipeline.tracker.join.durable(state["pipeline"]["performance"]["join"])
+            except StoreError as exc:  # the checkpoint is durable; the store is rolled back to it
+                self._store_failed(exc)
 
     def _probe(self) -> None:
         """Ask the broker for the end offsets: proves it answers, and gives the consumer lag."""
@@ -299,11 +369,18 @@ class Daemon:
                     self._handle(self.cluster.tick(time.time(), self.idle))
                     self._publish()
             return
-        if not self.idle or self._outgoing is not None:
+        if not self.idle or self._outgoing is not None or self.rewind:
             return
         self._settle_dead_letters()  # (the consuming loop is idle: it is not producing more meanwhile)
         with self.lock:
-            self._handle(self.pipeline.tick(time.time()))
+            if self.rewind:
+                return
+            try:
+                results = self.pipeline.tick(time.time())
+            except StoreError as exc:
+                self._store_failed(exc)
+                return
+            self._handle(results)
             self._publish()
 
     def _resend(self, sink_name: str) -> None:
@@ -313,11 +390,15 @@ class Daemon:
             self.dispatcher.refresh(sink_name, self.alerts.active())
 
     def _consume_once(self) -> None:
-        if self._outgoing is not None:  # closed windows wait for a durable checkpoint (a full disk?)
+        if self.rewind:
+            self._recover()
+            if self.source is None:
+                return  # stopping while it reconnected
+        if self._outgoing is not None and not self.rewind:  # closed windows wait for a durable checkpoint
             self._settle_dead_letters()
             with self.lock:
                 self._handle([])  # tries the checkpoint and the emission again, with backoff
-        self._pause(self._outgoing is not None)
+        self._pause(self._outgoing is not None or self.rewind)
         batches = self.source.poll(timeout_ms=500)
         if self.source.assigned:
             self.consuming = True
@@ -343,9 +424,9 @@ class Daemon:
         if paused != self.paused:
             self.paused = paused
             if paused:
-                log.error("consumption paused: closed windows cannot be made durable (%s)",
-                          self.writes["checkpoint"].last_error or self.writes["window_log"].last_error
-                          or self.outbox.writes.last_error)
+                failing = next((r for r in self.writes.values() if r.failing), None)
+                log.error("consumption paused: %s cannot be written (%s)", failing.target if failing else
+                          "the state", failing.last_error if failing else "closed windows wait")
             else:
                 log.warning("consumption resumed: the state directory is writable again")
         self.source.pause(paused)
@@ -355,6 +436,8 @@ class Daemon:
         labels_topic = self.config.kafka.labels_topic
         for pb in batches:
             with self.lock:
+                if self.rewind:
+                    break  # the rest of the poll is read again from the last durable checkpoint (see _recover)
                 if not self.source.owns(pb):
                     continue  # revoked since the poll: its next owner reads it (see KafkaSource.owns)
                 if self.cluster is not None and pb.topic == self.config.kafka.topic:
@@ -366,11 +449,17 @@ class Daemon:
                     pipeline.invalid.update(batch.invalid)
                     pipeline.positions[pb.key] = int(pb.offsets[-1]) + 1
                     results = []
-                elif labels_topic and pb.topic == labels_topic:
-                    batch = self.pipeline.process_labels(pb.values, pb.times, pb.key, pb.offsets)
-                    results = []
                 else:
-                    results, batch = self.pipeline.process(pb.values, pb.times, pb.key, pb.offsets)
+                    try:
+                        if labels_topic and pb.topic == labels_topic:
+                            batch = self.pipeline.process_labels(pb.values, pb.times, pb.key, pb.offsets)
+                            results = []
+                        else:
+                            results, batch = self.pipeline.process(pb.values, pb.times, pb.key, pb.offsets)
+                    except StoreError as exc:  # a full disk: the pipeline is rewound, this batch read again
+                        self._store_failed(exc)
+                        self._publish()
+                        break
                 if batch.rejected and self.dead_letters is not None:
                     self.dead_letters.put(  # never blocks: sent on their own thread
                         [(pb.values[i], reason, f"{pb.key}:{int(pb.offsets[i])}") for i, reason in batch.rejected])
@@ -542,9 +631,10 @@ class Daemon:
             if self.checkpoint(force=True) and self._outgoing is not None:
                 with self.lock:
                     self._emit_pending()  # else the restart emits them from the checkpoint
-            elif self.writes["checkpoint"].failing:
+            elif self.writes["checkpoint"].failing or self.rewind:
                 log.error("stopping without a final checkpoint (%s): the next start resumes from the last "
-                          "durable one and reads the events since then again", self.writes["checkpoint"].last_error)
+                          "durable one and reads the events since then again",
+                          self.writes["labels"].last_error if self.rewind else self.writes["checkpoint"].last_error)
             left = self._stop_left()
             if left > 2.0:  # else skip it: the checkpoint holds the positions and the restart seeks to them
                 try:

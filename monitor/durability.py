@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -87,6 +88,19 @@ class CheckpointPolicy:
             if on_durable is not None:
                 on_durable(state)
         return True
+
+    @contextlib.contextmanager
+    def holding(self):
+        """No checkpoint is written meanwhile (the state is rewound to the one on disk)."""
+        with self._save_lock:
+            yield
+
+    def restored(self, positions: dict[str, int]) -> None:
+        """The state was rewound to the checkpoint on disk (call inside :meth:`holding`): its positions are
+        durable, and the next checkpoint is written whatever happened to the snapshots since."""
+        self.durable_positions = dict(positions)
+        self.changed = True
+        self._saved = self._snapshots
 
     def durable(self) -> dict[str, int]:
         """The positions of the newest durable checkpoint: what may be committed."""

@@ -22,11 +22,24 @@ from collections import OrderedDict
 import msgspec
 import numpy as np
 
-__all__ = ["LabelJoin", "MemoryStore", "RocksStore"]
+__all__ = ["LabelJoin", "MemoryStore", "RocksStore", "StoreError"]
 
 log = logging.getLogger(__name__)
 
 PREDICTION, LABEL = 0, 1
+
+
+class StoreError(OSError):
+    """RocksDB refused a write or an open (a full or read-only disk). After a failed write it refuses every
+    later one until it is reopened; the daemon then rolls the store back to its last durable checkpoint."""
+
+
+def _io(call, *args):
+    """Run a RocksDB write (or open); its errors (plain Exceptions from rocksdict) as :class:`StoreError`."""
+    try:
+        return call(*args)
+    except Exception as exc:
+        raise StoreError(str(exc)) from exc
 
 
 class MemoryStore:
@@ -155,7 +168,7 @@ class RocksStore:
         options.set_max_background_jobs(2)
         options.set_keep_log_file_num(2)
         options.set_max_log_file_size(1 << 20)
-        self.db = Rdict(self.path, options)
+        self.db = _io(Rdict, self.path, options)
         self._write = WriteOptions()  # batches are not synced one by one: commit() syncs the log
         self.count = 0
         self.epoch = 1  # the epoch being written; commit() closes it
@@ -211,7 +224,7 @@ class RocksStore:
             undo.append((key, before, index))
             count += (new is not None) - (before is not None)
         wb.put(_UNDO + _U64.pack(self.epoch) + _U64.pack(self._seq + 1), encode(undo))
-        self.db.write(wb, self._write)  # raises on a full disk (RocksDB then refuses writes until reopened)
+        _io(self.db.write, wb, self._write)  # a full disk: RocksDB then refuses writes until reopened
         self._seq += 1
         self.count = count
 
@@ -259,8 +272,8 @@ class RocksStore:
     def commit(self) -> dict:
         """Make everything written so far durable; return the position that names it."""
         epoch = self.epoch
-        self.db.put(_META, _U64.pack(epoch), self._write)
-        self.db.flush_wal(True)  # one fsync, however many entries wait
+        _io(self.db.put, _META, _U64.pack(epoch), self._write)
+        _io(self.db.flush_wal, True)  # one fsync, however many entries wait
         self.epoch += 1
         self._seq = 0
         return {"store": "rocksdb", "epoch": epoch, "pending": self.count, "floor": self.floor.hex(),
@@ -298,8 +311,8 @@ class RocksStore:
         del it
         wb.delete_range(start, _END)
         wb.put(_META, _U64.pack(epoch))
-        self.db.write(wb, self._write)
-        self.db.flush_wal(True)
+        _io(self.db.write, wb, self._write)
+        _io(self.db.flush_wal, True)
         self.count = state["pending"]
         self.floor = bytes.fromhex(state["floor"])
         self.cursor = bytes.fromhex(state["cursor"])
@@ -310,14 +323,13 @@ class RocksStore:
 
     def durable(self, state: dict) -> None:
         """The checkpoint holding ``state`` is on disk: the undo records it covers can go."""
-        self.db.delete_range(_UNDO, _UNDO + _U64.pack(state["epoch"] + 1), self._write)
+        _io(self.db.delete_range, _UNDO, _UNDO + _U64.pack(state["epoch"] + 1), self._write)
 
     def clear(self) -> None:
         from rocksdict import Options, Rdict
 
-        self.db.close()
-        self.db = None
-        Rdict.destroy(self.path, Options(raw_mode=True))
+        self.close()
+        _io(Rdict.destroy, self.path, Options(raw_mode=True))
         shutil.rmtree(self.path, ignore_errors=True)
         self._open()
 

@@ -14,6 +14,7 @@ import os
 import threading
 import time
 
+import numpy as np
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
@@ -234,5 +235,106 @@ def test_disk_full_then_freed_loses_nothing(tmp_path, own_broker):
             daemon.close()
         assert "Traceback" not in daemon.log()
         assert_exact(daemon, valid, invalid)
+    finally:
+        unmount()
+
+
+def test_disk_full_under_the_label_join_store_then_freed_loses_nothing(tmp_path, own_broker):
+    """Labels on their own topic: pending joins live in RocksDB on the state volume, a small tmpfs filled
+    while labelled traffic flows. RocksDB refuses writes until it is reopened: driftmon keeps serving,
+    counts the failures (target labels), pauses, and once freed reopens the store, rolls it back to the
+    last durable checkpoint and reads again from there: matched/expired labels and window events exact."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+
+    from monitor.baseline import build_baseline
+    from monitor.config import load_config
+    from monitor.tansu import free_port
+    from tests.helpers import read_jsonl
+    from tests.labelled import config as labelled_config, label_messages, labelled, messages as predictions
+
+    unmount = mount_tmpfs(tmp_path / "state", "8m")
+    try:
+        suffix = os.urandom(4).hex()
+        preds_topic, labels_topic = f"preds-{suffix}", f"labels-{suffix}"
+        own_broker.create_topic(preds_topic)
+        own_broker.create_topic(labels_topic)
+        pq.write_table(pa.table(labelled(20_000, seed=1)), tmp_path / "train.parquet")
+        tree = labelled_config(
+            kafka={"bootstrap_servers": own_broker.bootstrap, "topic": preds_topic, "labels_topic": labels_topic,
+                   "group_id": f"driftmon-{suffix}", "max_poll_interval_ms": 6000, "session_timeout_ms": 6000,
+                   "commit_interval": "200ms", "max_poll_records": 200},
+            window={"size": 2000}, labels={"window": 2000, "positive": "1", "ttl": "1h",
+                                           "timestamp_path": "timestamp"},
+            state={"dir": "state", "checkpoint_interval": "1s"})
+        (tmp_path / "driftmon.yaml").write_text(yaml.safe_dump(tree))
+        config = load_config(tmp_path / "driftmon.yaml")
+        build_baseline(config, str(tmp_path / "train.parquet")).save(config.baseline)
+        cols = labelled(8000, seed=9)
+        preds = predictions(cols, with_label=False)
+        labels = label_messages(cols, delay=60.0)[:6000]  # 2000 predictions never get theirs
+        labels = [labels[i] for i in np.random.default_rng(4).permutation(6000)]
+        # past the TTL of every waiting prediction: they expire, and this label waits
+        trigger = json.dumps({"id": "trigger", "timestamp": cols["timestamp"][0] + 3 * 3600, "y": 1}).encode()
+        key = lambda name, **kv: (name, tuple(sorted({"model": "lender", **kv}.items())))  # noqa: E731
+        daemon = DaemonProcess(str(tmp_path / "driftmon.yaml"), free_port(), str(tmp_path / "daemon.log"))
+        try:
+            daemon.start()
+            Producer(own_broker.bootstrap, preds_topic, preds[:5000], rate=5000.0).run()
+            Producer(own_broker.bootstrap, labels_topic, labels[:2000], rate=5000.0).run()
+            daemon.wait(lambda: (s := daemon.status())["messages_consumed"] == 7000  # (labels are messages too)
+                        and s["labels"]["received"] == 2000, 60, "the first predictions and labels")
+            daemon.wait(lambda: daemon.status()["state"]["checkpoint"]["last_success"], 30, "a checkpoint")
+            filler = fill_disk(config.state.dir)
+            flows = [Producer(own_broker.bootstrap, preds_topic, preds[5000:], rate=1000.0),
+                     Producer(own_broker.bootstrap, labels_topic, labels[2000:], rate=2000.0)]
+            for flow in flows:
+                flow.start()
+            status = daemon.wait(lambda: (s := daemon.status())["state"]["consumption_paused"]
+                                 and s["state"]["labels"]["failing"] and s, 90, "paused: the store refuses writes")
+            assert "No space left" in status["state"]["labels"]["last_error"]
+            metrics = daemon.metrics()
+            assert metrics[key("driftmon_state_write_failures_total", target="labels")] >= 1
+            assert metrics[key("driftmon_consumption_paused")] == 1
+            assert daemon.get("/healthz") is not None and daemon.proc.poll() is None
+            with open(os.path.join(config.state.dir, "checkpoint.json")) as fh:
+                saved = json.load(fh)["state"]["pipeline"]["positions"]
+            consumer = KafkaConsumer(bootstrap_servers=own_broker.bootstrap, group_id=config.kafka.group_id,
+                                     enable_auto_commit=False)
+            for topic in (preds_topic, labels_topic):  # nothing committed past the checkpoint on disk
+                committed = consumer.committed(TopicPartition(topic, 0))
+                assert committed is None or committed <= saved.get(f"{topic}:0", 0)
+            consumer.close()
+
+            os.remove(filler)
+            daemon.wait(lambda: not (s := daemon.status()["state"])["consumption_paused"]
+                        and not s["labels"]["failing"] and not s["checkpoint"]["failing"], 90,
+                        "recovered by itself")
+            for flow in flows:
+                flow.join(timeout=120)
+                assert not flow.errors
+            for topic in (preds_topic, labels_topic):  # (before the trigger: it expires whatever waits)
+                daemon.wait(lambda: group_caught_up(own_broker.bootstrap, config.kafka.group_id, topic, 1), 120,
+                            f"{topic} processed and committed")
+            assert daemon.status()["labels"]["received"] == 6000
+            Producer(own_broker.bootstrap, labels_topic, [trigger], rate=1000.0).run()
+            status = daemon.wait(lambda: (s := daemon.status())["labels"]["received"] == 6001 and s, 60,
+                                 "the trigger label")
+            assert status["labels"] == {"received": 6001, "matched": 6000, "expired": 2000, "pending": 1}
+            daemon.wait(lambda: group_caught_up(own_broker.bootstrap, config.kafka.group_id, labels_topic, 1), 120,
+                        "the trigger committed")
+            assert daemon.metrics()[key("driftmon_consumption_paused")] == 0
+            assert daemon.terminate(timeout=30)[0] == 0
+        finally:
+            daemon.close()
+        assert "Traceback" not in daemon.log()
+        assert_exact(daemon, 8000, 0)
+        with open(os.path.join(config.state.dir, "checkpoint.json")) as fh:
+            final = json.load(fh)["state"]["pipeline"]
+        labelled_events = sum(w["window"]["labelled"]
+                              for w in read_jsonl(os.path.join(config.state.dir, "performance.jsonl")))
+        assert labelled_events + final["performance"]["labelled"] == 6000
+        assert final["performance"]["join"]["matched"] == 6000 and final["performance"]["join"]["expired"] == 2000
     finally:
         unmount()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 
 import numpy as np
 import pytest
 
-from monitor.join import LabelJoin
+from monitor.join import LabelJoin, StoreError
 
 
 def stream(seed: int, n: int, ids: int):
@@ -124,3 +125,34 @@ def test_rows_with_numpy_numbers_round_trip(tmp_path):
     join.add_predictions(["a"], [1.0], [[np.float64(0.25), np.int64(3), np.str_("x"), None]])
     assert join.add_labels(["a"], [2.0], ["1"]) == [([0.25, 3, "x", None], "1", 1.0)]
     join.close()
+
+
+def test_a_full_disk_is_a_store_error_and_the_reopened_store_rolls_back(tmp_path):
+    """RocksDB on a full disk (a small tmpfs; needs root, as CI runs) refuses the write and every later one
+    (StoreError, an OSError); once space returns, the store reopened with the last durable checkpoint holds
+    exactly what it held then, whatever was written after it."""
+    from tests.helpers import fill_disk, mount_tmpfs
+
+    unmount = mount_tmpfs(tmp_path / "disk", "4m")
+    try:
+        path = str(tmp_path / "disk" / "labels")
+        join = LabelJoin(ttl=1e9, max_pending=10**7).open(path)
+        join.add_predictions(["a", "b"], [1.0, 2.0], [[1], [2]])
+        durable = json.loads(json.dumps(join.state_dict()))
+        join.durable(durable)
+        before = (join.store.entries(), counters(join))
+        assert join.add_labels(["a"], [3.0], ["1"]) == [([1], "1", 2.0)]  # after the checkpoint: undone
+        filler = fill_disk(tmp_path / "disk")
+        with pytest.raises(StoreError, match="No space left"):
+            for i in range(10_000):
+                join.add_predictions([f"x{i}-{k}" for k in range(100)], [4.0] * 100, [[0] * 20] * 100)
+        with pytest.raises(OSError):
+            join.state_dict()  # the commit is refused too, until the store is reopened
+        join.close()
+        os.remove(filler)
+        restored = LabelJoin(ttl=1e9, max_pending=10**7).open(path).load_state_dict(durable)
+        assert (restored.store.entries(), counters(restored)) == before
+        assert restored.add_labels(["a", "b"], [3.0, 3.0], ["1", "0"]) == [([1], "1", 2.0), ([2], "0", 1.0)]
+        restored.close()
+    finally:
+        unmount()
