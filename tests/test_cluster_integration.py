@@ -222,6 +222,7 @@ def test_kill_9_of_the_aggregator_and_a_worker_loses_and_double_counts_nothing(t
                 [agg] = _aggregators(replicas)
                 other = next(d for d in replicas if d is not agg)
                 first.wait(lambda: (agg.status() or {}).get("messages_consumed", 0) > 0, 30, "consuming")
+                first.wait(lambda: (agg.status() or {})["cluster"]["changelog_writes"] > 0, 60, "a changelog record")
                 agg.kill9()
                 other.kill9()
                 survivors = [d for d in replicas if d not in (agg, other)]
