@@ -66,6 +66,7 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._last_pending = self._count_pending()
 
     def put(self, sinks: list[str], notification: dict) -> int:
         """Enqueue one notification for each sink; returns how many rows were added."""
@@ -88,6 +89,7 @@ class Outbox:
                     added += cur.rowcount
                     pending += cur.rowcount
                 self._db.execute("COMMIT")
+                self._last_pending = pending
             except BaseException as exc:
                 with contextlib.suppress(sqlite3.Error):
                     self._db.execute("ROLLBACK")
@@ -111,6 +113,7 @@ class Outbox:
     def done(self, row_id: int) -> None:
         with self._lock, self._writing():
             self._db.execute("UPDATE outbox SET delivered = 1 WHERE id = ?", (row_id,))
+            self._last_pending = self._count_pending()
             if row_id % 1000 == 0:
                 self._db.execute("DELETE FROM outbox WHERE delivered = 1 AND id < ?", (row_id - KEEP_DELIVERED,))
 
@@ -147,15 +150,19 @@ class Outbox:
                 out.append(note)
         return out
 
+    def _count_pending(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM outbox WHERE delivered = 0").fetchone()[0]
+
     def pending_now(self) -> int:
-        """Pending notifications, without waiting: the last count taken when a write (an fsync on a slow or
-        full disk) holds the database, so a scrape never waits on the disk."""
+        """Pending notifications, without waiting: while a write (an fsync on a slow or full disk) holds the
+        database, the count after the last completed write (every write updates it, so it never reads a
+        count from before a notification was added or delivered)."""
         if self._lock.acquire(blocking=False):
             try:
-                self._last_pending = self._db.execute("SELECT COUNT(*) FROM outbox WHERE delivered = 0").fetchone()[0]
+                self._last_pending = self._count_pending()
             finally:
                 self._lock.release()
-        return getattr(self, "_last_pending", 0)
+        return self._last_pending
 
     def pending(self, sink: str | None = None) -> int:
         with self._lock:

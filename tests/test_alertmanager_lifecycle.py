@@ -7,6 +7,7 @@ after the daemon's own notifications are delivered, so no assertion depends on h
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -112,9 +113,22 @@ def start_daemon(tmp_path, broker, receiver, am_url, size, ttl="60s", resend="1s
     return topic, path, daemon
 
 
+def logged_windows(daemon: DaemonProcess) -> int:
+    path = os.path.join(os.path.dirname(daemon.config_path), "state", "windows.jsonl")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as fh:
+        return sum(1 for line in fh if line.strip())
+
+
 def delivered(daemon: DaemonProcess, windows: int, timeout: float = 120) -> None:
-    """Wait until ``windows`` windows are evaluated and every notification left the outbox."""
+    """Wait until ``windows`` windows are emitted and every notification left the outbox.
+
+    A window is counted in /status when it closes, but its notifications reach the outbox only once the
+    checkpoint holding them is durable; the window log is written after that, so it is what we wait on.
+    """
     daemon.wait(lambda: daemon.status()["windows_evaluated"] >= windows, timeout, f"{windows} windows")
+    daemon.wait(lambda: logged_windows(daemon) >= windows, timeout, f"{windows} windows emitted")
     daemon.wait(lambda: daemon.metrics()[("driftmon_outbox_pending", (("model", "car-loan"),))] == 0, 60,
                 "an empty outbox")
 
