@@ -74,6 +74,14 @@ def tansu_broker():
     broker.stop()
 
 
+@pytest.fixture(scope="module")
+def own_broker():
+    """Apache Kafka for one test module alone: its tests may halt and restart it."""
+    broker = _start(brokers.KafkaBroker)
+    yield broker
+    broker.stop()
+
+
 @pytest.fixture(params=["kafka", "tansu"])
 def broker(request):
     """Kafka or Tansu: each test using it runs once per broker."""

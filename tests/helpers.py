@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.error
+import urllib.request
 
 import pyarrow.parquet as pq
 import yaml
@@ -134,3 +136,14 @@ def fill_disk(directory) -> str:
             except OSError:
                 continue
     return filler
+
+
+def http_get(port: int, path: str) -> tuple[int, bytes] | None:
+    """(status, body) of a GET on loopback, whatever the status; None while nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return None

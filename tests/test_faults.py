@@ -20,7 +20,6 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from monitor.synth import car_loan
-from tests import brokers
 from tests.daemon_proc import DaemonProcess, counted
 from tests.helpers import fill_disk, mount_tmpfs
 from tests.test_daemon_integration import CLIENTS, group_caught_up, setup_daemon
@@ -28,20 +27,6 @@ from tests.test_daemon_integration import CLIENTS, group_caught_up, setup_daemon
 pytestmark = pytest.mark.integration
 
 BAD = [b"{not json", b'{"id": "x", "car_value": "cheap"}']
-
-
-@pytest.fixture(scope="module")
-def own_broker():
-    """Apache Kafka for this module alone: its tests stop and restart it."""
-    try:
-        broker = brokers.KafkaBroker()
-    except brokers.BrokerToolMissing as exc:
-        if not os.environ.get("CI") and os.environ.get("DRIFTMON_ALLOW_SKIP") == "1":
-            pytest.skip(str(exc))
-        pytest.fail(f"{exc}\n(run scripts/setup.sh to install the test tools)", pytrace=False)
-    broker.start()
-    yield broker
-    broker.stop()
 
 
 def stream(n: int, seed: int) -> tuple[list[bytes], int]:

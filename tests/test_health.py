@@ -3,45 +3,18 @@ on its data directory under `driftmon run`; /readyz, /healthz, /status and the h
 
 from __future__ import annotations
 
-import os
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 import yaml
 
 from monitor.synth import car_loan
-from tests import brokers
+from tests.helpers import http_get
 from tests.test_daemon_integration import produce, setup_daemon
 
 pytestmark = pytest.mark.integration
 
 MODEL = (("model", "car-loan"),)
-
-
-@pytest.fixture(scope="module")
-def own_broker():
-    """Apache Kafka for this module alone: its test stops and restarts it."""
-    try:
-        broker = brokers.KafkaBroker()
-    except brokers.BrokerToolMissing as exc:
-        if not os.environ.get("CI") and os.environ.get("DRIFTMON_ALLOW_SKIP") == "1":
-            pytest.skip(str(exc))
-        pytest.fail(f"{exc}\n(run scripts/setup.sh to install the test tools)", pytrace=False)
-    broker.start()
-    yield broker
-    broker.stop()
-
-
-def fetch(port: int, path: str) -> tuple[int, bytes] | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except OSError:
-        return None
 
 
 def sample(metrics: dict, name: str, labels=MODEL):
@@ -58,7 +31,7 @@ def test_readyz_and_gauges_through_a_broker_outage(tmp_path, own_broker):
     synth = car_loan(seed=5)
     try:
         daemon.start()
-        daemon.wait(lambda: fetch(daemon.port, "/readyz") == (200, b"ready: baseline loaded and consuming\n"),
+        daemon.wait(lambda: http_get(daemon.port, "/readyz") == (200, b"ready: baseline loaded and consuming\n"),
                     60, "ready")
         before = time.time()
         produce(own_broker.bootstrap, topic, synth.messages(3000))
@@ -73,12 +46,12 @@ def test_readyz_and_gauges_through_a_broker_outage(tmp_path, own_broker):
 
         own_broker.halt()
         halted = time.time()
-        code, body = daemon.wait(lambda: (r := fetch(daemon.port, "/readyz")) and r[0] != 200 and r, 60,
+        code, body = daemon.wait(lambda: (r := http_get(daemon.port, "/readyz")) and r[0] != 200 and r, 60,
                                  "/readyz not ready")
         text = body.decode()
         assert code == 503 and "unreachable" in text and own_broker.bootstrap in text, text
         assert int(text.split("unreachable for ")[1].split(" s")[0]) >= 4, text  # not before unavailable_after
-        assert fetch(daemon.port, "/healthz") == (200, b"ok\n")  # the process works: no restart
+        assert http_get(daemon.port, "/healthz") == (200, b"ok\n")  # the process works: no restart
         status = daemon.status()
         assert status["ready"] is False and status["ready_reason"] == text.strip()
         assert status["kafka"]["up"] is False and status["kafka"]["error"]
@@ -99,7 +72,7 @@ def test_readyz_and_gauges_through_a_broker_outage(tmp_path, own_broker):
 
         own_broker.restart()
         restarted = time.time()
-        daemon.wait(lambda: fetch(daemon.port, "/readyz") == (200, b"ready: baseline loaded and consuming\n"),
+        daemon.wait(lambda: http_get(daemon.port, "/readyz") == (200, b"ready: baseline loaded and consuming\n"),
                     120, "ready again")
         produce(own_broker.bootstrap, topic, synth.messages(1000))
         daemon.wait(lambda: daemon.status()["messages_consumed"] == 4000, 120, "4000 consumed")
@@ -135,9 +108,9 @@ def test_status_and_metrics_answer_while_every_lock_is_held(tmp_path):
     try:
         port = daemon.http.port
         with daemon.lock, daemon.policy._save_lock, daemon.outbox._lock:
-            status = fetch(port, "/status")
-            metrics = fetch(port, "/metrics")
-            ready = fetch(port, "/readyz")
+            status = http_get(port, "/status")
+            metrics = http_get(port, "/metrics")
+            ready = http_get(port, "/readyz")
         assert status is not None and status[0] == 200 and b'"model": "car-loan"' in status[1]
         assert metrics is not None and metrics[0] == 200 and b"driftmon_broker_up" in metrics[1]
         assert ready is not None and ready[0] == 503 and b"connecting to the Kafka broker" in ready[1]
@@ -155,13 +128,13 @@ def test_sigterm_while_the_broker_is_down_exits_0_within_5_s(tmp_path, own_broke
         yaml.safe_dump(tree, fh, sort_keys=False)
     try:
         daemon.start()
-        daemon.wait(lambda: fetch(daemon.port, "/readyz") == (200, b"ready: baseline loaded and consuming\n"),
+        daemon.wait(lambda: http_get(daemon.port, "/readyz") == (200, b"ready: baseline loaded and consuming\n"),
                     60, "ready")
         produce(own_broker.bootstrap, topic, car_loan(seed=6).messages(500))
         daemon.wait(lambda: daemon.status()["messages_consumed"] == 500, 60, "500 consumed")
         own_broker.halt()
         try:
-            daemon.wait(lambda: (r := fetch(daemon.port, "/readyz")) and r[0] == 503, 60, "not ready")
+            daemon.wait(lambda: (r := http_get(daemon.port, "/readyz")) and r[0] == 503, 60, "not ready")
             code, seconds = daemon.terminate(timeout=30)
         finally:
             own_broker.restart()
@@ -182,12 +155,12 @@ def test_a_broker_down_at_start_is_retried_until_it_comes_back(tmp_path, own_bro
     try:
         daemon.start()  # waits for /healthz only
         daemon.wait(lambda: daemon.log().count("retrying in") >= 2, 60, "two connection retries")
-        code, body = fetch(daemon.port, "/readyz")
+        code, body = http_get(daemon.port, "/readyz")
         assert code == 503 and b"connecting to the Kafka broker" in body, body
     finally:
         own_broker.restart()
     try:
-        daemon.wait(lambda: fetch(daemon.port, "/readyz") == (200, b"ready: baseline loaded and consuming\n"),
+        daemon.wait(lambda: http_get(daemon.port, "/readyz") == (200, b"ready: baseline loaded and consuming\n"),
                     120, "ready once the broker is back")
         daemon.wait(lambda: daemon.status()["messages_consumed"] == 700, 60, "700 consumed")
         assert sample(daemon.metrics(), "driftmon_broker_up") == 1

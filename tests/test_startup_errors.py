@@ -12,15 +12,13 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 import yaml
 
 from monitor.synth import car_loan
 from monitor.tansu import free_port
-from tests.helpers import write_jsonl, write_setup
+from tests.helpers import http_get, write_jsonl, write_setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -143,16 +141,6 @@ def test_a_segment_reading_a_feature_path_works_in_check_config_and_replay(setup
     assert sum(w["window"]["events"] for w in windows) == 2000
 
 
-def _get(port: int, path: str) -> tuple[int, bytes] | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except OSError:
-        return None
-
-
 def test_a_broker_nobody_listens_on_is_retried_not_ready_and_sigterm_exits_0_at_once(setup):
     tmp, tree, _ = setup
     servers = tree["kafka"]["bootstrap_servers"]
@@ -170,12 +158,12 @@ def test_a_broker_nobody_listens_on_is_retried_not_ready_and_sigterm_exits_0_at_
             assert proc.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.1)
-        assert _get(port, "/healthz") == (200, b"ok\n")  # alive: Kubernetes must not restart it
-        code, body = _get(port, "/readyz")
+        assert http_get(port, "/healthz") == (200, b"ok\n")  # alive: Kubernetes must not restart it
+        code, body = http_get(port, "/readyz")
         assert code == 503 and servers.encode() in body, body  # not ready, and says why
-        status = json.loads(_get(port, "/status")[1])
+        status = json.loads(http_get(port, "/status")[1])
         assert status["ready"] is False and status["kafka"]["connected"] is False
-        metrics = _get(port, "/metrics")[1].decode()
+        metrics = http_get(port, "/metrics")[1].decode()
         assert 'driftmon_broker_up{model="car-loan"} 0.0' in metrics
         assert "driftmon_last_fetch_timestamp_seconds{" not in metrics  # never fetched: no fake time
         started = time.monotonic()
