@@ -684,9 +684,11 @@ class Config(_Node):
         if self.window.duration is None:
             raise ValueError("`cluster.enabled` needs `window.duration`: count windows are per process "
                              "(the n-th event of a partition says nothing about the others)")
-        if self.multivariate is not None or self.schema.embeddings():
-            raise ValueError("`cluster.enabled`: multivariate and embedding detectors are not merged across "
-                             "replicas yet")
+        # PCA reconstruction and embedding drift merge exactly (sums and fixed-bin counts add); the domain
+        # classifier's merged sample is a sample of the union, not the one a single process draws
+        if self.multivariate is not None and "domain_classifier" in self.multivariate.methods:
+            raise ValueError("`cluster.enabled`: `multivariate.methods: domain_classifier` is not merged exactly "
+                             "across replicas (a pooled sample, not the one process's); use pca_reconstruction")
         if self.schema.label is not None:
             raise ValueError("`cluster.enabled`: performance from labels is not merged across replicas yet")
 

@@ -96,3 +96,54 @@ def test_a_busy_partition_keeps_its_window_open_on_a_busy_worker(setup):
     worker.seen["t:0"] -= 10
     worker.tick(START + 1000, idle=False)  # silent for 10 s: closed on the clock
     assert len(worker.pending) == 1 and worker.safe_offsets() == {"t:0": 100}
+
+
+def test_pca_reconstruction_and_embedding_partials_merge_to_the_single_process_window(tmp_path):
+    """Multivariate PCA reconstruction and embedding drift in scale-out: the per-partition partials,
+    through JSON as the partials topic carries them, merge to one process's window (the counts of the
+    embedding's component histograms exactly, sums and the results derived from them to float rounding)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from monitor.baseline import build_baseline
+    from monitor.config import parse_config
+    from tests.test_multivariate_service import config_tree, messages, rows
+
+    tree = config_tree(methods=["pca_reconstruction"])
+    tree["multivariate"].pop("sample_size")
+    tree.update(baseline=str(tmp_path / "baseline.json"), window={"duration": "10s"},
+                kafka={"bootstrap_servers": "k:9092", "topic": "t", "group_id": "g"}, cluster={"enabled": True})
+    config = parse_config(tree)
+    r = rows(np.random.default_rng(1), 5000)
+    pq.write_table(pa.table({"x0": r["x0"], "x1": r["x1"], "x2": r["x2"], "plan": r["plan"],
+                             "emb": pa.array(r["emb"].tolist(), type=pa.list_(pa.float64()))}),
+                   tmp_path / "train.parquet")
+    baseline = build_baseline(config, str(tmp_path / "train.parquet"))
+    rng = np.random.default_rng(2)
+    values = messages(rng, 1500) + messages(rng, 1500, flipped=True)  # the second half drifts
+    times = START + 0.5 + np.arange(len(values)) * (19.0 / len(values))  # two windows
+    later = messages(rng, 3)
+    values, times = values + later, np.concatenate([times, [START + 20.5] * 3])  # each partition moves past both
+
+    worker = Worker(config, baseline)
+    for p in range(3):
+        worker.process(f"t:{p}", values[p::3], times[p::3], list(range(len(values[p::3]))))
+    partials = [json.loads(json.dumps({"partition": key, **partial})) for key, partial in worker.pending]
+    agg = Aggregator(Pipeline(config, baseline), "t", grace=30.0)
+    for i, record in enumerate(partials):
+        agg.add(i, record)
+    merged = agg.close(3, now=START + 21)
+    single, _ = Pipeline(config, baseline).process(values, times)
+    assert len(merged) == len(single) == 2
+    assert [w["window"]["events"] for w in merged] == [w["window"]["events"] for w in single] == [1500, 1500]
+    for a, b in zip(single, merged):
+        pa_, pb = a["multivariate"]["pca_reconstruction"], b["multivariate"]["pca_reconstruction"]
+        assert pa_["status"] == pb["status"] == "ok" and pa_["drift"] == pb["drift"] and pa_["events"] == pb["events"]
+        for key in ("error", "effect", "z", "p_value"):
+            assert pb[key] == pytest.approx(pa_[key], rel=1e-9, abs=1e-12), key
+        ea, eb = a["embeddings"]["emb"], b["embeddings"]["emb"]
+        assert (ea["events"], ea["missing"], ea["drift"]) == (eb["events"], eb["missing"], eb["drift"])
+        assert ea["histograms"] == eb["histograms"]  # from fixed-bin counts, which add: exact
+        assert eb["mean_distance"]["distance"] == pytest.approx(ea["mean_distance"]["distance"], rel=1e-9)
+    assert [w["multivariate"]["pca_reconstruction"]["drift"] for w in merged] == [False, True]

@@ -174,3 +174,10 @@ def test_cluster_is_off_by_default_and_refuses_what_it_cannot_merge():
                                                                          "cluster": {"enabled": True}})
     with pytest.raises(ConfigError, match="cluster.replication_factor"):
         parse_config({**base, "window": {"duration": "1m"}, "cluster": {"enabled": True, "replication_factor": 0}})
+    # PCA reconstruction and embeddings merge exactly; the domain classifier's pooled sample does not
+    two = {**base, "schema": {"features": [{"name": "x", "type": "numeric"}, {"name": "y", "type": "numeric"},
+                                           {"name": "e", "type": "embedding", "dimension": 4}]},
+           "window": {"duration": "1m"}, "cluster": {"enabled": True}}
+    assert parse_config({**two, "multivariate": {"methods": ["pca_reconstruction"]}}).cluster.enabled
+    with pytest.raises(ConfigError, match="cluster.enabled: multivariate.methods: domain_classifier"):
+        parse_config({**two, "multivariate": {"methods": ["pca_reconstruction", "domain_classifier"]}})
