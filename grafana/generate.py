@@ -74,6 +74,11 @@ DEFAULT_VARIABLES: dict[str, str] = {
 # --------------------------------------------------------------------------- builders
 
 
+def _legend(labels: tuple[str, ...]) -> str:
+    """A legend naming a series by its label values ("{{model}} {{feature}}")."""
+    return " ".join("{{%s}}" % label for label in labels)
+
+
 class _Builder:
     """Builds the panels of one dashboard and lays them out on Grafana's 24-column grid."""
 
@@ -113,6 +118,20 @@ class _Builder:
         else:
             t.update({"instant": False, "range": True})
         return t
+
+    def by(self, agg: str, metric: str, labels: tuple[str, ...] = ("model",), ref: str = "A") -> dict:
+        """The target ``agg by (labels) (metric{selector})``: a line for each label set, named by its labels."""
+        return self.target(f"{agg} by ({', '.join(labels)}) ({metric}{self.sel})", _legend(labels), ref=ref)
+
+    def per_minute(self, title: str, description: str, counter: str, by: tuple[str, ...] = (), **kw) -> dict:
+        """A time series of ``counter``'s increase per minute, summed by model and the ``by`` labels."""
+        labels = ("model", *by)
+        expr = f"60 * sum by ({', '.join(labels)}) (rate({counter}{self.sel}[$__rate_interval]))"
+        return self.timeseries(title, description, "opm", [self.target(expr, _legend(labels))], min=0, **kw)
+
+    def flag(self, title: str, description: str, targets: list[dict], mappings: list | None = None, **kw) -> dict:
+        """A time series of a 0/1 state (steps between 0 and 1), its values named by ``mappings``."""
+        return self.timeseries(title, description, "none", targets, min=0, max=1, step=True, mappings=mappings, **kw)
 
     def _panel(self, kind: str, title: str, description: str, unit: str, targets: list[dict],
                w: int, h: int, defaults: dict | None, options: dict, overrides: list | None) -> dict:
@@ -369,23 +388,21 @@ def overview(cfg: Config = CONFIG) -> dict:
     b.timeseries("Features drifting per model",
                  "Number of features flagged as drifted in each evaluated window, per model. It changes only "
                  "when a window closes, hence the steps.",
-                 "none", [b.target(f"max by (model) (driftmon_features_drifted{s})", "{{model}}")],
+                 "none", [b.by("max", "driftmon_features_drifted")],
                  min=0, step=True)
     b.timeseries("Prediction drift score",
                  "Drift statistic of the model's predictions against the baseline, per method (psi, "
                  "jensen_shannon, wasserstein, ks, chi2). Methods have different scales: compare a line with "
                  "its own history, not with other methods.",
-                 "none", [b.target(f"max by (model, method) (driftmon_prediction_drift_score{s})",
-                                   "{{model}} {{method}}")], min=0)
+                 "none", [b.by("max", "driftmon_prediction_drift_score", ("model", "method"))], min=0)
     b.timeseries("driftmon alerts over time",
                  "Which of driftmon's own alerts (driftmon_alerts_firing, by alert kind) fire over time, per model.",
-                 "none", [b.target(f"sum by (model, alert) (driftmon_alerts_firing{s})", "{{model}} {{alert}}")],
+                 "none", [b.by("sum", "driftmon_alerts_firing", ("model", "alert"))],
                  min=0, step=True)
-    b.timeseries("Windows evaluated",
+    b.per_minute("Windows evaluated",
                  "Windows evaluated per minute, per model. Zero for a long time means no new prediction logs "
                  "or a stuck daemon.",
-                 "opm", [b.target(f"60 * sum by (model) (rate(driftmon_windows_evaluated_total{s}[$__rate_interval]))",
-                                  "{{model}}")], min=0)
+                 "driftmon_windows_evaluated_total")
     b.timeseries("Throughput",
                  "Prediction-log messages consumed from Kafka per second, per model (valid and invalid).",
                  "mps", [b.target(f"sum by (model) (rate(driftmon_messages_consumed_total{s}[$__rate_interval]))",
@@ -393,14 +410,13 @@ def overview(cfg: Config = CONFIG) -> dict:
     b.timeseries("Consumer lag",
                  "Messages in the Kafka topic not yet consumed, summed over partitions, per model. A growing "
                  "line means driftmon falls behind and drift results arrive late.",
-                 "short", [b.target(f"sum by (model) (driftmon_consumer_lag_messages{s})", "{{model}}")], min=0)
+                 "short", [b.by("sum", "driftmon_consumer_lag_messages")], min=0)
     b.timeseries("Multivariate drift",
                  "Models with `multivariate` configured: the statistic of each method in the last window it "
                  "judged (pca_reconstruction: shift of the mean reconstruction error in stds of the per-row "
                  "error, threshold 0.1 by default; domain_classifier: held-out ROC AUC, 0.5 = no difference, "
                  "threshold 0.55). Sees changes in how features move together that no single feature shows.",
-                 "none", [b.target(f"max by (model, method) (driftmon_multivariate_drift_score{s})",
-                                   "{{model}} {{method}}"),
+                 "none", [b.by("max", "driftmon_multivariate_drift_score", ("model", "method")),
                           b.target(f"max by (model, method) (driftmon_multivariate_drift_detected{s})",
                                    "{{model}} {{method}} drift", ref="B")], w=24)
     return _dashboard(cfg, cfg.overview_uid, "driftmon / Overview",
@@ -430,33 +446,27 @@ def feature(cfg: Config = CONFIG) -> dict:
                  "Drift statistic of each selected feature against the baseline, one line per method (psi, "
                  "jensen_shannon, wasserstein, ks for numeric features; chi2 and psi for categorical ones). "
                  "Methods have different scales: compare a line with its own history.",
-                 "none", [b.target(f"max by (model, feature, method) (driftmon_feature_drift_score{s})",
-                                   "{{model}} {{feature}} {{method}}")], w=24, min=0)
-    b.timeseries("Drift decision",
-                 "1 when the feature is flagged as drifted in a window (both the effect size and the statistical "
-                 "test agree), 0 otherwise.",
-                 "none", [b.target(f"max by (model, feature) (driftmon_feature_drift_detected{s})",
-                                   "{{model}} {{feature}}")], min=0, max=1, step=True, mappings=DRIFT_MAPPINGS)
+                 "none", [b.by("max", "driftmon_feature_drift_score", ("model", "feature", "method"))], w=24, min=0)
+    b.flag("Drift decision",
+           "1 when the feature is flagged as drifted in a window (both the effect size and the statistical "
+           "test agree), 0 otherwise.",
+           [b.by("max", "driftmon_feature_drift_detected", ("model", "feature"))], DRIFT_MAPPINGS)
     b.timeseries("Drift test p-value",
                  "p-value of the feature's drift test in each window (logarithmic axis). Lower means stronger "
                  "evidence that the window differs from the baseline; with large windows tiny differences "
                  "give tiny p-values, so read it together with the drift score.",
-                 "sci", [b.target(f"min by (model, feature) (driftmon_feature_drift_p_value{s})",
-                                  "{{model}} {{feature}}")], log=True)
+                 "sci", [b.by("min", "driftmon_feature_drift_p_value", ("model", "feature"))], log=True)
     b.timeseries("Missing ratio",
                  "Share of events in each window where the feature is absent or null.",
-                 "percentunit", [b.target(f"max by (model, feature) (driftmon_feature_missing_ratio{s})",
-                                          "{{model}} {{feature}}")], w=8, min=0)
+                 "percentunit", [b.by("max", "driftmon_feature_missing_ratio", ("model", "feature"))], w=8, min=0)
     b.timeseries("Out-of-range ratio",
                  "Share of the feature's values in each window outside the range seen in the baseline "
                  "(numeric features).",
-                 "percentunit", [b.target(f"max by (model, feature) (driftmon_feature_out_of_range_ratio{s})",
-                                          "{{model}} {{feature}}")], w=8, min=0)
+                 "percentunit", [b.by("max", "driftmon_feature_out_of_range_ratio", ("model", "feature"))], w=8, min=0)
     b.timeseries("Unseen category ratio",
                  "Share of the feature's values in each window that are categories absent from the baseline "
                  "(categorical features only).",
-                 "percentunit", [b.target(f"max by (model, feature) (driftmon_feature_unseen_ratio{s})",
-                                          "{{model}} {{feature}}")], w=8, min=0)
+                 "percentunit", [b.by("max", "driftmon_feature_unseen_ratio", ("model", "feature"))], w=8, min=0)
     for panel in b.panels:
         panel["links"] = [dict(REPORT_LINK)]
     # A row of the status table opens the report at that feature's distributions.
@@ -510,13 +520,12 @@ def operations(cfg: Config = CONFIG) -> dict:
     b.timeseries("Events in last window",
                  "Number of events in the latest evaluated window, per model. Small windows make drift tests "
                  "noisy.",
-                 "short", [b.target(f"max by (model) (driftmon_window_events{s})", "{{model}}")], min=0, step=True)
-    b.timeseries("Broker reachable",
-                 "1 while a daemon's Kafka broker answers (its last probe succeeded or records arrived since), 0 "
-                 "while it is unreachable, per model and instance. After kafka.unavailable_after (30 s) at 0, "
-                 "/readyz answers 503; /healthz stays 200, so the pod is not restarted.",
-                 "none", [b.target(f"min by (model, instance) (driftmon_broker_up{s})", "{{model}} {{instance}}")],
-                 min=0, max=1, step=True, mappings=BROKER_MAPPINGS)
+                 "short", [b.by("max", "driftmon_window_events")], min=0, step=True)
+    b.flag("Broker reachable",
+           "1 while a daemon's Kafka broker answers (its last probe succeeded or records arrived since), 0 "
+           "while it is unreachable, per model and instance. After kafka.unavailable_after (30 s) at 0, "
+           "/readyz answers 503; /healthz stays 200, so the pod is not restarted.",
+           [b.by("min", "driftmon_broker_up", ("model", "instance"))], BROKER_MAPPINGS)
     b.timeseries("Time since last fetch",
                  "Seconds since each daemon had read everything assigned to it (now minus "
                  "driftmon_last_fetch_timestamp_seconds), per model and instance: freshness, not traffic, so it "
@@ -524,35 +533,30 @@ def operations(cfg: Config = CONFIG) -> dict:
                  "consumer; the DriftmonNotReceivingData alert fires when no replica of a model is fresh for 5 min.",
                  "s", [b.target(f"time() - max by (model, instance) (driftmon_last_fetch_timestamp_seconds{s})",
                                 "{{model}} {{instance}}")], min=0)
-    b.timeseries("Notifications sent",
+    b.per_minute("Notifications sent",
                  "Webhook notifications delivered per minute, per model, sink and alert.",
-                 "opm", [b.target(f"60 * sum by (model, sink, alert) (rate(driftmon_notifications_sent_total{s}{rate}))",
-                                  "{{model}} {{sink}} {{alert}}")], w=8, min=0)
-    b.timeseries("Notification failures",
+                 "driftmon_notifications_sent_total", ("sink", "alert"), w=8)
+    b.per_minute("Notification failures",
                  "Failed notification deliveries per minute, per model, sink and reason. Failed notifications stay "
                  "in the outbox and are retried.",
-                 "opm", [b.target(
-                     f"60 * sum by (model, sink, reason) (rate(driftmon_notification_failures_total{s}{rate}))",
-                     "{{model}} {{sink}} {{reason}}")], w=8, min=0)
+                 "driftmon_notification_failures_total", ("sink", "reason"), w=8)
     b.timeseries("Outbox pending",
                  "Notifications waiting in the outbox for (re)delivery, per model. It should drain to zero; "
                  "a steady climb means a sink is down.",
-                 "short", [b.target(f"max by (model) (driftmon_outbox_pending{s})", "{{model}}")], w=8, min=0)
-    b.timeseries("Checkpoints",
+                 "short", [b.by("max", "driftmon_outbox_pending")], w=8, min=0)
+    b.per_minute("Checkpoints",
                  "State checkpoints written per minute, per model. Zero while messages flow means offsets are "
                  "not committed and a restart would reprocess them.",
-                 "opm", [b.target(f"60 * sum by (model) (rate(driftmon_checkpoints_total{s}{rate}))", "{{model}}")],
-                 w=8, min=0)
-    b.timeseries("State write failures",
+                 "driftmon_checkpoints_total", w=8)
+    b.per_minute("State write failures",
                  "Failed writes to the state directory per minute, per model and target (checkpoint, window_log, "
                  "outbox): a full or read-only disk. driftmon retries with backoff and commits nothing past its "
                  "last durable checkpoint; the DriftmonStateWritesFailing alert fires on this.",
-                 "opm", [b.target(f"60 * sum by (model, target) (rate(driftmon_state_write_failures_total{s}{rate}))",
-                                  "{{model}} {{target}}")], w=8, min=0)
+                 "driftmon_state_write_failures_total", ("target",), w=8)
     b.timeseries("Consumption paused",
                  "1 while a model's daemon has paused consumption because a closed window cannot be made durable "
                  "(see State write failures); it resumes by itself once the disk takes writes.",
-                 "none", [b.target(f"max by (model) (driftmon_consumption_paused{s})", "{{model}}")],
+                 "none", [b.by("max", "driftmon_consumption_paused")],
                  w=8, min=0, step=True)
     # The process collector's series carry no `model` label of their own: take it from
     # driftmon_build_info of the same target, which also applies the model filter.
@@ -595,13 +599,13 @@ def performance(cfg: Config = CONFIG) -> dict:
                  "Accuracy, precision, recall and F1 estimated from the calibrated scores of every drift window, "
                  "before any label arrives (confidence-based estimation). A drop here warns ahead of the labels; "
                  "it cannot see concept drift.",
-                 "percentunit", [b.target(f"max by (model, metric) (driftmon_estimated_performance{s})",
-                                          "{{model}} {{metric}}")], min=0, max=1, step=True)
-    b.timeseries("Performance drops",
-                 "1 when a metric, overall or for a segment value, is worse than the baseline by more than the "
-                 "configured margin with statistical confidence in the last labelled window.",
-                 "none", [b.target(f"max by (model, metric, segment) (driftmon_performance_drop_detected{s})",
-                                   "{{model}} {{segment}} {{metric}}")], min=0, max=1, step=True)
+                 "percentunit", [b.by("max", "driftmon_estimated_performance", ("model", "metric"))],
+                 min=0, max=1, step=True)
+    b.flag("Performance drops",
+           "1 when a metric, overall or for a segment value, is worse than the baseline by more than the "
+           "configured margin with statistical confidence in the last labelled window.",
+           [b.target(f"max by (model, metric, segment) (driftmon_performance_drop_detected{s})",
+                     "{{model}} {{segment}} {{metric}}")])
     b.timeseries("Performance by segment",
                  "Realized performance per segment value (top values of each segment field, the rest as other), "
                  "per metric: a model can fail one segment while the average looks fine.",
@@ -609,13 +613,12 @@ def performance(cfg: Config = CONFIG) -> dict:
                                    "{{model}} {{segment}} {{metric}}")], step=True)
     b.timeseries("Features drifting per segment",
                  "Number of features that drifted within each segment value in the last window.",
-                 "none", [b.target(f"max by (model, segment) (driftmon_segment_features_drifted{s})",
-                                   "{{model}} {{segment}}")], min=0, step=True)
+                 "none", [b.by("max", "driftmon_segment_features_drifted", ("model", "segment"))], min=0, step=True)
     b.timeseries("Demographic parity ratio",
                  "Lowest over highest rate of favourable predictions across the groups of each sensitive "
                  "attribute (groups with enough events only). Below 0.8 breaks the four-fifths rule.",
-                 "percentunit", [b.target(f"min by (model, attribute) (driftmon_fairness_parity_ratio{s})",
-                                          "{{model}} {{attribute}}")], min=0, max=1, step=True)
+                 "percentunit", [b.by("min", "driftmon_fairness_parity_ratio", ("model", "attribute"))],
+                 min=0, max=1, step=True)
     b.timeseries("Favourable prediction rate by group",
                  "Share of favourable predictions per group of each sensitive attribute, in the last labelled "
                  "window.",
@@ -631,7 +634,7 @@ def performance(cfg: Config = CONFIG) -> dict:
                                   "{{model}} expired")], w=8, min=0)
     b.timeseries("Labels pending",
                  "Predictions waiting for their label plus labels waiting for their prediction.",
-                 "none", [b.target(f"sum by (model) (driftmon_labels_pending{s})", "{{model}}")], w=8, min=0)
+                 "none", [b.by("sum", "driftmon_labels_pending")], w=8, min=0)
     b.timeseries("Label delay",
                  "Median and 95th percentile of the time from a prediction to its label.",
                  "s", [b.target("histogram_quantile(0.5, sum by (model, le) "
