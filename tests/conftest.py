@@ -12,6 +12,7 @@ Fixtures (see tests/brokers.py for the broker classes):
 * ``group_consumer_config``: dict of consumer settings that keep group joins fast on
   both brokers (``max_poll_interval_ms=5000`` ...; Tansu waits a full rebalance timeout
   on a group's first join). Use ``KafkaConsumer(..., **group_consumer_config)``.
+* ``receiver`` (function): a started :class:`receiver.Receiver`, a real HTTP server recording POSTs.
 * ``helm_bin``, ``promtool_bin``, ``alertmanager_bin`` (session): paths of tools that
   scripts/setup.sh installs.
 
@@ -37,6 +38,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from tests import brokers  # noqa: E402
+from tests.receiver import Receiver  # noqa: E402
 
 BROKER_FIXTURES = ("broker", "kafka_broker", "tansu_broker", "topic", "topic_factory")
 _started: list[brokers._Broker] = []
@@ -86,6 +88,14 @@ def own_broker():
 def broker(request):
     """Kafka or Tansu: each test using it runs once per broker."""
     return request.getfixturevalue(f"{request.param}_broker")
+
+
+@pytest.fixture
+def receiver():
+    """A real webhook receiver on a loopback port (tests/receiver.py)."""
+    r = Receiver()
+    yield r
+    r.close()
 
 
 def _unique(prefix: str, request) -> str:

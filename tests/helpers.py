@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import urllib.error
@@ -64,6 +65,57 @@ def start_service(args: list[str], log_path, url: str, timeout: float = 30.0):
             log.close()
             raise AssertionError(open(log_path).read())
         time.sleep(0.1)
+
+
+def alertmanager_binary() -> str:
+    """Debian's prometheus-alertmanager (or an alertmanager on PATH); missing: fails in CI, skips elsewhere."""
+    import shutil
+
+    import pytest
+
+    path = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("prometheus-alertmanager is not installed: run scripts/setup.sh")
+        pytest.skip("prometheus-alertmanager is not installed: run scripts/setup.sh")
+    return path
+
+
+@contextlib.contextmanager
+def alertmanager(tmp_path, webhook_url: str, group_by: list[str], resolve_timeout: str | None = None):
+    """A real Alertmanager routing every alert, resolved ones too, to ``webhook_url``; yields its URL.
+
+    Groups by ``group_by`` and notifies at once (group_wait 0s, group_interval 1s); ``resolve_timeout``
+    sets the global one (Alertmanager's default is 5m).
+    """
+    from monitor.tansu import free_port
+
+    port = free_port()
+    config = tmp_path / "alertmanager.yml"
+    preamble = f"global:\n  resolve_timeout: {resolve_timeout}\n" if resolve_timeout else ""
+    config.write_text(f"""
+{preamble}route:
+  receiver: hook
+  group_by: [{', '.join(group_by)}]
+  group_wait: 0s
+  group_interval: 1s
+  repeat_interval: 1h
+receivers:
+  - name: hook
+    webhook_configs:
+      - url: {webhook_url}
+        send_resolved: true
+""")
+    url = f"http://127.0.0.1:{port}"
+    proc, log = start_service([alertmanager_binary(), f"--config.file={config}", f"--storage.path={tmp_path / 'am'}",
+                               f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+                              tmp_path / "alertmanager.log", url)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
 
 
 def load_module(path, name: str):

@@ -19,50 +19,21 @@ import pytest
 from monitor.synth import car_loan
 from monitor.tansu import free_port
 from tests.daemon_proc import DaemonProcess
-from tests.helpers import read_jsonl, start_service, write_jsonl, write_setup
+from tests.helpers import alertmanager as run_alertmanager
+from tests.helpers import read_jsonl, write_jsonl, write_setup
 from tests.receiver import Receiver
 from tests.test_daemon_integration import produce
-from tests.test_delivery import alertmanager_binary
 from tests.test_replay_integration import assert_same, comparable
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
-
-
-@pytest.fixture
 def alertmanager(tmp_path, receiver):
     """Alertmanager 0.25 with a short resolve_timeout, notifying the receiver at /am."""
-    port = free_port()
-    config = tmp_path / "alertmanager.yml"
-    config.write_text(f"""
-global:
-  resolve_timeout: 5s
-route:
-  receiver: hook
-  group_by: [alertname, model, subject]
-  group_wait: 0s
-  group_interval: 1s
-  repeat_interval: 1h
-receivers:
-  - name: hook
-    webhook_configs:
-      - url: {receiver.url}/am
-        send_resolved: true
-""")
-    url = f"http://127.0.0.1:{port}"
-    proc, log = start_service([alertmanager_binary(), f"--config.file={config}", f"--storage.path={tmp_path / 'am'}",
-                               f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
-                              tmp_path / "alertmanager.log", url)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
-    log.close()
+    with run_alertmanager(tmp_path, receiver.url + "/am", ["alertname", "model", "subject"],
+                          resolve_timeout="5s") as url:
+        yield url
 
 
 def active(am_url: str) -> list[dict]:

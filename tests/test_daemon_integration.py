@@ -16,7 +16,6 @@ from monitor.synth import car_loan
 from monitor.tansu import free_port
 from tests.daemon_proc import DaemonProcess, counted
 from tests.helpers import read_jsonl, write_jsonl, write_setup
-from tests.receiver import Receiver
 
 pytestmark = pytest.mark.integration
 
@@ -32,13 +31,6 @@ def produce(bootstrap: str, topic: str, messages: list[bytes], rate: float | Non
             time.sleep(max(0.0, i / rate - (time.monotonic() - started)))
     producer.flush()
     producer.close()
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
 
 
 #: The Kafka client libraries (kafka.client); the broker-facing tests run on each.

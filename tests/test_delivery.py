@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
-import shutil
 import time
 import uuid
 
@@ -15,9 +13,7 @@ import pytest
 from monitor.config import Sink, parse_config
 from monitor.outbox import Outbox
 from monitor.sinks import SIGNATURE_HEADER, Dispatcher
-from monitor.tansu import free_port
-from tests.helpers import start_service
-from tests.receiver import Receiver
+from tests.helpers import alertmanager as run_alertmanager
 
 
 def note(i: int, key: str = "m/feature_drift/x", status: str = "firing", alert: str = "feature_drift") -> dict:
@@ -31,13 +27,6 @@ def note(i: int, key: str = "m/feature_drift/x", status: str = "firing", alert: 
                       "test": "ks"}],
         "summary": f"m: feature x drifted #{i}", "description": f"m: feature x drifted #{i}",
     }
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
 
 
 def dispatcher(tmp_path, sinks, name="outbox.sqlite", **kw):
@@ -153,40 +142,10 @@ def test_sink_kind_filter(tmp_path, receiver):
 
 # ---- a real Alertmanager ---------------------------------------------------------------------------
 
-def alertmanager_binary() -> str:
-    path = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("prometheus-alertmanager is not installed: run scripts/setup.sh")
-        pytest.skip("prometheus-alertmanager is not installed: run scripts/setup.sh")
-    return path
-
-
 @pytest.fixture
 def alertmanager(tmp_path, receiver):
-    port = free_port()
-    config = tmp_path / "alertmanager.yml"
-    config.write_text(f"""
-route:
-  receiver: hook
-  group_by: [alertname, model, feature]
-  group_wait: 0s
-  group_interval: 1s
-  repeat_interval: 1h
-receivers:
-  - name: hook
-    webhook_configs:
-      - url: {receiver.url}/am
-        send_resolved: true
-""")
-    url = f"http://127.0.0.1:{port}"
-    proc, log = start_service([alertmanager_binary(), f"--config.file={config}", f"--storage.path={tmp_path / 'am'}",
-                               f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
-                              tmp_path / "alertmanager.log", url)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
-    log.close()
+    with run_alertmanager(tmp_path, receiver.url + "/am", ["alertname", "model", "feature"]) as url:
+        yield url
 
 
 @pytest.mark.integration
