@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from monitor import __version__
-from monitor.alerting import AlertEngine, window_end_seconds
+from monitor.alerting import window_end_seconds
 from monitor.baseline import Baseline
 from monitor.config import Config, ConfigError
 from monitor.deadletter import DeadLetters
@@ -25,7 +25,7 @@ from monitor.join import StoreError
 from monitor.metrics import DriftmonCollector, make_registry
 from monitor.outbox import Outbox
 from monitor.pipeline import Pipeline
-from monitor.replay import advance_alerts
+from monitor.replay import advance_alerts, alert_engine
 from monitor.server import HttpServer
 from monitor.sinks import Dispatcher
 from monitor.kafka_client import make_source
@@ -86,9 +86,8 @@ class Daemon:
         self.pipeline = Pipeline(config, baseline, background=True)
         self.store = StateStore(config.state.dir, baseline.fingerprint)
         self.policy = CheckpointPolicy(self.store, config.kafka.commit_interval_seconds if config.kafka else 1.0)
-        missing = {name: p.missing_ratio for name, p in baseline.profiles.items()}
         # starts_at/ends_at on the wall clock, as Prometheus sends them (the lifecycle runs on the windows)
-        self.alerts = AlertEngine(config, baseline.fingerprint, missing, clock=time.time)
+        self.alerts = alert_engine(config, baseline, clock=time.time)
         alerts_cfg = config.alerts
         self.outbox = Outbox(os.path.join(config.state.dir, "outbox.sqlite"), alerts_cfg.outbox.max_pending)
         self.dispatcher = Dispatcher(alerts_cfg.all_sinks(), self.outbox, config.kafka,

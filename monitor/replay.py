@@ -14,7 +14,17 @@ from monitor.baseline import Baseline
 from monitor.config import Config
 from monitor.pipeline import Pipeline
 
-__all__ = ["Replay", "advance_alerts"]
+__all__ = ["Replay", "advance_alerts", "alert_engine"]
+
+
+def alert_engine(config: Config, baseline: Baseline, **kwargs) -> AlertEngine:
+    """A fresh alert engine for ``baseline`` (its fingerprint and every column's baseline missing ratio).
+
+    The daemon, :class:`Replay` and the report's retraining verdict build theirs here; ``kwargs`` go to
+    :class:`~monitor.alerting.AlertEngine` (the daemon's wall clock).
+    """
+    missing = {name: p.missing_ratio for name, p in baseline.profiles.items()}
+    return AlertEngine(config, baseline.fingerprint, missing, **kwargs)
 
 
 def advance_alerts(alerts: AlertEngine, windows: list[dict], performance: list[dict]) -> list[dict]:
@@ -44,15 +54,16 @@ class Replay:
     Parameters
     ----------
     config : Config
+        The daemon's configuration; its ``kafka`` and ``http`` sections are not used.
     baseline : Baseline
+        The baseline the daemon would load (``config.baseline``).
     """
 
     def __init__(self, config: Config, baseline: Baseline):
         self.config = config
         self.baseline = baseline
         self.pipeline = Pipeline(config, baseline)
-        missing = {name: p.missing_ratio for name, p in baseline.profiles.items()}
-        self.alerts = AlertEngine(config, baseline.fingerprint, missing)
+        self.alerts = alert_engine(config, baseline)
         self.windows = 0
         self.performance_windows = 0
         self.notifications = 0

@@ -20,9 +20,9 @@ import numpy as np
 from detectors import CategoricalProfile
 from detectors.interval import effect_interval
 from monitor import __version__
-from monitor.alerting import AlertEngine
 from monitor.baseline import Baseline
 from monitor.config import Config
+from monitor.replay import alert_engine
 
 __all__ = ["load_windows", "render_report", "retrain_verdict"]
 
@@ -106,7 +106,7 @@ def retrain_verdict(config: Config, baseline: Baseline, history: list[dict]) -> 
     is the one the daemon reached, or would reach, at that window.
     """
     policy = config.alerts.retrain
-    engine = AlertEngine(config, baseline.fingerprint, {n: p.missing_ratio for n, p in baseline.profiles.items()})
+    engine = alert_engine(config, baseline)
     for result in history:
         engine.observe(result)
     state = engine.states.get(engine.dedup_key("retrain_recommended", "model"))
@@ -133,6 +133,21 @@ def retrain_verdict(config: Config, baseline: Baseline, history: list[dict]) -> 
             "share": share}
 
 
+def _log_records(paths: list[str]):
+    """The JSON lines of window logs, file by file; missing files and lines torn by a crash are passed over."""
+    for path in paths:
+        try:
+            fh = open(path, encoding="utf-8")
+        except FileNotFoundError:
+            continue
+        with fh:
+            for line in fh:
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    continue
+
+
 def load_windows(paths: list[str], index: int | None = None, keep: int = 50) -> tuple[dict, list[dict]]:
     """The window result with ``index`` (default: the last) and up to ``keep`` windows ending with it.
 
@@ -142,28 +157,18 @@ def load_windows(paths: list[str], index: int | None = None, keep: int = 50) -> 
         When no log holds a window, or none has that index.
     """
     history: list[dict] = []
-    for path in paths:
+    for result in _log_records(paths):
         try:
-            fh = open(path, encoding="utf-8")
-        except FileNotFoundError:
+            i = result["window"]["index"]
+        except (KeyError, TypeError):
             continue
-        with fh:
-            for line in fh:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    result = json.loads(line)
-                    i = result["window"]["index"]
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line torn by a crash
-                if "features" not in result:
-                    continue  # a performance window (replay --out has both kinds)
-                if index is not None and i > index:
-                    continue
-                history.append(result)
-                if len(history) > 2 * keep:
-                    history = history[-keep:]
+        if "features" not in result:
+            continue  # a performance window (replay --out has both kinds)
+        if index is not None and i > index:
+            continue
+        history.append(result)
+        if len(history) > 2 * keep:
+            history = history[-keep:]
     history.sort(key=lambda r: r["window"]["index"])
     if not history:
         raise ValueError(f"no window results in {', '.join(paths)}")
@@ -663,22 +668,15 @@ def performance_for(paths: list[str], result: dict) -> dict | None:
     """
     end = result["window"].get("end")
     best = None
-    for path in paths:
+    for perf in _log_records(paths):
         try:
-            fh = open(path, encoding="utf-8")
-        except FileNotFoundError:
+            perf_end = perf["window"].get("end")
+        except (KeyError, TypeError, AttributeError):
             continue
-        with fh:
-            for line in fh:
-                try:
-                    perf = json.loads(line)
-                    perf_end = perf["window"].get("end")
-                except (ValueError, KeyError, TypeError, AttributeError):
-                    continue
-                if "metrics" not in perf:
-                    continue  # a drift window (replay --out has both kinds)
-                if end is None or (perf_end is not None and perf_end <= end):
-                    best = perf
+        if "metrics" not in perf:
+            continue  # a drift window (replay --out has both kinds)
+        if end is None or (perf_end is not None and perf_end <= end):
+            best = perf
     return best
 
 
