@@ -150,6 +150,20 @@ def scratch_dir(prefix: str) -> str:
     return path
 
 
+def wide_setup(name: str, train_rows: int, config_overrides: dict | None = None):
+    """:func:`make_setup` for ``wide(0)`` in a scratch dir ``driftmon-bench-<name>-``: (synth, config, baseline)."""
+    from monitor.synth import wide
+
+    synth = wide(0)
+    _, config, baseline = make_setup(scratch_dir(f"driftmon-bench-{name}-"), synth, train_rows, config_overrides)
+    return synth, config, baseline
+
+
+def round_sizes(quick: bool) -> tuple[int, int]:
+    """(messages a round, rounds) of an interleaved pipeline figure: 40,000 x 2 with --quick, else 200,000 x 5."""
+    return (40_000, 2) if quick else (200_000, 5)
+
+
 def message_pool(n: int, seed: int = 1) -> list[bytes]:
     """``n`` distinct wide() messages (generated once; benchmarks cycle through them)."""
     from monitor.synth import wide
@@ -216,6 +230,20 @@ def summarize(rounds: list[dict], key: str, higher_is_better: bool = True) -> di
         "subject_all": subj,
         "ratios": ratios,
     }
+
+
+def time_batches(process, batches, count=len) -> dict:
+    """Call ``process(batch)`` for every batch, timed: rate (messages a second), us_per_msg, messages, seconds.
+
+    ``count(batch)`` is the number of messages in a batch (default: its length, for lists of messages).
+    Callers that measure the pipeline wrap this in the daemon's GC setting (``monitor.daemon.streaming_gc``).
+    """
+    n = 0
+    with Timer() as t:
+        for batch in batches:
+            process(batch)
+            n += count(batch)
+    return {"rate": n / t.seconds, "us_per_msg": 1e6 * t.seconds / n, "messages": n, "seconds": t.seconds}
 
 
 class Timer:

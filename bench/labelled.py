@@ -16,7 +16,8 @@ import json
 import statistics
 import sys
 
-from bench.common import Timer, batches_from_pool, log, make_setup, message_pool, scratch_dir
+from bench.common import (batches_from_pool, log, make_setup, message_pool, round_sizes, scratch_dir, time_batches,
+                          wide_setup)
 
 BATCH = 2000
 WINDOW = 5000
@@ -37,15 +38,11 @@ def run(quick: bool = False) -> dict:
     from monitor.config import load_config
     from monitor.daemon import streaming_gc
     from monitor.pipeline import Pipeline
-    from monitor.synth import wide
 
     pool_n = 20_000 if quick else 100_000
-    per_round = 40_000 if quick else 200_000
-    rounds = 2 if quick else 5
+    per_round, rounds = round_sizes(quick)
     train_rows = 20_000 if quick else 100_000
-    synth = wide(0)
-    _, plain_config, plain_baseline = make_setup(scratch_dir("driftmon-bench-plain-"), synth, train_rows,
-                                                 {"window": {"size": WINDOW}})
+    synth, plain_config, plain_baseline = wide_setup("plain", train_rows, {"window": {"size": WINDOW}})
     tmp = scratch_dir("driftmon-bench-labelled-")
     path, unlabelled_config, unlabelled_baseline = make_setup(tmp, synth, train_rows, labelled_overrides())
     with open(path, encoding="utf-8") as fh:
@@ -63,15 +60,18 @@ def run(quick: bool = False) -> dict:
     def runner(cfg, base, labelled):
         def go() -> dict:
             pipeline = Pipeline(cfg, base)
-            n = perf = 0
-            with streaming_gc(), Timer() as t:
-                for chunk in batches_from_pool(pool, BATCH, per_round):
-                    pipeline.process(chunk)
-                    perf += len(pipeline.take_performance())
-                    n += len(chunk)
+            perf = 0
+
+            def step(chunk):
+                nonlocal perf
+                pipeline.process(chunk)
+                perf += len(pipeline.take_performance())
+
+            with streaming_gc():
+                got = time_batches(step, batches_from_pool(pool, BATCH, per_round))
             if labelled and perf != per_round // WINDOW:
                 raise AssertionError(f"expected {per_round // WINDOW} performance windows, got {perf}")
-            return {"rate": n / t.seconds, "messages": n, "seconds": t.seconds, "performance_windows": perf}
+            return {**got, "performance_windows": perf}
         return go
 
     unlabelled, labelled = runner(unlabelled_config, unlabelled_baseline, False), runner(config, baseline, True)

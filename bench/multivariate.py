@@ -25,18 +25,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.common import Timer, batches_from_pool, interleave, log, make_setup, message_pool, scratch_dir, summarize
+from bench.common import (Timer, batches_from_pool, interleave, log, message_pool, round_sizes, scratch_dir, summarize,
+                          time_batches, wide_setup)
 
 BATCH = 2000
 WINDOW = 5000
-
-
-def _per_message(fn, batches):
-    n = 0
-    with Timer() as t:
-        for b in batches:
-            n += fn(b)
-    return {"rate": n / t.seconds, "us_per_msg": 1e6 * t.seconds / n, "messages": n, "seconds": t.seconds}
 
 
 def _numeric_table(rng, n, width):
@@ -50,23 +43,17 @@ def run(quick: bool = False) -> dict:
     from detectors.multivariate import DomainClassifier, PCAReconstruction
     from monitor.daemon import streaming_gc
     from monitor.pipeline import Pipeline
-    from monitor.synth import wide
 
-    per_round = 40_000 if quick else 200_000
-    rounds = 2 if quick else 5
+    per_round, rounds = round_sizes(quick)
     train_rows = 20_000 if quick else 50_000
     evaluations = 3 if quick else 10
-
-    tmp = scratch_dir("driftmon-bench-multivariate-")
-    synth = wide(0)
-    _, config, baseline = make_setup(tmp, synth, train_rows, {"window": {"size": WINDOW}})
+    synth, config, baseline = wide_setup("multivariate", train_rows, {"window": {"size": WINDOW}})
     pool = message_pool(20_000 if quick else 100_000, seed=1)
 
     def pipeline_run():
         pipeline = Pipeline(config, baseline)
         with streaming_gc():
-            return _per_message(lambda chunk: len(chunk) if pipeline.process(chunk) else 0,
-                                batches_from_pool(pool, BATCH, per_round))
+            return time_batches(pipeline.process, batches_from_pool(pool, BATCH, per_round))
 
     # the 25 wide() features as the pipeline decodes them
     decoder = Pipeline(config, baseline).decoder
@@ -90,16 +77,15 @@ def run(quick: bool = False) -> dict:
         "embedding_384": EmbeddingDrift.fit_baseline(np.vstack(emb_pool * (train_rows // (5 * BATCH) or 1)), 10),
         "classifier": DomainClassifier.fit_baseline(train, kinds, sample_size=1000),
     }
-    subjects = {
-        "pca_25": lambda: (lambda d: _per_message(lambda b: d.update(b).n and len(b["num_0"]), batches_25))(
-            PCAReconstruction(models["pca_25"])),
-        "pca_200": lambda: (lambda d: _per_message(lambda b: d.update(b).n and BATCH, batches_200))(
-            PCAReconstruction(models["pca_200"])),
-        "embedding_384": lambda: (lambda d: _per_message(lambda b: d.update(b).n and BATCH, batches_emb))(
-            EmbeddingDrift(models["embedding_384"])),
-        "classifier_update": lambda: (lambda d: _per_message(lambda b: d.update(b).n and len(b["num_0"]),
-                                                             batches_25))(
-            DomainClassifier(models["classifier"])),
+    def rows(b):
+        return len(b["num_0"])
+
+    subjects = {  # a fresh detector each run
+        "pca_25": lambda: time_batches(PCAReconstruction(models["pca_25"]).update, batches_25, rows),
+        "pca_200": lambda: time_batches(PCAReconstruction(models["pca_200"]).update, batches_200, lambda b: BATCH),
+        "embedding_384": lambda: time_batches(EmbeddingDrift(models["embedding_384"]).update, batches_emb,
+                                              lambda b: BATCH),
+        "classifier_update": lambda: time_batches(DomainClassifier(models["classifier"]).update, batches_25, rows),
     }
     # the pipeline with a 384-dimensional embedding feature, decoding included
     emb_config, emb_baseline, emb_pool = _embedding_setup(synth, train_rows, rng)
@@ -108,14 +94,12 @@ def run(quick: bool = False) -> dict:
     def pipeline_emb_run():
         pipeline = Pipeline(emb_config, emb_baseline)
         with streaming_gc():
-            return _per_message(lambda chunk: len(chunk) if pipeline.process(chunk) else 0,
-                                batches_from_pool(emb_pool, BATCH, emb_per_round))
+            return time_batches(pipeline.process, batches_from_pool(emb_pool, BATCH, emb_per_round))
 
     def pipeline_plain_run():
         pipeline = Pipeline(config, baseline)
         with streaming_gc():
-            return _per_message(lambda chunk: len(chunk) if pipeline.process(chunk) else 0,
-                                batches_from_pool(pool, BATCH, emb_per_round))
+            return time_batches(pipeline.process, batches_from_pool(pool, BATCH, emb_per_round))
 
     out = {"what": __doc__.split("\n\n")[1].strip(), "batch": BATCH, "messages_per_round": per_round,
            "rounds": rounds, "figures": {}}
@@ -152,8 +136,7 @@ def run(quick: bool = False) -> dict:
         return {"seconds": p["us_per_msg"] * WINDOW / 1e6}
 
     # the consuming thread while the worker fits back to back
-    bg_dir = scratch_dir("driftmon-bench-background-")
-    _, bg_config, bg_baseline = make_setup(bg_dir, synth, train_rows, {
+    _, bg_config, bg_baseline = wide_setup("background", train_rows, {
         "window": {"size": WINDOW},
         "multivariate": {"methods": ["domain_classifier"], "min_interval": "1ms"}})
     runners = []
@@ -162,8 +145,7 @@ def run(quick: bool = False) -> dict:
         pipeline = Pipeline(bg_config, bg_baseline, background=True)
         runners.append(pipeline.multivariate.runner)
         with streaming_gc():
-            result = _per_message(lambda chunk: len(chunk) if pipeline.process(chunk) else 0,
-                                  batches_from_pool(pool, BATCH, per_round))
+            result = time_batches(pipeline.process, batches_from_pool(pool, BATCH, per_round))
         pipeline.multivariate.runner.wait(60)
         return result
 

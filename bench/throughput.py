@@ -18,8 +18,8 @@ import datetime as _dt
 import msgspec
 import numpy as np
 
-from bench.common import (Timer, batches_from_pool, interleave, log, make_setup, message_pool, scratch_dir,
-                          summarize)
+from bench.common import (batches_from_pool, interleave, log, message_pool, round_sizes, summarize, time_batches,
+                          wide_setup)
 
 BATCH = 2000
 WINDOW = 5000
@@ -83,16 +83,10 @@ def _check_same_columns(ceiling: ColumnsCeiling, pipeline, values: list[bytes]) 
 def run(quick: bool = False) -> dict:
     from monitor.daemon import streaming_gc
     from monitor.pipeline import Pipeline
-    from monitor.synth import wide
 
     pool_n = 20_000 if quick else 100_000
-    per_round = 40_000 if quick else 200_000
-    rounds = 2 if quick else 5
-    train_rows = 20_000 if quick else 100_000
-
-    tmp = scratch_dir("driftmon-bench-pipeline-")
-    synth = wide(0)
-    _, config, baseline = make_setup(tmp, synth, train_rows, {"window": {"size": WINDOW}})
+    per_round, rounds = round_sizes(quick)
+    synth, config, baseline = wide_setup("pipeline", 20_000 if quick else 100_000, {"window": {"size": WINDOW}})
     log(f"pipeline: generating a pool of {pool_n:,} wide() messages")
     pool = message_pool(pool_n, seed=1)
     mean_bytes = float(np.mean([len(m) for m in pool]))
@@ -102,24 +96,18 @@ def run(quick: bool = False) -> dict:
     # Both sides run under the daemon's garbage-collector setting (monitor.daemon.streaming_gc), as
     # the pipeline does in production; the ceiling gets the same benefit, so the ratio stays honest.
     def run_ceiling() -> dict:
-        n = 0
-        with streaming_gc(), Timer() as t:
-            for chunk in batches_from_pool(pool, BATCH, per_round):
-                ceiling.columns(chunk)
-                n += len(chunk)
-        return {"rate": n / t.seconds, "messages": n, "seconds": t.seconds}
+        with streaming_gc():
+            return time_batches(ceiling.columns, batches_from_pool(pool, BATCH, per_round))
 
     def run_subject() -> dict:
         pipeline = Pipeline(config, baseline)
-        n = windows = 0
-        with streaming_gc(), Timer() as t:
-            for chunk in batches_from_pool(pool, BATCH, per_round):
-                results, _ = pipeline.process(chunk)
-                windows += len(results)
-                n += len(chunk)
+        windows = []
+        with streaming_gc():
+            got = time_batches(lambda chunk: windows.extend(pipeline.process(chunk)[0]),
+                               batches_from_pool(pool, BATCH, per_round))
         if pipeline.invalid:
             raise AssertionError(f"pipeline rejected messages: {dict(pipeline.invalid)}")
-        return {"rate": n / t.seconds, "messages": n, "seconds": t.seconds, "windows": windows}
+        return {**got, "windows": len(windows)}
 
     run_ceiling(), run_subject()  # warm-up: imports, caches, allocator
     rounds_out = interleave(run_ceiling, run_subject, rounds, log=log, label="pipeline")
