@@ -542,11 +542,16 @@ class LabelsConfig(_Node):
     ttl: str = "7d"  # how long a prediction waits for its label
     max_pending: int = 10_000_000  # predictions plus early labels waiting (on disk); the oldest are evicted past it
     window: int = 1000  # labelled predictions per performance window
+    # event-time performance windows instead (e.g. 10m): a joined prediction counts in the window of its join
+    # time, max(prediction time, label time); required with cluster.enabled (count windows are per process)
+    window_duration: str | None = None
     positive: str | None = None  # the positive class of a binary classifier (default: the baseline's minority)
     threshold: float = 0.5  # score threshold for the positive class (confidence-based estimation)
 
     def __post_init__(self):
-        _durations(self, "ttl")
+        _durations(self, "ttl", "window_duration")
+        if self.window_duration_seconds is not None and self.window_duration_seconds <= 0:
+            raise ValueError("`window_duration` must be positive")
         if self.max_pending < 1 or self.window < 1:
             raise ValueError("`max_pending` and `window` must be at least 1")
         if not 0 < self.threshold < 1:
@@ -689,7 +694,12 @@ class Config(_Node):
         if self.multivariate is not None and "domain_classifier" in self.multivariate.methods:
             raise ValueError("`cluster.enabled`: `multivariate.methods: domain_classifier` is not merged exactly "
                              "across replicas (a pooled sample, not the one process's); use pca_reconstruction")
-        if self.schema.label is not None:
+        if self.schema.label is not None and self.schema.prediction is not None \
+                and self.labels.window_duration is None:
+            raise ValueError("`cluster.enabled` with labels needs `labels.window_duration`: count windows of "
+                             "labelled predictions are per process (the n-th join of a partition says nothing "
+                             "about the others)")
+        if self.schema.label is not None and self.schema.prediction is not None:
             raise ValueError("`cluster.enabled`: performance from labels is not merged across replicas yet")
 
     def multivariate_features(self) -> list:

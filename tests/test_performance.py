@@ -15,6 +15,7 @@ from monitor.baseline import Baseline, build_baseline
 from monitor.config import load_config
 from monitor.join import LabelJoin
 from monitor.pipeline import Pipeline
+from monitor.values import iso
 from tests.labelled import config as labelled_config, labelled, messages
 
 
@@ -216,3 +217,60 @@ def test_fairness_relative_to_the_baselines_group_rates(tmp_path):
     report = perf[0]["fairness"]["group"]
     assert report["alerts"]["widened"] is True and abs(report["overall"]["baseline_gaps"][
         "demographic_parity_difference"]) < 0.05
+
+
+def test_event_time_performance_windows_by_join_time(tmp_path):
+    """labels.window_duration: a joined prediction counts in the window of max(prediction time, label time);
+    a window closes once predictions and labels have both moved past its end; joins for a closed window are
+    late (counted, in the oldest open window); the open windows survive a checkpoint round trip."""
+    import math
+
+    from monitor.pipeline import Pipeline as P
+    from tests.labelled import label_messages
+
+    pq.write_table(pa.table(labelled(20_000, seed=1)), tmp_path / "train.parquet")
+    tree = labelled_config(window={"duration": "10s"},
+                           labels={"window_duration": "10s", "positive": "1", "timestamp_path": "timestamp"},
+                           kafka={"bootstrap_servers": "k:9092", "topic": "t", "group_id": "g", "labels_topic": "l"})
+    tree["baseline"] = str(tmp_path / "baseline.json")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(tree))
+    config = load_config(tmp_path / "c.yaml")
+    build_baseline(config, str(tmp_path / "train.parquet")).save(config.baseline)
+    baseline = Baseline.load(config.baseline)
+    t0 = 1_700_000_000.0
+    phases = [labelled(2000, seed=10 + k, start=t0 + 10 * k, rate=250.0, id_prefix=f"w{k}") for k in range(4)]
+
+    def run(pipeline, ks):
+        out = []
+        for k in ks:
+            pipeline.process(messages(phases[k], with_label=False))
+            if k:  # the previous phase's labels, 10 s later: they join in this phase's window
+                pipeline.process_labels(label_messages(phases[k - 1], delay=10.0))
+            out += pipeline.take_performance()
+        return out
+
+    whole = P(config, baseline)
+    perf = run(whole, range(4))
+    assert [r["window"]["labelled"] for r in perf] == [2000, 2000]  # phases 0 and 1, joined in windows 1 and 2
+    assert [r["window"]["start"] for r in perf] == [iso(t0 + 10), iso(t0 + 20)]
+    y, p = np.array(phases[1]["y"]), np.array(phases[1]["y_pred"])
+    assert perf[1]["metrics"]["accuracy"] == pytest.approx(np.mean(y == p))
+    assert perf[1]["fairness"]["group"]["groups"]["B"]["n"] == phases[1]["group"].count("B")
+    tracker = whole.tracker
+    assert (tracker.join.received, tracker.join.matched, tracker.late) == (6000, 6000, 0)
+    assert sorted(tracker.open) == [t0 + 30]
+
+    # stopped after phase 1 and restored from its checkpoint: the same windows
+    first = P(config, baseline)
+    before = run(first, range(2))
+    state = json.loads(json.dumps(first.state_dict()))
+    again = P(config, baseline).load_state_dict(state)
+    assert [r["metrics"] for r in before + run(again, range(2, 4))] == [r["metrics"] for r in perf]
+
+    # a label for a closed window (its prediction came late): counted as late, in the oldest open window
+    late = labelled(1, seed=99, start=t0 + 5, id_prefix="late")
+    whole.process(messages(late, with_label=False))
+    whole.process_labels(label_messages(late, delay=0.0))
+    assert tracker.late == 1 and tracker.open[t0 + 30].labelled == 2001
+    assert [r["window"]["labelled"] for r in tracker.tick(t0 + 41)] == [2001] and not tracker.open
+    assert tracker.closed_until == t0 + 40
