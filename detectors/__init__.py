@@ -4,7 +4,8 @@ No I/O, logging or service code lives here; ``monitor`` builds on it.
 """
 
 from .accumulate import CategoryCounter, NumericHistogram
-from .drift import FeaturePolicy, compare_categorical, compare_effect, compare_effects, compare_numeric, decide
+from .drift import (FeaturePolicy, compare_categorical, compare_effect, compare_effects, compare_numeric,
+                    compare_numerics, decide)
 from .fairness import DEFAULT_MIN_GROUP_SIZE, GroupAccumulator, fairness_report
 from .performance import ClassificationAccumulator, ConfidenceBasedEstimator, RegressionAccumulator, performance_drop_test
 from .profile import CategoricalProfile, NumericProfile
@@ -30,6 +31,7 @@ __all__ = [
     "compare_effect",
     "compare_effects",
     "compare_numeric",
+    "compare_numerics",
     "decide",
     "fairness_report",
     "holm",

@@ -52,6 +52,14 @@ def count_categories(values):
     missing = raw.pop(None, 0)
     if all(type(k) is str for k in raw):
         return dict(raw), missing
+    if all(type(k) is str or type(k) is int for k in raw):
+        # Integers (a class label) equal only integers of the same value, so the counts are right;
+        # 1 and "1" share a name.
+        counts = {}
+        for k, c in raw.items():
+            name = k if type(k) is str else str(k)
+            counts[name] = counts.get(name, 0) + c
+        return counts, missing
     # Counter merges keys that compare equal (1 == 1.0 == True), which would
     # file True under "1"; for non-string data count the names instead.
     nan = sum(c for k, c in raw.items() if k != k)

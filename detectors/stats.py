@@ -29,6 +29,7 @@ __all__ = [
     "material_divergence",
     "material_ks",
     "material_wasserstein",
+    "material_wasserstein_batch",
     "material_wasserstein_many",
     "psi",
     "wasserstein_binned",
@@ -46,9 +47,12 @@ def _pair(p, q):
         raise ValueError(f"p and q must be 1-D of the same length, got shapes {p.shape} and {q.shape}")
     if p.size == 0:
         raise ValueError("p and q must not be empty")
-    if (p < 0).any() or (q < 0).any() or not (np.isfinite(p).all() and np.isfinite(q).all()):
+    # Four reductions (this runs several times per feature and window): a NaN fails the minimum's
+    # comparison, an infinity makes the total infinite.
+    total_p, total_q = p.sum(), q.sum()
+    if not (p.min() >= 0 and q.min() >= 0 and total_p < np.inf and total_q < np.inf):
         raise ValueError("counts must be finite and non-negative")
-    if p.sum() <= 0 or q.sum() <= 0:
+    if total_p <= 0 or total_q <= 0:
         raise ValueError("both samples must have a positive total count")
     return p, q
 
@@ -432,8 +436,8 @@ def material_wasserstein(edges, p, q, lo, hi, p_sums, q_sums, p_std, q_std, thre
     p, q, a, c, b, d, p_sums, q_sums = _wasserstein_setup(edges, p, q, lo, hi, p_sums, q_sums)
     if p_sums is None:
         raise ValueError("material_wasserstein needs p_sums and q_sums")
-    return _material_wasserstein_tests(b[None, :], p, q[None, :], p_sums, q_sums[None, :], p_std,
-                                       np.array([q_std], dtype=float), threshold, scale)[0]
+    return _material_wasserstein_tests(b[None, :], p[None, :], q[None, :], p_sums[None, :], q_sums[None, :],
+                                       p_std, q_std, threshold, scale)[0]
 
 
 def material_wasserstein_many(edges, p, q, lo, hi, p_sums, q_sums, p_std, q_std, threshold, scale=1.0):
@@ -446,39 +450,60 @@ def material_wasserstein_many(edges, p, q, lo, hi, p_sums, q_sums, p_std, q_std,
     q = np.asarray(q, dtype=float)
     if q.ndim != 2:
         raise ValueError("q must be (windows, bins)")
-    rows = [_wasserstein_setup(edges, p, q[i], lo[i], hi[i], p_sums, q_sums[i]) for i in range(q.shape[0])]
+    g = q.shape[0]
+    return material_wasserstein_batch([edges] * g, [p] * g, q, lo, hi, [p_sums] * g, q_sums, [p_std] * g, q_std,
+                                      [threshold] * g, [scale] * g)
+
+
+def material_wasserstein_batch(edges, p, q, lo, hi, p_sums, q_sums, p_std, q_std, threshold, scale):
+    """:func:`material_wasserstein` of several features at once, each against its own baseline.
+
+    Every argument has one entry per feature (``edges``, ``p``, ``q``, ``p_sums``, ``q_sums``: one row
+    each, all with the same number of bins). The same numbers as one call per feature, at about the cost
+    of one (the numeric features of a window).
+    """
+    rows = [_wasserstein_setup(edges[i], p[i], q[i], lo[i], hi[i], p_sums[i], q_sums[i]) for i in range(len(q))]
     if not rows:
         return []
-    b = np.vstack([r[4] for r in rows])
-    return _material_wasserstein_tests(b, rows[0][0], np.vstack([r[1] for r in rows]), rows[0][6],
-                                       np.vstack([r[7] for r in rows]), p_std, np.asarray(q_std, dtype=float),
-                                       threshold, scale)
+    if len({r[0].size for r in rows}) != 1:
+        raise ValueError("material_wasserstein_batch needs the same number of bins in every row")
+    if any(r[6] is None for r in rows):
+        raise ValueError("material_wasserstein needs p_sums and q_sums")
+    return _material_wasserstein_tests(np.vstack([r[4] for r in rows]), np.vstack([r[0] for r in rows]),
+                                       np.vstack([r[1] for r in rows]), np.vstack([r[6] for r in rows]),
+                                       np.vstack([r[7] for r in rows]), np.asarray(p_std, dtype=float),
+                                       np.asarray(q_std, dtype=float), np.asarray(threshold, dtype=float),
+                                       np.asarray(scale, dtype=float))
 
 
 def _material_wasserstein_tests(b, p, q, p_sums, q_sums, p_std, q_std, threshold, scale) -> list:
-    """The delta-method tests of G windows: ``b`` (G, K+1) boundaries, ``q``/``q_sums`` (G, K), ``q_std`` (G,)."""
-    if not scale > 0:
-        raise ValueError(f"scale must be > 0, got {scale!r}")
+    """The delta-method tests of G rows: ``b`` (G, K+1) boundaries, ``p``/``q``/``p_sums``/``q_sums`` (G, K),
+    ``p_std``, ``q_std``, ``threshold`` and ``scale`` (G,) or scalars."""
     g = q.shape[0]
-    n_p, n_q = p.sum(), q.sum(axis=1)
-    a, c = p / n_p, q / n_q[:, None]
+    p, p_sums = np.broadcast_to(p, q.shape), np.broadcast_to(p_sums, q.shape)
+    scale = np.broadcast_to(np.asarray(scale, dtype=float), (g,))
+    if not (scale > 0).all():
+        raise ValueError(f"scale must be > 0, got {scale.tolist()!r}")
+    n_p, n_q = p.sum(axis=1), q.sum(axis=1)
+    a, c = p / n_p[:, None], q / n_q[:, None]
     d = np.zeros((g, b.shape[1]))
     d[:, 1:] = np.cumsum(a - c, axis=1)
     d[:, -1] = 0.0
     bd = b * d
-    signed = bd[:, 1:] - bd[:, :-1] - (p_sums / n_p - q_sums / n_q[:, None])
+    signed = bd[:, 1:] - bd[:, :-1] - (p_sums / n_p[:, None] - q_sums / n_q[:, None])
     plug_in = np.abs(signed).sum(axis=1)
     sign = np.sign(signed)
     w = np.diff(b, axis=1)
     lower, upper = b[:, None, :-1], b[:, None, 1:]
     sw = sign * w
     tail = np.cumsum(sw[:, ::-1], axis=1)[:, ::-1] - sw  # integral of the signs above each bin
-    # both samples of every window at once: axis 1 is (baseline, window)
-    counts = np.stack((np.broadcast_to(p, q.shape), q), axis=1)
-    sums = np.stack((np.broadcast_to(p_sums, q.shape), q_sums), axis=1)
-    share = np.stack((np.broadcast_to(a, q.shape), c), axis=1)
-    n = np.stack((np.full(g, n_p), n_q), axis=1)
-    variance = np.stack((np.full(g, float(p_std) ** 2), q_std**2), axis=1)
+    # both samples of every row at once: axis 1 is (baseline, window)
+    counts = np.stack((p, q), axis=1)
+    sums = np.stack((p_sums, q_sums), axis=1)
+    share = np.stack((a, c), axis=1)
+    n = np.stack((n_p, n_q), axis=1)
+    variance = np.stack((np.broadcast_to(np.asarray(p_std, dtype=float) ** 2, (g,)),
+                         np.broadcast_to(np.asarray(q_std, dtype=float) ** 2, (g,))), axis=1)
     mid = np.broadcast_to((lower + upper) / 2.0, counts.shape)
     means = np.clip(np.divide(sums, counts, out=mid.copy(), where=counts > 0), lower, upper)
     centred = means - np.sum(share * means, axis=2, keepdims=True)
@@ -502,14 +527,12 @@ def _material_wasserstein_tests(b, p, q, p_sums, q_sums, p_std, q_std, threshold
     bias = np.sum(2.0 * sd * (_phi(ratio) - ratio * ndtr(-ratio)), axis=1)  # 0 where sd is 0
     estimate = np.maximum(plug_in - bias, 0.0) / scale
     se = np.sqrt(var_total) / scale
-    tau = float(threshold)
-    out = []
-    for i in range(g):
-        e, s = float(estimate[i]), float(se[i])
-        p_value = float(ndtr(-(e - tau) / s)) if s > 0 else float(e <= tau)
-        out.append(MaterialTest("delta_method", e, float(plug_in[i]) / scale, max(e - _Z95 * s, 0.0),
-                                e + _Z95 * s, p_value))
-    return out
+    tau = np.broadcast_to(np.asarray(threshold, dtype=float), (g,))
+    z = np.divide(-(estimate - tau), se, out=np.zeros(g), where=se > 0)
+    p_values = np.where(se > 0, ndtr(z), (estimate <= tau).astype(float))
+    plug = plug_in / scale
+    return [MaterialTest("delta_method", e, pl, max(e - _Z95 * s, 0.0), e + _Z95 * s, pv)
+            for e, pl, s, pv in zip(estimate.tolist(), plug.tolist(), se.tolist(), p_values.tolist())]
 
 
 def _phi(x):

@@ -16,8 +16,10 @@ from :data:`INVALID_REASONS`; no content makes :meth:`Decoder.decode` raise.
 from __future__ import annotations
 
 import math
+import operator
 from collections import Counter
 from datetime import datetime, timezone
+from itertools import repeat
 from typing import Annotated, Any
 
 import msgspec
@@ -43,6 +45,7 @@ _NUMERIC = float | None
 _CATEGORICAL = str | int | bool | None
 # Text is parsed per batch by numpy (0.04 us a value) when it is UTC ("...Z"), else per value.
 _TIMESTAMP = str | float | None
+_ALL_BUT_LAST = operator.itemgetter(slice(None, -1))
 _ID = str | int
 
 
@@ -319,9 +322,13 @@ class Decoder:
             return np.array(raw, dtype=np.float64), set()  # epoch seconds or null
         except (TypeError, ValueError, OverflowError):
             pass
-        if all(type(v) is str and v.endswith("Z") for v in raw):
+        try:  # str.endswith refuses a None or a number: then not all are UTC text
+            utc = all(map(str.endswith, raw, repeat("Z")))
+        except TypeError:
+            utc = False
+        if utc:
             try:  # UTC text, the common case: numpy parses the batch in C
-                parsed = np.array([v[:-1] for v in raw], dtype="datetime64[us]")
+                parsed = np.array(list(map(_ALL_BUT_LAST, raw)), dtype="datetime64[us]")
                 if not np.isnat(parsed).any():
                     return parsed.astype(np.int64) / 1e6, set()
             except (ValueError, OverflowError):
