@@ -28,14 +28,10 @@ import math
 import threading
 import time
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaTimeoutError, ProducerFencedError, TopicAlreadyExistsError
-
 from monitor.config import ConfigError
+from monitor.kafka_client import (FencedError, create_topics, make_group_consumer, make_producer,
+                                  make_transactional_producer, read_to_end)
 from monitor.pipeline import Pipeline
-from monitor.source import client_options
 from monitor.window import Window
 
 __all__ = ["Cluster", "Worker", "Aggregator"]
@@ -203,35 +199,15 @@ class Aggregator:
         return self
 
 
-def _commit_transaction(producer: KafkaProducer, timeout_ms: int) -> None:
-    """``producer.commit_transaction()`` with a bound: kafka-python's waits without one, and an aggregator
-    waiting forever under the daemon's lock would stop the worker too. Raises KafkaTimeoutError."""
-    manager = getattr(producer, "_transaction_manager", None)
-    if manager is None or not hasattr(manager, "begin_commit"):  # another kafka-python: its own call
-        producer.commit_transaction()
-        return
-    result = manager.begin_commit()
-    producer._sender.wakeup()
-    if not result.wait(timeout_ms=timeout_ms):  # raises the commit's error, if it failed
-        raise KafkaTimeoutError(f"the changelog transaction did not commit within {timeout_ms} ms")
-
-
-class _AggregatorListener(ConsumerRebalanceListener):
-    def __init__(self, cluster: "Cluster"):
-        self.cluster = cluster
-
-    def on_partitions_revoked(self, revoked):
-        self.cluster.assigned = False
-
-    def on_partitions_assigned(self, assigned):
-        self.cluster.assigned = bool(assigned)
-        self.cluster.restore_needed = bool(assigned)
+#: the largest partial or changelog record (a request, a topic's max.message.bytes)
+MAX_RECORD_BYTES = 16 * 1024 * 1024
 
 
 class Cluster:
     """The daemon's scale-out part: the worker, the aggregator, and their Kafka clients.
 
-    All Kafka calls of scale-out are here. The daemon calls :meth:`start` after its source is
+    All Kafka calls of scale-out are here, through :mod:`monitor.kafka_client` (either client library,
+    ``kafka.client``). The daemon calls :meth:`start` after its source is
     connected, :meth:`step` after each poll, :meth:`tick` every second, :meth:`checkpoint` where
     single mode writes its checkpoint, and :meth:`close` at shutdown; all under the daemon's lock
     except start and close.
@@ -254,9 +230,9 @@ class Cluster:
         self._retake_at: float | None = None  # after being fenced: when to take over again if still assigned
         self.changed = False
         self.partitions = 0  # of the source topic
-        self._producer: KafkaProducer | None = None  # partials
-        self._state_producer: KafkaProducer | None = None  # the changelog, transactional (the aggregator's)
-        self._consumer: KafkaConsumer | None = None
+        self._producer = None  # partials (kafka_client.make_producer)
+        self._state_producer = None  # the changelog, transactional (the aggregator's)
+        self._consumer = None  # the aggregator group's member (kafka_client.make_group_consumer)
         self._last_commit = 0.0
         self.changelog_writes = 0
         self.partials_produced = 0
@@ -275,55 +251,49 @@ class Cluster:
 
     def start(self) -> None:
         kafka = self.config.kafka
-        options = client_options(kafka)
         if self.config.cluster.create_topics:
             try:
-                self._create_topics(options)
+                self._create_topics()
             except Exception as exc:  # e.g. no Create ACL: one line naming the key, exit 2
                 raise ConfigError("cluster.create_topics", f"cannot create {self.partials_topic} and "
                                   f"{self.changelog_topic} ({type(exc).__name__}: {exc}); create them (docs/helm.md, "
                                   "scale-out topics) and set create_topics: false, or grant Create") from None
-        self._producer = KafkaProducer(acks="all", linger_ms=5, compression_type="gzip",
-                                       max_request_size=16 * 1024 * 1024, **options)
-        self._consumer = KafkaConsumer(group_id=self.group_id, enable_auto_commit=False,
-                                       auto_offset_reset="earliest", isolation_level="read_committed",
-                                       session_timeout_ms=kafka.session_timeout_ms,
-                                       heartbeat_interval_ms=max(100, kafka.session_timeout_ms // 3),
-                                       max_partition_fetch_bytes=16 * 1024 * 1024,
-                                       fetch_max_bytes=64 * 1024 * 1024, metrics_enabled=False, **options)
-        self.partitions = len(self._consumer.partitions_for_topic(kafka.topic) or ())
-        self._consumer.subscribe([self.partials_topic], listener=_AggregatorListener(self))
+        self._producer = make_producer(kafka, max_request_bytes=MAX_RECORD_BYTES, compression="gzip")
+        self._consumer = make_group_consumer(kafka, self.group_id, [self.partials_topic],
+                                             on_assign=self._assigned, on_revoke=self._revoked)
+        self.partitions = self._consumer.partitions(kafka.topic)
         self._thread = threading.Thread(target=self._run, name="driftmon-aggregator", daemon=True)
         self._thread.start()
         log.info("scale-out: partials on %s (aggregator group %s), changelog %s, %d source partitions",
                  self.partials_topic, self.group_id, self.changelog_topic, self.partitions)
 
-    def _create_topics(self, options: dict) -> None:
-        replication = self.config.cluster.replication_factor
-        admin = KafkaAdminClient(**options)
-        try:
-            for topic, configs in ((self.partials_topic, {"retention.ms": str(7 * 86400 * 1000)}),
-                                   (self.changelog_topic, {"cleanup.policy": "compact",
-                                                           "min.compaction.lag.ms": "60000"})):
-                configs["max.message.bytes"] = str(16 * 1024 * 1024)
-                try:
-                    admin.create_topics([NewTopic(topic, 1, replication, topic_configs=configs)])
-                    log.info("created topic %s", topic)
-                except TopicAlreadyExistsError:
-                    pass
-        finally:
-            admin.close()
+    def _create_topics(self) -> None:
+        configs = {self.partials_topic: {"retention.ms": str(7 * 86400 * 1000)},
+                   self.changelog_topic: {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}}
+        for topic_configs in configs.values():
+            topic_configs["max.message.bytes"] = str(MAX_RECORD_BYTES)
+        for topic in create_topics(self.config.kafka, {topic: 1 for topic in configs},
+                                   replication_factor=self.config.cluster.replication_factor, configs=configs):
+            log.info("created topic %s", topic)
+
+    # The aggregator group's rebalance callbacks: flags only (kafka-python runs them on its IO thread).
+    def _assigned(self, partitions) -> None:
+        self.assigned = bool(partitions)
+        self.restore_needed = bool(partitions)
+
+    def _revoked(self, partitions) -> None:
+        self.assigned = False
 
     def close(self) -> None:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=1.0)
         if self._consumer is not None:
-            self._consumer.close(autocommit=False, timeout_ms=1000)
+            self._consumer.close(timeout_s=1.0)
             self._consumer = None
         for producer in (self._producer, self._state_producer):
             if producer is not None:
-                producer.close(timeout=1)
+                producer.close(timeout_s=1.0)
         self._producer = self._state_producer = None
 
     # ---- work (under the daemon's lock) --------------------------------------------------------------
@@ -334,11 +304,15 @@ class Cluster:
         if not worker.pending:
             return True
         model = self.config.model.encode()
+        outcomes: list = []  # None (acknowledged) or the error, one per partial
         try:
             for key, partial in worker.pending:
                 value = json.dumps({"partition": key, **partial}, separators=(",", ":")).encode()
-                self._producer.send(self.partials_topic, key=model, value=value)
-            self._producer.flush(timeout=10)
+                self._producer.send_async(self.partials_topic, value, None, outcomes.append, key=model)
+            self._producer.flush(10.0)  # every outcome is reported once it returns
+            failed = [e for e in outcomes if e is not None]
+            if failed or len(outcomes) < len(worker.pending):
+                raise failed[0] if failed else TimeoutError("not acknowledged within 10 s")
         except Exception as exc:  # kept and sent again: the aggregator drops what arrives twice (by offset)
             log.warning("partials not acknowledged by %s, retrying: %s", self.partials_topic, exc)
             return False
@@ -391,7 +365,7 @@ class Cluster:
                 self._retake_at = None
                 self.restore_needed = self.assigned and not self.active
             if self.restore_needed:
-                records = {}  # re-read from the restored position
+                records = []  # re-read from the restored position
                 try:  # outside the lock: the worker goes on meanwhile
                     state = self._fence_and_read()
                 except Exception as exc:  # the broker is away: try again on the next poll
@@ -405,10 +379,9 @@ class Cluster:
                     if self.active:
                         self._resign()
                     continue
-                for recs in records.values():
-                    for r in recs:
-                        self.aggregator.add(r.offset, json.loads(r.value))
-                        self.changed = True
+                for r in records:
+                    self.aggregator.add(r.offset, json.loads(r.value))
+                    self.changed = True
                 results = self.aggregator.close(self.partitions, time.time()) if self.active else []
                 if results or self.changed:
                     daemon._handle(results)
@@ -434,10 +407,10 @@ class Cluster:
         value = json.dumps(self._snapshot(), separators=(",", ":")).encode()
         producer = self._state_producer
         try:
-            producer.begin_transaction()
-            producer.send(self.changelog_topic, key=self.config.model.encode(), value=value)
-            _commit_transaction(producer, timeout_ms=10_000)
-        except ProducerFencedError:
+            producer.begin()
+            producer.send(self.changelog_topic, value, key=self.config.model.encode())
+            producer.commit(timeout_s=10.0)
+        except FencedError:
             log.warning("fenced: another replica took over as the aggregator for %s", self.config.model)
             self._resign()
             # Still ours by the group's last word? Take over again once the group had time to settle (the
@@ -456,22 +429,11 @@ class Cluster:
         return True
 
     def _read_changelog(self) -> dict | None:
-        reader = KafkaConsumer(enable_auto_commit=False, metrics_enabled=False, isolation_level="read_committed",
-                               **client_options(self.config.kafka))
-        try:
-            tp = TopicPartition(self.changelog_topic, 0)
-            reader.assign([tp])
-            reader.seek_to_beginning(tp)
-            end = reader.end_offsets([tp])[tp]
-            model, latest = self.config.model.encode(), None
-            while reader.position(tp) < end:
-                for recs in reader.poll(timeout_ms=1000).values():
-                    for r in recs:
-                        if r.key == model:
-                            latest = r.value
-            return None if latest is None else json.loads(latest)
-        finally:
-            reader.close()
+        model, latest = self.config.model.encode(), None
+        for record in read_to_end(self.config.kafka, self.changelog_topic, 0):  # read_committed
+            if record.key == model:
+                latest = record.value
+        return None if latest is None else json.loads(latest)
 
     def _fence_and_read(self) -> dict | None:
         """Fence the previous aggregator, then read the last state it committed.
@@ -482,14 +444,14 @@ class Cluster:
         ``read_committed``.
         """
         if self._state_producer is not None:  # a new epoch each take-over, even of our own partition
-            self._state_producer.close(timeout=1)
+            self._state_producer.close(timeout_s=1.0)
             self._state_producer = None
-        producer = KafkaProducer(transactional_id=self.changelog_topic, acks="all", compression_type="gzip",
-                                 max_request_size=16 * 1024 * 1024, **client_options(self.config.kafka))
+        producer = make_transactional_producer(self.config.kafka, self.changelog_topic,
+                                               max_request_bytes=MAX_RECORD_BYTES, compression="gzip")
         try:
-            producer.init_transactions()
+            producer.init(timeout_s=30.0)
         except BaseException:
-            producer.close(timeout=1)
+            producer.close(timeout_s=1.0)
             raise
         self._state_producer = producer
         return self._read_changelog()
@@ -499,14 +461,13 @@ class Cluster:
         self.restore_needed = False
         daemon = self.daemon
         daemon._outgoing = None  # whatever this replica evaluated before is superseded by the changelog's state
-        tp = TopicPartition(self.partials_topic, 0)
         if state is None:  # nothing was ever committed, so nothing was emitted: start as the first aggregator did
             self.aggregator._reset()
             state = self._fresh
             daemon.pipeline.load_state_dict({**state["pipeline"], "positions": {},
                                              "window": daemon.pipeline._new_window(0).state_dict()})
             daemon.alerts.load_state_dict(state["alerts"])
-            self._consumer.seek_to_beginning(tp)
+            self._consumer.seek(self.partials_topic, 0, None)  # from the beginning
             state = None
         else:
             self.aggregator.load_state_dict(state["aggregator"])
@@ -514,10 +475,7 @@ class Cluster:
                                              "window": daemon.pipeline._new_window(0).state_dict()})
             daemon.pipeline.window.index = daemon.pipeline.windows_evaluated
             daemon.alerts.load_state_dict(state["alerts"])
-            if self.aggregator.position is not None:
-                self._consumer.seek(tp, self.aggregator.position)
-            else:
-                self._consumer.seek_to_beginning(tp)
+            self._consumer.seek(self.partials_topic, 0, self.aggregator.position)  # None: the beginning
             if state.get("undelivered"):  # in the last aggregator's outbox, not acknowledged: at-least-once
                 daemon.dispatcher.submit(state["undelivered"])
             if state.get("outgoing"):
@@ -532,7 +490,7 @@ class Cluster:
         self.aggregator._reset()
         self.daemon._outgoing = None  # the next aggregator emits them from the changelog, or evaluates them again
         if self._state_producer is not None:
-            self._state_producer.close(timeout=1)
+            self._state_producer.close(timeout_s=1.0)
             self._state_producer = None
         self.daemon.pipeline.last_result = None  # the global metrics are exported by the aggregator only
         log.info("no longer the aggregator for %s", self.config.model)

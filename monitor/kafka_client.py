@@ -12,7 +12,12 @@ several times faster). The rest of driftmon uses only what this module returns:
   :class:`monitor.source.KafkaSource`, the kafka-python one).
 - :func:`make_producer` -> ``send(topic, value, headers)``, ``flush(timeout_s)``, ``close(timeout_s)``
   (alert sinks, dead letters), raising :class:`ProduceError` when a record is refused.
-- :func:`create_topics` (the demo's and tests' admin needs).
+- :func:`create_topics` (the demo's, the tests' and scale-out's admin needs: partitions, replication,
+  topic configs such as ``cleanup.policy=compact``).
+- Scale-out (:mod:`monitor.cluster`): :func:`make_group_consumer` (a plain group member over
+  :class:`Record` objects, ``read_committed``), :func:`make_transactional_producer` (``init``, ``begin``,
+  ``send``, ``commit``; a fenced producer raises :class:`FencedError`) and :func:`read_to_end` (one
+  partition's committed records up to its end, for the changelog).
 
 Both implementations read the same :class:`~monitor.config.KafkaConfig`, with the same TLS and SASL
 settings and the same start-up security check (:func:`monitor.kafka_security.check_brokers`).
@@ -28,8 +33,9 @@ import numpy as np
 
 from monitor.config import ConfigError, KafkaConfig, kafka_secrets, ssl_key_password
 
-__all__ = ["ConfluentSource", "ProduceError", "ProduceTimeoutError", "RecordTooLargeError", "create_topics",
-           "make_producer", "make_source"]
+__all__ = ["ConfluentSource", "FencedError", "ProduceError", "ProduceTimeoutError", "Record", "RecordTooLargeError",
+           "create_topics", "make_group_consumer", "make_producer", "make_source", "make_transactional_producer",
+           "read_to_end"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,23 @@ class ProduceTimeoutError(ProduceError):
     """Not delivered (or not even queued) in time."""
 
 
+class FencedError(ProduceError):
+    """A transactional producer was fenced: another one initialized the same transactional id since."""
+
+
+class Record:
+    """One consumed record, the same on both clients."""
+
+    __slots__ = ("topic", "partition", "offset", "key", "value")
+
+    def __init__(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None):
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.key = key
+        self.value = value
+
+
 def make_source(cfg: KafkaConfig, positions, on_revoke=None, on_release=None):
     """The consumer-group source for ``cfg.client`` (not started)."""
     if cfg.client == "confluent-kafka":
@@ -55,35 +78,43 @@ def make_source(cfg: KafkaConfig, positions, on_revoke=None, on_release=None):
     return KafkaSource(cfg, positions, on_revoke=on_revoke, on_release=on_release)
 
 
-def make_producer(cfg: KafkaConfig, max_request_bytes: int | None = None, max_block_s: float | None = None):
+def make_producer(cfg: KafkaConfig, max_request_bytes: int | None = None, max_block_s: float | None = None,
+                  compression: str | None = None):
     """A producer (acks=all) for ``cfg.client``.
 
     ``send(topic, value, headers, key, wait_s)`` waits for the acknowledgement when ``wait_s`` is
-    given; ``send_async(topic, value, headers, on_done)`` calls ``on_done(None)`` or ``on_done(exc)``
+    given; ``send_async(topic, value, headers, on_done, key)`` calls ``on_done(None)`` or ``on_done(exc)``
     (:class:`RecordTooLargeError`, :class:`ProduceTimeoutError` or another error) from the client's
     thread or from :meth:`poll`, which the caller runs now and then (librdkafka delivers results there).
-    ``max_request_bytes`` caps a request; ``max_block_s`` bounds a send that waits for room or metadata.
+    ``max_request_bytes`` caps a request; ``max_block_s`` bounds a send that waits for room or metadata;
+    ``compression`` is a codec both clients know (``gzip``).
     """
     if cfg.client == "confluent-kafka":
-        return _ConfluentProducer(cfg, max_request_bytes, max_block_s)
-    return _KafkaPythonProducer(cfg, max_request_bytes, max_block_s)
+        return _ConfluentProducer(cfg, max_request_bytes, max_block_s, compression)
+    return _KafkaPythonProducer(cfg, max_request_bytes, max_block_s, compression)
 
 
-def create_topics(cfg: KafkaConfig, topics: dict[str, int], timeout_s: float = 30.0) -> None:
-    """Create topics (name -> partitions), replication factor 1; existing ones are left alone."""
+def create_topics(cfg: KafkaConfig, topics: dict[str, int], timeout_s: float = 30.0, replication_factor: int = 1,
+                  configs: dict[str, dict[str, str]] | None = None) -> list[str]:
+    """Create topics (name -> partitions) with ``configs`` (name -> topic configs); existing ones are left
+    alone. Returns the names created; raises the client's error for a topic the broker refuses."""
+    configs = configs or {}
+    created = []
     if cfg.client == "confluent-kafka":
-        from confluent_kafka import KafkaException
+        from confluent_kafka import KafkaError, KafkaException
         from confluent_kafka.admin import AdminClient, NewTopic
 
         admin = AdminClient(librdkafka_options(cfg))
-        futures = admin.create_topics([NewTopic(t, n, 1) for t, n in topics.items()], request_timeout=timeout_s)
-        for future in futures.values():
+        futures = admin.create_topics([NewTopic(t, n, replication_factor, config=configs.get(t, {}))
+                                       for t, n in topics.items()], request_timeout=timeout_s)
+        for topic, future in futures.items():
             try:
                 future.result(timeout=timeout_s)
+                created.append(topic)
             except KafkaException as exc:
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise
-        return
+        return created
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
@@ -91,11 +122,15 @@ def create_topics(cfg: KafkaConfig, topics: dict[str, int], timeout_s: float = 3
 
     admin = KafkaAdminClient(**client_options(cfg))
     try:
-        admin.create_topics([NewTopic(t, n, 1) for t, n in topics.items()])
-    except TopicAlreadyExistsError:
-        pass
+        for topic, n in topics.items():  # one request each: an error names its own topic
+            try:
+                admin.create_topics([NewTopic(topic, n, replication_factor, topic_configs=configs.get(topic, {}))])
+                created.append(topic)
+            except TopicAlreadyExistsError:
+                pass
     finally:
         admin.close()
+    return created
 
 
 # ---- kafka-python -----------------------------------------------------------------------------------
@@ -111,13 +146,16 @@ def _kafka_python_error(exc: BaseException) -> BaseException:
 
 
 class _KafkaPythonProducer:
-    def __init__(self, cfg: KafkaConfig, max_request_bytes: int | None = None, max_block_s: float | None = None):
+    def __init__(self, cfg: KafkaConfig, max_request_bytes: int | None = None, max_block_s: float | None = None,
+                 compression: str | None = None):
         from kafka import KafkaProducer
         from kafka.errors import KafkaError
 
         from monitor.source import client_options
 
         options = {"acks": "all", "linger_ms": 5, **client_options(cfg)}
+        if compression is not None:
+            options["compression_type"] = compression
         if max_request_bytes is not None:
             options["max_request_size"] = max_request_bytes
         if max_block_s is not None:
@@ -127,9 +165,9 @@ class _KafkaPythonProducer:
         except KafkaError as exc:  # no broker reachable: the caller retries
             raise ProduceError(str(exc)) from None
 
-    def send_async(self, topic: str, value: bytes, headers, on_done) -> None:
+    def send_async(self, topic: str, value: bytes, headers, on_done, key: bytes | None = None) -> None:
         try:
-            future = self._producer.send(topic, value=value, headers=headers or [])
+            future = self._producer.send(topic, value=value, key=key, headers=headers or [])
         except Exception as exc:  # noqa: BLE001 - whatever the client raises is the record's outcome
             on_done(_kafka_python_error(exc))
             return
@@ -209,10 +247,13 @@ def _confluent_error(err) -> BaseException:
 
 
 class _ConfluentProducer:
-    def __init__(self, cfg: KafkaConfig, max_request_bytes: int | None = None, max_block_s: float | None = None):
+    def __init__(self, cfg: KafkaConfig, max_request_bytes: int | None = None, max_block_s: float | None = None,
+                 compression: str | None = None):
         from confluent_kafka import Producer
 
         options = {**librdkafka_options(cfg), "acks": "all", "linger.ms": 5}
+        if compression is not None:
+            options["compression.type"] = compression
         if max_request_bytes is not None:
             options["message.max.bytes"] = max_request_bytes
         self.max_block_s = 60.0 if max_block_s is None else max_block_s
@@ -220,7 +261,7 @@ class _ConfluentProducer:
             options["message.timeout.ms"] = max(1000, int(max_block_s * 1000))  # here: the whole delivery
         self._producer = Producer(options)
 
-    def send_async(self, topic: str, value: bytes, headers, on_done) -> None:
+    def send_async(self, topic: str, value: bytes, headers, on_done, key: bytes | None = None) -> None:
         from confluent_kafka import KafkaException
 
         def report(err, _msg):
@@ -229,7 +270,7 @@ class _ConfluentProducer:
         deadline = time.monotonic() + self.max_block_s
         while True:
             try:
-                self._producer.produce(topic, value=value, headers=headers or [], on_delivery=report)
+                self._producer.produce(topic, value=value, key=key, headers=headers or [], on_delivery=report)
                 break
             except BufferError:  # the local queue is full: serve deliveries, then try again
                 if time.monotonic() >= deadline:
@@ -551,3 +592,321 @@ class ConfluentSource:
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
+
+
+# ---- scale-out: a plain group member, a transactional producer, a partition read to its end ----------
+
+def make_group_consumer(cfg: KafkaConfig, group_id: str, topics: list[str], on_assign, on_revoke,
+                        max_fetch_bytes: int = 64 * 1024 * 1024):
+    """A ``read_committed`` group member of ``group_id`` on ``topics``, auto-commit off, starting from the
+    earliest offset: ``poll(timeout_ms, max_records) -> [Record]``, ``seek(topic, partition, offset)``
+    (None: the beginning), ``partitions(topic)`` (how many the topic has) and ``close(timeout_s)``.
+
+    ``on_assign(pairs)`` and ``on_revoke(pairs)`` (lists of (topic, partition)) must not block: kafka-python
+    calls them on its IO thread, confluent-kafka inside ``poll``.
+    """
+    if cfg.client == "confluent-kafka":
+        return _ConfluentGroupConsumer(cfg, group_id, topics, on_assign, on_revoke, max_fetch_bytes)
+    return _KafkaPythonGroupConsumer(cfg, group_id, topics, on_assign, on_revoke, max_fetch_bytes)
+
+
+def make_transactional_producer(cfg: KafkaConfig, transactional_id: str, max_request_bytes: int | None = None,
+                                compression: str | None = None):
+    """A producer (acks=all) whose records commit together: ``init(timeout_s)`` (fences every earlier producer
+    of ``transactional_id`` and aborts its open transaction), ``begin()``, ``send(topic, value, key)``,
+    ``commit(timeout_s)``, ``close(timeout_s)``. A fenced producer raises :class:`FencedError`; any other
+    failure :class:`ProduceError` (the transaction's outcome is then unknown: start over with a new producer).
+    """
+    if cfg.client == "confluent-kafka":
+        return _ConfluentTransactions(cfg, transactional_id, max_request_bytes, compression)
+    return _KafkaPythonTransactions(cfg, transactional_id, max_request_bytes, compression)
+
+
+def read_to_end(cfg: KafkaConfig, topic: str, partition: int = 0, timeout_s: float = 30.0):
+    """Yield the committed :class:`Record` objects (``read_committed``) of one partition from its beginning to the
+    end it had when called, on a client of its own, outside any group. Raises ConnectionError when the
+    broker does not answer within ``timeout_s``."""
+    if cfg.client == "confluent-kafka":
+        return _confluent_read_to_end(cfg, topic, partition, timeout_s)
+    return _kafka_python_read_to_end(cfg, topic, partition, timeout_s)
+
+
+class _KafkaPythonGroupConsumer:
+    def __init__(self, cfg: KafkaConfig, group_id: str, topics: list[str], on_assign, on_revoke,
+                 max_fetch_bytes: int):
+        from kafka import KafkaConsumer
+        from kafka.consumer.subscription_state import ConsumerRebalanceListener
+
+        from monitor.source import client_options
+
+        class Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked):
+                on_revoke([(tp.topic, tp.partition) for tp in revoked])
+
+            def on_partitions_assigned(self, assigned):
+                on_assign([(tp.topic, tp.partition) for tp in assigned])
+
+        self._consumer = KafkaConsumer(group_id=group_id, enable_auto_commit=False, auto_offset_reset="earliest",
+                                       isolation_level="read_committed", session_timeout_ms=cfg.session_timeout_ms,
+                                       heartbeat_interval_ms=max(100, cfg.session_timeout_ms // 3),
+                                       max_partition_fetch_bytes=max_fetch_bytes // 4, fetch_max_bytes=max_fetch_bytes,
+                                       metrics_enabled=False, **client_options(cfg))
+        self._consumer.subscribe(topics, listener=Listener())
+
+    def partitions(self, topic: str) -> int:
+        return len(self._consumer.partitions_for_topic(topic) or ())
+
+    def poll(self, timeout_ms: int = 500, max_records: int = 500) -> list[Record]:
+        batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        return [Record(r.topic, r.partition, r.offset, r.key, r.value) for recs in batches.values() for r in recs]
+
+    def seek(self, topic: str, partition: int, offset: int | None) -> None:
+        from kafka import TopicPartition
+
+        tp = TopicPartition(topic, partition)
+        if offset is None:
+            self._consumer.seek_to_beginning(tp)
+        else:
+            self._consumer.seek(tp, offset)
+
+    def close(self, timeout_s: float = 1.0) -> None:
+        self._consumer.close(autocommit=False, timeout_ms=int(timeout_s * 1000))
+
+
+def _kafka_python_txn_error(exc: BaseException) -> ProduceError:
+    from kafka import errors
+
+    fenced = tuple(getattr(errors, name) for name in ("ProducerFencedError", "InvalidProducerEpochError")
+                   if hasattr(errors, name))
+    if isinstance(exc, fenced):
+        return FencedError(str(exc))
+    if isinstance(exc, errors.KafkaTimeoutError):
+        return ProduceTimeoutError(str(exc))
+    return ProduceError(f"{type(exc).__name__}: {exc}")
+
+
+class _KafkaPythonTransactions:
+    def __init__(self, cfg: KafkaConfig, transactional_id: str, max_request_bytes: int | None,
+                 compression: str | None):
+        from kafka import KafkaProducer
+        from kafka.errors import KafkaError
+
+        from monitor.source import client_options
+
+        options = {"transactional_id": transactional_id, "acks": "all", **client_options(cfg)}
+        if compression is not None:
+            options["compression_type"] = compression
+        if max_request_bytes is not None:
+            options["max_request_size"] = max_request_bytes
+        try:
+            self._producer = KafkaProducer(**options)
+        except KafkaError as exc:
+            raise _kafka_python_txn_error(exc) from None
+
+    def _call(self, method, *args, **kwargs):
+        from kafka.errors import KafkaError
+
+        try:
+            return method(*args, **kwargs)
+        except KafkaError as exc:
+            raise _kafka_python_txn_error(exc) from None
+
+    def init(self, timeout_s: float = 30.0) -> None:
+        self._call(self._producer.init_transactions)  # bounded by the producer's max_block_ms
+
+    def begin(self) -> None:
+        self._call(self._producer.begin_transaction)
+
+    def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        self._call(self._producer.send, topic, value=value, key=key)
+
+    def commit(self, timeout_s: float = 10.0) -> None:
+        # kafka-python's commit_transaction() waits without a bound; an aggregator waiting forever under the
+        # daemon's lock would stop the worker too. Its own steps, with a bound:
+        producer = self._producer
+        manager = getattr(producer, "_transaction_manager", None)
+        if manager is None or not hasattr(manager, "begin_commit"):  # another kafka-python: its own call
+            self._call(producer.commit_transaction)
+            return
+        result = self._call(manager.begin_commit)
+        producer._sender.wakeup()
+        if not self._call(result.wait, timeout_ms=int(timeout_s * 1000)):  # raises the commit's error
+            raise ProduceTimeoutError(f"the transaction did not commit within {timeout_s:g} s")
+
+    def close(self, timeout_s: float = 1.0) -> None:
+        self._producer.close(timeout=timeout_s)
+
+
+def _kafka_python_read_to_end(cfg: KafkaConfig, topic: str, partition: int, timeout_s: float):
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaError
+
+    from monitor.source import client_options
+
+    reader = KafkaConsumer(enable_auto_commit=False, metrics_enabled=False, isolation_level="read_committed",
+                           **client_options(cfg))
+    try:
+        tp = TopicPartition(topic, partition)
+        try:
+            reader.assign([tp])
+            reader.seek_to_beginning(tp)
+            end = reader.end_offsets([tp], timeout_ms=int(timeout_s * 1000))[tp]  # the last stable offset
+        except KafkaError as exc:
+            raise ConnectionError(f"{type(exc).__name__}: {exc}") from None
+        deadline = time.monotonic() + timeout_s
+        while reader.position(tp) < end:
+            batches = reader.poll(timeout_ms=1000)
+            if batches:
+                deadline = time.monotonic() + timeout_s  # the bound is for silence, not for size
+            elif time.monotonic() > deadline:
+                raise ConnectionError(f"{topic}:{partition} not read to its end within {timeout_s:g} s")
+            for recs in batches.values():
+                for r in recs:
+                    yield Record(r.topic, r.partition, r.offset, r.key, r.value)
+    finally:
+        reader.close()
+
+
+class _ConfluentGroupConsumer:
+    """librdkafka runs the rebalance callbacks inside ``consume()``, on the polling thread."""
+
+    def __init__(self, cfg: KafkaConfig, group_id: str, topics: list[str], on_assign, on_revoke,
+                 max_fetch_bytes: int):
+        from confluent_kafka import Consumer
+
+        self.on_assign = on_assign
+        self.on_revoke = on_revoke
+        self._consumer = Consumer({
+            **librdkafka_options(cfg), "group.id": group_id, "enable.auto.commit": False,
+            "auto.offset.reset": "earliest", "isolation.level": "read_committed",
+            "session.timeout.ms": cfg.session_timeout_ms,
+            "heartbeat.interval.ms": max(100, cfg.session_timeout_ms // 3),
+            "fetch.max.bytes": max_fetch_bytes, "max.partition.fetch.bytes": max_fetch_bytes // 4,
+            "receive.message.max.bytes": max_fetch_bytes + 1_000_000,
+        })
+        self._consumer.subscribe(topics, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked)
+
+    def _assigned(self, consumer, partitions) -> None:
+        consumer.assign(partitions)
+        self.on_assign([(p.topic, p.partition) for p in partitions])
+
+    def _revoked(self, consumer, partitions) -> None:
+        self.on_revoke([(p.topic, p.partition) for p in partitions])
+        consumer.unassign()
+
+    def partitions(self, topic: str) -> int:
+        from confluent_kafka import KafkaException
+
+        try:
+            meta = self._consumer.list_topics(topic, timeout=30)
+        except KafkaException as exc:
+            raise ConnectionError(str(exc)) from None
+        found = meta.topics.get(topic)
+        return 0 if found is None or found.error is not None else len(found.partitions)
+
+    def poll(self, timeout_ms: int = 500, max_records: int = 500) -> list[Record]:
+        out = []
+        for m in self._consumer.consume(num_messages=max_records, timeout=timeout_ms / 1000):
+            if m.error() is not None:
+                if m.error().code() != -191:  # _PARTITION_EOF is not an error
+                    log.warning("kafka: %s", m.error())
+                continue
+            out.append(Record(m.topic(), m.partition(), m.offset(), m.key(), m.value()))
+        return out
+
+    def seek(self, topic: str, partition: int, offset: int | None) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
+
+        tp = TopicPartition(topic, partition, OFFSET_BEGINNING if offset is None else offset)
+        try:
+            self._consumer.seek(tp)
+        except KafkaException:  # assigned but not fetching yet (librdkafka's "erroneous state"): start there
+            self._consumer.assign([tp])
+
+    def close(self, timeout_s: float = 1.0) -> None:
+        self._consumer.close()
+
+
+def _confluent_txn_error(err) -> ProduceError:
+    from confluent_kafka import KafkaError
+
+    fenced = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+    if err.code() in fenced or (err.fatal() and "fenced" in err.str().lower()):  # later calls: _FATAL
+        return FencedError(err.str())
+    return _confluent_error(err)
+
+
+class _ConfluentTransactions:
+    def __init__(self, cfg: KafkaConfig, transactional_id: str, max_request_bytes: int | None,
+                 compression: str | None):
+        from confluent_kafka import Producer
+
+        options = {**librdkafka_options(cfg), "transactional.id": transactional_id, "acks": "all"}
+        if compression is not None:
+            options["compression.type"] = compression
+        if max_request_bytes is not None:
+            options["message.max.bytes"] = max_request_bytes
+        self._producer = Producer(options)
+
+    def _call(self, method, *args, **kwargs):
+        from confluent_kafka import KafkaException
+
+        try:
+            return method(*args, **kwargs)
+        except KafkaException as exc:
+            raise _confluent_txn_error(exc.args[0]) from None
+
+    def init(self, timeout_s: float = 30.0) -> None:
+        self._call(self._producer.init_transactions, timeout_s)
+
+    def begin(self) -> None:
+        self._call(self._producer.begin_transaction)
+
+    def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        try:
+            self._call(self._producer.produce, topic, value=value, key=key)
+        except BufferError:
+            raise ProduceError("the producer's queue is full") from None
+        self._producer.poll(0)
+
+    def commit(self, timeout_s: float = 10.0) -> None:
+        self._call(self._producer.commit_transaction, timeout_s)  # flushes first: a failed record fails it
+
+    def close(self, timeout_s: float = 1.0) -> None:
+        from confluent_kafka import KafkaException
+
+        try:  # librdkafka has no close: the handle goes with its last reference
+            self._producer.flush(0)
+        except KafkaException:  # a fenced producer reports its fatal error again: nothing left to close
+            pass
+
+
+def _confluent_read_to_end(cfg: KafkaConfig, topic: str, partition: int, timeout_s: float):
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+    # No group: nothing is committed. partition EOF marks the end (the last stable offset under
+    # read_committed: control records and aborted ones never show up as messages).
+    reader = Consumer({**librdkafka_options(cfg), "group.id": f"{cfg.group_id}-reader", "enable.auto.commit": False,
+                       "isolation.level": "read_committed", "enable.partition.eof": True,
+                       "receive.message.max.bytes": 100_000_000})
+    try:
+        reader.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
+        deadline = time.monotonic() + timeout_s
+        while True:
+            m = reader.poll(1.0)
+            if m is None:
+                if time.monotonic() > deadline:
+                    raise ConnectionError(f"{topic}:{partition} not read to its end within {timeout_s:g} s")
+                continue
+            if m.error() is not None:
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    return
+                if m.error().fatal() or not m.error().retriable():
+                    raise ConnectionError(m.error().str())
+                continue
+            deadline = time.monotonic() + timeout_s  # progress: the bound is for silence, not for size
+            yield Record(m.topic(), m.partition(), m.offset(), m.key(), m.value())
+    except KafkaException as exc:
+        raise ConnectionError(str(exc)) from None
+    finally:
+        reader.close()

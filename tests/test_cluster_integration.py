@@ -23,6 +23,7 @@ from monitor.tansu import free_port
 from tests.daemon_proc import DaemonProcess
 from tests.helpers import read_jsonl, write_setup
 from tests.receiver import Receiver
+from tests.test_daemon_integration import CLIENTS
 
 pytestmark = pytest.mark.integration
 
@@ -34,10 +35,10 @@ DRIFTED = {1, 2, 3}
 WINDOWS = 7  # the 7th only closes the 6th
 
 
-def _config(tmp_path, broker, topic: str, receiver: Receiver) -> tuple[str, object]:
+def _config(tmp_path, broker, topic: str, receiver: Receiver, client: str = "kafka-python") -> tuple[str, object]:
     kafka = {"bootstrap_servers": broker.bootstrap, "topic": topic, "group_id": f"single-{topic}",
              "max_poll_interval_ms": 10000, "session_timeout_ms": 6000, "lag_interval": "1s",
-             "commit_interval": "200ms"}
+             "commit_interval": "200ms", "client": client}
     return write_setup(tmp_path, car_loan(seed=1), window={"duration": "10s"}, kafka=kafka,
                        segments=[{"name": "channel"}],
                        alerts={"webhooks": [{"url": receiver.url + "/single"}], "fire_after": 2, "resolve_after": 2},
@@ -100,10 +101,11 @@ def _aggregators(daemons) -> list:
     return [d for d in daemons if d.proc.poll() is None and ((d.status() or {}).get("cluster") or {}).get("aggregator")]
 
 
-def test_three_replicas_give_the_single_process_verdicts_and_one_page(tmp_path, kafka_broker):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_three_replicas_give_the_single_process_verdicts_and_one_page(tmp_path, kafka_broker, client):
     receiver = Receiver()
     topic = kafka_broker.create_topic(f"predictions-{uuid.uuid4().hex[:8]}", partitions=PARTITIONS)
-    path, _ = _config(tmp_path, kafka_broker, topic, receiver)
+    path, _ = _config(tmp_path, kafka_broker, topic, receiver, client)
     single = _replica(tmp_path, path, "single", None)
     replicas = [_replica(tmp_path, path, f"r{i}", {"enabled": True, "grace": "10m"}) for i in range(3)]
     start = (int(time.time() // DURATION) + 30) * DURATION  # ahead of the clock: only events close windows
@@ -194,13 +196,14 @@ def test_three_replicas_give_the_single_process_verdicts_and_one_page(tmp_path, 
         == WINDOWS * PER_WINDOW
 
 
-def test_kill_9_of_the_aggregator_and_a_worker_loses_and_double_counts_nothing(tmp_path, kafka_broker):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_kill_9_of_the_aggregator_and_a_worker_loses_and_double_counts_nothing(tmp_path, kafka_broker, client):
     """Mid-stream, the aggregator and another replica die with kill -9 and come back on empty state
     directories (emptyDir): every window still holds exactly its events, and each notification reaches
     the receiver with one notification_id (at-least-once delivery, one alert lifecycle)."""
     receiver = Receiver()
     topic = kafka_broker.create_topic(f"predictions-{uuid.uuid4().hex[:8]}", partitions=PARTITIONS)
-    path, _ = _config(tmp_path, kafka_broker, topic, receiver)
+    path, _ = _config(tmp_path, kafka_broker, topic, receiver, client)
     cluster = {"enabled": True, "grace": "10m"}
     replicas = [_replica(tmp_path, path, f"r{i}", cluster) for i in range(3)]
     start = (int(time.time() // DURATION) + 30) * DURATION
@@ -262,13 +265,14 @@ def test_kill_9_of_the_aggregator_and_a_worker_loses_and_double_counts_nothing(t
         <= set(by_step)
 
 
-def test_a_stalled_aggregator_that_wakes_up_is_fenced(tmp_path, kafka_broker):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_stalled_aggregator_that_wakes_up_is_fenced(tmp_path, kafka_broker, client):
     """The aggregator freezes (SIGSTOP) past its session timeout; another replica takes over; when the
     frozen one resumes (SIGCONT) it must not write its stale state or page: it is fenced by the changelog's
     transactional id, or finds its partition gone. Windows stay exact and each alert pages once."""
     receiver = Receiver()
     topic = kafka_broker.create_topic(f"predictions-{uuid.uuid4().hex[:8]}", partitions=PARTITIONS)
-    path, _ = _config(tmp_path, kafka_broker, topic, receiver)
+    path, _ = _config(tmp_path, kafka_broker, topic, receiver, client)
     replicas = [_replica(tmp_path, path, f"r{i}", {"enabled": True, "grace": "10m"}) for i in range(3)]
     start = (int(time.time() // DURATION) + 30) * DURATION
     stream = _stream(start)
@@ -315,7 +319,8 @@ def test_a_stalled_aggregator_that_wakes_up_is_fenced(tmp_path, kafka_broker):
     assert ("car-loan/feature_drift/car_value", "resolved") in by_step
 
 
-def test_internal_topics_that_cannot_be_created_stop_the_start_with_one_line(tmp_path, kafka_broker):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_internal_topics_that_cannot_be_created_stop_the_start_with_one_line(tmp_path, kafka_broker, client):
     """A replication factor the cluster cannot give (3 on one broker): exit 2, one line naming the key."""
     import subprocess
     import sys
@@ -323,7 +328,7 @@ def test_internal_topics_that_cannot_be_created_stop_the_start_with_one_line(tmp
     receiver = Receiver()
     try:
         topic = kafka_broker.create_topic(f"predictions-{uuid.uuid4().hex[:8]}", partitions=2)
-        path, _ = _config(tmp_path, kafka_broker, topic, receiver)
+        path, _ = _config(tmp_path, kafka_broker, topic, receiver, client)
         daemon = _replica(tmp_path, path, "r0", {"enabled": True, "replication_factor": 3})
         proc = subprocess.run([sys.executable, "-m", "monitor.cli", "run", "--config", daemon.config_path,
                                "--port", str(free_port())], capture_output=True, text=True, timeout=120,
