@@ -399,7 +399,7 @@ class Daemon:
                 self._handle([])  # tries the checkpoint and the emission again, with backoff
         self._pause(self._outgoing is not None or self.rewind)
         batches = self.source.poll(timeout_ms=500)
-        if self.source.assigned:
+        if self.source.assigned or self.source.rebalances:  # joined the group: an idle member is ready too
             self.consuming = True
         self.idle = not batches
         if batches:

@@ -42,6 +42,7 @@ NAMES = {
     "consumer_lag_messages": ("gauge", "Messages between the consumer's position and the partition end, from the "
                                        "last broker probe; absent while it cannot be measured."),
     "consumer_lag_timestamp_seconds": ("gauge", "When the consumer lag was last measured, Unix time."),
+    "assigned_partitions": ("gauge", "Partitions of the prediction topic assigned to this replica now (0: idle)."),
     "broker_up": ("gauge", "1 if the Kafka broker answered the last probe (or sent records since), else 0."),
     "last_fetch_timestamp_seconds": ("gauge", "Unix time up to which the assigned partitions had been read: the last "
                                               "records received, or the last probe that found nothing left to read."),
@@ -199,6 +200,11 @@ class DriftmonCollector(Collector):
         for partition, value in sorted(s.lag.items()):
             lag.add_metric([m, str(partition)], value)
         yield lag
+        assigned = getattr(s, "assigned_partitions", None)
+        if assigned is not None:
+            fam = _family("assigned_partitions", [])
+            fam.add_metric([m], len(assigned))
+            yield fam
         health = getattr(s, "health", None)
         if health is not None:
             yield from self._health_families(m, health)

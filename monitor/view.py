@@ -52,6 +52,15 @@ class ServiceView:
         return self.daemon.cluster
 
     @property
+    def assigned_partitions(self) -> list[int]:
+        """Partitions of the prediction topic this replica holds now, sorted; empty while it holds none
+        (more replicas than partitions, a rebalance under way, or no consumer yet)."""
+        source, kafka = self.daemon.source, self.config.kafka
+        if source is None or kafka is None:
+            return []
+        return sorted(tp.partition for tp in source.assigned if tp.topic == kafka.topic)
+
+    @property
     def checkpoints(self) -> int:
         return self.daemon.policy.checkpoints
 
@@ -97,6 +106,11 @@ class ServiceView:
             return False, why
         if not d.consuming:
             return False, "waiting for a partition assignment"
+        if not self.assigned_partitions:
+            # Still ready: an idle replica is healthy and takes partitions over in the next rebalance;
+            # taking it out of the Service would take a sidecar's model server out with it.
+            return True, (f"ready: idle, no partition of {self.config.kafka.topic} assigned (more replicas "
+                          "than partitions, or a rebalance under way)")
         return True, "ready: baseline loaded and consuming"
 
     def status(self) -> dict:
@@ -111,7 +125,7 @@ class ServiceView:
             "baseline": {"fingerprint": self.baseline.fingerprint, **self.baseline.meta},
             "ready": ready,
             "ready_reason": why,
-            "kafka": self.health.status(),
+            "kafka": {**self.health.status(), "assigned_partitions": self.assigned_partitions},
             "consumer_lag_messages": {str(k): v for k, v in sorted(lag.items())},
             "state": self.state_health(),  # live: it changes while nothing is consumed (a full disk)
         }

@@ -308,6 +308,51 @@ def test_replicas_share_the_group_and_rebalances_lose_and_double_count_nothing(t
 
 
 @pytest.mark.parametrize("client", CLIENTS)
+def test_a_replica_left_without_partitions_stays_ready_and_says_so(tmp_path, client, kafka_broker):
+    """A rebalance takes the only partition away from the first replica: it stays ready (an idle
+    replica is healthy), /status and driftmon_assigned_partitions say it holds nothing, and it takes
+    the partition back when the other replica leaves."""
+    topic, path, config, first = setup_daemon(tmp_path, kafka_broker, client=client)
+    second = DaemonProcess(replica_config(tmp_path, path, "second"), free_port(), str(tmp_path / "second.log"))
+    # The range assignor gives the partition to the group's first member by member id, which starts
+    # with the client id: the second replica, joining later, takes it from the first.
+    for daemon, client_id in ((first, "z-driftmon"), (second, "a-driftmon")):
+        text = open(daemon.config_path).read()
+        open(daemon.config_path, "w").write(text.replace("kafka:\n", f"kafka:\n  client_id: {client_id}\n", 1))
+    ready = b"ready: baseline loaded and consuming\n"
+    model = (("model", "car-loan"),)
+
+    def holds(d, partitions):
+        status = d.status()
+        return status is not None and status["kafka"]["assigned_partitions"] == partitions and status
+
+    try:
+        first.start()
+        first.wait(lambda: first.get("/readyz") == ready and holds(first, [0]), 60, "the partition")
+        assert first.metrics()[("driftmon_assigned_partitions", model)] == 1
+        second.start()
+        second.wait(lambda: holds(second, [0]), 90, "the partition moved to the second replica")
+        status = first.wait(lambda: holds(first, []), 60, "the first replica idle")
+        idle = f"ready: idle, no partition of {topic} assigned (more replicas than partitions, or a " \
+               "rebalance under way)\n"
+        assert first.get("/readyz") == idle.encode() and status["ready"] is True
+        assert status["ready_reason"] == idle.strip()
+        assert first.metrics()[("driftmon_assigned_partitions", model)] == 0
+        assert second.metrics()[("driftmon_assigned_partitions", model)] == 1
+        assert first.get("/healthz") == b"ok\n"
+        produce(kafka_broker.bootstrap, topic, car_loan(seed=81).messages(500))
+        second.wait(lambda: second.status()["messages_consumed"] == 500, 60, "500 consumed by the owner")
+        assert first.status()["messages_consumed"] == 0
+        assert second.terminate(timeout=30)[0] == 0
+        first.wait(lambda: first.get("/readyz") == ready and holds(first, [0]), 90, "the partition back")
+        assert first.metrics()[("driftmon_assigned_partitions", model)] == 1
+        assert first.terminate(timeout=30)[0] == 0
+    finally:
+        first.close()
+        second.close()
+
+
+@pytest.mark.parametrize("client", CLIENTS)
 def test_rejected_messages_go_to_the_dead_letter_topic_with_their_reason(tmp_path, client, broker):
     dlq = f"dlq-{uuid.uuid4().hex[:8]}"
     broker.create_topic(dlq)
