@@ -458,13 +458,25 @@ def test_monitoring_objects(render, ci_file):
         assert cm["metadata"]["namespace"] == (values["dashboards"]["namespace"] or NAMESPACE)
         assert cm["metadata"]["labels"].items() >= values["dashboards"]["labels"].items()
     for test_pod in by_kind(docs, "Pod"):
-        (c,) = test_pod["spec"]["containers"]
-        scheme = "https" if https_served(values) else "http"
-        assert c["command"][0] == "wget" and c["command"][-1] == (
-            f"{scheme}://{service['metadata']['name']}.{NAMESPACE}.svc:{values['service']['port']}/readyz")
+        check_test_pod(test_pod, service, values)
+
+
+def check_test_pod(test_pod: dict, service: dict, values: dict) -> None:
+    """The helm test fetches what matters in the mode: /readyz where it gates the pod (a sidecar's does
+    not: 503 during a Kafka outage by design), else /healthz; /metrics unless a web config may want credentials."""
+    scheme = "https" if https_served(values) else "http"
+    base = f"{scheme}://{service['metadata']['name']}.{NAMESPACE}.svc:{values['service']['port']}/"
+    paths = ["readyz" if readiness_gated(values) else "healthz"]
+    if not values["webConfig"]["enabled"]:
+        paths.append("metrics")
+    containers = test_pod["spec"]["containers"]
+    assert [c["name"] for c in containers] == paths
+    for c, path in zip(containers, paths):
+        assert c["command"][0] == "wget" and c["command"][-1] == base + path
         assert ("--no-check-certificate" in c["command"]) == https_served(values)
-        assert test_pod["spec"]["securityContext"]["runAsNonRoot"] is True
         assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert test_pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert test_pod["spec"]["restartPolicy"] == "Never"
 
 
 def test_default_image_is_the_dockerfile_image(render):
@@ -650,6 +662,13 @@ def test_sidecar_does_not_gate_the_model_server_on_kafka(helm, example_chart, tm
         assert "readinessProbe" not in sidecar
     # the model server's own readiness is untouched
     assert container(pod, "model")["readinessProbe"]["httpGet"]["path"] == "/health"
+    # helm test: /readyz only when it gates the pod, else /healthz; /metrics in both
+    example = yaml.safe_load((EXAMPLE / "values.yaml").read_text())["driftmon"]
+    values = deep_merge(yaml.safe_load((CHART / "values.yaml").read_text()), deep_merge(example, driftmon))
+    service = next(d for d in by_kind(docs, "Service") if d["metadata"]["name"] == f"{RELEASE}-driftmon")
+    (test_pod,) = by_kind(docs, "Pod")
+    check_test_pod(test_pod, service, values)
+    assert [c["name"] for c in test_pod["spec"]["containers"]] == ["readyz" if opt_in else "healthz", "metrics"]
 
 
 def test_deployment_mode_keeps_readiness_whatever_the_sidecar_switch(render, helm, tmp_path):

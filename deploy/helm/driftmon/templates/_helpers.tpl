@@ -103,6 +103,15 @@ The image reference: registry/repository, then @digest or :tag (tag defaults to 
 {{- define "driftmon.httpScheme" -}}
 {{- if and .Values.webConfig.enabled .Values.webConfig.tls }}HTTPS{{ else }}HTTP{{ end }}
 {{- end }}
+{{/*
+"true" when driftmon's /readyz gates its pod (the container gets a readiness probe), else "".
+In sidecar mode /readyz (503 while Kafka is unreachable) would take the model server's whole pod out
+of its Services, a native sidecar's readiness counting towards the pod's too: opt-in only.
+*/}}
+{{- define "driftmon.readinessGated" -}}
+{{- if and .Values.readinessProbe.enabled (or (ne .Values.mode "sidecar") .Values.sidecar.readinessProbe.enabled) }}true{{ end }}
+{{- end }}
+
 {{/* Name of the container port; unique enough not to clash with a model server's ports. */}}
 {{- define "driftmon.portName" -}}driftmon-http{{- end }}
 
@@ -275,11 +284,8 @@ through "driftmon.sidecar.container", by a model server's pod.
     {{- toYaml (omit . "enabled") | nindent 4 }}
   {{- end }}
   {{- end }}
-  {{- /* In sidecar mode /readyz (503 while Kafka is unreachable) would take the model server's whole
-  pod out of its Services, a native sidecar's readiness counting towards the pod's too: opt-in only. */}}
-  {{- $gate := or (ne .Values.mode "sidecar") .Values.sidecar.readinessProbe.enabled }}
   {{- with .Values.readinessProbe }}
-  {{- if and .enabled $gate }}
+  {{- if include "driftmon.readinessGated" $ }}
   readinessProbe:
     httpGet:
       path: /readyz
