@@ -314,9 +314,10 @@ def test_a_replica_left_without_partitions_stays_ready_and_says_so(tmp_path, cli
     the partition back when the other replica leaves."""
     topic, path, config, first = setup_daemon(tmp_path, kafka_broker, client=client)
     second = DaemonProcess(replica_config(tmp_path, path, "second"), free_port(), str(tmp_path / "second.log"))
+    third = DaemonProcess(replica_config(tmp_path, path, "third"), free_port(), str(tmp_path / "third.log"))
     # The range assignor gives the partition to the group's first member by member id, which starts
-    # with the client id: the second replica, joining later, takes it from the first.
-    for daemon, client_id in ((first, "z-driftmon"), (second, "a-driftmon")):
+    # with the client id: the second replica, joining later, takes it from the first; the third joins idle.
+    for daemon, client_id in ((first, "z-driftmon"), (second, "a-driftmon"), (third, "zz-driftmon")):
         text = open(daemon.config_path).read()
         open(daemon.config_path, "w").write(text.replace("kafka:\n", f"kafka:\n  client_id: {client_id}\n", 1))
     ready = b"ready: baseline loaded and consuming\n"
@@ -343,13 +344,20 @@ def test_a_replica_left_without_partitions_stays_ready_and_says_so(tmp_path, cli
         produce(kafka_broker.bootstrap, topic, car_loan(seed=81).messages(500))
         second.wait(lambda: second.status()["messages_consumed"] == 500, 60, "500 consumed by the owner")
         assert first.status()["messages_consumed"] == 0
+        # a replica that joins a group with no partition left for it is ready at once, idle
+        third.start()
+        third.wait(lambda: third.get("/readyz") == idle.encode(), 90, "the third ready, idle")
+        assert holds(third, []) and third.metrics()[("driftmon_assigned_partitions", model)] == 0
+        second.wait(lambda: holds(second, [0]), 60, "the second keeping the partition")
         assert second.terminate(timeout=30)[0] == 0
         first.wait(lambda: first.get("/readyz") == ready and holds(first, [0]), 90, "the partition back")
         assert first.metrics()[("driftmon_assigned_partitions", model)] == 1
-        assert first.terminate(timeout=30)[0] == 0
+        assert holds(third, [])
+        for d in (first, third):
+            assert d.terminate(timeout=30)[0] == 0
     finally:
-        first.close()
-        second.close()
+        for d in (first, second, third):
+            d.close()
 
 
 @pytest.mark.parametrize("client", CLIENTS)
