@@ -99,6 +99,17 @@ def _accumulator(profile):
     return NumericHistogram(profile.edges, profile.min, profile.max)
 
 
+def _accumulator_states(accumulators: dict) -> dict:
+    return {name: acc.state_dict() for name, acc in accumulators.items()}
+
+
+def _load_accumulators(accumulators: dict, states: dict) -> None:
+    """Load each column's saved accumulator; a column no longer watched is passed over."""
+    for name, state in states.items():
+        if name in accumulators:
+            accumulators[name].load_state_dict(state)
+
+
 def _check_twin(a, b) -> None:
     if type(a) is not type(b) or a.key != b.key:
         raise TypeError(f"cannot merge {type(b).__name__} {b.key!r} into {type(a).__name__} {a.key!r}")
@@ -210,12 +221,10 @@ class FeatureDrift:
                                   drifted=sorted(name for name, r in features.items() if r["drift"]))
 
     def state_dict(self) -> dict:
-        return {name: acc.state_dict() for name, acc in self.accumulators.items()}
+        return _accumulator_states(self.accumulators)
 
     def load_state_dict(self, state: dict) -> "FeatureDrift":
-        for name, acc_state in state.items():
-            if name in self.accumulators:
-                self.accumulators[name].load_state_dict(acc_state)
+        _load_accumulators(self.accumulators, state)
         return self
 
 
@@ -358,7 +367,7 @@ class SegmentDrift:
 
     def state_dict(self) -> dict:
         # the layout of the per-segment windows before the protocol, so older checkpoints load
-        return {f: {v: {"events": seg.events, "accumulators": {n: a.state_dict() for n, a in seg.accumulators.items()}}
+        return {f: {v: {"events": seg.events, "accumulators": _accumulator_states(seg.accumulators)}
                     for v, seg in values.items()} for f, values in self.by_segment.items()}
 
     def load_state_dict(self, state: dict) -> "SegmentDrift":
@@ -368,9 +377,7 @@ class SegmentDrift:
             for value, sub in values.items():
                 seg = self._segment(field_name, value)
                 seg.events = int(sub["events"])
-                for name, acc_state in sub["accumulators"].items():
-                    if name in seg.accumulators:
-                        seg.accumulators[name].load_state_dict(acc_state)
+                _load_accumulators(seg.accumulators, sub["accumulators"])
         return self
 
 
