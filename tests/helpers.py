@@ -33,6 +33,19 @@ def write_setup(tmp, synth, train_rows: int = 20_000, schema: dict | None = None
     return path, config
 
 
+def same(a, b, rel=1e-9) -> bool:
+    """Equal but for float rounding (per-bin sums and moments depend on how the stream was cut into batches)."""
+    import pytest
+
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k], rel) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(same(x, y, rel) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return a == pytest.approx(b, rel=rel, abs=1e-12)
+    return a == b
+
+
 def write_jsonl(path, messages) -> None:
     with open(path, "wb") as fh:
         for m in messages:

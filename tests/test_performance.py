@@ -130,7 +130,7 @@ def test_checkpoint_keeps_partial_performance_window(setup):
     feed(first, msgs[:3333])
     second = Pipeline(config, baseline).load_state_dict(json.loads(json.dumps(first.state_dict())))
     resumed = feed(second, msgs[3333:])[1]
-    from tests.test_pipeline import same
+    from tests.helpers import same
 
     assert len(resumed) == len(straight) == 2
     assert same([r["metrics"] for r in resumed], [r["metrics"] for r in straight])

@@ -9,7 +9,7 @@ from monitor.baseline import Baseline
 from monitor.config import load_config
 from monitor.pipeline import Pipeline
 from monitor.synth import car_loan
-from tests.helpers import read_jsonl, write_jsonl, write_setup
+from tests.helpers import read_jsonl, same, write_jsonl, write_setup
 
 
 @pytest.fixture(scope="module")
@@ -17,17 +17,6 @@ def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipe")
     path, config = write_setup(tmp, car_loan(seed=1), window={"size": 1000})
     return path, config, Baseline.load(config.baseline)
-
-
-def same(a, b, rel=1e-9) -> bool:
-    """Equal, but for float rounding: per-bin sums depend on how the stream was cut into batches."""
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k], rel) for k in a)
-    if isinstance(a, list):
-        return isinstance(b, list) and len(a) == len(b) and all(same(x, y, rel) for x, y in zip(a, b))
-    if isinstance(a, float) and isinstance(b, float):
-        return a == pytest.approx(b, rel=rel, abs=1e-12)
-    return a == b
 
 
 def run(pipeline, messages, batch):

@@ -11,7 +11,7 @@ from monitor.baseline import Baseline
 from monitor.pipeline import Pipeline
 from monitor.registry import REGISTRY, build_detectors
 from monitor.synth import car_loan
-from tests.helpers import write_setup
+from tests.helpers import same, write_setup
 
 WINDOW = 4000
 
@@ -45,17 +45,6 @@ def counts_of(state):
             out[path] = node
     walk(state, "")
     return out
-
-
-def close(a, b, rel=1e-9):
-    """Equal but for float rounding (sums and moments depend on how the stream was cut)."""
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(close(a[k], b[k], rel) for k in a)
-    if isinstance(a, list):
-        return isinstance(b, list) and len(a) == len(b) and all(close(x, y, rel) for x, y in zip(a, b))
-    if isinstance(a, float) and isinstance(b, float):
-        return a == pytest.approx(b, rel=rel, abs=1e-12)
-    return a == b
 
 
 def test_every_registered_detector_implements_the_protocol(setup):
@@ -101,14 +90,14 @@ def test_partial_windows_merge_into_the_whole_window(setup, parts):
     a, b = whole.window.state_dict(), merged.state_dict()
     assert a["events"] == b["events"] == WINDOW - 1
     assert counts_of(a) == counts_of(b) and len(counts_of(a)) > 100
-    assert close(a["accumulators"], b["accumulators"]) and close(a["segments"], b["segments"])
-    assert close(a["estimated"], b["estimated"])
+    assert same(a["accumulators"], b["accumulators"]) and same(a["segments"], b["segments"])
+    assert same(a["estimated"], b["estimated"])
     ra, rb = (whole.evaluator.evaluate(w) for w in (whole.window, merged))
     assert ra["drifted"] == rb["drifted"] and ra["drifted"]  # the drift is seen, by both
-    assert close(ra["features"], rb["features"], rel=1e-7)
-    assert close(ra["segments"], rb["segments"], rel=1e-7) and close(ra["prediction"], rb["prediction"], rel=1e-7)
-    assert close(ra["estimated_performance"], rb["estimated_performance"])
-    assert close(ra["multivariate"], rb["multivariate"], rel=1e-7)
+    assert same(ra["features"], rb["features"], rel=1e-7)
+    assert same(ra["segments"], rb["segments"], rel=1e-7) and same(ra["prediction"], rb["prediction"], rel=1e-7)
+    assert same(ra["estimated_performance"], rb["estimated_performance"])
+    assert same(ra["multivariate"], rb["multivariate"], rel=1e-7)
 
 
 def test_merge_refuses_another_period_or_other_detectors(setup):
@@ -184,7 +173,7 @@ def test_labelled_window_detectors_merge_into_the_whole(labelled):
     for a, b in zip(whole.tracker.detectors, merged):
         assert a.key == b.key
         ra, rb = a.result(context).sections(), b.result(context).sections()
-        assert close(ra, rb, rel=1e-7), a.key
+        assert same(ra, rb, rel=1e-7), a.key
     perf = whole.tracker.detectors[0].result(context).sections()
     assert perf["metrics"]["n"] == 6000
     assert whole.tracker.detectors[2].groups["channel"].counts() == merged[2].groups["channel"].counts()
