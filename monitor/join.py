@@ -98,9 +98,12 @@ class MemoryStore:
 
 # ---- RocksDB ---------------------------------------------------------------------------------------
 
-_ENTRY, _META, _TIME, _UNDO, _END = b"e", b"m", b"t", b"u", b"v"  # key prefixes, in this order
+_ENTRY, _FORMAT, _META, _TIME, _UNDO, _END = b"e", b"f", b"m", b"t", b"u", b"v"  # key prefixes, in this order
 _U64 = struct.Struct(">Q")
 _ZERO = _U64.pack(0)
+#: The layout of values and undo records (``f``). 2: an entry's value starts with its 8-byte expiry key.
+FORMAT = b"2"
+_KINDS = (b"\x00", b"\x01")  # PREDICTION, LABEL as a value's kind byte
 
 
 def _time_key(t: float) -> bytes:
@@ -118,6 +121,18 @@ def _time_keys(values: list[float]) -> list[bytes]:
     return [u[i:i + 8] for i in range(0, len(u), 8)]
 
 
+def _byte_keys(prefix: str, keys: list) -> list[bytes]:
+    """``prefix`` + the UTF-8 of each key (``str()`` of a non-string), encoded in one call rather than one per key."""
+    try:
+        joined = prefix + ("\0" + prefix).join(keys)
+    except TypeError:
+        keys = [str(k) for k in keys]
+        joined = prefix + ("\0" + prefix).join(keys)
+    if joined.count("\0") != len(keys) - 1:  # an id with a NUL in it: one by one
+        return [(prefix + k).encode() for k in keys]
+    return joined.encode().split(b"\0")
+
+
 def _plain(obj):
     """numpy scalars in waiting rows (a numeric column's values) as Python numbers."""
     if hasattr(obj, "item"):
@@ -128,9 +143,12 @@ def _plain(obj):
 class RocksStore:
     """Pending entries in RocksDB, with an undo log per epoch, so that the store rolls back to any checkpoint.
 
-    Keys: ``e<id>`` an entry; ``t<time><id>`` the expiry index (by event time); ``u<epoch><seq>``
-    the undo record of one batch of changes (per change: the id, the entry it replaced, the index
-    key it wrote); ``m`` the last committed epoch. A batch and its undo record are one write.
+    Keys: ``e<id>`` an entry; ``t<time>e<id>`` the expiry index (by event time); ``u<epoch><seq>``
+    the undo record of one batch of changes (per change: the entry's key, the value it replaced,
+    the index time it wrote); ``m`` the last committed epoch; ``f`` the layout (:data:`FORMAT`).
+    An entry's value is its 8-byte expiry time (:func:`_time_key`), its kind (one byte), then
+    msgpack ``[t, payload, expiry]``: a lookup learns whether its partner waits, and a deletion
+    finds the index key, without decoding. A batch and its undo record are one write.
 
     A checkpoint calls :meth:`commit`: the write-ahead log is synced (one fsync) and the
     checkpoint records the epoch, so its cost does not grow with the entries. A restart
@@ -175,6 +193,11 @@ class RocksStore:
         self.floor = _ZERO  # every index key below it is gone (expired)
         self.cursor = _ZERO  # where eviction at the cap goes on from
         self._seq = 0
+        layout = self.db.get(_FORMAT)
+        if layout is None and not self.committed() and not self.entries_exist():  # a new store
+            _io(self.db.put, _FORMAT, FORMAT, self._write)
+            layout = FORMAT
+        self.layout = layout
 
     def __len__(self) -> int:
         return self.count
@@ -192,44 +215,112 @@ class RocksStore:
         ro.set_iterate_upper_bound(upper)
         return self.db.iter(ro), ro  # the caller keeps ro alive while it iterates: the iterator borrows its bounds
 
+    def _value(self, raw: bytes) -> list:
+        """A stored value as the entry ``[t, kind, payload, expiry]``."""
+        t, payload, it = self._decode(memoryview(raw)[9:])
+        return [t, raw[8], payload, it]
+
+    def _pack(self, entry: list, index: bytes) -> bytes:
+        t, kind, payload, it = entry
+        return index + _KINDS[kind] + self._encode([t, payload, it])
+
     def get_many(self, keys: list[str]) -> list:
         if not keys:
             return []
-        decode = self._decode
-        return [None if v is None else decode(v) for v in self.db.get([_ENTRY + k.encode() for k in keys])]
+        return [None if v is None else self._value(v) for v in self.db.get(_byte_keys("e", keys))]
+
+    def join(self, keys: list, times: list[float], payloads: list, kind: int, watermark: float,
+             ttl: float) -> tuple[list, int, int, float]:
+        """:meth:`LabelJoin._join` on this store, in one pass and one write batch: a waiting partner is
+        taken (matched), anything else waits (or is expired at once when older than the TTL).
+
+        Returns the matches, how many there were, how many expired at once, and the new watermark.
+        Nothing changes on this store's side (count, sequence) unless the write lands.
+        """
+        if not keys:
+            return [], 0, 0, watermark
+        eks = _byte_keys("e", keys)
+        raws = self.db.get(eks)
+        tks = _time_keys(times)
+        touched = {} if len(set(eks)) < len(eks) else None  # an id twice in one batch: the later sees the earlier
+        wb, undo, out = self._batch(), [], []
+        put, delete, encode, decode, record = wb.put, wb.delete, self._encode, self._decode, undo.append
+        tag = _KINDS[kind]
+        count, matched, expired, horizon = self.count, 0, 0, watermark - ttl
+        for ek, t, payload, raw, tk in zip(eks, times, payloads, raws, tks):
+            if touched is not None and ek in touched:
+                raw = touched[ek]
+            if raw is not None and raw[8] != kind:  # its partner waits
+                waited, other, _ = decode(memoryview(raw)[9:])
+                matched += 1
+                count -= 1
+                delete(ek)
+                delete(_TIME + raw[:8] + ek)
+                record((ek, raw, None))
+                if touched is not None:
+                    touched[ek] = None
+                if kind == LABEL:
+                    out.append((other, payload, max(0.0, t - waited)))
+                else:
+                    out.append((payload, other, max(0.0, waited - t)))
+            else:
+                if t == t:
+                    it = t
+                else:  # without an event time it waits a TTL from the latest
+                    it, tk = watermark, _time_key(watermark)
+                if it < horizon:
+                    expired += 1  # older than the TTL already: it would expire at once
+                else:
+                    value = tk + tag + encode([t, payload, it])
+                    if raw is None:
+                        count += 1
+                    else:
+                        delete(_TIME + raw[:8] + ek)
+                    put(ek, value)
+                    put(_TIME + tk + ek, b"")
+                    record((ek, raw, tk))
+                    if touched is not None:
+                        touched[ek] = value
+            if t > watermark:  # (False for NaN)
+                watermark = t
+                horizon = t - ttl
+        self._land(wb, undo, count)
+        return out, matched, expired, watermark
 
     def apply(self, changes: dict, old: dict) -> None:
-        """Write a batch: id -> new entry, or None to delete (``old``: what the store held before).
-
-        The changes and one undo record for all of them go in one write batch.
-        """
-        items = [(key, old.get(key), new) for key, new in changes.items()]
-        items = [item for item in items if item[1] is not None or item[2] is not None]
-        if not items:
-            return
-        old_index = iter(_time_keys([o[3] for _k, o, _n in items if o is not None]))
-        new_index = iter(_time_keys([n[3] for _k, _o, n in items if n is not None]))
-        wb, undo, encode, count = self._batch(), [], self._encode, self.count
-        for key, before, new in items:
-            k = key.encode()
-            if before is not None:
-                wb.delete(_TIME + next(old_index) + k)
+        """Write a batch: id -> new entry, or None to delete (``old``: what the store held before)."""
+        keys = list(changes)
+        eks = _byte_keys("e", keys)
+        raws = dict(zip(keys, self.db.get(eks))) if keys else {}
+        wb, undo, count = self._batch(), [], self.count
+        for key, ek in zip(keys, eks):
+            raw, new = raws[key], changes[key]
+            if raw is None and new is None:
+                continue
+            if raw is not None:
+                wb.delete(_TIME + raw[:8] + ek)
             if new is None:
-                wb.delete(_ENTRY + k)
+                wb.delete(ek)
                 index = None
             else:
-                wb.put(_ENTRY + k, encode(new))
-                index = next(new_index)
-                wb.put(_TIME + index + k, b"")
-            undo.append((key, before, index))
-            count += (new is not None) - (before is not None)
-        wb.put(_UNDO + _U64.pack(self.epoch) + _U64.pack(self._seq + 1), encode(undo))
+                index = _time_key(new[3])
+                wb.put(ek, self._pack(new, index))
+                wb.put(_TIME + index + ek, b"")
+            undo.append((ek, raw, index))
+            count += (new is not None) - (raw is not None)
+        self._land(wb, undo, count)
+
+    def _land(self, wb, undo: list, count: int) -> None:
+        """Write a batch with its undo record (when it changes anything)."""
+        if not undo:
+            return
+        wb.put(_UNDO + _U64.pack(self.epoch) + _U64.pack(self._seq + 1), self._encode(undo))
         _io(self.db.write, wb, self._write)  # a full disk: RocksDB then refuses writes until reopened
         self._seq += 1
         self.count = count
 
     def _oldest(self, lower: bytes, upper: bytes, limit: int) -> list[bytes]:
-        """Up to ``limit`` index keys (time + id) in [lower, upper), oldest first."""
+        """Up to ``limit`` index keys (time + entry key) in [lower, upper), oldest first."""
         it, _ro = self._read(_TIME + lower, _TIME + upper)
         it.seek(_TIME + lower)
         out = []
@@ -240,10 +331,20 @@ class RocksStore:
         return out
 
     def _drop(self, index_keys: list[bytes]) -> int:
-        keys = [k[8:].decode() for k in index_keys]
-        old = dict(zip(keys, self.get_many(keys)))
+        """Delete the entries these index keys name (each with its index key)."""
+        if not index_keys:
+            return 0
+        eks = [k[8:] for k in index_keys]
+        wb, undo, count = self._batch(), [], self.count
+        for ek, raw in zip(eks, self.db.get(eks)):
+            if raw is None:
+                continue
+            wb.delete(ek)
+            wb.delete(_TIME + raw[:8] + ek)
+            undo.append((ek, raw, None))
+            count -= 1
         before = self.count
-        self.apply(dict.fromkeys(keys), old)
+        self._land(wb, undo, count)
         return before - self.count
 
     def expire(self, horizon: float) -> int:
@@ -286,10 +387,11 @@ class RocksStore:
     def restore(self, state: dict) -> None:
         """Roll the store back to the checkpoint ``state`` (from :meth:`commit`)."""
         epoch = state["epoch"]
-        if self.committed() < epoch:
-            log.error("the label join store %s is older than the checkpoint (epoch %d < %d): its %d pending "
-                      "entries are lost (was the state directory restored in part?)", self.path,
-                      self.committed(), epoch, state["pending"])
+        if self.layout != FORMAT or self.committed() < epoch:
+            why = (f"is older than the checkpoint (epoch {self.committed()} < {epoch})" if self.layout == FORMAT
+                   else "was written by an older version of driftmon")
+            log.error("the label join store %s %s: its %d pending entries are lost (was the state directory "
+                      "restored in part?)", self.path, why, state["pending"])
             self.clear()
             self.epoch = epoch + 1
             return
@@ -298,14 +400,13 @@ class RocksStore:
         it.seek_to_last()  # the newest batch first
         wb, undone = self._batch(), 0
         while it.valid() and it.key() >= start:  # (the lower bound does not stop a backward walk)
-            for key, old, index in reversed(self._decode(it.value())):
-                k = key.encode()
+            for ek, old, index in reversed(self._decode(it.value())):
                 if index is not None:
-                    wb.delete(_TIME + index + k)
-                    wb.delete(_ENTRY + k)
+                    wb.delete(_TIME + index + ek)
+                    wb.delete(ek)
                 if old is not None:
-                    wb.put(_ENTRY + k, self._encode(old))
-                    wb.put(_TIME + _time_key(old[3]) + k, b"")
+                    wb.put(ek, old)
+                    wb.put(_TIME + old[:8] + ek, b"")
                 undone += 1
             it.prev()
         del it
@@ -334,7 +435,7 @@ class RocksStore:
         self._open()
 
     def entries_exist(self) -> bool:
-        it, _ro = self._read(_ENTRY, _END)
+        it, _ro = self._read(_ENTRY, _FORMAT)
         it.seek_to_first()
         found = it.valid()
         del it
@@ -342,11 +443,11 @@ class RocksStore:
 
     def entries(self) -> dict:
         """Every pending entry, id -> entry (for tests)."""
-        it, _ro = self._read(_ENTRY, _META)
+        it, _ro = self._read(_ENTRY, _FORMAT)
         it.seek(_ENTRY)
         out = {}
         while it.valid():
-            out[it.key()[1:].decode()] = self._decode(it.value())
+            out[it.key()[1:].decode()] = self._value(it.value())
             it.next()
         del it
         return out
@@ -415,6 +516,15 @@ class LabelJoin:
     def _join(self, ids, times, payloads, kind: int) -> list[tuple[list, object, float]]:
         if self._unchecked:
             self._check()
+        if isinstance(self.store, RocksStore):  # one pass over the batch, one write
+            out, matched, expired, watermark = self.store.join(ids, times, payloads, kind, self.watermark, self.ttl)
+            self.matched += matched
+            self.expired += expired
+            self.watermark = watermark
+            excess = len(self.store) - self.max_pending
+            if excess > 0:
+                self.expired += self.store.evict(excess)
+            return out
         keys = [str(k) for k in ids]
         old = dict(zip(keys, self.store.get_many(keys)))
         changes: dict = {}

@@ -156,3 +156,35 @@ def test_a_full_disk_is_a_store_error_and_the_reopened_store_rolls_back(tmp_path
         restored.close()
     finally:
         unmount()
+
+
+def test_ids_twice_in_a_batch_and_missing_event_times_agree_with_the_in_memory_join(tmp_path):
+    """One batch with an id twice (the later sees the earlier), a label for a prediction of the same batch,
+    and rows without an event time (they wait a TTL from the watermark) give the same answers on disk."""
+    nan = float("nan")
+    batches = [("p", ["a", "b", "a", "c"], [10.0, 11.0, 12.0, nan], [[1], [2], [3], [4]]),
+               ("l", ["b", "x", "x", "c", "a"], [20.0, nan, 21.0, 22.0, 23.0], ["1", "0", "1", "0", "1"]),
+               ("p", ["x", "d", "d", "y"], [nan, 500.0, 501.0, 600.0], [[5], [6], [7], [8]]),
+               ("l", ["d", "e"], [900.0, 901.0], ["0", "1"])]
+    memory = LabelJoin(ttl=100.0, max_pending=100)
+    disk = LabelJoin(ttl=100.0, max_pending=100).open(str(tmp_path / "labels"))
+    assert feed(disk, batches) == feed(memory, batches)
+    assert counters(disk) == counters(memory)
+    assert disk.store.entries() == dict(memory.store.entries)
+    # a, b, c, x, d matched (the first d and the first x label were replaced); y expired; e waits
+    assert (memory.matched, memory.expired, memory.pending) == (5, 1, 1)
+    disk.close()
+
+
+def test_a_store_in_an_older_layout_is_cleared_with_an_error(tmp_path, caplog):
+    path = str(tmp_path / "labels")
+    join = LabelJoin(ttl=100.0, max_pending=10).open(path)
+    join.add_predictions(["a", "b"], [1.0, 2.0], [[1], [2]])
+    state = json.loads(json.dumps(join.state_dict()))
+    join.store.db.delete(b"f")  # as a store written before the layout was recorded
+    join.close()
+    restored = LabelJoin(ttl=100.0, max_pending=10).open(path).load_state_dict(state)
+    assert "older version" in caplog.text and "2 pending entries are lost" in caplog.text
+    assert restored.pending == 0 and restored.store.entries() == {}
+    assert restored.add_labels(["a"], [3.0], ["1"]) == []  # a waits as an early label now
+    restored.close()
