@@ -26,9 +26,8 @@ import numpy as np
 
 from .accumulate import CategoryCounter, NumericHistogram
 from .profile import CategoricalProfile, NumericProfile
-from .stats import (EFFECT_METHODS, chi2_homogeneity, holm, js_distance, ks_binned, material_divergence, material_ks,
-                    material_wasserstein, material_wasserstein_batch, material_wasserstein_many, psi,
-                    wasserstein_binned)
+from .stats import (EFFECT_METHODS, binned_statistics, chi2_homogeneity, holm, js_distance, material_divergence,
+                    material_ks, material_wasserstein, material_wasserstein_batch, material_wasserstein_many, psi)
 
 __all__ = ["FeaturePolicy", "compare_categorical", "compare_effect", "compare_effects", "compare_numeric",
            "compare_numerics", "decide"]
@@ -242,8 +241,8 @@ def compare_numeric(profile: NumericProfile, hist: NumericHistogram, policy: Fea
 def compare_numerics(items: list) -> list[dict]:
     """:func:`compare_numeric` of several features, ``items`` a list of ``(profile, hist, policy)``.
 
-    The Wasserstein material tests run as one vectorized call per number of bins (the same numbers as
-    one call per feature, at about the cost of one): the numeric features of a window.
+    The statistics and the Wasserstein material tests run as a few vectorized calls per number of bins
+    (the same numbers as one call per feature, at about the cost of one): the numeric features of a window.
     """
     resolved, groups = [], {}
     for i, (profile, hist, policy) in enumerate(items):
@@ -252,36 +251,44 @@ def compare_numerics(items: list) -> list[dict]:
         if not np.array_equal(profile.edges, hist.edges):
             raise ValueError("the histogram's edges are not the profile's")
         resolved.append((profile, hist, policy, effect, threshold, test))
-        if effect == "wasserstein" and profile.n > 0 and hist.n > 0 and profile.std > 0:
+        if profile.n > 0 and hist.n > 0:
             groups.setdefault(profile.edges.size, []).append(i)
-    materials = {}
+    computed = {}
     for rows in groups.values():
         profiles, hists = [items[i][0] for i in rows], [items[i][1] for i in rows]
+        edges, p, q = [pr.edges for pr in profiles], [pr.counts for pr in profiles], [h.counts for h in hists]
+        lo = [min(pr.min, h.min) for pr, h in zip(profiles, hists)]
+        hi = [max(pr.max, h.max) for pr, h in zip(profiles, hists)]
+        p_sums, q_sums = [pr.sums for pr in profiles], [h.sums for h in hists]
+        stats = {k: v.tolist() for k, v in binned_statistics(edges, p, q, lo, hi, p_sums, q_sums).items()}
+        for j, i in enumerate(rows):
+            computed[i] = ({k: v[j] for k, v in stats.items()}, None)
+        # the material test of every feature judged by Wasserstein distance (a baseline with a spread)
+        tested = [j for j, i in enumerate(rows) if resolved[i][3] == "wasserstein" and profiles[j].std > 0]
         tests = material_wasserstein_batch(
-            [pr.edges for pr in profiles], [pr.counts for pr in profiles], [h.counts for h in hists],
-            [min(pr.min, h.min) for pr, h in zip(profiles, hists)],
-            [max(pr.max, h.max) for pr, h in zip(profiles, hists)],
-            [pr.sums for pr in profiles], [h.sums for h in hists], [pr.std for pr in profiles], [h.std for h in hists],
-            [resolved[i][4] for i in rows], [pr.std for pr in profiles])
-        materials.update(zip(rows, tests))
-    return [_compare_numeric(*r, materials.get(i)) for i, r in enumerate(resolved)]
+            [edges[j] for j in tested], [p[j] for j in tested], [q[j] for j in tested], [lo[j] for j in tested],
+            [hi[j] for j in tested], [p_sums[j] for j in tested], [q_sums[j] for j in tested],
+            [profiles[j].std for j in tested], [hists[j].std for j in tested],
+            [resolved[rows[j]][4] for j in tested], [profiles[j].std for j in tested])
+        for j, test in zip(tested, tests):
+            computed[rows[j]] = (computed[rows[j]][0], test)
+    return [_compare_numeric(*r, *computed.get(i, (None, None))) for i, r in enumerate(resolved)]
 
 
-def _compare_numeric(profile, hist, policy, effect, threshold, test, wasserstein_test) -> dict:
+def _compare_numeric(profile, hist, policy, effect, threshold, test, binned, wasserstein_test) -> dict:
+    """One feature's result from its statistics (``binned``, None when a side is empty) and material test."""
     n = hist.n
     stats = {"psi": None, "jensen_shannon": None, "wasserstein": None, "ks": None}
     ks_p = ks_err = p_value = material = None
     status = "ok" if profile.n > 0 and n >= policy.min_events else "insufficient_data"
-    if profile.n > 0 and n > 0:
+    if binned is not None:
         p, q = profile.counts, hist.counts
-        stats["psi"] = psi(p, q)
-        stats["jensen_shannon"] = js_distance(p, q)
-        lo, hi = min(profile.min, hist.min), max(profile.max, hist.max)
-        w1 = wasserstein_binned(profile.edges, p, q, lo, hi, p_sums=profile.sums, q_sums=hist.sums)
-        stats["wasserstein"] = w1 / profile.std if profile.std > 0 else None
-        stats["ks"], ks_pv, ks_err = ks_binned(p, q)
+        stats["psi"] = binned["psi"]
+        stats["jensen_shannon"] = binned["jensen_shannon"]
+        stats["wasserstein"] = binned["wasserstein"] / profile.std if profile.std > 0 else None
+        stats["ks"], ks_pv, ks_err = binned["ks"], binned["ks_p_value"], binned["ks_error_bound"]
         if effect == "wasserstein":
-            material = wasserstein_test  # computed by compare_numerics when the baseline has a spread
+            material = wasserstein_test  # None for a constant baseline
         else:
             material = _material_binned(effect, threshold, p, q)
         if status == "ok":

@@ -22,6 +22,7 @@ EFFECT_METHODS = {
 
 __all__ = [
     "MaterialTest",
+    "binned_statistics",
     "chi2_homogeneity",
     "holm",
     "js_distance",
@@ -57,6 +58,94 @@ def _pair(p, q):
     return p, q
 
 
+def _rows(p, q):
+    """``(rows, bins)`` count arrays, every row checked as :func:`_pair` checks a pair."""
+    p = np.asarray(p, dtype=float)
+    q = np.asarray(q, dtype=float)
+    if p.ndim != 2 or p.shape != q.shape:
+        raise ValueError(f"p and q must be (rows, bins) of the same shape, got shapes {p.shape} and {q.shape}")
+    if p.shape[1] == 0:
+        raise ValueError("p and q must not be empty")
+    if p.shape[0] == 0:
+        return p, q
+    total_p, total_q = p.sum(axis=1), q.sum(axis=1)
+    if not (p.min() >= 0 and q.min() >= 0 and total_p.max() < np.inf and total_q.max() < np.inf):
+        raise ValueError("counts must be finite and non-negative")
+    if total_p.min() <= 0 or total_q.min() <= 0:
+        raise ValueError("both samples must have a positive total count")
+    return p, q
+
+
+def _boundary_rows(edges, lo, hi):
+    """Bin boundaries of several features: ``edges`` (rows, bins - 1), ``lo`` and ``hi`` one value per row."""
+    edges = np.asarray(edges, dtype=float)
+    lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+    if edges.ndim != 2 or lo.shape != (edges.shape[0],) or hi.shape != lo.shape:
+        raise ValueError("edges must be (rows, edges) with one lo and hi per row")
+    if edges.shape[1]:
+        # The open tails end at the extreme observed values; clamping only
+        # matters for callers who pass a lo/hi that does not cover the edges.
+        lo, hi = np.minimum(lo, edges[:, 0]), np.maximum(hi, edges[:, -1])
+    elif (hi < lo).any():
+        raise ValueError(f"hi ({hi.tolist()}) must be >= lo ({lo.tolist()})")
+    return np.column_stack((lo, edges, hi))
+
+
+def _psi_rows(p, q, eps):
+    a = np.maximum(p / p.sum(axis=1, keepdims=True), eps)
+    b = np.maximum(q / q.sum(axis=1, keepdims=True), eps)
+    return np.sum((b - a) * np.log(b / a), axis=1)
+
+
+def _js_rows(p, q):
+    a = p / p.sum(axis=1, keepdims=True)
+    b = q / q.sum(axis=1, keepdims=True)
+    m = (a + b) / 2.0
+    js = (rel_entr(a, m).sum(axis=1) + rel_entr(b, m).sum(axis=1)) / (2.0 * np.log(2.0))
+    # Rounding can leave a tiny negative divergence for identical inputs.
+    return np.sqrt(np.clip(js, 0.0, 1.0))
+
+
+def _ks_rows(p, q):
+    n_p, n_q = p.sum(axis=1), q.sum(axis=1)
+    a, b = p / n_p[:, None], q / n_q[:, None]
+    d = np.max(np.abs(np.cumsum(a - b, axis=1)[:, :-1]), axis=1, initial=0.0)
+    n_eff = n_p * n_q / (n_p + n_q)
+    p_value = np.clip(kolmogorov(d * np.sqrt(n_eff)), 0.0, 1.0)
+    return d, p_value, np.max(np.minimum(a, b), axis=1)
+
+
+def _signed_rows(b, p, q, p_sums, q_sums):
+    """Per bin, the signed integral of ``F_p - F_q`` (exact from per-bin sums, see :func:`wasserstein_binned`)."""
+    n_p, n_q = p.sum(axis=1), q.sum(axis=1)
+    a, c = p / n_p[:, None], q / n_q[:, None]
+    d = np.zeros(b.shape)  # d[:, i] = F_p - F_q at boundary i; both CDFs are 0 at lo and 1 at hi
+    d[:, 1:] = np.cumsum(a - c, axis=1)
+    d[:, -1] = 0.0
+    bd = b * d
+    return bd[:, 1:] - bd[:, :-1] - (p_sums / n_p[:, None] - q_sums / n_q[:, None])
+
+
+def binned_statistics(edges, p, q, lo, hi, p_sums, q_sums) -> dict:
+    """PSI, Jensen-Shannon distance, Wasserstein-1 (from per-bin sums) and the binned KS test of several
+    features at once, each against its own baseline.
+
+    Every argument has one entry per feature (``edges``, ``p``, ``q``, ``p_sums``, ``q_sums``: one row each,
+    all with the same number of bins). Returns arrays, one value per feature: ``psi``, ``jensen_shannon``,
+    ``wasserstein`` (in the data's units), ``ks``, ``ks_p_value``, ``ks_error_bound``: the numbers of
+    :func:`psi`, :func:`js_distance`, :func:`wasserstein_binned` and :func:`ks_binned`, feature by feature.
+    """
+    p, q = _rows(p, q)
+    b = _boundary_rows(edges, lo, hi)
+    p_sums, q_sums = np.asarray(p_sums, dtype=float), np.asarray(q_sums, dtype=float)
+    if b.shape[1] != p.shape[1] + 1 or p_sums.shape != p.shape or q_sums.shape != q.shape:
+        raise ValueError("edges, counts and sums must agree in shape (one edge fewer than bins)")
+    ks, ks_p, ks_err = _ks_rows(p, q)
+    return {"psi": _psi_rows(p, q, 1e-4), "jensen_shannon": _js_rows(p, q),
+            "wasserstein": np.abs(_signed_rows(b, p, q, p_sums, q_sums)).sum(axis=1),
+            "ks": ks, "ks_p_value": ks_p, "ks_error_bound": ks_err}
+
+
 def psi(p, q, eps=1e-4):
     """Population stability index.
 
@@ -86,9 +175,7 @@ def psi(p, q, eps=1e-4):
     if not 0 < eps < 1:
         raise ValueError(f"eps must be in (0, 1), got {eps!r}")
     p, q = _pair(p, q)
-    a = np.maximum(p / p.sum(), eps)
-    b = np.maximum(q / q.sum(), eps)
-    return float(np.sum((b - a) * np.log(b / a)))
+    return float(_psi_rows(p[None, :], q[None, :], eps)[0])
 
 
 def js_distance(p, q):
@@ -106,12 +193,7 @@ def js_distance(p, q):
     0.085435
     """
     p, q = _pair(p, q)
-    a = p / p.sum()
-    b = q / q.sum()
-    m = (a + b) / 2.0
-    js = (rel_entr(a, m).sum() + rel_entr(b, m).sum()) / (2.0 * np.log(2.0))
-    # Rounding can leave a tiny negative divergence for identical inputs.
-    return float(np.sqrt(min(max(js, 0.0), 1.0)))
+    return float(_js_rows(p[None, :], q[None, :])[0])
 
 
 def _boundaries(edges, lo, hi):
@@ -203,9 +285,7 @@ def wasserstein_binned(edges, p, q, lo, hi, *, p_sums=None, q_sums=None):
     """
     p, q, a, c, b, d, p_sums, q_sums = _wasserstein_setup(edges, p, q, lo, hi, p_sums, q_sums)
     if p_sums is not None:
-        bd = b * d
-        signed = bd[1:] - bd[:-1] - (p_sums / p.sum() - q_sums / q.sum())
-        return float(np.abs(signed).sum())
+        return float(np.abs(_signed_rows(b[None, :], p[None, :], q[None, :], p_sums[None, :], q_sums[None, :])).sum())
     left, right = d[:-1], d[1:]
     al, ar = np.abs(left), np.abs(right)
     total = al + ar
@@ -272,13 +352,8 @@ def ks_binned(p, q):
     (0.2, 0.0366, 0.5)
     """
     p, q = _pair(p, q)
-    n_p, n_q = p.sum(), q.sum()
-    a, b = p / n_p, q / n_q
-    d = float(np.max(np.abs(np.cumsum(a - b)[:-1]), initial=0.0))
-    n_eff = n_p * n_q / (n_p + n_q)
-    p_value = float(min(max(kolmogorov(d * np.sqrt(n_eff)), 0.0), 1.0))
-    error_bound = float(np.max(np.minimum(a, b)))
-    return d, p_value, error_bound
+    d, p_value, error_bound = _ks_rows(p[None, :], q[None, :])
+    return float(d[0]), float(p_value[0]), float(error_bound[0])
 
 
 def chi2_homogeneity(p, q, min_expected=5.0):
@@ -462,16 +537,18 @@ def material_wasserstein_batch(edges, p, q, lo, hi, p_sums, q_sums, p_std, q_std
     each, all with the same number of bins). The same numbers as one call per feature, at about the cost
     of one (the numeric features of a window).
     """
-    rows = [_wasserstein_setup(edges[i], p[i], q[i], lo[i], hi[i], p_sums[i], q_sums[i]) for i in range(len(q))]
-    if not rows:
+    if not len(q):
         return []
-    if len({r[0].size for r in rows}) != 1:
-        raise ValueError("material_wasserstein_batch needs the same number of bins in every row")
-    if any(r[6] is None for r in rows):
+    if any(x is None for x in p_sums) or any(x is None for x in q_sums):
         raise ValueError("material_wasserstein needs p_sums and q_sums")
-    return _material_wasserstein_tests(np.vstack([r[4] for r in rows]), np.vstack([r[0] for r in rows]),
-                                       np.vstack([r[1] for r in rows]), np.vstack([r[6] for r in rows]),
-                                       np.vstack([r[7] for r in rows]), np.asarray(p_std, dtype=float),
+    p, q = _rows(p, q)
+    b = _boundary_rows(edges, lo, hi)
+    p_sums, q_sums = np.asarray(p_sums, dtype=float), np.asarray(q_sums, dtype=float)
+    if b.shape[1] != p.shape[1] + 1:
+        raise ValueError(f"{p.shape[1]} bins need {p.shape[1] - 1} edges, got {b.shape[1] - 2}")
+    if p_sums.shape != p.shape or q_sums.shape != q.shape:
+        raise ValueError("p_sums and q_sums must have one entry per bin")
+    return _material_wasserstein_tests(b, p, q, p_sums, q_sums, np.asarray(p_std, dtype=float),
                                        np.asarray(q_std, dtype=float), np.asarray(threshold, dtype=float),
                                        np.asarray(scale, dtype=float))
 
@@ -486,11 +563,7 @@ def _material_wasserstein_tests(b, p, q, p_sums, q_sums, p_std, q_std, threshold
         raise ValueError(f"scale must be > 0, got {scale.tolist()!r}")
     n_p, n_q = p.sum(axis=1), q.sum(axis=1)
     a, c = p / n_p[:, None], q / n_q[:, None]
-    d = np.zeros((g, b.shape[1]))
-    d[:, 1:] = np.cumsum(a - c, axis=1)
-    d[:, -1] = 0.0
-    bd = b * d
-    signed = bd[:, 1:] - bd[:, :-1] - (p_sums / n_p[:, None] - q_sums / n_q[:, None])
+    signed = _signed_rows(b, p, q, p_sums, q_sums)
     plug_in = np.abs(signed).sum(axis=1)
     sign = np.sign(signed)
     w = np.diff(b, axis=1)
