@@ -3,7 +3,7 @@
 The topic is filled once with N wide() messages. Then, alternating:
 
 * ceiling: a bare kafka-python ``KafkaConsumer`` in a fresh group, auto-commit off,
-  with exactly the options ``monitor.source.KafkaSource`` uses (max_poll_records 5000,
+  with exactly the options ``monitor.kafka_client.KafkaSource`` uses (max_poll_records 5000,
   metrics off, the same fetch sizes), polling until it has seen all N messages and
   doing nothing with them;
 * subject: ``monitor.daemon.Daemon`` in-process (HTTP server, scheduler, state store,
@@ -33,7 +33,7 @@ TOPIC = "bench-wide"
 
 def _consumer_options(kcfg) -> dict:
     """The KafkaConsumer arguments KafkaSource.start() uses, for the same KafkaConfig."""
-    from monitor.source import consumer_options
+    from monitor.kafka_client import consumer_options
 
     return consumer_options(kcfg)
 

@@ -64,7 +64,7 @@ def _load(path: str, need_baseline: bool = True):
 def cmd_check_config(args) -> int:
     config, baseline = _load(args.config, need_baseline=not args.no_baseline)
     if config.kafka is not None:
-        from monitor.source import client_options
+        from monitor.kafka_client import client_options
 
         client_options(config.kafka)  # secrets are present
     if config.http.web_config_file:

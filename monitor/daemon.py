@@ -28,8 +28,7 @@ from monitor.pipeline import Pipeline
 from monitor.replay import advance_alerts, alert_engine
 from monitor.server import HttpServer
 from monitor.sinks import Dispatcher
-from monitor.kafka_client import make_source
-from monitor.source import KafkaSource
+from monitor.kafka_client import KafkaSource, make_source
 from monitor.state import StateStore, WriteRetry
 from monitor.view import ServiceView
 
@@ -583,12 +582,8 @@ class Daemon:
                 log.info("kafka: connected to %s, subscribed to %s", self.health.servers, kafka.topic)
                 return
             exc = outcome["error"]
-            from kafka.errors import KafkaConfigurationError
-
-            if isinstance(exc, ConfigError):  # e.g. a TLS certificate or password the broker refuses
-                raise exc
-            if isinstance(exc, KafkaConfigurationError):
-                raise ConfigError("kafka", f"the Kafka client refuses the settings: {exc}") from None
+            if isinstance(exc, ConfigError):  # e.g. a TLS certificate or password the broker refuses, or settings
+                raise exc  # the client library refuses
             self.health.error = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
             log.warning("kafka: cannot reach %s (%s); retrying in %.0f s (/readyz is 503 meanwhile)",
                         self.health.servers, self.health.error, backoff)

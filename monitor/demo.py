@@ -22,20 +22,21 @@ log = logging.getLogger(__name__)
 
 
 def _produce(bootstrap: str, topic: str, messages: list[bytes], rate: float, stop: threading.Event) -> None:
-    from kafka import KafkaProducer
+    from monitor.config import KafkaConfig
+    from monitor.kafka_client import make_producer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
+    producer = make_producer(KafkaConfig(bootstrap_servers=bootstrap, topic=topic, group_id="driftmon-demo"))
     started = time.monotonic()
     try:
         for i, value in enumerate(messages):
             if stop.is_set():
                 break
-            producer.send(topic, value=value)
+            producer.send(topic, value)
             if i % 500 == 0:  # pace the stream so windows close one after another, as in production
                 ahead = i / rate - (time.monotonic() - started)
                 if ahead > 0 and stop.wait(ahead):
                     break
-        producer.flush()
+        producer.flush(30.0)
     finally:
         producer.close()
 

@@ -123,14 +123,6 @@ def _string(data: bytes, at: int) -> tuple[str | None, int]:
     return data[at:at + n].decode(errors="replace"), at + n
 
 
-def _sasl_mechanism(options: dict):
-    try:
-        from kafka.net.sasl import get_sasl_mechanism  # kafka-python 3
-    except ImportError:  # kafka-python 2
-        from kafka.sasl import get_sasl_mechanism
-    return get_sasl_mechanism(options["sasl_mechanism"])(**options)
-
-
 def _authenticate(conn: _Conn, options: dict, where: str) -> None:
     mechanism = options["sasl_mechanism"]
     body = conn.request(_SASL_HANDSHAKE, 1, struct.pack(">h", len(mechanism)) + mechanism.encode())
@@ -142,7 +134,9 @@ def _authenticate(conn: _Conn, options: dict, where: str) -> None:
             offered.append(name)
         raise KafkaSecurityError("kafka.sasl_mechanism", f"broker {where} does not accept SASL mechanism "
                                  f"{mechanism}; it offers {', '.join(offered) or 'none'}")
-    client = _sasl_mechanism(options)
+    from monitor.kafka_client import sasl_mechanism  # not at the top: kafka_client imports this module
+
+    client = sasl_mechanism(options)
     for _ in range(5):  # PLAIN takes one round trip, SCRAM two
         token = client.auth_bytes()
         body = conn.request(_SASL_AUTHENTICATE, 0, struct.pack(">i", len(token)) + token)
@@ -188,7 +182,7 @@ def check_brokers(cfg: KafkaConfig, options: dict, timeout: float = 5.0) -> int:
     ----------
     cfg : KafkaConfig
     options : dict
-        The clients' options (:func:`monitor.source.client_options`): TLS context and SASL credentials.
+        The clients' options (:func:`monitor.kafka_client.client_options`): TLS context and SASL credentials.
     timeout : float
         Seconds per socket operation.
 

@@ -73,13 +73,11 @@ class TansuBroker:
         raise RuntimeError(f"tansu did not listen on port {self.port} within {timeout} s")
 
     def create_topic(self, name: str, partitions: int = 1) -> None:
-        from kafka.admin import KafkaAdminClient, NewTopic
+        from monitor.config import KafkaConfig
+        from monitor.kafka_client import create_topics
 
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="driftmon-admin")
-        try:
-            admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
-        finally:
-            admin.close()
+        create_topics(KafkaConfig(bootstrap_servers=self.bootstrap, topic=name, group_id="driftmon-admin",
+                                  client_id="driftmon-admin"), {name: partitions})
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:

@@ -127,7 +127,7 @@ def test_check_config_cli_reports_missing_baseline(tmp_path):
 
 
 def test_sasl_without_password_fails_at_start(monkeypatch):
-    from monitor.source import client_options
+    from monitor.kafka_client import client_options
 
     tree = base()
     tree["kafka"].update(security_protocol="SASL_SSL", sasl_mechanism="PLAIN", sasl_plain_username="u")

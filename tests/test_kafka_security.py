@@ -237,7 +237,7 @@ def test_an_unreachable_broker_is_left_to_the_clients_to_retry(tmp_path):
     """The start-up check refuses only what waiting cannot fix; nothing listening is not its call."""
     from monitor.config import KafkaConfig
     from monitor.kafka_security import check_brokers
-    from monitor.source import client_options
+    from monitor.kafka_client import client_options
     from tests.certs import make_pki
 
     pki = make_pki(tmp_path / "pki")
