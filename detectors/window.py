@@ -136,7 +136,8 @@ class FeatureDriftResult:
     ----------
     features : dict
         Feature name -> its comparison (statistics, effect with interval, material test, ``drift``,
-        ``distribution``), Holm-corrected over the features.
+        ``missing_ratio`` with the baseline's ``baseline_missing_ratio``, ``distribution``), Holm-corrected
+        over the features.
     outputs : dict
         Role (``prediction``, ``score``, ``label``) -> the same for that column, a family of its own.
     drifted : list of str
@@ -210,6 +211,8 @@ class FeatureDrift:
             acc = self.accumulators[name]
             if name not in out:
                 out[name] = compare_categorical(self.profiles[name], acc, self.policies.get(name) or FeaturePolicy())
+            # the baseline's share beside the window's: only an increase is a data-quality problem
+            out[name]["baseline_missing_ratio"] = self.profiles[name].missing_ratio
             out[name]["distribution"] = distribution(acc)
         return {name: out[name] for name in names}
 

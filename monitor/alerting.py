@@ -22,7 +22,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from monitor.config import ALERT_KINDS, Config
-from monitor.registry import alert_specs, findings
+from monitor.registry import LABELLED, Episode, alert_specs, findings
 from monitor.values import iso
 
 __all__ = ["AlertEngine", "Evidence", "collect_evidence", "performance_evidence", "window_end_seconds"]
@@ -45,53 +45,14 @@ def _ratio(value, threshold) -> float:
     return float(value) / float(threshold)
 
 
-def _drift_details(name: str, r: dict) -> dict:
-    return {
-        "name": name,
-        "method": r["effect"]["method"],
-        "score": r["effect"]["value"],
-        "threshold": r["effect"]["threshold"],
-        "p_value": r["test"].get("p_value_adjusted"),
-        "test": r["test"]["method"],
-    }
-
-
-def collect_evidence(result: dict, config: Config, baseline_missing: dict[str, float]) -> dict[tuple, Evidence]:
-    """(kind, subject) -> Evidence for every alert subject this window speaks about."""
+def collect_evidence(result: dict, config: Config) -> dict[tuple, Evidence]:
+    """(kind, subject) -> Evidence for every alert subject this window speaks about: what the registered
+    detectors declare (monitor/registry.py), in registry order, then the window's share of invalid messages."""
     out: dict[tuple, Evidence] = {}
-    window = result["window"]
-    dq = config.alerts.data_quality
-    for name, r in result["features"].items():
-        if r["status"] == "ok":
-            out[("feature_drift", name)] = Evidence(
-                bool(r["drift"]), _ratio(r["effect"]["value"], r["effect"]["threshold"]), _drift_details(name, r))
-        if window["events"] == 0:
-            continue
-        checks = [("missing", (r.get("missing_ratio") or 0.0) - baseline_missing.get(name, 0.0), dq.missing_ratio)]
-        if r.get("out_of_range_ratio") is not None:
-            checks.append(("out_of_range", r["out_of_range_ratio"], dq.out_of_range_ratio))
-        if r.get("unseen_ratio") is not None:
-            checks.append(("unseen", r["unseen_ratio"], dq.unseen_ratio))
-        for check, value, threshold in checks:
-            details = {"name": name, "check": check, "value": value, "threshold": threshold}
-            out[("data_quality", f"{name}:{check}")] = Evidence(value >= threshold, _ratio(value, threshold), details)
-    for role, kind in (("prediction", "prediction_drift"), ("label", "label_drift")):
-        r = result.get(role)
-        if r is not None and r["status"] == "ok":
-            name = getattr(config.schema, role).name
-            out[(kind, role)] = Evidence(bool(r["drift"]), _ratio(r["effect"]["value"], r["effect"]["threshold"]),
-                                         _drift_details(name, r))
-    for name, r in (result.get("embeddings") or {}).items():  # embedding features drift as features do
-        if r["status"] == "ok":
-            part = next((r[m] for m in ("mean_distance", "histograms") if r.get(m) and r[m]["drift"]), None)
-            part = part or r.get("mean_distance") or r.get("histograms")
-            method = "mean_distance" if part is r.get("mean_distance") else "histograms"
-            score = part["distance"] if method == "mean_distance" else part["effect"]
-            details = {"name": name, "method": method, "score": score, "threshold": part["threshold"],
-                       "p_value": part.get("p_value", part.get("p_value_adjusted")), "test": "chi2"}
-            out[("feature_drift", name)] = Evidence(bool(r["drift"]), _ratio(score, part["threshold"]), details)
-    for f in findings(config, result):  # what registered detectors declare (monitor/registry.py)
+    for f in findings(config, result):
         out[(f.kind, f.subject)] = Evidence(f.bad, f.ratio, f.details)
+    dq = config.alerts.data_quality
+    window = result["window"]
     invalid = window.get("invalid", 0)
     seen = window["events"] + invalid
     if seen:
@@ -102,56 +63,18 @@ def collect_evidence(result: dict, config: Config, baseline_missing: dict[str, f
     return out
 
 
-def performance_evidence(result: dict) -> dict[tuple, Evidence]:
-    """(kind, subject) -> Evidence from a performance window (see docs/performance.md)."""
+def performance_evidence(result: dict, config: Config) -> dict[tuple, Evidence]:
+    """(kind, subject) -> Evidence from a performance window (see docs/performance.md): what the labelled
+    windows' detectors declare (monitor/registry.py LABELLED), then the error-rate detector's change (ADWIN
+    watches the error stream across windows, so it is the tracker's, not a window detector's)."""
     out: dict[tuple, Evidence] = {}
-
-    def drops(prefix: str, tests: dict, segment: dict | None = None) -> None:
-        for metric, t in tests.items():
-            if t.get("p_value") is None:
-                continue
-            gap = abs((t["value"] or 0.0) - t["baseline"])
-            ratio = gap / t["margin"] if t["margin"] else (2.0 if t["drop"] else 0.0)
-            details = {"metric": metric, "value": t["value"], "baseline": t["baseline"], "margin": t["margin"],
-                       "p_value": t["p_value"], "test": t["test"], "n": t["n"]}
-            if segment:
-                details["segment"] = segment
-            out[("performance_drop", f"{prefix}{metric}")] = Evidence(bool(t["drop"]), ratio, details)
-
-    drops("", result.get("drops", {}))
-    for field, values in result.get("segments", {}).items():
-        for value, seg in values.items():
-            drops(f"{field}={value}:", seg.get("drops", {}), {"field": field, "value": value})
+    for f in findings(config, result, LABELLED):
+        out[(f.kind, f.subject)] = Evidence(f.bad, f.ratio, f.details)
     errors = result.get("error_rate")
     if errors is not None:
         out[("performance_drop", "error_rate")] = Evidence(
             bool(errors["drift_detected"]), 2.0 if errors["drift_detected"] else 0.0,
             {"metric": "error_rate", "value": errors["estimate"], "test": "adwin", "detections": errors["detections"]})
-    for attr, report in result.get("fairness", {}).items():
-        overall = report["overall"]
-        ratio_value = overall.get("demographic_parity_ratio")
-        bound = report["parity_ratio_bound"]
-        severity_ratio = 0.0 if not ratio_value else bound / ratio_value
-        out[("fairness", attr)] = Evidence(bool(report["alert"]), severity_ratio, {
-            "attribute": attr, "demographic_parity_ratio": ratio_value, "bound": bound,
-            "demographic_parity_difference": overall.get("demographic_parity_difference"),
-            "equal_opportunity_difference": overall.get("equal_opportunity_difference"),
-            "equalized_odds_difference": overall.get("equalized_odds_difference"),
-            "false_positive_rate_difference": overall.get("false_positive_rate_difference"),
-            "max_equalized_odds_difference": report.get("max_equalized_odds_difference"),
-            "p_value": overall.get("p_value"), "equalized_odds_p_value": overall.get("equalized_odds_p_value"),
-            "alerts": report.get("alerts", {"demographic_parity": bool(report["alert"])}),
-            "max_gap_widening": report.get("max_gap_widening"), "baseline_gaps": overall.get("baseline_gaps"),
-            "widened_p_value": overall.get("widened_p_value"),
-            "min_group": overall.get("min_group"), "max_group": overall.get("max_group"),
-            "groups": {g: {k: v[k] for k in ("n", "positive_rate", "tpr", "fpr", "accuracy")}
-                       for g, v in report["groups"].items()},
-            "insufficient": report["insufficient"]})
-    label = result.get("label_drift")
-    if label is not None and label["status"] == "ok":
-        out[("label_drift", "label")] = Evidence(bool(label["drift"]),
-                                                 _ratio(label["effect"]["value"], label["effect"]["threshold"]),
-                                                 _drift_details("label", label))
     return out
 
 
@@ -201,18 +124,14 @@ class _State:
         return s
 
 
-#: Sections of docs/runbook.md (GitHub anchors); data-quality notifications link to the section of their check.
+#: Sections of docs/runbook.md (GitHub anchors) of the engine's own kinds (the detectors' kinds declare theirs
+#: in monitor/registry.py); data-quality notifications link to the section of their check.
 _RUNBOOK_ANCHOR = {
-    "feature_drift": "driftmonfeaturedrift",
-    "prediction_drift": "driftmonpredictiondrift",
-    "label_drift": "label-drift",
     "retrain_recommended": "driftmonretrainrecommended",
     "data_quality": "driftmoninvalidmessageshigh",
     "data_quality:missing": "driftmonfeaturemissingratiohigh",
     "data_quality:out_of_range": "driftmonfeatureoutofrangeratiohigh",
     "data_quality:unseen": "driftmonfeatureunseencategories",
-    "performance_drop": "performance-drop",
-    "fairness": "fairness",
 }
 
 
@@ -223,19 +142,15 @@ class AlertEngine:
     ----------
     config : Config
     baseline_fingerprint : str
-    baseline_missing : dict
-        Feature -> missing share in the baseline, so only an increase counts as a data-quality problem.
     clock : callable, optional
         Returns the time (Unix seconds) put in ``starts_at``/``ends_at``: the daemon passes ``time.time``,
         as Prometheus does. Without it they are the windows' ends (event time), which makes a replay
         reproducible. The lifecycle itself (fire, repeat, resolve) always runs on the windows.
     """
 
-    def __init__(self, config: Config, baseline_fingerprint: str, baseline_missing: dict[str, float] | None = None,
-                 clock: Callable[[], float] | None = None):
+    def __init__(self, config: Config, baseline_fingerprint: str, clock: Callable[[], float] | None = None):
         self.config = config
         self.baseline_fingerprint = baseline_fingerprint
-        self.baseline_missing = baseline_missing or {}
         self.clock = clock
         self.alerts = config.alerts
         self.config_hash = config.hash()
@@ -261,7 +176,7 @@ class AlertEngine:
         now = window_end_seconds(result)
         info = _window_info(result)
         self.recent.append(info)
-        evidence = collect_evidence(result, self.config, self.baseline_missing)
+        evidence = collect_evidence(result, self.config)
         out = []
         for (kind, subject), ev in evidence.items():
             out += self._step(kind, subject, ev, now, info)
@@ -278,7 +193,7 @@ class AlertEngine:
         now = window_end_seconds(result)
         info = _window_info(result)
         out = []
-        for (kind, subject), ev in performance_evidence(result).items():
+        for (kind, subject), ev in performance_evidence(result, self.config).items():
             out += self._step(kind, subject, ev, now, info)
         return out
 
@@ -454,50 +369,13 @@ class AlertEngine:
         if st.flapping and flap is not None:
             intermittent = (f"; intermittent: bad in {flap['bad_windows']} of the last {flap['windows']} windows, "
                             f"state changed {flap['changes']} times")
-        if kind in ("feature_drift", "prediction_drift", "label_drift"):
-            payload["features"] = [details] if status == "firing" else []
-            what = {"feature_drift": f"feature {subject}", "prediction_drift": "the prediction",
-                    "label_drift": "the label"}[kind]
-            if status == "firing":
-                verb = "drifts intermittently" if st.flapping else "drifted"
-                payload["summary"] = (f"{model}: {what} {verb} ({details.get('method')} {details.get('score', 0):.3g}"
-                                      f" >= {details.get('threshold', 0):.3g})"
-                                      + (intermittent if st.flapping else f" for {st.bad} window(s)"))
-            else:
-                payload["summary"] = f"{model}: {what} is back in line with the baseline; resolved"
-        elif kind == "performance_drop":
-            payload["performance"] = details
-            where = ""
-            if details.get("segment"):
-                where = f" for {details['segment']['field']}={details['segment']['value']}"
-            value = details.get("value")
-            payload["summary"] = (
-                f"{model}: {details.get('metric')}{where} dropped to {value:.3g} (baseline {details.get('baseline'):.3g},"
-                f" margin {details.get('margin'):.3g}, p={details.get('p_value'):.2g})" + intermittent
-                if status == "firing" and details.get("metric") != "error_rate" and value is not None
-                else f"{model}: the error rate rose (ADWIN detected a change)" + intermittent if status == "firing"
-                else f"{model}: {subject} is back within its margin; resolved")
-        elif kind == "fairness":
-            payload["fairness"] = details
-            harms = []
-            if (details.get("alerts") or {}).get("demographic_parity"):
-                harms.append(f"demographic parity ratio {details.get('demographic_parity_ratio'):.3g} < "
-                             f"{details.get('bound')} ({details.get('min_group')} vs {details.get('max_group')})")
-            if (details.get("alerts") or {}).get("equalized_odds"):
-                gaps = [f"{what} gap {gap:.3g}" for what, gap in (
-                    ("TPR", details.get("equal_opportunity_difference")),
-                    ("FPR", details.get("false_positive_rate_difference"))) if gap is not None]
-                harms.append(f"equalized odds: {', '.join(gaps)} (bound {details.get('max_equalized_odds_difference')})")
-            if (details.get("alerts") or {}).get("widened"):
-                harms.append(f"a gap widened by more than {details.get('max_gap_widening')} beyond the baseline's")
-            payload["summary"] = (f"{model}: {subject}: {'; '.join(harms) or 'fairness bound crossed'}" + intermittent
-                                  if status == "firing" else f"{model}: fairness across {subject} is back within bounds; resolved")
-        elif kind in specs:  # worded by the detector's registry entry
+        if kind in specs:  # worded by the detector's registry entry
             spec = specs[kind]
-            payload[spec.section] = details
             firing = status == "firing"
-            payload["summary"] = spec.summary(model, subject, details, firing) + (intermittent if firing else "")
-        elif kind == "data_quality":
+            payload[spec.section] = ([details] if firing else []) if spec.listed else details
+            payload["summary"] = (spec.summary(model, subject, details, firing, Episode(st.bad, st.flapping))
+                                  + (intermittent if firing else ""))
+        elif kind == "data_quality":  # the features' checks and the window's invalid share
             payload["check"] = details
             payload["summary"] = (f"{model}: data quality: {details.get('name')} {details.get('check')} share "
                                   f"{details.get('value', 0):.3g} >= {details.get('threshold', 0):.3g}" + intermittent

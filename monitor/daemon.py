@@ -122,8 +122,7 @@ class Daemon:
         self.consuming = False
         self.idle = False
         self.view = ServiceView(self)
-        self.registry, self.batch_seconds = make_registry(
-            self.model, DriftmonCollector(self.view, [f.name for f in config.schema.features]))
+        self.registry, self.batch_seconds = make_registry(self.model, DriftmonCollector(self.view))
         self.http = HttpServer(self.view, config.http.host, config.http.port, config.http.web_config_file,
                                request_timeout=config.http.request_timeout_seconds,
                                max_connections=config.http.max_connections)

@@ -14,7 +14,7 @@ from prometheus_client.registry import Collector
 
 from monitor.decode import INVALID_REASONS
 from monitor.performance import DELAY_BUCKETS
-from monitor.registry import detector_samples
+from monitor.registry import LABELLED, detector_samples
 
 __all__ = ["DETECTOR_FAMILIES", "NAMES", "DriftmonCollector", "make_registry"]
 
@@ -99,6 +99,19 @@ NAMES = {
 #: A detector whose results fit a family here needs no edit to this file; a new family is one line here
 #: and one in NAMES.
 DETECTOR_FAMILIES = {
+    "feature_drift_score": ("feature", "method"),
+    "feature_drift_p_value": ("feature",),
+    "feature_drift_detected": ("feature",),
+    "feature_missing_ratio": ("feature",),
+    "feature_out_of_range_ratio": ("feature",),
+    "feature_unseen_ratio": ("feature",),
+    "prediction_drift_score": ("method",),
+    "prediction_drift_detected": (),
+    "features_drifted": (),
+    "performance": ("metric", "segment"),
+    "performance_drop_detected": ("metric", "segment"),
+    "fairness_parity_ratio": ("attribute",),
+    "fairness_positive_rate": ("attribute", "group"),
     "estimated_performance": ("metric",),
     "segment_features_drifted": ("segment",),
     "multivariate_drift_detected": ("method",),
@@ -146,13 +159,13 @@ class DriftmonCollector(Collector):
         ``pipeline`` (counters and ``last_result``), ``lag`` (partition -> messages),
         ``checkpoints``, ``last_window_end`` (Unix time or None), and optionally ``alert_stats()`` returning a dict with
         ``firing`` (alert -> n), ``flapping`` (alert -> n), ``sent`` ((sink, alert) -> n), ``failures`` ((sink, reason) -> n), ``pending``, ``dropped``.
-    features : list of str
-        Configured feature names, for pre-exported zero series.
+
+    What the window detectors measure is exported from the samples their registry entries declare
+    (:func:`monitor.registry.detector_samples`), so a new detector needs no edit here.
     """
 
-    def __init__(self, service, features: list[str]):
+    def __init__(self, service):
         self.service = service
-        self.features = features
 
     def collect(self):
         s = self.service
@@ -225,7 +238,7 @@ class DriftmonCollector(Collector):
                 yield fam
         if cluster is None or cluster.active:  # in scale-out the aggregator alone exports the verdicts
             yield from self._window_families(m, p.last_result)
-        yield from self._detector_families(m, getattr(p, "detectors", None) or [], p.last_result)
+            yield from self._detector_families(m, getattr(p, "detectors", None) or [], p.last_result)
         yield from self._alert_families(m)
         if p.tracker is not None:
             yield from self._performance_families(m, p.tracker, s.baseline)
@@ -282,87 +295,13 @@ class DriftmonCollector(Collector):
             if reference.get(metric) is not None:
                 fam.add_metric([m, metric], reference[metric])
         yield fam
-        perf = _family("performance", ["metric", "segment"])
-        dropped = _family("performance_drop_detected", ["metric", "segment"])
-        parity = _family("fairness_parity_ratio", ["attribute"])
-        rates = _family("fairness_positive_rate", ["attribute", "group"])
-        result = tracker.last_result
-        if result is not None:
-            sections = [("all", result)] + [(f"{field}={value}", seg) for field, values in result["segments"].items()
-                                             for value, seg in values.items()]
-            for segment, section in sections:
-                for metric in tracker.metrics:
-                    value = section["metrics"].get(metric)
-                    if value is not None:
-                        perf.add_metric([m, metric, segment], value)
-                for metric, test in section["drops"].items():
-                    dropped.add_metric([m, metric, segment], 1 if test["drop"] else 0)
-            for attr, report in result["fairness"].items():
-                ratio = report["overall"].get("demographic_parity_ratio")
-                if ratio is not None:
-                    parity.add_metric([m, attr], ratio)
-                for group, g in report["groups"].items():
-                    if g.get("positive_rate") is not None:
-                        rates.add_metric([m, attr, group], g["positive_rate"])
-        yield from (perf, dropped, parity, rates)
+        # the labelled windows' detectors declare theirs (monitor/registry.py LABELLED)
+        yield from self._detector_families(m, tracker.prototypes, tracker.last_result, LABELLED)
         fam = _family("error_rate_changes", [])
         fam.add_metric([m], tracker.errors.detections if tracker.errors is not None else 0)
         yield fam
 
     def _window_families(self, m: str, result: dict | None):
-        score = _family("feature_drift_score", ["feature", "method"])
-        pval = _family("feature_drift_p_value", ["feature"])
-        detected = _family("feature_drift_detected", ["feature"])
-        missing = _family("feature_missing_ratio", ["feature"])
-        out_of_range = _family("feature_out_of_range_ratio", ["feature"])
-        unseen = _family("feature_unseen_ratio", ["feature"])
-        pred_score = _family("prediction_drift_score", ["method"])
-        pred_detected = _family("prediction_drift_detected", [])
-        features = (result or {}).get("features", {})
-        embeddings = (result or {}).get("embeddings") or {}
-        for feature in self.features:
-            if feature in embeddings:
-                continue  # exported below
-            r = features.get(feature)
-            detected.add_metric([m, feature], 1 if r and r["drift"] else 0)
-            if r is None:
-                continue
-            for method, value in sorted(r["statistics"].items()):
-                if value is not None:
-                    score.add_metric([m, feature, method], value)
-            adjusted = r["test"].get("p_value_adjusted")
-            if adjusted is not None:
-                pval.add_metric([m, feature], adjusted)
-            if r.get("missing_ratio") is not None:
-                missing.add_metric([m, feature], r["missing_ratio"])
-            if r.get("out_of_range_ratio") is not None:
-                out_of_range.add_metric([m, feature], r["out_of_range_ratio"])
-            if r.get("unseen_ratio") is not None:
-                unseen.add_metric([m, feature], r["unseen_ratio"])
-        for feature, r in sorted(embeddings.items()):  # embedding features: one score per method
-            detected.add_metric([m, feature], 1 if r["drift"] else 0)
-            parts = [(k, r.get(k)) for k in ("mean_distance", "histograms")]
-            for method, part in parts:
-                if part is not None:
-                    value = part["distance"] if method == "mean_distance" else part["effect"]
-                    if value is not None:
-                        score.add_metric([m, feature, method], value)
-            p_values = [part.get("p_value", part.get("p_value_adjusted")) for _k, part in parts if part is not None]
-            if p_values:
-                pval.add_metric([m, feature], min(p_values))
-            if r["events"]:
-                missing.add_metric([m, feature], r["missing"] / r["events"])
-        prediction = (result or {}).get("prediction")
-        pred_detected.add_metric([m], 1 if prediction and prediction["drift"] else 0)
-        if prediction:
-            for method, value in sorted(prediction["statistics"].items()):
-                if value is not None:
-                    pred_score.add_metric([m, method], value)
-        yield from (score, pval, detected, missing, out_of_range, unseen, pred_score, pred_detected)
-
-        drifted = _family("features_drifted", [])
-        drifted.add_metric([m], len((result or {}).get("drifted", [])))
-        yield drifted
         if result is not None:
             events = _family("window_events", [])
             events.add_metric([m], result["window"]["events"])
@@ -374,12 +313,13 @@ class DriftmonCollector(Collector):
             yield fam
 
     @staticmethod
-    def _detector_families(m: str, detectors: list, result: dict | None):
+    def _detector_families(m: str, detectors: list, result: dict | None, registry: dict | None = None):
         """The samples registered detectors declare (monitor/registry.py), one family per name."""
         families: dict = {}
-        for sample in detector_samples(detectors, result):
+        for sample in detector_samples(detectors, result, registry):
             labels = DETECTOR_FAMILIES.get(sample.family)
-            if labels is None or len(sample.labels) != len(labels):
+            declared = sample.value is None and not sample.labels  # registry.declare(): the family alone
+            if labels is None or not (declared or len(sample.labels) == len(labels)):
                 raise ValueError(f"detector metric {sample.family}{sample.labels}: not a family of DETECTOR_FAMILIES "
                                  "with these labels")
             fam = families.get(sample.family)

@@ -11,8 +11,9 @@ docs/DESIGN.md "Window detectors"). An entry may also declare what its results m
 alerting: ``metrics`` (:class:`Sample` values of families from :data:`monitor.metrics.DETECTOR_FAMILIES`),
 ``evidence`` (:class:`Finding` values for the alert engine) and ``alerts`` (:class:`AlertSpec`: how a
 kind's notification reads), so :mod:`monitor.metrics` and :mod:`monitor.alerting` iterate over the registry
-instead of reading sections by name. Adding a detector: a module in ``detectors/``, its config section, one
-entry in :data:`REGISTRY`, docs.
+instead of reading sections by name: every window detector (features and outputs, embeddings, multivariate,
+segments, estimated performance) and every labelled-window one (:data:`LABELLED`) is on that path.
+Adding a detector: a module in ``detectors/``, its config section, one entry in :data:`REGISTRY`, docs.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from monitor.config import Column, Config, ConfigError
 from monitor.multivariate import ClassifierRunner, MultivariateState, check_artefacts, fit_artefacts, min_interval_seconds
 from monitor.values import category_name, segment_value
 
-__all__ = ["LABELLED", "REGISTRY", "AlertSpec", "Entry", "Finding", "Sample", "Training", "MultivariateDetector",
-           "alert_specs", "build_detectors", "build_labelled_detectors", "detector_samples", "feature_policies",
+__all__ = ["LABELLED", "REGISTRY", "AlertSpec", "Entry", "Episode", "Finding", "Sample", "Training",
+           "MultivariateDetector", "alert_specs", "declare", "build_detectors", "build_labelled_detectors", "detector_samples", "feature_policies",
            "findings"]
 
 
@@ -76,18 +77,28 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class Episode:
+    """Where an alert stands when a notification is worded: ``bad`` consecutive bad windows, ``flapping``."""
+
+    bad: int
+    flapping: bool
+
+
+@dataclass(frozen=True)
 class AlertSpec:
     """How a notification of one alert kind reads.
 
-    ``section``: the payload key its details go under; ``anchor``: its section of docs/runbook.md
-    (GitHub anchor); ``summary(model, subject, details, firing) -> str`` (the engine appends the
-    intermittent note of a flapping alert).
+    ``section``: the payload key its details go under (``listed``: as a one-item list while firing, an
+    empty one when resolved, as the drift kinds' ``features``); ``anchor``: its section of
+    docs/runbook.md (GitHub anchor); ``summary(model, subject, details, firing, episode) -> str`` (the
+    engine appends the intermittent note of a flapping alert).
     """
 
     kind: str
     section: str
     anchor: str
     summary: Callable
+    listed: bool = False
 
 
 @dataclass(frozen=True)
@@ -127,6 +138,99 @@ def _features(config: Config, baseline, background: bool) -> FeatureDrift:
     outputs = {role: spec.name for role, spec in config.drift_columns() if role != "feature"}
     features = [spec.name for role, spec in config.schema.columns() if role == "feature"]
     return FeatureDrift(baseline.profiles, feature_policies(config), features, outputs)
+
+
+def declare(*families: str):
+    """Samples that export families without a series (configured, nothing judged yet)."""
+    return [Sample(family, (), None) for family in families]
+
+
+def _ratio(value, threshold) -> float:
+    if value is None or not threshold:
+        return 0.0
+    return float(value) / float(threshold)
+
+
+def _feature_metrics(detector: FeatureDrift, result: dict | None):
+    yield from declare("feature_drift_score", "feature_drift_p_value", "feature_missing_ratio",
+                       "feature_out_of_range_ratio", "feature_unseen_ratio", "prediction_drift_score")
+    features = (result or {}).get("features", {})
+    for feature in detector.features:  # pre-exported zeros for every configured feature
+        r = features.get(feature)
+        yield Sample("feature_drift_detected", (feature,), 1 if r and r["drift"] else 0)
+        if r is None:
+            continue
+        for method, value in sorted(r["statistics"].items()):
+            if value is not None:
+                yield Sample("feature_drift_score", (feature, method), value)
+        yield Sample("feature_drift_p_value", (feature,), r["test"].get("p_value_adjusted"))
+        yield Sample("feature_missing_ratio", (feature,), r.get("missing_ratio"))
+        yield Sample("feature_out_of_range_ratio", (feature,), r.get("out_of_range_ratio"))
+        yield Sample("feature_unseen_ratio", (feature,), r.get("unseen_ratio"))
+    prediction = (result or {}).get("prediction")  # the score and the label have no series of their own
+    yield Sample("prediction_drift_detected", (), 1 if prediction and prediction["drift"] else 0)
+    if prediction:
+        for method, value in sorted(prediction["statistics"].items()):
+            if value is not None:
+                yield Sample("prediction_drift_score", (method,), value)
+    yield Sample("features_drifted", (), len((result or {}).get("drifted", [])))
+
+
+def _drift_details(name: str, r: dict) -> dict:
+    return {"name": name, "method": r["effect"]["method"], "score": r["effect"]["value"],
+            "threshold": r["effect"]["threshold"], "p_value": r["test"].get("p_value_adjusted"),
+            "test": r["test"]["method"]}
+
+
+def _drift_finding(kind: str, subject: str, name: str, r: dict) -> Finding:
+    return Finding(kind, subject, bool(r["drift"]), _ratio(r["effect"]["value"], r["effect"]["threshold"]),
+                   _drift_details(name, r))
+
+
+def _feature_evidence(config: Config, result: dict):
+    """Feature drift and the features' data quality (only an increase of the missing share over the
+    baseline's counts), then prediction and (inline) label drift."""
+    dq = config.alerts.data_quality
+    events = result["window"]["events"]
+    for name, r in result["features"].items():
+        if r["status"] == "ok":
+            yield _drift_finding("feature_drift", name, name, r)
+        if events == 0:
+            continue
+        excess = (r.get("missing_ratio") or 0.0) - (r.get("baseline_missing_ratio") or 0.0)
+        checks = [("missing", excess, dq.missing_ratio)]
+        if r.get("out_of_range_ratio") is not None:
+            checks.append(("out_of_range", r["out_of_range_ratio"], dq.out_of_range_ratio))
+        if r.get("unseen_ratio") is not None:
+            checks.append(("unseen", r["unseen_ratio"], dq.unseen_ratio))
+        for check, value, threshold in checks:
+            yield Finding("data_quality", f"{name}:{check}", value >= threshold, _ratio(value, threshold),
+                          {"name": name, "check": check, "value": value, "threshold": threshold})
+    for role, kind in (("prediction", "prediction_drift"), ("label", "label_drift")):
+        r = result.get(role)
+        if r is not None and r["status"] == "ok":
+            yield _drift_finding(kind, role, getattr(config.schema, role).name, r)
+
+
+def _drift_summary(what: Callable) -> Callable:
+    """The wording of a drift kind's notifications; ``what(subject)`` names the drifting thing."""
+
+    def summary(model: str, subject: str, details: dict, firing: bool, episode: Episode) -> str:
+        if not firing:
+            return f"{model}: {what(subject)} is back in line with the baseline; resolved"
+        verb = "drifts intermittently" if episode.flapping else "drifted"
+        return (f"{model}: {what(subject)} {verb} ({details.get('method')} {details.get('score', 0):.3g} >= "
+                f"{details.get('threshold', 0):.3g})" + ("" if episode.flapping else f" for {episode.bad} window(s)"))
+
+    return summary
+
+
+FEATURE_DRIFT = AlertSpec("feature_drift", "features", "driftmonfeaturedrift",
+                          _drift_summary(lambda subject: f"feature {subject}"), listed=True)
+PREDICTION_DRIFT = AlertSpec("prediction_drift", "features", "driftmonpredictiondrift",
+                             _drift_summary(lambda subject: "the prediction"), listed=True)
+LABEL_DRIFT = AlertSpec("label_drift", "features", "label-drift", _drift_summary(lambda subject: "the label"),
+                        listed=True)
 
 
 def _estimated_performance(config: Config, baseline, background: bool) -> EstimatedPerformance | None:
@@ -248,7 +352,45 @@ def _segments_metrics(detector: SegmentDrift, result: dict | None):
             yield Sample("segment_features_drifted", (f"{field}={value}",), len(summary["drifted"]))
 
 
+def _embedding_parts(r: dict) -> list:
+    """(method, its part, its score) of an embedding feature's verdict, for the methods configured."""
+    out = []
+    for method in ("mean_distance", "histograms"):
+        part = r.get(method)
+        if part is not None:
+            out.append((method, part, part["distance"] if method == "mean_distance" else part["effect"]))
+    return out
+
+
+def _embedding_metrics(detector: MultivariateDetector, result: dict | None):
+    """Embedding features export the features' series: one score per method, the smaller p-value."""
+    embeddings = (result or {}).get("embeddings") or {}
+    for feature in detector.state.embeddings:  # pre-exported zeros for every embedding feature
+        r = embeddings.get(feature)
+        yield Sample("feature_drift_detected", (feature,), 1 if r and r["drift"] else 0)
+        if r is None:
+            continue
+        parts = _embedding_parts(r)
+        for method, _part, score in parts:
+            yield Sample("feature_drift_score", (feature, method), score)
+        p_values = [part.get("p_value", part.get("p_value_adjusted")) for _method, part, _score in parts]
+        yield Sample("feature_drift_p_value", (feature,), min(p_values) if p_values else None)
+        yield Sample("feature_missing_ratio", (feature,), r["missing"] / r["events"] if r["events"] else None)
+
+
+def _embedding_evidence(config: Config, result: dict):
+    """An embedding feature drifts as a feature does (``feature_drift``), by the first method that drifted."""
+    for name, r in (result.get("embeddings") or {}).items():
+        if r["status"] == "ok":
+            parts = _embedding_parts(r)
+            method, part, score = next((p for p in parts if p[1]["drift"]), parts[0])
+            details = {"name": name, "method": method, "score": score, "threshold": part["threshold"],
+                       "p_value": part.get("p_value", part.get("p_value_adjusted")), "test": "chi2"}
+            yield Finding("feature_drift", name, bool(r["drift"]), _ratio(score, part["threshold"]), details)
+
+
 def _multivariate_metrics(detector: MultivariateDetector, result: dict | None):
+    yield from _embedding_metrics(detector, result)
     section = (result or {}).get("multivariate") or {}
     detectors = detector.state.detectors
     for method in detectors:  # pre-exported zeros for the configured methods
@@ -265,13 +407,8 @@ def _multivariate_metrics(detector: MultivariateDetector, result: dict | None):
         yield Sample("multivariate_evaluations", ("skipped",), detector.state.runner.skipped)
 
 
-def _ratio(value, threshold) -> float:
-    if value is None or not threshold:
-        return 0.0
-    return float(value) / float(threshold)
-
-
 def _multivariate_evidence(config: Config, result: dict):
+    yield from _embedding_evidence(config, result)
     for method, r in (result.get("multivariate") or {}).items():
         # a background classifier result is evidence once, in the first window that reports it
         if r.get("status") == "ok" and r.get("fresh", True):
@@ -284,7 +421,7 @@ def _multivariate_evidence(config: Config, result: dict):
                 "window": r.get("window", result["window"]["index"]), "events": r["events"]})
 
 
-def _multivariate_summary(model: str, subject: str, details: dict, firing: bool) -> str:
+def _multivariate_summary(model: str, subject: str, details: dict, firing: bool, episode: Episode) -> str:
     if not firing:
         return f"{model}: {subject} is back in line with the baseline; resolved"
     what = "ROC AUC" if subject == "domain_classifier" else "error shift"
@@ -294,7 +431,8 @@ def _multivariate_summary(model: str, subject: str, details: dict, firing: bool)
 
 #: Window detectors in the order their sections appear in a window result.
 REGISTRY: dict[str, Entry] = {
-    "features": Entry(_features),
+    "features": Entry(_features, metrics=_feature_metrics, evidence=_feature_evidence, key=FeatureDrift.key,
+                      alerts=(FEATURE_DRIFT, PREDICTION_DRIFT, LABEL_DRIFT)),
     "estimated_performance": Entry(_estimated_performance, metrics=_estimated_metrics, key=EstimatedPerformance.key),
     "multivariate": Entry(_multivariate, _fit_multivariate, _check_multivariate, metrics=_multivariate_metrics,
                           evidence=_multivariate_evidence,
@@ -318,24 +456,27 @@ def fit_extras(config: Config, training: Training, seed: int = 0) -> dict:
     return extras
 
 
-def detector_samples(detectors: list, result: dict | None) -> list[Sample]:
-    """The metric samples every registered detector declares, from the built detectors and the last result."""
+def detector_samples(detectors: list, result: dict | None, registry: dict | None = None) -> list[Sample]:
+    """The metric samples every registered detector declares, from the built detectors and the last result
+    (``registry``: :data:`REGISTRY` by default, :data:`LABELLED` for labelled windows)."""
     out: list[Sample] = []
-    for name, entry in REGISTRY.items():
+    for name, entry in (REGISTRY if registry is None else registry).items():
         detector = next((d for d in detectors if d.key == (entry.key or name)), None)
         if entry.metrics is not None and detector is not None:
             out.extend(entry.metrics(detector, result))
     return out
 
 
-def findings(config: Config, result: dict) -> list[Finding]:
+def findings(config: Config, result: dict, registry: dict | None = None) -> list[Finding]:
     """The alert evidence every registered detector declares for one window result, in registry order."""
-    return [f for entry in REGISTRY.values() if entry.evidence is not None for f in entry.evidence(config, result)]
+    entries = (REGISTRY if registry is None else registry).values()
+    return [f for entry in entries if entry.evidence is not None for f in entry.evidence(config, result)]
 
 
 def alert_specs() -> dict[str, AlertSpec]:
     """Alert kind -> how its notifications read, for the kinds registered detectors word."""
-    return {spec.kind: spec for entry in REGISTRY.values() for spec in entry.alerts}
+    return {spec.kind: spec for entries in (REGISTRY, LABELLED) for entry in entries.values()
+            for spec in entry.alerts}
 
 
 def check_extras(config: Config, extras: dict, path: str) -> None:
@@ -380,15 +521,131 @@ def _label_drift(config: Config, baseline, tracker) -> LabelDrift | None:
     return None if profile is None else LabelDrift(profile, config.drift.min_events)
 
 
-#: Detectors of labelled windows, in the order their sections appear in a performance window result.
-LABELLED: dict[str, Callable] = {
-    "performance": _performance,
-    "segment_performance": _segment_performance,
-    "fairness": _fairness,
-    "label_drift": _label_drift,
+def _performance_samples(detector, segment: str, section: dict):
+    for metric in detector.metrics:
+        yield Sample("performance", (metric, segment), section["metrics"].get(metric))
+    for metric, test in section["drops"].items():
+        yield Sample("performance_drop_detected", (metric, segment), 1 if test["drop"] else 0)
+
+
+def _performance_metrics(detector: PerformanceDrops, result: dict | None):
+    yield from declare("performance", "performance_drop_detected")
+    if result is not None:
+        yield from _performance_samples(detector, "all", result)
+
+
+def _segment_performance_metrics(detector: SegmentPerformance, result: dict | None):
+    for field, values in ((result or {}).get("segments") or {}).items():
+        for value, section in values.items():
+            yield from _performance_samples(detector, f"{field}={value}", section)
+
+
+def _fairness_metrics(detector: FairnessGroups, result: dict | None):
+    yield from declare("fairness_parity_ratio", "fairness_positive_rate")
+    for attr, report in ((result or {}).get("fairness") or {}).items():
+        yield Sample("fairness_parity_ratio", (attr,), report["overall"].get("demographic_parity_ratio"))
+        for group, g in report["groups"].items():
+            yield Sample("fairness_positive_rate", (attr, group), g.get("positive_rate"))
+
+
+def drop_findings(prefix: str, tests: dict, segment: dict | None = None):
+    """Findings of one set of drop tests (``performance_drop``, subject ``prefix + metric``)."""
+    for metric, t in tests.items():
+        if t.get("p_value") is None:
+            continue
+        gap = abs((t["value"] or 0.0) - t["baseline"])
+        ratio = gap / t["margin"] if t["margin"] else (2.0 if t["drop"] else 0.0)
+        details = {"metric": metric, "value": t["value"], "baseline": t["baseline"], "margin": t["margin"],
+                   "p_value": t["p_value"], "test": t["test"], "n": t["n"]}
+        if segment:
+            details["segment"] = segment
+        yield Finding("performance_drop", f"{prefix}{metric}", bool(t["drop"]), ratio, details)
+
+
+def _performance_evidence(config: Config, result: dict):
+    yield from drop_findings("", result.get("drops", {}))
+
+
+def _segment_performance_evidence(config: Config, result: dict):
+    for field, values in result.get("segments", {}).items():
+        for value, seg in values.items():
+            yield from drop_findings(f"{field}={value}:", seg.get("drops", {}), {"field": field, "value": value})
+
+
+def _fairness_evidence(config: Config, result: dict):
+    for attr, report in result.get("fairness", {}).items():
+        overall = report["overall"]
+        ratio_value = overall.get("demographic_parity_ratio")
+        bound = report["parity_ratio_bound"]
+        yield Finding("fairness", attr, bool(report["alert"]), 0.0 if not ratio_value else bound / ratio_value, {
+            "attribute": attr, "demographic_parity_ratio": ratio_value, "bound": bound,
+            "demographic_parity_difference": overall.get("demographic_parity_difference"),
+            "equal_opportunity_difference": overall.get("equal_opportunity_difference"),
+            "equalized_odds_difference": overall.get("equalized_odds_difference"),
+            "false_positive_rate_difference": overall.get("false_positive_rate_difference"),
+            "max_equalized_odds_difference": report.get("max_equalized_odds_difference"),
+            "p_value": overall.get("p_value"), "equalized_odds_p_value": overall.get("equalized_odds_p_value"),
+            "alerts": report.get("alerts", {"demographic_parity": bool(report["alert"])}),
+            "max_gap_widening": report.get("max_gap_widening"), "baseline_gaps": overall.get("baseline_gaps"),
+            "widened_p_value": overall.get("widened_p_value"),
+            "min_group": overall.get("min_group"), "max_group": overall.get("max_group"),
+            "groups": {g: {k: v[k] for k in ("n", "positive_rate", "tpr", "fpr", "accuracy")}
+                       for g, v in report["groups"].items()},
+            "insufficient": report["insufficient"]})
+
+
+def _label_drift_evidence(config: Config, result: dict):
+    label = result.get("label_drift")
+    if label is not None and label["status"] == "ok":
+        yield _drift_finding("label_drift", "label", "label", label)
+
+
+def _performance_summary(model: str, subject: str, details: dict, firing: bool, episode: Episode) -> str:
+    if not firing:
+        return f"{model}: {subject} is back within its margin; resolved"
+    value = details.get("value")
+    if details.get("metric") == "error_rate" or value is None:
+        return f"{model}: the error rate rose (ADWIN detected a change)"
+    where = f" for {details['segment']['field']}={details['segment']['value']}" if details.get("segment") else ""
+    return (f"{model}: {details.get('metric')}{where} dropped to {value:.3g} (baseline {details.get('baseline'):.3g},"
+            f" margin {details.get('margin'):.3g}, p={details.get('p_value'):.2g})")
+
+
+def _fairness_summary(model: str, subject: str, details: dict, firing: bool, episode: Episode) -> str:
+    if not firing:
+        return f"{model}: fairness across {subject} is back within bounds; resolved"
+    harms = []
+    alerts = details.get("alerts") or {}
+    if alerts.get("demographic_parity"):
+        harms.append(f"demographic parity ratio {details.get('demographic_parity_ratio'):.3g} < "
+                     f"{details.get('bound')} ({details.get('min_group')} vs {details.get('max_group')})")
+    if alerts.get("equalized_odds"):
+        gaps = [f"{what} gap {gap:.3g}" for what, gap in (
+            ("TPR", details.get("equal_opportunity_difference")),
+            ("FPR", details.get("false_positive_rate_difference"))) if gap is not None]
+        harms.append(f"equalized odds: {', '.join(gaps)} (bound {details.get('max_equalized_odds_difference')})")
+    if alerts.get("widened"):
+        harms.append(f"a gap widened by more than {details.get('max_gap_widening')} beyond the baseline's")
+    return f"{model}: {subject}: {'; '.join(harms) or 'fairness bound crossed'}"
+
+
+PERFORMANCE_DROP = AlertSpec("performance_drop", "performance", "performance-drop", _performance_summary)
+FAIRNESS = AlertSpec("fairness", "fairness", "fairness", _fairness_summary)
+
+#: Detectors of labelled windows, in the order their sections appear in a performance window result;
+#: ``build(config, baseline, tracker)`` (instead of ``background``), ``metrics`` and ``evidence`` read the
+#: last performance window result.
+LABELLED: dict[str, Entry] = {
+    "performance": Entry(_performance, metrics=_performance_metrics, evidence=_performance_evidence,
+                         alerts=(PERFORMANCE_DROP,), key=PerformanceDrops.key),
+    "segment_performance": Entry(_segment_performance, metrics=_segment_performance_metrics,
+                                 evidence=_segment_performance_evidence, key=SegmentPerformance.key),
+    "fairness": Entry(_fairness, metrics=_fairness_metrics, evidence=_fairness_evidence, alerts=(FAIRNESS,),
+                      key=FairnessGroups.key),
+    "label_drift": Entry(_label_drift, evidence=_label_drift_evidence, alerts=(LABEL_DRIFT,), key=LabelDrift.key),
 }
 
 
 def build_labelled_detectors(config: Config, baseline, tracker) -> list:
     """The configured labelled-window detectors (prototypes: each labelled window holds fresh twins)."""
-    return [d for d in (build(config, baseline, tracker) for build in LABELLED.values()) if d is not None]
+    return [d for d in (e.build(config, baseline, tracker) for e in LABELLED.values()) if d is not None]

@@ -18,13 +18,13 @@ __all__ = ["Replay", "advance_alerts", "alert_engine"]
 
 
 def alert_engine(config: Config, baseline: Baseline, **kwargs) -> AlertEngine:
-    """A fresh alert engine for ``baseline`` (its fingerprint and every column's baseline missing ratio).
+    """A fresh alert engine for ``baseline`` (its fingerprint; the columns' baseline missing ratios travel in
+    the window results).
 
     The daemon, :class:`Replay` and the report's retraining verdict build theirs here; ``kwargs`` go to
     :class:`~monitor.alerting.AlertEngine` (the daemon's wall clock).
     """
-    missing = {name: p.missing_ratio for name, p in baseline.profiles.items()}
-    return AlertEngine(config, baseline.fingerprint, missing, **kwargs)
+    return AlertEngine(config, baseline.fingerprint, **kwargs)
 
 
 def advance_alerts(alerts: AlertEngine, windows: list[dict], performance: list[dict]) -> list[dict]:

@@ -20,7 +20,7 @@ def make_config(**alerts):
 
 
 def result(index, drifted=None, prediction=None, events=1000, invalid=0, missing=None, status="ok",
-           window_seconds=600):
+           window_seconds=600, baseline_missing=None):
     """A window result in the documented shape; drifted: feature -> effect value (threshold 0.1)."""
     drifted = drifted or {}
     missing = missing or {}
@@ -30,6 +30,7 @@ def result(index, drifted=None, prediction=None, events=1000, invalid=0, missing
         features[name] = {
             "type": "numeric", "drift": name in drifted, "status": status, "events": events,
             "missing_ratio": missing.get(name, 0.0), "out_of_range_ratio": 0.0,
+            "baseline_missing_ratio": (baseline_missing or {}).get(name, 0.0),
             "statistics": {"wasserstein": value},
             "effect": {"method": "wasserstein", "value": value, "threshold": 0.1},
             "test": {"method": "ks", "p_value": 1e-9 if name in drifted else 0.5,
@@ -198,10 +199,12 @@ def test_retrain_on_critical_prediction_drift_once_it_is_firing():
 
 
 def test_data_quality_missing_increase_and_invalid_share():
-    engine = AlertEngine(make_config(), "sha256:abc", baseline_missing={"car_value": 0.10})
-    steps = run(engine, [result(i, missing={"car_value": 0.13}) for i in range(3)])
+    engine = AlertEngine(make_config(), "sha256:abc")
+    base = {"car_value": 0.10}  # the baseline's share, carried in the window result beside the window's
+    steps = run(engine, [result(i, missing={"car_value": 0.13}, baseline_missing=base) for i in range(3)])
     assert steps == [[], [], []]  # +3 points over the baseline's 10% is below the 5-point default
-    steps = run(engine, [result(i, missing={"car_value": 0.30}, invalid=50) for i in range(3, 5)])
+    steps = run(engine, [result(i, missing={"car_value": 0.30}, invalid=50, baseline_missing=base)
+                         for i in range(3, 5)])
     assert set(steps[1]) == {("data_quality", "car_value:missing", "firing", "critical"),
                              ("data_quality", "invalid_messages", "firing", "critical")}
 
