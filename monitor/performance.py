@@ -319,23 +319,17 @@ class PerformanceTracker:
             self.budget.observe("labels", w.first_time if finite else None, w.last_time if finite else None)
             self.alpha = self.budget.alpha()
         context = WindowContext(index=self.index, events=w.labelled, alpha=self.alpha)
-        sections = {}
-        for detector in w.detectors:
-            sections.update(detector.result(context).sections())
         bounds = (w.first_time, w.last_time) if window is None else (window.start, window.end)
         result = {
             "model": self.config.model,
             "baseline_fingerprint": self.baseline.fingerprint,
             "window": {"index": self.index, "labelled": w.labelled, "start": iso(bounds[0]), "end": iso(bounds[1])},
-            **{k: sections.pop(k) for k in ("task", "metrics", "baseline", "drops")},
-            "segments": sections.pop("segments", {}),
-            "fairness": sections.pop("fairness", {}),
-            "error_rate": None,
         }
-        if self.errors is not None:
-            result["error_rate"] = {"estimate": self.errors.estimate, "detections": self.errors.detections,
-                                    "drift_detected": bool(self.errors.drift_detected)}
-        result.update(sections)  # label drift, and what later detectors add
+        for detector in w.detectors:  # their sections, in registry order (monitor/registry.py LABELLED)
+            result.update(detector.result(context).sections())
+        result["error_rate"] = None if self.errors is None else {
+            "estimate": self.errors.estimate, "detections": self.errors.detections,
+            "drift_detected": bool(self.errors.drift_detected)}
         self.index += 1
         self.windows_evaluated += 1
         self.last_result = result
