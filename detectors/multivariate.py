@@ -629,6 +629,23 @@ class DomainClassifier:
         self._n = 0
         self._sample = np.empty((0, len(self.encoder.names)))
         self._rng = np.random.default_rng(self.seed)
+        self._keyed = False  # the stream is keyed by the first rows on first use (see _stream)
+
+    def _stream(self):
+        """The reservoir's random stream, keyed on first use by ``seed`` and the rows the reservoir holds then.
+
+        Every partial of a window is built by a twin with the same ``seed``; streams from the seed alone
+        would pick the same slots in every partial, and their merge would keep row i of one partial with
+        row i of the other far more often than a uniform sample does. The first draw comes only once the
+        reservoir is full (or at a merge), when it holds exactly the partial's first rows whatever the batch
+        sizes, so the key is reproducible and differs between partials that saw different rows.
+        """
+        if not self._keyed:
+            # SeedSequence hashes all the words of its entropy; the bytes of NaN are fixed, so this is exact
+            words = np.frombuffer(np.ascontiguousarray(self._sample, dtype=np.float64).tobytes(), dtype=np.uint32)
+            self._rng = np.random.default_rng([self.seed, *words.tolist()])
+            self._keyed = True
+        return self._rng
 
     @staticmethod
     def fit_baseline(columns, kinds, sample_size=1000, max_categories=20, seed=0):
@@ -659,7 +676,7 @@ class DomainClassifier:
             # Algorithm R, vectorized: row t (0-based over the window) replaces slot j ~ U{0..t} when j < size;
             # of several rows landing on one slot the last one wins, as in the sequential algorithm.
             t = self._n + room + np.arange(rest.shape[0])
-            j = (self._rng.random(rest.shape[0]) * (t + 1)).astype(np.int64)
+            j = (self._stream().random(rest.shape[0]) * (t + 1)).astype(np.int64)
             hit = np.flatnonzero(j < self.sample_size)
             if hit.size:
                 slots = j[hit]
@@ -670,16 +687,23 @@ class DomainClassifier:
         return self
 
     def merge(self, other):
-        """Combine with another partial window: the sample becomes a uniform sample of both. Returns self."""
+        """Combine with another partial window. Returns self.
+
+        The merged sample is distributed as the reservoir of one process that saw both partials: ``k`` =
+        min(sample_size, both counts) rows, of which the number from this partial is hypergeometric (k
+        draws without replacement from the union: weighted by the counts seen), each part a uniform subset
+        of its partial's reservoir (itself a uniform sample of that partial). Seeded: the draws come from
+        this partial's stream (keyed by ``seed`` and its first rows), so a merge is reproducible.
+        """
         if other.model is not self.model and other.model != self.model:
             raise ValueError("can only merge detectors of the same baseline model")
         total = self._n + other._n
         k = min(self.sample_size, total)
         if total and other._n:
-            # How many of k draws without replacement from the union come from self: hypergeometric.
-            mine = int(self._rng.hypergeometric(self._n, other._n, k)) if self._n else 0
-            a = self._sample[self._rng.permutation(self._sample.shape[0])[:mine]]
-            b = other._sample[self._rng.permutation(other._sample.shape[0])[:k - mine]]
+            rng = self._stream()
+            mine = int(rng.hypergeometric(self._n, other._n, k)) if self._n else 0
+            a = self._sample[rng.permutation(self._sample.shape[0])[:mine]]
+            b = other._sample[rng.permutation(other._sample.shape[0])[:k - mine]]
             self._sample = np.vstack([a, b])
         self._n = total
         return self
@@ -734,7 +758,7 @@ class DomainClassifier:
         return auc, float(u.pvalue)
 
     def state_dict(self):
-        return {"n": self._n, "sample": _nan_to_none(self._sample),
+        return {"n": self._n, "sample": _nan_to_none(self._sample), "keyed": self._keyed,
                 "rng": {k: str(v) if isinstance(v, int) else v for k, v in _flat_rng(self._rng).items()}}
 
     def load_state_dict(self, d):
@@ -744,6 +768,7 @@ class DomainClassifier:
         self._n = int(d["n"])
         self._sample = sample
         self._rng = _rng_from_flat(d["rng"])
+        self._keyed = bool(d.get("keyed", True))  # a checkpoint from before keyed streams: go on with its stream
         return self
 
     def __repr__(self):

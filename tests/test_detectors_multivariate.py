@@ -197,6 +197,41 @@ def test_classifier_merge_state_and_validation(classifier_model):
             DomainClassifier(classifier_model, **bad)
 
 
+def _rows(first, n):
+    return np.tile(np.arange(first, first + n, dtype=float)[:, None], (1, len(KINDS)))
+
+
+def test_classifier_merge_is_distributed_as_one_process_sample(classifier_model):
+    """Partials of one window are built by twins with the same seed (every worker's window detector is the
+    config's): their merge must still be a uniform sample of the union, as one process's reservoir is.
+    Each row is kept with probability size/total whatever its partial (weighted by the counts seen), and
+    two rows of different partials are kept together as often as in a uniform sample: identically seeded
+    reservoirs that pick the same slots would keep row i of one partial with row i of the other ten times
+    as often."""
+    size, reps = 100, 300
+    kept = np.zeros(4000)
+    for rep in range(reps):  # partials of 1000 and 3000 rows: each row kept with probability 100/4000
+        a = DomainClassifier(classifier_model, sample_size=size, seed=rep).update_codes(_rows(0, 1000))
+        b = DomainClassifier(classifier_model, sample_size=size, seed=rep)
+        for start in range(1000, 4000, 700):  # other batch sizes on the other worker
+            b.update_codes(_rows(start, min(700, 4000 - start)))
+        a.merge(b)
+        assert a.n == 4000 and a.sample.shape[0] == size and np.unique(a.sample[:, 0]).size == size
+        kept[a.sample[:, 0].astype(int)] += 1
+    from_a = kept[:1000].sum() / reps  # hypergeometric(1000, 3000, 100): mean 25, sd ~4.3; over 300 reps
+    assert abs(from_a - 25.0) < 5 * 4.3 / np.sqrt(reps)
+    assert sps.chisquare(kept.reshape(100, 40).sum(axis=1)).pvalue > 0.001  # uniform over the union
+
+    together, pairs = 0, 1000
+    for rep in range(reps):  # equal partials with equal seeds: the case where shared slots would show
+        a = DomainClassifier(classifier_model, sample_size=size, seed=rep).update_codes(_rows(0, pairs))
+        b = DomainClassifier(classifier_model, sample_size=size, seed=rep).update_codes(_rows(pairs, pairs))
+        rows = set(a.merge(b).sample[:, 0].astype(int).tolist())
+        together += sum(i in rows and i + pairs in rows for i in range(pairs))
+    expected = reps * pairs * size / (2 * pairs) * (size - 1) / (2 * pairs - 1)  # ~743 in a uniform sample
+    assert abs(together - expected) < 5 * np.sqrt(expected)
+
+
 def test_classifier_no_drift_false_alarm_rate(classifier_model):
     # alpha = 0.05 here for resolution with 100 model fits; the p-value must be (about) uniform
     rng = np.random.default_rng(21)
