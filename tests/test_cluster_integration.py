@@ -222,11 +222,14 @@ def test_kill_9_of_the_aggregator_and_a_worker_loses_and_double_counts_nothing(t
                 producer.send(topic, value=m, partition=i % PARTITIONS)
             producer.flush()
             if k == 3:  # mid-stream, while the replicas work on it
-                # the last replica's join may be moving the aggregator right now: wait for it to settle
-                [agg] = first.wait(lambda: (a := _aggregators(replicas)) and len(a) == 1 and a, 60, "one aggregator")
+                # The last replica's join may still move the aggregator (one that has not written yet would
+                # never write): pick the one aggregator once it has written its changelog.
+                def settled():
+                    aggs = _aggregators(replicas)
+                    return len(aggs) == 1 and aggs[0].status()["cluster"]["changelog_writes"] > 0 and aggs
+                [agg] = first.wait(settled, 60, "one aggregator with a changelog record")
                 other = next(d for d in replicas if d is not agg)
                 first.wait(lambda: (agg.status() or {}).get("messages_consumed", 0) > 0, 30, "consuming")
-                first.wait(lambda: (agg.status() or {})["cluster"]["changelog_writes"] > 0, 60, "a changelog record")
                 agg.kill9()
                 other.kill9()
                 survivors = [d for d in replicas if d not in (agg, other)]
