@@ -1,7 +1,7 @@
 """cProfile of a benchmark's subject, for finding where the time goes.
 
     python -m bench.profile pipeline [--messages 200000] [--top 25]
-    python -m bench.profile daemon   [--messages 200000] [--top 25]   # needs the Kafka jars
+    python -m bench.profile daemon   [--messages 200000] [--top 25] [--client confluent-kafka]   # needs the Kafka jars
 
 ``pipeline`` profiles ``Pipeline.process`` over batches of 2000 wide() messages;
 ``daemon`` fills a topic on a fresh Apache Kafka broker and profiles the daemon's
@@ -53,7 +53,7 @@ def profile_pipeline(messages: int, top: int, out=sys.stdout) -> None:
     _print(prof, top, out)
 
 
-def profile_daemon(messages: int, top: int, out=sys.stdout) -> None:
+def profile_daemon(messages: int, top: int, out=sys.stdout, client: str = "kafka-python") -> None:
     import msgspec
 
     from bench.common import make_setup, message_pool, scratch_dir
@@ -70,7 +70,7 @@ def profile_daemon(messages: int, top: int, out=sys.stdout) -> None:
         broker.create_topic(TOPIC, 1)
         _produce(broker.bootstrap, pool, messages)
         tree = msgspec.to_builtins(config)
-        tree["kafka"] = {"bootstrap_servers": broker.bootstrap, "topic": TOPIC, "group_id": "profile"}
+        tree["kafka"] = {"bootstrap_servers": broker.bootstrap, "topic": TOPIC, "group_id": "profile", "client": client}
         tree["http"] = {"host": "127.0.0.1", "port": 0}
         tree["state"] = {"dir": tempfile.mkdtemp(prefix="state-", dir=tmp)}
         daemon = Daemon(msgspec.convert(tree, Config), baseline).start()
@@ -88,7 +88,7 @@ def profile_daemon(messages: int, top: int, out=sys.stdout) -> None:
             done = daemon.pipeline.consumed - done
         finally:
             daemon.shutdown()
-    print(f"Daemon._consume_once: {done:,} messages in {elapsed:.2f} s under cProfile ({done / elapsed:,.0f} msg/s)",
+    print(f"Daemon._consume_once ({client}): {done:,} messages in {elapsed:.2f} s under cProfile ({done / elapsed:,.0f} msg/s)",
           file=out)
     _print(prof, top, out)
 
@@ -98,11 +98,13 @@ def main(argv=None) -> None:
     parser.add_argument("what", choices=("pipeline", "daemon"))
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--client", choices=("kafka-python", "confluent-kafka"), default="kafka-python",
+                        help="kafka.client of the profiled daemon")
     args = parser.parse_args(argv)
     if args.what == "pipeline":
         profile_pipeline(args.messages, args.top)
     else:
-        profile_daemon(args.messages, args.top)
+        profile_daemon(args.messages, args.top, client=args.client)
 
 
 if __name__ == "__main__":
