@@ -152,6 +152,13 @@ def markdown(doc: dict) -> str:
                          f"(pipeline per 5000-event window) | {f['windows_per_evaluation']:.1f} | | |")
     if "join" in r:
         lines += join_rows(r["join"])
+    earlier = {}  # a partial run keeps the other figures: say which run each came from
+    for name, entry in r.items():
+        if name != "soak" and entry.get("run_at") not in (None, doc.get("started_at")):
+            earlier.setdefault(entry["run_at"], []).append(name)
+    if earlier:
+        lines += ["", "Kept from earlier runs: " + "; ".join(f"{', '.join(names)} ({at})" for at, names in earlier.items())
+                  + "."]
     if "soak" in r:
         lines += ["", *soak_markdown(r["soak"])]
     lines += ["", "## Details", ""]
