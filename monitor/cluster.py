@@ -18,6 +18,14 @@ before anything is emitted. A new aggregator restores that record and re-reads t
 offset. A partial for a window the aggregator already merged from that partition (a worker re-read
 after a crash) is a duplicate and is dropped; one for a window already closed is late: counted in
 ``driftmon_cluster_late_partials_total``, never merged.
+
+With labels (``schema.label`` and ``schema.prediction``), the label join happens at the worker that owns
+the prediction's partition: label partition *p* is assigned with prediction partition *p* (the topics are
+co-partitioned, the range assignor pinned). The worker keeps, per partition, the pending joins, the open
+prediction window and the open performance windows (event time, ``labels.window_duration``), and writes
+them at every cut in one Kafka transaction with the partials and the consumed offsets
+(``monitor/join_changelog.py``); the aggregator merges the performance partials like the others, and sums
+each partition's cumulative label counts.
 """
 
 from __future__ import annotations
@@ -25,12 +33,15 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import threading
 import time
 
 from monitor.config import ConfigError
 from monitor.kafka_client import (FencedError, create_topics, make_group_consumer, make_producer,
                                   make_transactional_producer, read_to_end)
+from monitor.join import RocksStore
+from monitor.performance import LabelledWindow, PerformanceTracker
 from monitor.pipeline import Pipeline
 from monitor.window import Window
 
@@ -39,8 +50,89 @@ __all__ = ["Cluster", "Worker", "Aggregator"]
 log = logging.getLogger(__name__)
 
 
+class _PairTracker(PerformanceTracker):
+    """A worker's label join and performance windows for one source partition: a closed performance
+    window becomes a partial, not a verdict."""
+
+    def _close(self, window: LabelledWindow | None = None) -> dict:
+        return {"start": window.start, "end": window.end, "window": window.state_dict()}
+
+    def mark(self) -> float:
+        """Every join of this partition before this event time has been reported (the performance watermark)."""
+        streams = self.prediction_time if self.label_decoder is None else min(self.prediction_time, self.label_time)
+        return max(streams, self.closed_until)
+
+    def counts(self) -> dict:
+        """Cumulative label counts of the partition (the aggregator sums the latest of every partition)."""
+        join = self.join
+        return {"received": join.received, "matched": join.matched, "expired": join.expired,
+                "pending": join.pending, "late": self.late, "delay_counts": list(self.delay_counts),
+                "delay_sum": self.delay_sum}
+
+    def restore_counts(self, counts: dict) -> None:
+        join = self.join
+        join.received, join.matched, join.expired = counts["received"], counts["matched"], counts["expired"]
+        self.late, self.delay_counts, self.delay_sum = counts["late"], list(counts["delay_counts"]), counts["delay_sum"]
+
+
+class _ChangelogStore(RocksStore):
+    """The partition's RocksDB join store, which also records which ids changed since the last cut (every
+    write lands through ``_land``); the cut reads their current entries (None: gone) for the changelog."""
+
+    def __init__(self, path: str):
+        self.changed: set[str] = set()
+        super().__init__(path)
+
+    def _land(self, wb, undo: list, count: int) -> None:
+        super()._land(wb, undo, count)
+        self.changed.update(ek[1:].decode() for ek, _raw, _index in undo)
+
+    def changes(self) -> dict:
+        """id -> its entry now, or None, for every id changed since the last cut."""
+        keys = sorted(self.changed)
+        return dict(zip(keys, self.get_many(keys)))
+
+    def settle(self) -> None:
+        """The changes are in Kafka: drop the undo records (the changelog, not the store, is the recovery)."""
+        self.durable({"epoch": self.epoch})
+
+
+class _Totals:
+    """The aggregator's label counts: the sums of every partition's latest cumulative counts (in place of the
+    tracker's join, which the aggregator does not run)."""
+
+    def __init__(self):
+        self.received = self.matched = self.expired = self.pending = 0
+
+    def state_dict(self) -> dict:
+        return {"received": self.received, "matched": self.matched, "expired": self.expired, "pending": self.pending}
+
+    def load_state_dict(self, state: dict) -> "_Totals":
+        self.received, self.matched, self.expired = state["received"], state["matched"], state["expired"]
+        self.pending = state.get("pending", 0)
+        return self
+
+    def expire(self, now=None) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
 class _PartitionPipeline(Pipeline):
     """A worker's pipeline for one source partition: a closed window becomes a partial, not a verdict."""
+
+    def __init__(self, config, baseline, join_path: str | None = None):
+        super().__init__(config, baseline)
+        self.dirty = False  # processed anything since the last cut
+        self.store: _ChangelogStore | None = None  # the join's store (labels topic only)
+        if self.tracker is not None:
+            self.tracker = _PairTracker(config, baseline)
+            if join_path is not None and config.labels_on_topic:
+                self.tracker.join.store.close()
+                self.store = self.tracker.join.store = _ChangelogStore(join_path)
+                self.store.clear()  # filled from the changelog, never from a previous owner's disk
+                self.store.changed.clear()
 
     def _close(self, next_start: float | None, complete: bool = True) -> dict:
         window = self.window
@@ -55,19 +147,46 @@ class _PartitionPipeline(Pipeline):
 class Worker:
     """Per-partition event-time windows of this replica's share of the prediction topic."""
 
-    def __init__(self, config, baseline):
+    def __init__(self, config, baseline, join_dir: str | None = None):
         self.config = config
         self.baseline = baseline
+        self.join_dir = join_dir  # the pairs' RocksDB join stores (emptyDir: refilled from the changelog)
         self.parts: dict[str, _PartitionPipeline] = {}
         self.pending: list[tuple[str, dict]] = []  # (source partition, partial) not yet produced
         self.late = 0  # events older than their partition's open window (merged into it, as in single mode)
         self.seen: dict[str, float] = {}  # partition -> when it last sent records (monotonic)
+        # labels: a partition's state goes to Kafka in transactions (cuts), see monitor/join_changelog.py
+        self.pairs = bool(config.cluster.enabled and config.schema.label is not None
+                          and config.schema.prediction is not None)
+        self.topic = config.kafka.topic if config.kafka is not None else None
+        self.labels_topic = config.kafka.labels_topic if config.kafka is not None else None
+        self.labelled: dict[str, list[dict]] = {}  # partition -> performance partials not yet written
+        self.seq: dict[str, int] = {}  # partition -> cuts written (the aggregator drops a count it has seen)
+        self.staged: dict[str, _PartitionPipeline | None] = {}  # restored on assignment, installed by _part
+        self.restored = 0  # partitions restored from a state record of the changelog
+
+    def pair_key(self, key: str) -> str:
+        """The prediction partition's key for a prediction or label partition key (labels)."""
+        return f"{self.topic}:{key.rsplit(':', 1)[1]}" if self.pairs else key
+
+    def new_part(self, key: str) -> _PartitionPipeline:
+        path = None
+        if self.pairs and self.join_dir is not None:
+            path = os.path.join(self.join_dir, key.rsplit(":", 1)[1])
+        return _PartitionPipeline(self.config, self.baseline, path)
 
     def _part(self, key: str) -> _PartitionPipeline:
         part = self.parts.get(key)
         if part is None:
-            part = self.parts[key] = _PartitionPipeline(self.config, self.baseline)
+            part = self.staged.pop(key, None) if self.pairs else None
+            if part is None:
+                part = self.new_part(key)
+            self.parts[key] = part
         return part
+
+    def blocked(self, key: str) -> bool:
+        """A partition whose restore failed: its records wait (nothing of it is committed) for the rejoin."""
+        return self.pairs and key in self.staged and self.staged[key] is None
 
     def process(self, key: str, values, times, offsets):
         """Feed one partition's batch; closed windows join :attr:`pending`. Returns the decoded batch."""
@@ -77,7 +196,71 @@ class Worker:
         partials, batch = part.process(values, times, key, offsets)
         self.late += part.late - before
         self.pending += [(key, p) for p in partials]
+        self._take_labelled(key, part)
         return batch
+
+    def process_labels(self, key: str, values, times, offsets):
+        """Feed one label partition's batch to the join of its prediction partition. Returns the decoded batch."""
+        pair = self.pair_key(key)
+        part = self._part(pair)
+        batch = part.process_labels(values, times, key, offsets)
+        self._take_labelled(pair, part)
+        return batch
+
+    def _take_labelled(self, key: str, part: _PartitionPipeline) -> None:
+        part.dirty = True
+        if part.performance:
+            self.labelled.setdefault(key, []).extend(part.take_performance())
+
+    # ---- cuts (labels): what one transaction writes ---------------------------------------------------
+
+    def cut(self, key: str) -> tuple[list[dict], dict, dict, dict]:
+        """(partials, join changes, state record, consumed offsets) of partition ``key`` since the last cut;
+        nothing is cleared until :meth:`cut_done` (a failed transaction is written again)."""
+        part = self.parts[key]
+        tracker = part.tracker
+        seq = self.seq.get(key, 0) + 1
+        partials = [{"partition": k, **p} for k, p in self.pending if k == key]
+        partials.append({"partition": key, "kind": "labels", "seq": seq, "watermark": _finite(tracker.mark()),
+                         "windows": self.labelled.get(key, []), "counts": tracker.counts()})
+        label_key = f"{self.labels_topic}:{key.rsplit(':', 1)[1]}" if self.labels_topic else None
+        positions = {k: part.positions[k] for k in (key, label_key) if k is not None and k in part.positions}
+        state = {"seq": seq, "positions": positions, "window": part.window.state_dict(), "late": part.late,
+                 "tracker": tracker.timed_state(), "counts": tracker.counts(),
+                 "watermark": _finite(tracker.join.watermark)}
+        offsets = {(k.rsplit(":", 1)[0], int(k.rsplit(":", 1)[1])): o for k, o in positions.items()}
+        return partials, part.store.changes() if part.store is not None else {}, state, offsets
+
+    def cut_done(self, key: str, seq: int) -> None:
+        part = self.parts[key]
+        self.seq[key] = seq
+        self.pending = [(k, p) for k, p in self.pending if k != key]
+        self.labelled.pop(key, None)
+        part.dirty = False
+        if part.store is not None:
+            part.store.changed.clear()
+            part.store.settle()
+
+    def restore(self, key: str, entries: dict, state: dict | None) -> _PartitionPipeline:
+        """A partition as the changelog's last committed cut left it (its store filled with ``entries``)."""
+        part = self.new_part(key)
+        tracker = part.tracker
+        items = list(entries.items())
+        for i in range(0, len(items), 10_000):
+            tracker.join.store.apply(dict(items[i:i + 10_000]), {})
+        if part.store is not None:
+            part.store.changed.clear()  # what the changelog holds already
+            part.store.settle()
+        if state is not None:
+            part.window.load_state_dict(state["window"])
+            part.late = state["late"]
+            part.positions = dict(state["positions"])
+            tracker.load_timed_state(state["tracker"])
+            tracker.restore_counts(state["counts"])
+            tracker.join.watermark = -math.inf if state["watermark"] is None else state["watermark"]
+            self.seq[key] = state["seq"]
+            self.restored += 1
+        return part
 
     def tick(self, now: float, idle: bool, owned=None, quiet: float = 2.0) -> None:
         """Close open windows whose end plus ``window.grace`` has passed on the clock, for partitions that sent
@@ -94,6 +277,12 @@ class Worker:
             if window.start is not None and window.end + grace <= now and (window.events or window.invalid):
                 self.pending.append((key, part._close(next_start=None)))
                 part.window.start = part.window.end = None  # the next event opens its own window
+                part.dirty = True
+            if part.tracker is not None and self.pairs:
+                closed = part.tracker.tick(now)
+                if closed:
+                    self.labelled.setdefault(key, []).extend(closed)
+                    part.dirty = True
 
     def positions(self) -> dict[str, int]:
         return {key: part.positions[key] for key, part in self.parts.items() if key in part.positions}
@@ -110,9 +299,19 @@ class Worker:
         return out
 
     def release(self, keys) -> None:
+        keys = {self.pair_key(k) if self.pairs else k for k in keys}
         for key in keys:
-            self.parts.pop(key, None)
-        self.pending = [(k, p) for k, p in self.pending if k not in set(keys)]
+            part = self.parts.pop(key, None)
+            self.staged.pop(key, None)
+            self.labelled.pop(key, None)
+            self.seq.pop(key, None)
+            if part is not None and part.tracker is not None:
+                part.tracker.join.close()
+        self.pending = [(k, p) for k, p in self.pending if k not in keys]
+
+
+def _finite(t: float) -> float | None:
+    return t if math.isfinite(t) else None
 
 
 class Aggregator:
@@ -133,10 +332,21 @@ class Aggregator:
         self.merged: dict[str, int] = {}  # source partition -> last offset merged from it
         self.closed_until = -math.inf  # end of the last closed window
         self.position: int | None = None  # next partials offset to read
+        # labels: merged performance windows, each partition's performance watermark and latest counts
+        self.labelled: dict[float, LabelledWindow] = {}
+        self.labelled_arrived: dict[float, float] = {}
+        self.label_marks: dict[str, float] = {}
+        self.label_counts: dict[str, dict] = {}
+        self.label_seq: dict[str, int] = {}
+        self.labelled_until = -math.inf  # end of the last closed performance window
+        self.late_labelled = 0  # performance partials for windows already closed
 
     def add(self, offset: int, record: dict) -> None:
         """Apply one partial (read at ``offset`` of the partials topic)."""
         self.position = offset + 1
+        if record.get("kind") == "labels":
+            self._add_labels(record)
+            return
         key, start = record["partition"], record["start"]
         self.watermarks[key] = max(self.watermarks.get(key, -math.inf), record["watermark"])
         span = record["window"]["offsets"].get(key)
@@ -159,8 +369,61 @@ class Aggregator:
         part.index = window.index  # the worker's own count of its partition's windows
         window.merge(part)  # exact: counts and histograms add (Window.merge)
 
+    def _add_labels(self, record: dict) -> None:
+        """A partition's cut: its closed performance windows, its performance watermark, its label counts."""
+        key, seq = record["partition"], record["seq"]
+        if seq <= self.label_seq.get(key, 0):
+            self.duplicates += 1  # a transaction written twice (a commit whose answer was lost)
+            return
+        self.label_seq[key] = seq
+        self.label_counts[key] = record["counts"]
+        if record["watermark"] is not None:
+            self.label_marks[key] = max(self.label_marks.get(key, -math.inf), record["watermark"])
+        tracker = self.pipeline.tracker
+        for partial in record["windows"]:
+            start = partial["start"]
+            if start < self.labelled_until:
+                self.late_labelled += 1
+                log.warning("late performance partial from %s for the window at %s, closed already: counted, "
+                            "not merged", key, start)
+                continue
+            window = self.labelled.get(start)
+            if window is None:
+                window = self.labelled[start] = tracker.new_labelled(start)
+                self.labelled_arrived[start] = time.time()
+            window.merge(tracker.new_labelled(start).load_state_dict(partial["window"]))
+        self._sum_counts()
+
+    def _sum_counts(self) -> None:
+        tracker = self.pipeline.tracker
+        counts = list(self.label_counts.values())
+        totals = tracker.join  # _Totals
+        for name in ("received", "matched", "expired", "pending"):
+            setattr(totals, name, sum(c[name] for c in counts))
+        tracker.late = sum(c["late"] for c in counts)
+        tracker.delay_sum = sum(c["delay_sum"] for c in counts)
+        tracker.delay_counts = [sum(col) for col in zip(*(c["delay_counts"] for c in counts))] or \
+            [0] * len(tracker.delay_counts)
+
+    def _close_labelled(self, partitions: int, now: float) -> None:
+        """Evaluate the performance windows every partition has reported past (or whose grace is over)."""
+        keys = [f"{self.topic}:{p}" for p in range(partitions)]
+        mark = min((self.label_marks.get(k, -math.inf) for k in keys), default=-math.inf)
+        tracker = self.pipeline.tracker
+        for start in sorted(self.labelled):
+            window = self.labelled[start]
+            waited = now - self.labelled_arrived.get(start, now)
+            if not (window.end <= mark or (window.end + self.grace <= now and waited >= self.grace)):
+                break
+            del self.labelled[start]
+            self.labelled_arrived.pop(start, None)
+            self.pipeline.performance.append(tracker._close(window))
+            self.labelled_until = max(self.labelled_until, window.end)
+
     def close(self, partitions: int, now: float) -> list[dict]:
         """Evaluate the windows every source partition has reported past (or whose grace is over), oldest first."""
+        if self.pipeline.tracker is not None and self.pipeline.tracker.duration is not None:
+            self._close_labelled(partitions, now)
         keys = [f"{self.topic}:{p}" for p in range(partitions)]
         mark = min((self.watermarks.get(k, -math.inf) for k in keys), default=-math.inf)
         results = []
@@ -184,7 +447,12 @@ class Aggregator:
                 "arrived": [self.arrived.get(s) for s in sorted(self.open)],
                 "watermarks": dict(self.watermarks), "merged": dict(self.merged),
                 "closed_until": None if math.isinf(self.closed_until) else self.closed_until,
-                "position": self.position, "late": self.late, "duplicates": self.duplicates}
+                "position": self.position, "late": self.late, "duplicates": self.duplicates,
+                "labelled": [w.state_dict() for _s, w in sorted(self.labelled.items())],
+                "labelled_arrived": [self.labelled_arrived.get(s) for s in sorted(self.labelled)],
+                "label_marks": dict(self.label_marks), "label_counts": dict(self.label_counts),
+                "label_seq": dict(self.label_seq), "labelled_until": _finite(self.labelled_until),
+                "late_labelled": self.late_labelled}
 
     def load_state_dict(self, state: dict) -> "Aggregator":
         self._reset()
@@ -196,11 +464,44 @@ class Aggregator:
         self.closed_until = -math.inf if state["closed_until"] is None else state["closed_until"]
         self.position = state["position"]
         self.late, self.duplicates = state["late"], state["duplicates"]
+        tracker = self.pipeline.tracker
+        for ws, arrived in zip(state.get("labelled", []), state.get("labelled_arrived", [])):
+            self.labelled[ws["start"]] = tracker.new_labelled(ws["start"]).load_state_dict(ws)
+            self.labelled_arrived[ws["start"]] = arrived if arrived is not None else time.time()
+        self.label_marks = dict(state.get("label_marks", {}))
+        self.label_counts = dict(state.get("label_counts", {}))
+        self.label_seq = dict(state.get("label_seq", {}))
+        until = state.get("labelled_until")
+        self.labelled_until = -math.inf if until is None else until
+        self.late_labelled = state.get("late_labelled", 0)
+        if tracker is not None and isinstance(tracker.join, _Totals):
+            self._sum_counts()
         return self
 
 
 #: the largest partial or changelog record (a request, a topic's max.message.bytes)
 MAX_RECORD_BYTES = 16 * 1024 * 1024
+
+
+class _Restoring:
+    """The positions the source seeks to on assignment (``get(key, default)``), restoring partitions new to
+    this replica from the changelog first (see :meth:`Cluster.restore`)."""
+
+    def __init__(self, cluster: "Cluster"):
+        self.cluster = cluster
+
+    def get(self, key: str, default=None):
+        worker = self.cluster.worker
+        topic = key.rsplit(":", 1)[0]
+        if topic not in (worker.topic, worker.labels_topic):
+            return default
+        pair = worker.pair_key(key)
+        part = worker.parts.get(pair) or worker.staged.get(pair)
+        if part is None and pair not in worker.staged:
+            part = self.cluster.restore(pair)
+        if part is None:
+            return default
+        return part.positions.get(key, default)
 
 
 class Cluster:
@@ -220,7 +521,14 @@ class Cluster:
         kafka = config.kafka
         self.partials_topic, self.changelog_topic, self.group_id = config.cluster.names(
             kafka.topic, config.model, kafka.group_id)
-        self.worker = Worker(config, daemon.baseline)
+        self.join_topic = config.cluster.join_changelog_topic or f"{kafka.topic}.driftmon.{config.model}.join"
+        self.worker = Worker(config, daemon.baseline, os.path.join(config.state.dir, "cluster-labels"))
+        self.logs: dict = {}  # partition -> its changelog writer (monitor.join_changelog.PartitionLog; labels)
+        self.rejoin = False  # a partition's state could not be restored or written: leave and rejoin the group
+        self.cuts = 0  # transactions written (labels)
+        if self.worker.pairs:
+            daemon.pipeline.tracker.join.close()
+            daemon.pipeline.tracker.join = _Totals()  # the aggregator sums the partitions' counts
         # what a first aggregator starts from (a take-over without a changelog record starts there too)
         self._fresh = {"pipeline": daemon.pipeline.state_dict(), "alerts": daemon.alerts.state_dict()}
         self.aggregator = Aggregator(daemon.pipeline, kafka.topic, config.cluster.grace_seconds)
@@ -242,10 +550,15 @@ class Cluster:
     def status(self) -> dict:
         """The /status section (read without the lock: plain numbers)."""
         agg = self.aggregator
-        return {"aggregator": self.active, "partials_topic": self.partials_topic,
-                "changelog_topic": self.changelog_topic, "partials_produced": self.partials_produced,
-                "late_partials": agg.late, "duplicate_partials": agg.duplicates,
-                "open_windows": len(agg.open), "changelog_writes": self.changelog_writes}
+        out = {"aggregator": self.active, "partials_topic": self.partials_topic,
+               "changelog_topic": self.changelog_topic, "partials_produced": self.partials_produced,
+               "late_partials": agg.late, "duplicate_partials": agg.duplicates,
+               "open_windows": len(agg.open), "changelog_writes": self.changelog_writes}
+        if self.worker.pairs:
+            out.update(join_changelog_topic=self.join_topic, join_transactions=self.cuts,
+                       partitions_restored=self.worker.restored, late_performance_partials=agg.late_labelled,
+                       open_performance_windows=len(agg.labelled))
+        return out
 
     # ---- clients ----------------------------------------------------------------------------------
 
@@ -262,6 +575,11 @@ class Cluster:
         self._consumer = make_group_consumer(kafka, self.group_id, [self.partials_topic],
                                              on_assign=self._assigned, on_revoke=self._revoked)
         self.partitions = self._consumer.partitions(kafka.topic)
+        if kafka.labels_topic and self.worker.pairs:
+            self._check_copartitioned(kafka.topic, kafka.labels_topic)
+            if self.config.cluster.create_topics:
+                self._create_join_topic()
+            self._check_copartitioned(kafka.topic, self.join_topic, key="cluster.join_changelog_topic")
         self._thread = threading.Thread(target=self._run, name="driftmon-aggregator", daemon=True)
         self._thread.start()
         log.info("scale-out: partials on %s (aggregator group %s), changelog %s, %d source partitions",
@@ -284,8 +602,37 @@ class Cluster:
     def _revoked(self, partitions) -> None:
         self.assigned = False
 
+    def _check_copartitioned(self, topic: str, other: str, key: str = "kafka.labels_topic") -> None:
+        """The label join runs where the prediction's partition is: ``other`` must have ``topic``'s partitions."""
+        theirs = self._consumer.partitions(other)
+        if theirs != self.partitions:
+            raise ConfigError(key, f"{other} has {theirs} partitions and {topic} has {self.partitions}: "
+                              "scale-out joins labels where the prediction's partition is consumed, so both "
+                              "must have the same partition count (and labels keyed by the prediction id)")
+
+    def _create_join_topic(self) -> None:
+        configs = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000",
+                   "max.message.bytes": str(MAX_RECORD_BYTES)}
+        try:
+            created = create_topics(self.config.kafka, {self.join_topic: self.partitions},
+                                    replication_factor=self.config.cluster.replication_factor,
+                                    configs={self.join_topic: configs})
+        except Exception as exc:  # e.g. no Create ACL: one line naming the key, exit 2
+            raise ConfigError("cluster.create_topics", f"cannot create {self.join_topic} ({type(exc).__name__}: "
+                              f"{exc}); create it (docs/helm.md, scale-out topics) and set create_topics: "
+                              "false, or grant Create") from None
+        for topic in created:
+            log.info("created topic %s", topic)
+        # a topic just created may be missing from the client's metadata for a moment
+        deadline = time.monotonic() + 30
+        while created and self._consumer.partitions(self.join_topic) != self.partitions and time.monotonic() < deadline:
+            time.sleep(0.2)
+
     def close(self) -> None:
         self._stopping.set()
+        for partition_log in self.logs.values():
+            partition_log.close()
+        self.logs = {}
         if self._thread is not None:
             self._thread.join(timeout=1.0)
         if self._consumer is not None:
@@ -301,6 +648,8 @@ class Cluster:
     def produce_partials(self) -> bool:
         """Produce pending partials and wait for the broker's acknowledgement; True when none is pending."""
         worker = self.worker
+        if worker.pairs:
+            return True  # written in the partitions' transactions (see cut)
         if not worker.pending:
             return True
         model = self.config.model.encode()
@@ -325,6 +674,10 @@ class Cluster:
         now = time.monotonic()
         if not force and now - self._last_commit < self.config.kafka.commit_interval_seconds:
             return
+        if self.worker.pairs:
+            self.cut(list(self.worker.parts), force)
+            self._last_commit = now
+            return
         if not self.produce_partials():
             return  # the offsets wait for the partials they cover
         try:
@@ -334,9 +687,86 @@ class Cluster:
         self._last_commit = now
 
     def before_revoke(self) -> dict[str, int]:
+        if self.worker.pairs:
+            self.cut(list(self.worker.parts), force=True)
+            return {}  # committed in the transactions
         if not self.produce_partials():
             return {}  # nothing safe to commit beyond the last commit
         return self.worker.safe_offsets()
+
+    # ---- labels: a partition's state in Kafka (monitor/join_changelog.py) -----------------------------
+
+    def cut(self, keys, force: bool = False) -> None:
+        """Write each partition's changes since its last cut in one transaction (under the daemon's lock)."""
+        worker = self.worker
+        for key in keys:
+            part = worker.parts.get(key)
+            if part is None or not part.dirty:
+                continue
+            partials, changes, state, offsets = worker.cut(key)
+            partition_log = self.logs.get(key)
+            try:
+                if partition_log is None:
+                    partition_log = self.logs[key] = self._partition_log(key)
+                if partition_log.producer is None:
+                    partition_log.fence()
+                partition_log.write(self.partials_topic, self.config.model.encode(), partials, changes, state,
+                                    offsets)
+            except FencedError:
+                log.warning("fenced: another replica took over partition %s; rejoining the group", key)
+                self.rejoin = True
+                return
+            except Exception as exc:  # the broker is away: written again at the next cut (same seq)
+                log.warning("partition %s: state not written to %s, retrying: %s", key, self.join_topic, exc)
+                continue
+            worker.cut_done(key, state["seq"])
+            self.cuts += 1
+            self.partials_produced += len(partials)
+
+    def _partition_log(self, key: str):
+        from monitor.join_changelog import PartitionLog
+
+        return PartitionLog(self.config.kafka, self.join_topic, int(key.rsplit(":", 1)[1]), self.config.kafka.group_id)
+
+    def positions(self):
+        """What the source seeks to on assignment: with labels, a partition new to this replica is first
+        restored from its changelog (fenced, read to its end) and resumes at its last cut's positions."""
+        if not self.worker.pairs:
+            return self.worker.positions()
+        return _Restoring(self)
+
+    def restore(self, key: str) -> _PartitionPipeline | None:
+        """Restore a partition from the changelog (on kafka-python's thread, without the daemon's lock: the
+        result is staged, and the consuming thread installs it before the partition's first record)."""
+        worker = self.worker
+        partition_log = self._partition_log(key)
+        try:
+            partition_log.fence()
+            entries, state = partition_log.read()
+        except Exception as exc:  # the partition's records wait (see Worker.blocked) until the rejoin
+            log.warning("partition %s: state not restored from %s (%s); rejoining the group", key,
+                        self.join_topic, exc)
+            partition_log.close()
+            worker.staged[key] = None
+            self.rejoin = True
+            return None
+        part = worker.restore(key, entries, state)
+        old = self.logs.pop(key, None)
+        if old is not None:
+            old.close()
+        self.logs[key] = partition_log
+        worker.staged[key] = part
+        log.info("partition %s restored from %s: %d pending joins, resuming at %s", key, self.join_topic,
+                 len(entries), state["positions"] if state else "the committed offsets")
+        return part
+
+    def release(self, keys) -> None:
+        """Partitions gone to another replica: forget their state and their changelog writers."""
+        self.worker.release(keys)
+        for key in {self.worker.pair_key(k) for k in keys} if self.worker.pairs else ():
+            partition_log = self.logs.pop(key, None)
+            if partition_log is not None:
+                partition_log.close()
 
     def step(self, now: float) -> list[dict]:
         """Produce the worker's partials; as the aggregator, close the windows whose grace is over."""

@@ -620,6 +620,8 @@ class ClusterConfig(_Node):
     enabled: bool = False
     partials_topic: str | None = None  # default <kafka.topic>.driftmon.<model>.partials
     changelog_topic: str | None = None  # default <kafka.topic>.driftmon.<model>.aggregator (compacted)
+    # with labels: the workers' pending joins and open windows, one partition per source partition (compacted)
+    join_changelog_topic: str | None = None  # default <kafka.topic>.driftmon.<model>.join
     aggregator_group_id: str | None = None  # default <kafka.group_id>-aggregator
     # how long after a window's end the aggregator waits for partitions that have not reported past it
     grace: str = "30s"
@@ -699,8 +701,10 @@ class Config(_Node):
             raise ValueError("`cluster.enabled` with labels needs `labels.window_duration`: count windows of "
                              "labelled predictions are per process (the n-th join of a partition says nothing "
                              "about the others)")
-        if self.schema.label is not None and self.schema.prediction is not None:
-            raise ValueError("`cluster.enabled`: performance from labels is not merged across replicas yet")
+        if self.schema.label is not None and self.schema.prediction is not None and self.kafka.client != "kafka-python":
+            raise ValueError("`cluster.enabled` with labels needs `kafka.client: kafka-python` (the workers commit "
+                             "the group's offsets inside their transactions, which confluent-kafka ties to the "
+                             "group's own consumer)")
 
     def multivariate_features(self) -> list:
         """The features the multivariate methods watch (empty when they are off)."""

@@ -101,7 +101,7 @@ class Daemon:
         self.paused = False  # consumption paused until closed windows are durable and emitted
         self.listeners = []  # callables(result), e.g. the demo's live display
         self.last_window_end: float | None = None
-        if self.pipeline.tracker is not None and config.labels_on_topic:
+        if self.pipeline.tracker is not None and config.labels_on_topic and not config.cluster.enabled:
             self.labels_path = os.path.join(config.state.dir, "labels")
             self.writes["labels"] = WriteRetry("the label join store")
             self.pipeline.tracker.join.open(self.labels_path)
@@ -395,6 +395,10 @@ class Daemon:
             self._settle_dead_letters()
             with self.lock:
                 self._handle([])  # tries the checkpoint and the emission again, with backoff
+        if self.cluster is not None and self.cluster.rejoin:
+            self._rejoin()
+            if self.source is None:
+                return  # stopping while it reconnected
         self._pause(self._outgoing is not None or self.rewind)
         batches = self.source.poll(timeout_ms=500)
         if self.source.assigned or self.source.rebalances:  # joined the group: an idle member is ready too
@@ -413,6 +417,19 @@ class Daemon:
         if self.policy.commit_due():
             self.checkpoint()
             self._commit()
+
+    def _rejoin(self) -> None:
+        """Scale-out with labels: a partition's state could not be restored, or another replica fenced this
+        one's writes. Leave the group without committing, forget every partition, and join again: each
+        partition assigned then is restored from its changelog (monitor/join_changelog.py)."""
+        log.warning("leaving the consumer group to restore the partitions' state from %s", self.cluster.join_topic)
+        source, self.source = self.source, None
+        source.close(timeout_s=2.0)
+        with self.lock:
+            self.cluster.rejoin = False
+            self.cluster.release(list(self.cluster.worker.parts) + list(self.cluster.worker.staged))
+        self.consuming = False
+        self._connect()
 
     def _pause(self, paused: bool) -> None:
         """Pause consumption while closed windows cannot be made durable: memory stays bounded (the open
@@ -437,7 +454,15 @@ class Daemon:
                     break  # the rest of the poll is read again from the last durable checkpoint (see _recover)
                 if not self.source.owns(pb):
                     continue  # revoked since the poll: its next owner reads it (see KafkaSource.owns)
-                if self.cluster is not None and pb.topic == self.config.kafka.topic:
+                if self.cluster is not None and self.cluster.worker.blocked(self.cluster.worker.pair_key(pb.key)):
+                    continue  # its state could not be restored: read again after the rejoin
+                if self.cluster is not None and labels_topic and pb.topic == labels_topic:
+                    batch = self.cluster.worker.process_labels(pb.key, pb.values, pb.times, pb.offsets)
+                    self.pipeline.consumed += len(pb.values)  # the replica's own message counts
+                    self.pipeline.invalid.update(batch.invalid)
+                    self.pipeline.positions[pb.key] = int(pb.offsets[-1]) + 1
+                    results = []
+                elif self.cluster is not None and pb.topic == self.config.kafka.topic:
                     late = self.cluster.worker.late
                     batch = self.cluster.worker.process(pb.key, pb.values, pb.times, pb.offsets)
                     pipeline = self.pipeline  # the replica's own message counts (the aggregator's are global)
@@ -495,7 +520,7 @@ class Daemon:
             for key in keys:
                 self.pipeline.positions.pop(key, None)
             if self.cluster is not None:
-                self.cluster.worker.release(keys)
+                self.cluster.release(keys)
             self._changed = True
         log.info("partitions handed over to another member: %s", sorted(keys))
 
@@ -557,7 +582,7 @@ class Daemon:
         kafka = self.config.kafka
         backoff = 1.0
         while not self.stopping.is_set():
-            positions = self.cluster.worker.positions if self.cluster is not None else \
+            positions = self.cluster.positions if self.cluster is not None else \
                 (lambda: dict(self.pipeline.positions))
             source = make_source(kafka, positions, on_revoke=self._before_rebalance,
                                  on_release=self._release)

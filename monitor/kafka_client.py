@@ -169,8 +169,17 @@ def client_options(cfg: KafkaConfig) -> dict:
 
 
 def consumer_options(cfg: KafkaConfig) -> dict:
-    """The group consumer's options: auto-commit off, batched polls."""
+    """The group consumer's options: auto-commit off, batched polls, the range assignor.
+
+    The range assignor gives each member the same partition numbers of every subscribed topic with equal
+    partition counts, so label partition p goes where prediction partition p is read (the label join needs
+    it). It is kafka-python's default, pinned here so that a change of defaults cannot split the pairs
+    (ConfluentSource sets ``range`` too).
+    """
+    from kafka.coordinator.assignors.range import RangePartitionAssignor
+
     return dict(
+        partition_assignment_strategy=(RangePartitionAssignor,),
         group_id=cfg.group_id,
         enable_auto_commit=False,
         auto_offset_reset=cfg.auto_offset_reset,
@@ -898,8 +907,9 @@ def make_group_consumer(cfg: KafkaConfig, group_id: str, topics: list[str], on_a
 def make_transactional_producer(cfg: KafkaConfig, transactional_id: str, max_request_bytes: int | None = None,
                                 compression: str | None = None):
     """A producer (acks=all) whose records commit together: ``init(timeout_s)`` (fences every earlier producer
-    of ``transactional_id`` and aborts its open transaction), ``begin()``, ``send(topic, value, key)``,
-    ``commit(timeout_s)``, ``close(timeout_s)``. A fenced producer raises :class:`FencedError`; any other
+    of ``transactional_id`` and aborts its open transaction), ``begin()``, ``send(topic, value, key,
+    partition)``, ``send_offsets(offsets, group_id)`` (kafka-python only: the group's offsets commit with the
+    transaction), ``commit(timeout_s)``, ``close(timeout_s)``. A fenced producer raises :class:`FencedError`; any other
     failure :class:`ProduceError` (the transaction's outcome is then unknown: start over with a new producer).
     """
     if cfg.client == "confluent-kafka":
@@ -995,8 +1005,15 @@ class _KafkaPythonTransactions:
     def begin(self) -> None:
         self._call(self._producer.begin_transaction)
 
-    def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
-        self._call(self._producer.send, topic, value=value, key=key)
+    def send(self, topic: str, value: bytes | None, key: bytes | None = None, partition: int | None = None) -> None:
+        self._call(self._producer.send, topic, value=value, key=key, partition=partition)
+
+    def send_offsets(self, offsets: dict[tuple[str, int], int], group_id: str) -> None:
+        """Commit ``group_id``'s offsets ((topic, partition) -> next offset) with this transaction."""
+        from kafka.structs import OffsetAndMetadata
+
+        self._call(self._producer.send_offsets_to_transaction,
+                   {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}, group_id)
 
     def commit(self, timeout_s: float = 10.0) -> None:
         # kafka-python's commit_transaction() waits without a bound; an aggregator waiting forever under the
@@ -1137,12 +1154,17 @@ class _ConfluentTransactions:
     def begin(self) -> None:
         self._call(self._producer.begin_transaction)
 
-    def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+    def send(self, topic: str, value: bytes | None, key: bytes | None = None, partition: int | None = None) -> None:
+        extra = {} if partition is None else {"partition": partition}
         try:
-            self._call(self._producer.produce, topic, value=value, key=key)
+            self._call(self._producer.produce, topic, value=value, key=key, **extra)
         except BufferError:
             raise ProduceError("the producer's queue is full") from None
         self._producer.poll(0)
+
+    def send_offsets(self, offsets: dict[tuple[str, int], int], group_id: str) -> None:
+        # librdkafka takes the group's metadata from the group's own consumer, not a group id
+        raise ProduceError("committing a group's offsets in a transaction needs kafka.client: kafka-python")
 
     def commit(self, timeout_s: float = 10.0) -> None:
         self._call(self._producer.commit_transaction, timeout_s)  # flushes first: a failed record fails it

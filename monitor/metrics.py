@@ -73,6 +73,8 @@ NAMES = {
     "cluster_late_partials": ("counter", "Partials that reached the aggregator after their window closed (not merged)."),
     "cluster_duplicate_partials": ("counter", "Partials the aggregator had merged before (a worker's re-read), dropped."),
     "cluster_changelog_writes": ("counter", "Aggregator state records written to the changelog topic."),
+    "cluster_join_transactions": ("counter", "Transactions in which this replica wrote its partitions' label join "
+                                  "state, partials and offsets (scale-out with labels)."),
     "state_write_failures": ("counter", "Failed writes to the state directory (full or read-only disk), by target "
                              "(checkpoint, window_log, outbox); retried with backoff."),
     "state_last_write_timestamp_seconds": ("gauge", "Last successful write to the state directory, by target, "
@@ -230,9 +232,10 @@ class DriftmonCollector(Collector):
         if cluster is not None:
             for key, value in (("cluster_aggregator", 1 if cluster.active else 0),
                                ("cluster_partials_produced", cluster.partials_produced),
-                               ("cluster_late_partials", cluster.aggregator.late),
+                               ("cluster_late_partials", cluster.aggregator.late + cluster.aggregator.late_labelled),
                                ("cluster_duplicate_partials", cluster.aggregator.duplicates),
-                               ("cluster_changelog_writes", cluster.changelog_writes)):
+                               ("cluster_changelog_writes", cluster.changelog_writes),
+                               ("cluster_join_transactions", cluster.cuts)):
                 fam = _family(key, [])
                 fam.add_metric([m], value)
                 yield fam

@@ -147,3 +147,159 @@ def test_pca_reconstruction_and_embedding_partials_merge_to_the_single_process_w
         assert ea["histograms"] == eb["histograms"]  # from fixed-bin counts, which add: exact
         assert eb["mean_distance"]["distance"] == pytest.approx(ea["mean_distance"]["distance"], rel=1e-9)
     assert [w["multivariate"]["pca_reconstruction"]["drift"] for w in merged] == [False, True]
+
+
+@pytest.fixture(scope="module")
+def labelled_setup(tmp_path_factory):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+
+    from monitor.baseline import Baseline, build_baseline
+    from monitor.config import load_config
+    from tests.labelled import config as labelled_config, labelled
+
+    tmp = tmp_path_factory.mktemp("cluster-labels")
+    pq.write_table(pa.table(labelled(20_000, seed=1)), tmp / "train.parquet")
+    tree = labelled_config(window={"duration": "10s"},
+                           labels={"window_duration": "10s", "positive": "1", "timestamp_path": "timestamp"},
+                           kafka={"bootstrap_servers": "k:9092", "topic": "t", "group_id": "g", "labels_topic": "l"},
+                           cluster={"enabled": True})
+    tree["baseline"] = str(tmp / "baseline.json")
+    (tmp / "c.yaml").write_text(yaml.safe_dump(tree))
+    config = load_config(tmp / "c.yaml")
+    build_baseline(config, str(tmp / "train.parquet")).save(config.baseline)
+    return tmp, config, Baseline.load(config.baseline)
+
+
+def assert_same(a, b, where=""):
+    """Equal, floats to 1e-9 relative (sums of per-partition parts add in another order), all else exactly."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for key in a:
+            assert_same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and not isinstance(b, bool):
+        assert b == pytest.approx(a, rel=1e-9, abs=1e-12, nan_ok=True), where
+    else:
+        assert a == b, where
+
+
+def _phases(n_phases, per_phase=1200, labelled_share=0.9):
+    """Window k: predictions of period k and the labels (10 s later) of 90% of period k-1's predictions."""
+    from tests.labelled import label_messages, labelled, messages
+
+    out = []
+    for k in range(n_phases):
+        cols = labelled(per_phase, seed=20 + k, start=START + 10 * k + 0.01, rate=per_phase / 9.9, id_prefix=f"w{k}")
+        keep = int(per_phase * labelled_share)
+        labels = label_messages({key: v[:keep] for key, v in cols.items()}, delay=10.0)
+        out.append((messages(cols, with_label=False), labels))
+    return out
+
+
+def _split(phases, k, partitions=3):
+    """Phase k's records by partition (id order, as a keyed producer would spread them)."""
+    preds, labels = phases[k][0], phases[k - 1][1] if k else []
+    return {p: (preds[p::partitions], labels[p::partitions]) for p in range(partitions)}
+
+
+def test_labelled_partials_merge_to_the_single_process_performance_windows(labelled_setup):
+    """With labels, each worker partition joins its own labels; the performance partials and the label counts
+    of its cuts, through JSON, merge at the aggregator into one process's performance windows (exact: counts),
+    and a partition restored from its last cut (the changelog's entries and state record) goes on as if it had
+    never stopped."""
+    from monitor.cluster import _Totals
+
+    tmp, config, baseline = labelled_setup
+    phases = _phases(5)
+    single = Pipeline(config, baseline)
+    expected = []
+    for k in range(5):
+        single.process(phases[k][0])
+        if k:
+            single.process_labels(phases[k - 1][1])
+        expected += single.take_performance()
+    assert [r["window"]["labelled"] for r in expected] == [1080, 1080, 1080]
+
+    agg_pipeline = Pipeline(config, baseline)
+    agg_pipeline.tracker.join = _Totals()
+    agg = Aggregator(agg_pipeline, "t", grace=600.0)
+    worker = Worker(config, baseline, str(tmp / "join"))
+    changelog: dict[str, tuple[dict, dict]] = {}  # partition -> (entries, last state), as compaction keeps them
+    offset = 0
+    offsets = {}
+
+    def cut_all():
+        nonlocal offset
+        for key in sorted(worker.parts):
+            if not worker.parts[key].dirty:
+                continue
+            partials, changes, state, _offsets = worker.cut(key)
+            entries, _ = changelog.get(key, ({}, None))
+            for k_, v in changes.items():
+                if v is None:
+                    entries.pop(k_, None)
+                else:
+                    entries[k_] = json.loads(json.dumps(v))
+            changelog[key] = (entries, json.loads(json.dumps(state)))
+            worker.cut_done(key, state["seq"])
+            for partial in partials:
+                agg.add(offset, json.loads(json.dumps(partial)))
+                offset += 1
+
+    def feed(k, parts=range(3)):
+        for p, (preds, labels) in _split(phases, k).items():
+            if p not in parts:
+                continue
+            base = offsets.setdefault(p, [0, 0])
+            worker.process(f"t:{p}", preds, None, list(range(base[0], base[0] + len(preds))))
+            base[0] += len(preds)
+            if labels:
+                worker.process_labels(f"l:{p}", labels, None, list(range(base[1], base[1] + len(labels))))
+                base[1] += len(labels)
+
+    for k in range(3):
+        feed(k)
+        cut_all()
+    # partition 1 dies after its last cut: phase 3 is read again by its new owner, restored from the changelog
+    feed(3, parts=[1])
+    matched = worker.parts["t:1"].tracker.join.matched
+    worker.release(["t:1"])
+    entries, state = changelog["t:1"]
+    restored = worker.restore("t:1", entries, state)
+    assert restored.positions == {"t:1": 1200, "l:1": 720}  # where phase 3 of partition 1 starts
+    assert restored.tracker.join.matched == matched - 360 and restored.tracker.join.pending == len(entries) == 480
+    offsets[1] = [1200, 720]
+    worker.staged["t:1"] = restored
+    feed(3)
+    cut_all()
+    feed(4)
+    cut_all()
+    results = agg.close(3, now=START + 45)
+    merged = agg_pipeline.take_performance()
+    assert [r["window"]["labelled"] for r in merged] == [1080, 1080, 1080]
+    for a, b in zip(expected, merged):
+        assert a["window"] == b["window"]
+        for section in ("metrics", "drops", "fairness", "segments", "label_drift"):
+            assert_same(a[section], b[section], section)
+        assert b["error_rate"] is None  # no ADWIN in scale-out: the error stream has no order across partitions
+    totals = agg_pipeline.tracker.join
+    assert (totals.received, totals.matched) == (single.tracker.join.received, single.tracker.join.matched) \
+        == (4320, 4320)
+    assert totals.pending == single.tracker.join.pending == 5 * 1200 - 4320
+    assert agg_pipeline.tracker.delay_counts == single.tracker.delay_counts
+    assert len(results) == 4 and agg.late_labelled == 0
+    # a cut written twice (a lost commit answer) is dropped by its sequence number
+    before = agg.duplicates
+    agg.add(offset, {"partition": "t:0", "kind": "labels", "seq": 1, "watermark": None, "windows": [],
+                     "counts": {}})
+    assert agg.duplicates == before + 1
+    state = json.loads(json.dumps(agg.state_dict()))
+    again = Aggregator(Pipeline(config, baseline), "t", grace=600.0)
+    again.pipeline.tracker.join = _Totals()
+    again.load_state_dict(state)
+    assert again.label_seq == agg.label_seq and again.pipeline.tracker.join.matched == 4320

@@ -343,3 +343,228 @@ def test_internal_topics_that_cannot_be_created_stop_the_start_with_one_line(tmp
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert last.startswith("config error: cluster.create_topics: cannot create ") and "Traceback" not in proc.stderr
     assert f"{topic}.driftmon.car-loan.partials" in last
+
+
+# ---- labels: the join at the worker that owns the prediction's partition ------------------------------
+
+PHASES = 6  # phase k: predictions of period k, and the labels (10 s later) of 90% of period k-1's
+PER_PHASE = 1200
+LABELLED = 1080
+
+
+def _labelled_config(tmp_path, broker, topic: str, labels_topic: str, receiver) -> str:
+    """The labelled model of tests/labelled.py, event-time windows of 10 s for predictions and performance."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from monitor.baseline import build_baseline
+    from monitor.config import load_config
+    from tests.labelled import config as labelled_config, labelled
+
+    pq.write_table(pa.table(labelled(20_000, seed=1)), tmp_path / "train.parquet")
+    tree = labelled_config(
+        window={"duration": "10s"},
+        # ttl 17 s: an unlabelled prediction expires two phases later, whatever the partition's latest time
+        labels={"window_duration": "10s", "positive": "1", "timestamp_path": "timestamp", "ttl": "17s"},
+        kafka={"bootstrap_servers": broker.bootstrap, "topic": topic, "labels_topic": labels_topic,
+               "group_id": f"single-{topic}", "max_poll_interval_ms": 10000, "session_timeout_ms": 6000,
+               "lag_interval": "1s", "commit_interval": "200ms"},
+        alerts={"webhooks": [{"url": receiver.url + "/single"}]},
+        state={"dir": "state", "checkpoint_interval": "1s"})
+    tree["baseline"] = str(tmp_path / "baseline.json")
+    path = tmp_path / "driftmon.yaml"
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    build_baseline(load_config(path), str(tmp_path / "train.parquet")).save(tree["baseline"])
+    return str(path)
+
+
+def _labelled_stream(start: float) -> list[tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]]:
+    """Per phase: (partition, prediction) and (partition, label) pairs; a label goes to its prediction's
+    partition (co-partitioned, as a producer keyed by id does). Each phase's events lie in the first half of
+    its 10 s, so the TTL's horizon falls between phases on every partition."""
+    from tests.labelled import label_messages, labelled, messages
+
+    out = []
+    for k in range(PHASES):
+        cols = labelled(PER_PHASE, seed=40 + k, start=start + 10 * k + 0.01, rate=PER_PHASE / 5.0, id_prefix=f"w{k}")
+        preds = [(i % PARTITIONS, m) for i, m in enumerate(messages(cols, with_label=False))]
+        labels = label_messages({key: v[:LABELLED] for key, v in cols.items()}, delay=10.0)
+        out.append((preds, [(i % PARTITIONS, m) for i, m in enumerate(labels)]))
+    return out
+
+
+def _performance(daemons) -> dict[float, dict]:
+    out = {}
+    for d in daemons:
+        log = os.path.join(os.path.dirname(d.config_path), "state", "performance.jsonl")
+        if os.path.exists(log):
+            for w in read_jsonl(log):
+                out.setdefault(_seconds(w["window"]["start"]), w)
+    return out
+
+
+def _produce_phase(producer, topic, labels_topic, stream, k) -> int:
+    preds, _ = stream[k]
+    labels = stream[k - 1][1] if k else []
+    for p, m in preds:
+        producer.send(topic, value=m, partition=p)
+    for p, m in labels:
+        producer.send(labels_topic, value=m, partition=p)
+    producer.flush()
+    return len(preds) + len(labels)
+
+
+def _label_counts(status: dict) -> tuple:
+    labels = status["labels"]
+    return labels["received"], labels["matched"], labels["expired"], labels["pending"]
+
+
+#: after the last phase: every label received and matched; the unlabelled predictions of all phases but
+#: the last two expired; those of the second-to-last and all of the last one's wait
+EXPECTED_LABELS = ((PHASES - 1) * LABELLED, (PHASES - 1) * LABELLED, (PHASES - 2) * (PER_PHASE - LABELLED),
+                   (PER_PHASE - LABELLED) + PER_PHASE)
+
+
+def test_labels_three_replicas_give_the_single_process_performance_windows(tmp_path, kafka_broker, receiver):
+    """Labels joined where each prediction partition is read: the per-window performance, fairness, segment
+    and label-drift results of 3 replicas equal one process's (counts exactly, sums to float rounding), and
+    the label counts (received, matched, expired, pending) are exact."""
+    from tests.test_cluster import assert_same
+
+    topic = kafka_broker.create_topic(f"predictions-{uuid.uuid4().hex[:8]}", partitions=PARTITIONS)
+    labels_topic = kafka_broker.create_topic(f"labels-{uuid.uuid4().hex[:8]}", partitions=PARTITIONS)
+    path = _labelled_config(tmp_path, kafka_broker, topic, labels_topic, receiver)
+    single = _replica(tmp_path, path, "single", None)
+    replicas = [_replica(tmp_path, path, f"r{i}", {"enabled": True, "grace": "10m"}) for i in range(3)]
+    start = (int(time.time() // DURATION) + 30) * DURATION  # ahead of the clock: only events close windows
+    stream = _labelled_stream(start)
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, linger_ms=5)
+    daemons = [single, *replicas]
+    try:
+        for d in daemons:
+            d.start()
+        for d in daemons:
+            d.wait(lambda d=d: d.get("/readyz") == b"ready: baseline loaded and consuming\n", 90, "an assignment")
+        single.wait(lambda: len(_aggregators(replicas)) == 1, 60, "one aggregator")
+        produced = 0
+        for k in range(PHASES):
+            produced += _produce_phase(producer, topic, labels_topic, stream, k)
+            single.wait(lambda: _consumed([single]) >= produced, 90, f"single: phase {k} consumed")
+            single.wait(lambda: _consumed(replicas) >= produced, 90, f"replicas: phase {k} consumed")
+        single.wait(lambda: len(_performance([single])) >= PHASES - 2, 60, "single: performance windows")
+        single.wait(lambda: len(_performance(replicas)) >= PHASES - 2, 90, "replicas: performance windows")
+        [agg] = _aggregators(replicas)
+        single.wait(lambda: _label_counts(agg.status()) == EXPECTED_LABELS, 60, "the replicas' label counts")
+        status_single, status_agg = single.status(), agg.status()
+        for d in daemons:
+            assert d.terminate(timeout=30)[0] == 0
+    finally:
+        producer.close()
+        for d in daemons:
+            d.close()
+    one, many = _performance([single]), _performance(replicas)
+    starts = sorted(one)[:PHASES - 2]
+    assert starts == [start + 10 * (k + 1) for k in range(PHASES - 2)]  # phase k's labels join in window k+1
+    assert sorted(many)[:PHASES - 2] == starts
+    for s in starts:
+        a, b = one[s], many[s]
+        assert a["window"]["labelled"] == b["window"]["labelled"] == LABELLED
+        for section in ("metrics", "drops", "fairness", "segments", "label_drift"):
+            assert_same(a[section], b[section], f"{s}.{section}")
+    assert _label_counts(status_single) == _label_counts(status_agg) == EXPECTED_LABELS
+    assert status_agg["cluster"]["late_performance_partials"] == 0
+    # the prediction windows too
+    assert [w["window"]["events"] for _s, w in sorted(_windows(replicas).items())][:PHASES - 1] == \
+        [PER_PHASE] * (PHASES - 1)
+
+
+def _caught_up(broker, group_id: str, topics) -> bool:
+    """The group's committed offsets are at the end of every partition of ``topics``: with labels the workers
+    commit them in the transactions that write their state, so this is "every record is in a durable cut"."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=group_id, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in range(PARTITIONS)]
+        ends = consumer.end_offsets(tps)
+        return all((consumer.committed(tp) or 0) == ends[tp] for tp in tps)
+    finally:
+        consumer.close()
+
+
+def test_labels_kill_9_of_a_worker_loses_and_double_counts_no_label(tmp_path, kafka_broker, receiver):
+    """Mid-stream a worker dies with kill -9 and a new one starts on an empty state directory: its partitions'
+    pending joins and open windows come back from the join changelog, and the label counts and every
+    performance window's labelled count are exact."""
+    topic = kafka_broker.create_topic(f"predictions-{uuid.uuid4().hex[:8]}", partitions=PARTITIONS)
+    labels_topic = kafka_broker.create_topic(f"labels-{uuid.uuid4().hex[:8]}", partitions=PARTITIONS)
+    path = _labelled_config(tmp_path, kafka_broker, topic, labels_topic, receiver)
+    cluster = {"enabled": True, "grace": "10m"}
+    replicas = [_replica(tmp_path, path, f"r{i}", cluster) for i in range(3)]
+    group = f"cluster-{topic}"
+    start = (int(time.time() // DURATION) + 30) * DURATION
+    stream = _labelled_stream(start)
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, linger_ms=5)
+    everyone = list(replicas)
+    try:
+        for d in replicas:
+            d.start()
+        for d in replicas:
+            d.wait(lambda d=d: d.get("/readyz") == b"ready: baseline loaded and consuming\n", 90, "an assignment")
+        first = replicas[0]
+        first.wait(lambda: len(_aggregators(replicas)) == 1, 60, "one aggregator")
+        for k in range(PHASES):
+            if k == 3:
+                victim = next(d for d in replicas if d not in _aggregators(replicas))
+                seen = _consumed([victim])
+            _produce_phase(producer, topic, labels_topic, stream, k)
+            if k == 3:  # mid-stream, while it reads the phase: its pending joins and open windows are at stake
+                victim.wait(lambda: _consumed([victim]) > seen, 60, "the victim reading phase 3")
+                victim.kill9()
+                back = _replica(tmp_path, path, "worker-again", cluster)
+                everyone.append(back)
+                back.start()
+                replicas = [d for d in replicas if d is not victim] + [back]
+            replicas[0].wait(lambda: _caught_up(kafka_broker, group, (topic, labels_topic)), 180, f"phase {k} in cuts")
+        alive = replicas[0]
+        [agg] = alive.wait(lambda: (a := _aggregators(replicas)) and len(a) == 1 and a, 60, "one aggregator")
+        alive.wait(lambda: _label_counts(agg.status()) == EXPECTED_LABELS, 60, "exact label counts")
+        alive.wait(lambda: len(_performance(everyone)) >= PHASES - 2, 90, "performance windows")
+        status = agg.status()
+        restored = sum((d.status() or {}).get("cluster", {}).get("partitions_restored", 0) for d in replicas)
+        for d in replicas:
+            assert d.terminate(timeout=30)[0] == 0
+    finally:
+        producer.close()
+        for d in everyone:
+            d.close()
+    perf = _performance(everyone)
+    starts = sorted(perf)[:PHASES - 2]
+    assert starts == [start + 10 * (k + 1) for k in range(PHASES - 2)]
+    assert [perf[s]["window"]["labelled"] for s in starts] == [LABELLED] * (PHASES - 2)
+    assert _label_counts(status) == EXPECTED_LABELS
+    assert status["cluster"]["late_performance_partials"] == 0
+    assert restored >= 1  # partitions resumed from a state record of the changelog
+    windows = _windows(everyone)
+    assert [windows[s]["window"]["events"] for s in sorted(windows)[:PHASES - 1]] == [PER_PHASE] * (PHASES - 1)
+
+
+def test_labels_topic_not_co_partitioned_stops_the_start_with_one_line(tmp_path, kafka_broker, receiver):
+    """The label join runs where the prediction's partition is read: a labels topic with another partition
+    count is refused at start, exit 2, one line naming both topics and both counts."""
+    import subprocess
+    import sys
+
+    topic = kafka_broker.create_topic(f"predictions-{uuid.uuid4().hex[:8]}", partitions=2)
+    labels_topic = kafka_broker.create_topic(f"labels-{uuid.uuid4().hex[:8]}", partitions=3)
+    path = _labelled_config(tmp_path, kafka_broker, topic, labels_topic, receiver)
+    daemon = _replica(tmp_path, path, "r0", {"enabled": True})
+    proc = subprocess.run([sys.executable, "-m", "monitor.cli", "run", "--config", daemon.config_path,
+                           "--port", str(free_port())], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert last == (f"config error: kafka.labels_topic: {labels_topic} has 3 partitions and {topic} has 2: "
+                    "scale-out joins labels where the prediction's partition is consumed, so both must have the "
+                    "same partition count (and labels keyed by the prediction id)"), last
+    assert "Traceback" not in proc.stderr

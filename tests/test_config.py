@@ -179,5 +179,14 @@ def test_cluster_is_off_by_default_and_refuses_what_it_cannot_merge():
                                            {"name": "e", "type": "embedding", "dimension": 4}]},
            "window": {"duration": "1m"}, "cluster": {"enabled": True}}
     assert parse_config({**two, "multivariate": {"methods": ["pca_reconstruction"]}}).cluster.enabled
+    # labels: event-time performance windows (count windows are per process)
+    labelled = {**base, "window": {"duration": "1m"}, "cluster": {"enabled": True},
+                "schema": {"id": {"path": "id"}, "features": [{"name": "x", "type": "numeric"}],
+                           "prediction": {"name": "p", "type": "categorical"},
+                           "label": {"name": "y", "type": "categorical"}},
+                "kafka": {**base["kafka"], "labels_topic": "outcomes"}}
+    with pytest.raises(ConfigError, match="cluster.enabled with labels needs labels.window_duration"):
+        parse_config(labelled)
+    assert parse_config({**labelled, "labels": {"window_duration": "10m"}}).labels.window_duration_seconds == 600
     with pytest.raises(ConfigError, match="cluster.enabled: multivariate.methods: domain_classifier"):
         parse_config({**two, "multivariate": {"methods": ["pca_reconstruction", "domain_classifier"]}})

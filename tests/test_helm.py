@@ -546,6 +546,8 @@ def test_schema_rejects_bad_values(helm, tmp_path, bad, key):
     ({"persistence": {"enabled": True}, "replicaCount": 2}, "persistence.enabled: needs replicaCount 1"),
     ({"config": {"http": {"port": 8000}}}, "http"),
     ({"config": {"cluster": {"enabled": True}}}, "config.cluster.enabled: needs config.window.duration"),
+    ({"config": {"cluster": {"enabled": True}, "window": {"duration": "1m"}, "kafka": {"labels_topic": "outcomes"}}},
+     "config.cluster.enabled with config.kafka.labels_topic: needs config.labels.window_duration"),
     ({"webConfig": {"enabled": True}}, "webConfig.secretName: required with webConfig.enabled"),
     ({"webConfig": {"tlsSecretName": "t"}}, "webConfig.tlsSecretName: needs webConfig.enabled"),
     ({"webConfig": {"enabled": True, "secretName": "w"}, "serviceMonitor": {"enabled": True, "scheme": "http"}},

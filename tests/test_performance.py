@@ -223,8 +223,6 @@ def test_event_time_performance_windows_by_join_time(tmp_path):
     """labels.window_duration: a joined prediction counts in the window of max(prediction time, label time);
     a window closes once predictions and labels have both moved past its end; joins for a closed window are
     late (counted, in the oldest open window); the open windows survive a checkpoint round trip."""
-    import math
-
     from monitor.pipeline import Pipeline as P
     from tests.labelled import label_messages
 

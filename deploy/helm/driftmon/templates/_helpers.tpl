@@ -185,6 +185,9 @@ mode-specific switches. Renders nothing; fails with a message that names the val
 {{- if and $cluster.enabled (not ((.Values.config.window | default dict).duration)) }}
 {{- fail "config.cluster.enabled: needs config.window.duration (count windows are per process)" }}
 {{- end }}
+{{- if and $cluster.enabled (dig "kafka" "labels_topic" "" .Values.config) (not (dig "labels" "window_duration" "" .Values.config)) }}
+{{- fail "config.cluster.enabled with config.kafka.labels_topic: needs config.labels.window_duration (count windows of labelled predictions are per process)" }}
+{{- end }}
 {{- end }}
 
 {{/*

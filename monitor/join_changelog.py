@@ -1,0 +1,121 @@
+"""Scale-out with labels: one source partition's state in Kafka (the join changelog and its transactions).
+
+A worker that joins labels (``monitor/cluster.py``, :class:`~monitor.cluster.Worker`) keeps, per source
+partition *p* (prediction partition *p* and label partition *p*, co-partitioned), the pending label joins,
+the open prediction window and the open performance windows. Every cut (about once per
+``kafka.commit_interval``) writes what changed since the last one in **one Kafka transaction**, under the
+transactional id ``<changelog topic>.<p>``:
+
+- the window partials closed since (to the partials topic),
+- the join store's changes (to partition *p* of the compacted join changelog, keyed by prediction id; a
+  tombstone for an entry that was matched, expired or evicted),
+- the partition's state record (key :data:`STATE_KEY`: the open windows, counters and the consumed
+  positions of both topics),
+- and the consumed offsets of both topics (``send_offsets_to_transaction``).
+
+A new owner of *p* initializes the same transactional id (which aborts the previous owner's open
+transaction and fences it: its next commit fails), reads changelog partition *p* to its end with
+``read_committed``, and resumes from the positions of the last state record: nothing is lost or counted
+twice, as in a Kafka Streams task with ``processing.guarantee: exactly_once`` and a RocksDB store.
+The Kafka calls go through :mod:`monitor.kafka_client` (committing the group's offsets in a transaction
+needs ``kafka.client: kafka-python``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import msgspec
+
+from monitor.kafka_client import make_transactional_producer, read_to_end
+
+__all__ = ["PartitionLog", "STATE_KEY"]
+
+log = logging.getLogger(__name__)
+
+#: The key of a partition's state record in its changelog partition (no prediction id starts with NUL).
+STATE_KEY = b"\x00state"
+
+#: the largest record (a state record holds the open windows)
+MAX_RECORD_BYTES = 16 * 1024 * 1024
+
+_encode = msgspec.msgpack.Encoder(enc_hook=lambda o: o.item() if hasattr(o, "item") else str(o)).encode
+_decode = msgspec.msgpack.Decoder().decode
+
+
+class PartitionLog:
+    """The transactional writer and the restoring reader of one source partition's changelog partition.
+
+    Parameters
+    ----------
+    kafka : KafkaConfig
+    changelog : str
+        The compacted join changelog topic (as many partitions as the source topic).
+    partition : int
+    group_id : str
+        The source consumer group, whose offsets commit inside each transaction.
+    """
+
+    def __init__(self, kafka, changelog: str, partition: int, group_id: str):
+        self.kafka = kafka
+        self.changelog = changelog
+        self.partition = partition
+        self.group_id = group_id
+        self.producer = None  # kafka_client.make_transactional_producer, once fenced
+
+    def fence(self) -> None:
+        """Take the partition's transactional id: aborts the previous owner's open transaction, fences it."""
+        self.close()
+        producer = make_transactional_producer(self.kafka, f"{self.changelog}.{self.partition}",
+                                               max_request_bytes=MAX_RECORD_BYTES, compression="gzip")
+        try:
+            producer.init(timeout_s=30.0)
+        except BaseException:
+            producer.close(timeout_s=1.0)
+            raise
+        self.producer = producer
+
+    def read(self) -> tuple[dict, dict | None]:
+        """Every committed record of the partition: (prediction id -> entry, the last state record or None)."""
+        entries: dict = {}
+        state = None
+        for record in read_to_end(self.kafka, self.changelog, self.partition):  # read_committed
+            if record.key == STATE_KEY:
+                state = json.loads(record.value)
+            elif record.value is None:
+                entries.pop(record.key.decode(), None)
+            else:
+                entries[record.key.decode()] = _decode(record.value)
+        return entries, state
+
+    def write(self, partials_topic: str, model: bytes, partials: list[dict], changes: dict, state: dict,
+              offsets: dict[tuple[str, int], int], timeout_s: float = 10.0) -> None:
+        """One transaction: partials, join changes, the state record and the consumed offsets.
+
+        Raises kafka_client.FencedError when another owner took the partition over; other errors leave the
+        transaction's outcome unknown (the producer is closed: the next write fences again, which aborts it)."""
+        producer = self.producer
+        try:
+            producer.begin()
+            for partial in partials:
+                producer.send(partials_topic, json.dumps(partial, separators=(",", ":")).encode(), key=model)
+            for key, entry in changes.items():
+                producer.send(self.changelog, None if entry is None else _encode(entry), key=key.encode(),
+                              partition=self.partition)
+            producer.send(self.changelog, json.dumps(state, separators=(",", ":")).encode(), key=STATE_KEY,
+                          partition=self.partition)
+            if offsets:
+                producer.send_offsets(offsets, self.group_id)
+            producer.commit(timeout_s=timeout_s)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.producer is not None:
+            try:
+                self.producer.close(timeout_s=1.0)
+            except Exception as exc:  # a fenced producer may refuse to close cleanly
+                log.debug("closing the changelog producer of partition %d: %s", self.partition, exc)
+            self.producer = None
