@@ -16,6 +16,8 @@ Three measurements, each in a child process of its own (``python -m bench.join c
   prebuilt rows). Beside the wall-clock rates, the CPU time of the consuming thread: on a shared machine
   it varies far less from round to round, but it leaves out RocksDB's background compactions (which a
   spare core absorbs).
+- **random ids**: the same at ``P`` with ids spread over the key space as UUIDs are (``--ids random``);
+  the sequential ids above are neighbours in the store, so their lookups share cached blocks.
 - **throughput at the largest size**: the same rounds with 10,000,000 predictions waiting on disk
   against the in-memory pipeline at 1,000,000 (a dict's cost per message hardly depends on its size,
   and 10,000,000 in memory would take about 7 GiB), interleaved in one process as above.
@@ -42,14 +44,25 @@ TARGET_RATIO = 1 / 1.2
 TARGET_RSS_MIB = 300.0
 
 
+#: "sequential" ids (p-0, p-1, ...: neighbours in the store's key order, so lookups share cached blocks) or
+#: "random" ones (16 hex digits of a bijective hash, as UUIDs spread: most lookups miss the block cache).
+IDS = "sequential"
+
+
+def _id(i: int) -> str:
+    if IDS == "random":
+        return "%016x" % ((i * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
+    return f"p-{i}"
+
+
 def _prediction(i: int) -> bytes:
-    return (b'{"id":"p-%d","timestamp":%.3f,"x":%.4f,"group":"%s","y_pred":%d,"y_pred_proba":%.4f}'
-            % (i, START + i / RATE, (i % 997) / 997 - 0.5, b"B" if i % 10 == 0 else b"A", i % 2,
+    return (b'{"id":"%s","timestamp":%.3f,"x":%.4f,"group":"%s","y_pred":%d,"y_pred_proba":%.4f}'
+            % (_id(i).encode(), START + i / RATE, (i % 997) / 997 - 0.5, b"B" if i % 10 == 0 else b"A", i % 2,
                0.3 + (i % 7) / 10))
 
 
 def _label(i: int) -> bytes:
-    return b'{"id":"p-%d","timestamp":%.3f,"y":%d}' % (i, START + i / RATE + 86400.0, (i // 3) % 2)
+    return b'{"id":"%s","timestamp":%.3f,"y":%d}' % (_id(i).encode(), START + i / RATE + 86400.0, (i // 3) % 2)
 
 
 def _setup(tmp: str) -> str:
@@ -121,6 +134,9 @@ def run(quick: bool = False) -> dict:
     log(f"join: throughput at {pending:,} pending, {rounds} rounds of {per_round:,} labelled predictions")
     tp = _child("throughput", "--config", config, "--dir", os.path.join(tmp, "tp"), "--pending", str(pending),
                 "--per-round", str(per_round), "--rounds", str(rounds))
+    log("join: the same with random ids")
+    tp_random = _child("throughput", "--config", config, "--dir", os.path.join(tmp, "tp-random"), "--pending",
+                       str(pending), "--per-round", str(per_round), "--rounds", str(rounds), "--ids", "random")
     largest = disk_sizes[-1]
     log(f"join: throughput at {largest:,} pending on disk vs {pending:,} in memory, {rounds} rounds")
     tp_largest = _child("throughput", "--config", config, "--dir", os.path.join(tmp, "tp-largest"),
@@ -156,13 +172,20 @@ def run(quick: bool = False) -> dict:
             "join_alone_ratio": statistics.median(join_ratios),
             "detail": tp,
         },
+        "throughput_random_ids": {
+            "pending": pending, "per_round": per_round, "rounds": rounds,
+            "disk_pairs_per_s": statistics.median(tp_random["disk_rates"]),
+            "memory_pairs_per_s": statistics.median(tp_random["memory_rates"]),
+            "ratio": _ratio(tp_random, "rates"), "cpu_ratio": _ratio(tp_random, "cpu_rates"),
+            "join_alone_ratio": _ratio(tp_random, "join_rates"),
+            "detail": tp_random,
+        },
         "throughput_largest": {
             "pending": largest, "memory_pending": pending, "per_round": per_round, "rounds": rounds,
             "disk_pairs_per_s": statistics.median(tp_largest["disk_rates"]),
             "memory_pairs_per_s": statistics.median(tp_largest["memory_rates"]),
             "ratio": _ratio(tp_largest, "rates"), "cpu_ratio": _ratio(tp_largest, "cpu_rates"),
-            "join_alone_ratio": statistics.median([d / m for d, m in zip(tp_largest["disk_join_rates"],
-                                                                         tp_largest["memory_join_rates"])]),
+            "join_alone_ratio": _ratio(tp_largest, "join_rates"),
             "detail": tp_largest,
         },
         "disk_bytes_at_largest": largest_sample["store_bytes"],
@@ -280,10 +303,10 @@ def child_throughput(args) -> None:
                 out[f"{name}_cpu_rates"].append(per_round / cpu[0])
                 # the join alone: the same kind of work with prebuilt rows
                 join, first = p.tracker.join, cursor[name]
-                ids = [f"p-{j}" for j in range(pending + first, pending + first + per_round)]
+                ids = [_id(j) for j in range(pending + first, pending + first + per_round)]
                 times = [START + j / RATE for j in range(pending + first, pending + first + per_round)]
                 rows = [[j % 2, 0.5, t, "A"] for j, t in zip(range(per_round), times)]
-                old = [f"p-{j}" for j in range(first, first + per_round)]
+                old = [_id(j) for j in range(first, first + per_round)]
                 started = time.perf_counter()
                 for i in range(0, per_round, BATCH):
                     join.add_predictions(ids[i:i + BATCH], times[i:i + BATCH], rows[i:i + BATCH])
@@ -310,7 +333,10 @@ def main(argv=None) -> None:
     c.add_argument("--memory-pending", default=None, help="pending in the in-memory pipeline (default: --pending)")
     c.add_argument("--per-round", default="10000")
     c.add_argument("--rounds", default="2")
+    c.add_argument("--ids", choices=("sequential", "random"), default="sequential")
     args = parser.parse_args(argv)
+    global IDS
+    IDS = args.ids
     (child_size if args.kind == "size" else child_throughput)(args)
 
 

