@@ -203,6 +203,7 @@ class Worker:
         """Feed one label partition's batch to the join of its prediction partition. Returns the decoded batch."""
         pair = self.pair_key(key)
         part = self._part(pair)
+        self.seen[pair] = time.monotonic()  # labels still coming: the clock closes none of its windows
         batch = part.process_labels(values, times, key, offsets)
         self._take_labelled(pair, part)
         return batch
