@@ -9,6 +9,7 @@ wall clock, so only events (watermarks) close windows, never the clock: the comp
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 import uuid
@@ -101,6 +102,71 @@ def _aggregators(daemons) -> list:
     return [d for d in daemons if d.proc.poll() is None and ((d.status() or {}).get("cluster") or {}).get("aggregator")]
 
 
+def _groups(daemon) -> tuple[str, str]:
+    """The replicas' two consumer groups: the source topic's and the aggregator's (the partials topic's)."""
+    group = yaml.safe_load(open(daemon.config_path))["kafka"]["group_id"]
+    return group, f"{group}-aggregator"
+
+
+def _groups_stable(broker, groups, members: int) -> bool:
+    """Every group is Stable (no rebalance under way) with ``members`` members, as the coordinator sees it."""
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=15000)
+    try:
+        described = admin.describe_groups(list(groups))
+    finally:
+        admin.close()
+    return len(described) == len(groups) and all(
+        g.get("group_state", g.get("state")) == "Stable" and len(g["members"]) == members for g in described.values())
+
+
+def _settled_aggregator(daemons, waiter, broker, timeout: float = 120, written: bool = True):
+    """The one aggregator once the groups have settled: both are Stable with every replica a member, every
+    replica answers, exactly one says it is the aggregator and (``written``) it has written its changelog (an
+    aggregator displaced by a late join before its first write never writes, and one that never wrote leaves
+    nothing for a successor to restore)."""
+    def settled():
+        if not _groups_stable(broker, _groups(daemons[0]), len(daemons)):
+            return None
+        statuses = [(d, d.status()) for d in daemons]
+        if any(s is None for _d, s in statuses):
+            return None
+        aggs = [(d, s) for d, s in statuses if s["cluster"]["aggregator"]]
+        return len(aggs) == 1 and (aggs[0][1]["cluster"]["changelog_writes"] > 0 or not written) and aggs[0][0]
+    return waiter.wait(settled, timeout, "settled groups and one aggregator" + (" that has written its changelog"
+                                                                               if written else ""))
+
+
+def _outbox_empty(daemons) -> bool:
+    """Every daemon's outbox holds nothing undelivered: with every window evaluated, nothing more is sent."""
+    for d in daemons:
+        body = d.get("/metrics")
+        if body is None:
+            return False
+        pending = [v for (name, _labels), v in d.metrics().items() if name == "driftmon_outbox_pending"]
+        if not pending or any(pending):
+            return False
+    return True
+
+
+def _full_log(d) -> str:
+    with open(d.log_path, "rb") as fh:
+        return fh.read().decode(errors="replace")
+
+
+def _roles(text: str) -> list[str]:
+    """The aggregator role's transitions in a replica's log, in order: "took" (restored, active) or "left"
+    (resigned: fenced, or its partials partition revoked)."""
+    out = []
+    for line in text.splitlines():
+        if re.search(r"aggregator for \S+: restored ", line):
+            out.append("took")
+        elif "no longer the aggregator for " in line:
+            out.append("left")
+    return out
+
+
 @pytest.mark.parametrize("client", CLIENTS)
 def test_three_replicas_give_the_single_process_verdicts_and_one_page(tmp_path, kafka_broker, client):
     receiver = Receiver()
@@ -135,9 +201,9 @@ def test_three_replicas_give_the_single_process_verdicts_and_one_page(tmp_path, 
         # both deliver the same notifications (each path's outbox at its own pace), then nothing more
         single.wait(lambda: _lifecycle(receiver.payloads("/cluster")) == _lifecycle(receiver.payloads("/single")),
                     60, "the same notifications from both")
-        time.sleep(3)  # a duplicate page would come within the outbox's first retry
+        single.wait(lambda: _outbox_empty(daemons), 60, "every outbox delivered")  # nothing more to send
         alerts_single, alerts_cluster = receiver.payloads("/single"), receiver.payloads("/cluster")
-        [agg] = _aggregators(replicas)
+        agg = _settled_aggregator(replicas, single, kafka_broker, 60, written=False)
         status = agg.status()
         metrics = agg.metrics()
         workers = [d for d in replicas if d is not agg]
@@ -224,10 +290,7 @@ def test_kill_9_of_the_aggregator_and_a_worker_loses_and_double_counts_nothing(t
             if k == 3:  # mid-stream, while the replicas work on it
                 # The last replica's join may still move the aggregator (one that has not written yet would
                 # never write): pick the one aggregator once it has written its changelog.
-                def settled():
-                    aggs = _aggregators(replicas)
-                    return len(aggs) == 1 and aggs[0].status()["cluster"]["changelog_writes"] > 0 and aggs
-                [agg] = first.wait(settled, 60, "one aggregator with a changelog record")
+                agg = _settled_aggregator(replicas, first, kafka_broker)
                 other = next(d for d in replicas if d is not agg)
                 first.wait(lambda: (agg.status() or {}).get("messages_consumed", 0) > 0, 30, "consuming")
                 agg.kill9()
@@ -241,9 +304,9 @@ def test_kill_9_of_the_aggregator_and_a_worker_loses_and_double_counts_nothing(t
         alive = replicas[0]
         alive.wait(lambda: len(_windows(everyone)) >= WINDOWS - 1, 180, "windows closed")
         payloads = receiver.wait_for(lambda p: any(x["status"] == "resolved" for x in p), 60, path="/cluster")
-        time.sleep(3)
+        agg = _settled_aggregator(replicas, alive, kafka_broker, 60, written=False)
+        alive.wait(lambda: _outbox_empty(replicas), 60, "every outbox delivered")  # nothing more to send
         payloads = receiver.payloads("/cluster")
-        [agg] = alive.wait(lambda: (a := _aggregators(replicas)) and len(a) == 1 and a, 60, "one aggregator")
         status = agg.status()
         for d in replicas:
             assert d.terminate(timeout=30)[0] == 0
@@ -271,9 +334,10 @@ def test_kill_9_of_the_aggregator_and_a_worker_loses_and_double_counts_nothing(t
 
 @pytest.mark.parametrize("client", CLIENTS)
 def test_a_stalled_aggregator_that_wakes_up_is_fenced(tmp_path, kafka_broker, client):
-    """The aggregator freezes (SIGSTOP) past its session timeout; another replica takes over; when the
-    frozen one resumes (SIGCONT) it must not write its stale state or page: it is fenced by the changelog's
-    transactional id, or finds its partition gone. Windows stay exact and each alert pages once."""
+    """The aggregator freezes (SIGSTOP) past its session timeout; another replica takes over from its
+    changelog; when the frozen one resumes (SIGCONT) it must not write its stale state or page: it is fenced
+    by the changelog's transactional id, or finds its partition gone. Windows stay exact and each alert
+    pages once."""
     receiver = Receiver()
     topic = kafka_broker.create_topic(f"predictions-{uuid.uuid4().hex[:8]}", partitions=PARTITIONS)
     path, _ = _config(tmp_path, kafka_broker, topic, receiver, client)
@@ -287,23 +351,52 @@ def test_a_stalled_aggregator_that_wakes_up_is_fenced(tmp_path, kafka_broker, cl
         for d in replicas:
             d.wait(lambda d=d: d.get("/readyz") == b"ready: baseline loaded and consuming\n", 90, "an assignment")
         first = replicas[0]
-        [frozen] = first.wait(lambda: (a := _aggregators(replicas)) and len(a) == 1 and a, 60, "one aggregator")
-        others = [d for d in replicas if d is not frozen]
+        produced = 0
         for k, msgs in enumerate(stream):
             for i, m in enumerate(msgs):
                 producer.send(topic, value=m, partition=i % PARTITIONS)
             producer.flush()
+            produced += len(msgs)
             if k == 2:
-                frozen.proc.send_signal(signal.SIGSTOP)
-                others[0].wait(lambda: len(_aggregators(others)) == 1, 120, "a new aggregator")
+                # Windows 0 and 1 are merged and written to the changelog; no alert has fired yet (it fires
+                # with window 2, whose close needs window 3's events). Freeze the settled aggregator.
+                first.wait(lambda: _consumed(replicas) >= produced, 90, "windows 0-2 consumed")
+                def freeze():
+                    agg = _settled_aggregator(replicas, first, kafka_broker)
+                    agg.proc.send_signal(signal.SIGSTOP)
+                    # The aggregator at the moment it froze (its log stands still now): its last role step is
+                    # a take-over, and no other replica holds the role (the group cannot move it before the
+                    # frozen member's session times out). Else the role moved meanwhile: wake it, try again.
+                    rest = [d for d in replicas if d is not agg]
+                    if _roles(_full_log(agg))[-1:] == ["took"] and not _aggregators(rest):
+                        return agg
+                    agg.proc.send_signal(signal.SIGCONT)
+                    return None
+
+                frozen = first.wait(freeze, 240, "the settled aggregator frozen")
+                mark = len(_full_log(frozen))
+                others = [d for d in replicas if d is not frozen]
+                # another replica takes over from the frozen one's changelog
+                successor = others[0].wait(lambda: (a := _aggregators(others)) and len(a) == 1 and a[0], 120,
+                                           "a new aggregator while the old one is frozen")
+                assert _roles(_full_log(successor))[-1] == "took"
+                assert "restored its changelog" in _full_log(successor).rsplit("no longer the aggregator", 1)[-1]
         others[0].wait(lambda: len(_windows(replicas)) >= WINDOWS - 1, 180, "windows closed")
-        frozen.proc.send_signal(signal.SIGCONT)
-        others[0].wait(lambda: "no longer the aggregator" in frozen.log() or "fenced" in frozen.log(), 60,
-                       "the woken aggregator stands down")
         receiver.wait_for(lambda p: any(x["status"] == "resolved" for x in p), 60, path="/cluster")
-        time.sleep(3)
+        assert len(_full_log(frozen)) == mark  # still frozen: it slept through the take-over and the alerts
+        frozen.proc.send_signal(signal.SIGCONT)
+        # Awake, its first role step drops the stale state: it stands down (its transaction is fenced, or
+        # its partition was revoked), or, given the partition again in the same rebalance, it fences the
+        # successor and restores the successor's changelog like any new aggregator.
+        others[0].wait(lambda: _roles(_full_log(frozen)[mark:]), 90, "the woken aggregator's next role step")
+        woken = _full_log(frozen)[mark:]
+        first_step = next(line for line in woken.splitlines() if _roles(line))
+        assert "no longer the aggregator" in first_step or "restored its changelog" in first_step, woken
+        # the group settles again, with one aggregator (either: the woken one may be assigned the partition
+        # again, and then it restores the changelog like any new aggregator)
+        _settled_aggregator(replicas, others[0], kafka_broker, written=False)  # after the woken one rejoined
+        others[0].wait(lambda: _outbox_empty(replicas), 60, "every outbox delivered")  # nothing more to send
         payloads = receiver.payloads("/cluster")
-        others[0].wait(lambda: len(_aggregators(replicas)) == 1, 60, "one aggregator after the rejoin")
         for d in replicas:
             assert d.terminate(timeout=30)[0] == 0
     finally:
@@ -315,12 +408,24 @@ def test_a_stalled_aggregator_that_wakes_up_is_fenced(tmp_path, kafka_broker, cl
         receiver.close()
     windows = _windows(replicas)
     starts = sorted(windows)[:WINDOWS - 1]
+    assert starts == [start + k * DURATION for k in range(WINDOWS - 1)]
     assert [windows[s]["window"]["events"] for s in starts] == [PER_WINDOW] * (WINDOWS - 1)
+    assert {s for s in starts if windows[s]["drifted"]} == {start + k * DURATION for k in DRIFTED}
+    # the windows of the stall (2 to 5) were evaluated by the successor, never by the frozen replica
+    frozen_log = os.path.join(os.path.dirname(frozen.config_path), "state", "windows.jsonl")
+    frozen_starts = {_seconds(w["window"]["start"]) for w in read_jsonl(frozen_log)} if os.path.exists(frozen_log) \
+        else set()
+    stalled = {start + k * DURATION for k in range(2, WINDOWS - 1)}
+    # (unless it is the aggregator again: then it re-emits, from the changelog, what the successor's last
+    # record held pending, and the receiver sees the same notification_id again)
+    assert not frozen_starts & stalled or "took" in _roles(_full_log(frozen)[mark:]), sorted(frozen_starts)
+    # each alert pages once: one notification_id per (alert, status)
     by_step: dict = {}
     for x in payloads:
         by_step.setdefault((x["dedup_key"], x["status"]), set()).add(x["notification_id"])
     assert all(len(keys) == 1 for keys in by_step.values()), by_step
-    assert ("car-loan/feature_drift/car_value", "resolved") in by_step
+    assert {("car-loan/feature_drift/car_value", "firing"), ("car-loan/feature_drift/car_value", "resolved")} \
+        <= set(by_step)
 
 
 @pytest.mark.parametrize("client", CLIENTS)
@@ -453,8 +558,10 @@ def test_labels_three_replicas_give_the_single_process_performance_windows(tmp_p
             single.wait(lambda: _consumed(replicas) >= produced, 90, f"replicas: phase {k} consumed")
         single.wait(lambda: len(_performance([single])) >= PHASES - 2, 60, "single: performance windows")
         single.wait(lambda: len(_performance(replicas)) >= PHASES - 2, 90, "replicas: performance windows")
-        [agg] = _aggregators(replicas)
-        single.wait(lambda: _label_counts(agg.status()) == EXPECTED_LABELS, 60, "the replicas' label counts")
+        # re-read each time: the role is Kafka's to move
+        agg = single.wait(lambda: (a := _aggregators(replicas)) and len(a) == 1
+                          and _label_counts(a[0].status()) == EXPECTED_LABELS and a[0], 60,
+                          "the replicas' label counts")
         status_single, status_agg = single.status(), agg.status()
         for d in daemons:
             assert d.terminate(timeout=30)[0] == 0
@@ -514,8 +621,9 @@ def test_labels_kill_9_of_a_worker_loses_and_double_counts_no_label(tmp_path, ka
         first = replicas[0]
         first.wait(lambda: len(_aggregators(replicas)) == 1, 60, "one aggregator")
         for k in range(PHASES):
-            if k == 3:
-                victim = next(d for d in replicas if d not in _aggregators(replicas))
+            if k == 3:  # a worker: not the aggregator, once the group has settled
+                aggregator = _settled_aggregator(replicas, first, kafka_broker)
+                victim = next(d for d in replicas if d is not aggregator)
                 seen = _consumed([victim])
             _produce_phase(producer, topic, labels_topic, stream, k)
             if k == 3:  # mid-stream, while it reads the phase: its pending joins and open windows are at stake
@@ -527,8 +635,8 @@ def test_labels_kill_9_of_a_worker_loses_and_double_counts_no_label(tmp_path, ka
                 replicas = [d for d in replicas if d is not victim] + [back]
             replicas[0].wait(lambda: _caught_up(kafka_broker, group, (topic, labels_topic)), 180, f"phase {k} in cuts")
         alive = replicas[0]
-        [agg] = alive.wait(lambda: (a := _aggregators(replicas)) and len(a) == 1 and a, 60, "one aggregator")
-        alive.wait(lambda: _label_counts(agg.status()) == EXPECTED_LABELS, 60, "exact label counts")
+        agg = alive.wait(lambda: (a := _aggregators(replicas)) and len(a) == 1
+                         and _label_counts(a[0].status()) == EXPECTED_LABELS and a[0], 60, "exact label counts")
         alive.wait(lambda: len(_performance(everyone)) >= PHASES - 2, 90, "performance windows")
         status = agg.status()
         restored = sum((d.status() or {}).get("cluster", {}).get("partitions_restored", 0) for d in replicas)
