@@ -50,6 +50,12 @@ __all__ = ["Cluster", "Worker", "Aggregator"]
 log = logging.getLogger(__name__)
 
 
+# The changelogs' settings when driftmon creates them. Compaction never touches the active segment, and
+# Kafka's default segment.ms (7 days) would let a restore re-read a week of state writes: rolling every
+# 10 minutes bounds a restore to the compacted records plus about 10 minutes of writes.
+COMPACTED = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000", "segment.ms": "600000"}
+
+
 class _PairTracker(PerformanceTracker):
     """A worker's label join and performance windows for one source partition: a closed performance
     window becomes a partial, not a verdict."""
@@ -588,7 +594,7 @@ class Cluster:
 
     def _create_topics(self) -> None:
         configs = {self.partials_topic: {"retention.ms": str(7 * 86400 * 1000)},
-                   self.changelog_topic: {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}}
+                   self.changelog_topic: dict(COMPACTED)}
         for topic_configs in configs.values():
             topic_configs["max.message.bytes"] = str(MAX_RECORD_BYTES)
         for topic in create_topics(self.config.kafka, {topic: 1 for topic in configs},
@@ -612,8 +618,7 @@ class Cluster:
                               "must have the same partition count (and labels keyed by the prediction id)")
 
     def _create_join_topic(self) -> None:
-        configs = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000",
-                   "max.message.bytes": str(MAX_RECORD_BYTES)}
+        configs = dict(COMPACTED, **{"max.message.bytes": str(MAX_RECORD_BYTES)})
         try:
             created = create_topics(self.config.kafka, {self.join_topic: self.partitions},
                                     replication_factor=self.config.cluster.replication_factor,

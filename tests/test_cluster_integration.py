@@ -121,6 +121,19 @@ def _groups_stable(broker, groups, members: int) -> bool:
         g.get("group_state", g.get("state")) == "Stable" and len(g["members"]) == members for g in described.values())
 
 
+def _topic_configs(broker, topic: str) -> dict:
+    """The topic's configs the broker reports as set on the topic (not defaults)."""
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=15000)
+    try:
+        described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    finally:
+        admin.close()
+    (by_name,) = described.values()  # {resource type: {name: {key: {"value": ...}}}}
+    return {key: data["value"] for key, data in by_name[topic].items()}
+
+
 def _settled_aggregator(daemons, waiter, broker, timeout: float = 120, written: bool = True):
     """The one aggregator once the groups have settled: both are Stable with every replica a member, every
     replica answers, exactly one says it is the aggregator and (``written``) it has written its changelog (an
@@ -206,6 +219,7 @@ def test_three_replicas_give_the_single_process_verdicts_and_one_page(tmp_path, 
         agg = _settled_aggregator(replicas, single, kafka_broker, 60, written=False)
         status = agg.status()
         metrics = agg.metrics()
+        changelog = _topic_configs(kafka_broker, status["cluster"]["changelog_topic"])
         workers = [d for d in replicas if d is not agg]
         worker_metrics = [d.metrics() for d in workers]
         for d in daemons:
@@ -251,6 +265,8 @@ def test_three_replicas_give_the_single_process_verdicts_and_one_page(tmp_path, 
     # the global metrics on the aggregator only; every replica consumed a share
     key = lambda name, **labels: (name, tuple(sorted({"model": "car-loan", **labels}.items())))  # noqa: E731
     assert status["cluster"]["late_partials"] == 0 and status["windows_evaluated"] == WINDOWS - 1
+    # the changelog driftmon created rolls its active segment (which compaction never touches) every 10 minutes
+    assert changelog["cleanup.policy"] == "compact" and changelog["segment.ms"] == "600000", changelog
     assert metrics[key("driftmon_cluster_aggregator")] == 1
     assert metrics[key("driftmon_windows_evaluated_total")] == WINDOWS - 1
     assert key("driftmon_feature_drift_detected", feature="car_value") in metrics
