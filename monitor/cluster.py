@@ -38,7 +38,7 @@ import threading
 import time
 
 from monitor.config import ConfigError
-from monitor.kafka_client import (FencedError, create_topics, make_group_consumer, make_producer,
+from monitor.kafka_client import (FencedError, ProduceError, create_topics, make_group_consumer, make_producer,
                                   make_transactional_producer, read_to_end)
 from monitor.join import RocksStore
 from monitor.performance import LabelledWindow, PerformanceTracker
@@ -532,6 +532,8 @@ class Cluster:
         self.worker = Worker(config, daemon.baseline, os.path.join(config.state.dir, "cluster-labels"))
         self.logs: dict = {}  # partition -> its changelog writer (monitor.join_changelog.PartitionLog; labels)
         self.rejoin = False  # a partition's state could not be restored or written: leave and rejoin the group
+        # the daemon's source consumer (set by Daemon._connect, kept while it closes: its revoke callback cuts)
+        self.source = None
         self.cuts = 0  # transactions written (labels)
         if self.worker.pairs:
             daemon.pipeline.tracker.join.close()
@@ -732,7 +734,13 @@ class Cluster:
     def _partition_log(self, key: str):
         from monitor.join_changelog import PartitionLog
 
-        return PartitionLog(self.config.kafka, self.join_topic, int(key.rsplit(":", 1)[1]), self.config.kafka.group_id)
+        return PartitionLog(self.config.kafka, self.join_topic, int(key.rsplit(":", 1)[1]), self._group_metadata)
+
+    def _group_metadata(self):
+        """The source group's identity for committing its offsets in a transaction (see kafka_client)."""
+        if self.source is None:
+            raise ProduceError("no source consumer: the group's offsets cannot be committed")
+        return self.source.group_metadata()
 
     def positions(self):
         """What the source seeks to on assignment: with labels, a partition new to this replica is first

@@ -701,10 +701,6 @@ class Config(_Node):
             raise ValueError("`cluster.enabled` with labels needs `labels.window_duration`: count windows of "
                              "labelled predictions are per process (the n-th join of a partition says nothing "
                              "about the others)")
-        if self.schema.label is not None and self.schema.prediction is not None and self.kafka.client != "kafka-python":
-            raise ValueError("`cluster.enabled` with labels needs `kafka.client: kafka-python` (the workers commit "
-                             "the group's offsets inside their transactions, which confluent-kafka ties to the "
-                             "group's own consumer)")
 
     def multivariate_features(self) -> list:
         """The features the multivariate methods watch (empty when they are off)."""

@@ -586,6 +586,8 @@ class Daemon:
                 (lambda: dict(self.pipeline.positions))
             source = make_source(kafka, positions, on_revoke=self._before_rebalance,
                                  on_release=self._release)
+            if self.cluster is not None:
+                self.cluster.source = source  # its group metadata commits the offsets in the cuts' transactions
             outcome: dict = {}
 
             def attempt():

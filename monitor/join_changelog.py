@@ -17,8 +17,9 @@ A new owner of *p* initializes the same transactional id (which aborts the previ
 transaction and fences it: its next commit fails), reads changelog partition *p* to its end with
 ``read_committed``, and resumes from the positions of the last state record: nothing is lost or counted
 twice, as in a Kafka Streams task with ``processing.guarantee: exactly_once`` and a RocksDB store.
-The Kafka calls go through :mod:`monitor.kafka_client` (committing the group's offsets in a transaction
-needs ``kafka.client: kafka-python``).
+The Kafka calls go through :mod:`monitor.kafka_client`, on either client: the group's offsets are committed
+with the source consumer's ``group_metadata()`` (kafka-python: the group id; confluent-kafka: the consumer's
+group metadata, which librdkafka requires).
 """
 
 from __future__ import annotations
@@ -53,15 +54,16 @@ class PartitionLog:
     changelog : str
         The compacted join changelog topic (as many partitions as the source topic).
     partition : int
-    group_id : str
-        The source consumer group, whose offsets commit inside each transaction.
+    group : callable
+        ``group() ->`` the source consumer's ``group_metadata()``, asked at each write (the source is
+        replaced when the replica rejoins): the group whose offsets commit inside each transaction.
     """
 
-    def __init__(self, kafka, changelog: str, partition: int, group_id: str):
+    def __init__(self, kafka, changelog: str, partition: int, group):
         self.kafka = kafka
         self.changelog = changelog
         self.partition = partition
-        self.group_id = group_id
+        self.group = group
         self.producer = None  # kafka_client.make_transactional_producer, once fenced
 
     def fence(self) -> None:
@@ -106,7 +108,7 @@ class PartitionLog:
             producer.send(self.changelog, json.dumps(state, separators=(",", ":")).encode(), key=STATE_KEY,
                           partition=self.partition)
             if offsets:
-                producer.send_offsets(offsets, self.group_id)
+                producer.send_offsets(offsets, self.group())
             producer.commit(timeout_s=timeout_s)
         except BaseException:
             self.close()

@@ -388,6 +388,11 @@ class KafkaSource:
         if offsets:
             self._consumer.commit(offsets, timeout_ms=timeout_ms)
 
+    def group_metadata(self) -> str:
+        """What a transactional producer's ``send_offsets`` needs to commit this group's offsets: its id
+        (kafka-python's ``send_offsets_to_transaction`` takes the group id)."""
+        return self.cfg.group_id
+
     def probe(self, positions: dict[str, int], timeout_ms: int) -> tuple[dict[int, int], bool]:
         """One round trip to the broker on a client of its own (safe off the consuming thread).
 
@@ -809,6 +814,14 @@ class ConfluentSource:
         if offsets:
             self._consumer.commit(offsets=offsets, asynchronous=False)
 
+    def group_metadata(self):
+        """What a transactional producer's ``send_offsets`` needs to commit this group's offsets: librdkafka
+        takes the consumer's current group metadata (group id, member id, generation), so the broker refuses
+        the offsets of a member that is no longer in the group's current generation (KIP-447)."""
+        if self._consumer is None:
+            raise ProduceError("the source consumer is closed: no group metadata for the transaction")
+        return self._consumer.consumer_group_metadata()
+
     def _ends(self, partitions: list, timeout_s: float) -> dict:
         out = {}
         for tp in partitions:
@@ -908,9 +921,12 @@ def make_transactional_producer(cfg: KafkaConfig, transactional_id: str, max_req
                                 compression: str | None = None):
     """A producer (acks=all) whose records commit together: ``init(timeout_s)`` (fences every earlier producer
     of ``transactional_id`` and aborts its open transaction), ``begin()``, ``send(topic, value, key,
-    partition)``, ``send_offsets(offsets, group_id)`` (kafka-python only: the group's offsets commit with the
-    transaction), ``commit(timeout_s)``, ``close(timeout_s)``. A fenced producer raises :class:`FencedError`; any other
-    failure :class:`ProduceError` (the transaction's outcome is then unknown: start over with a new producer).
+    partition)``, ``send_offsets(offsets, group)`` (the source group's offsets commit with the transaction;
+    ``group`` is the source's ``group_metadata()``: the group id for kafka-python, the consumer's group
+    metadata for confluent-kafka), ``commit(timeout_s)``, ``close(timeout_s)``. A fenced producer raises
+    :class:`FencedError` (so does ``send_offsets`` of a member no longer in the group's generation, on
+    confluent-kafka); any other failure :class:`ProduceError` (the transaction's outcome is then unknown:
+    start over with a new producer).
     """
     if cfg.client == "confluent-kafka":
         return _ConfluentTransactions(cfg, transactional_id, max_request_bytes, compression)
@@ -1008,12 +1024,13 @@ class _KafkaPythonTransactions:
     def send(self, topic: str, value: bytes | None, key: bytes | None = None, partition: int | None = None) -> None:
         self._call(self._producer.send, topic, value=value, key=key, partition=partition)
 
-    def send_offsets(self, offsets: dict[tuple[str, int], int], group_id: str) -> None:
-        """Commit ``group_id``'s offsets ((topic, partition) -> next offset) with this transaction."""
+    def send_offsets(self, offsets: dict[tuple[str, int], int], group: str) -> None:
+        """Commit the group's offsets ((topic, partition) -> next offset) with this transaction; ``group`` is
+        the group id (:meth:`KafkaSource.group_metadata`)."""
         from kafka.structs import OffsetAndMetadata
 
         self._call(self._producer.send_offsets_to_transaction,
-                   {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}, group_id)
+                   {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}, group)
 
     def commit(self, timeout_s: float = 10.0) -> None:
         # kafka-python's commit_transaction() waits without a bound; an aggregator waiting forever under the
@@ -1162,9 +1179,23 @@ class _ConfluentTransactions:
             raise ProduceError("the producer's queue is full") from None
         self._producer.poll(0)
 
-    def send_offsets(self, offsets: dict[tuple[str, int], int], group_id: str) -> None:
-        # librdkafka takes the group's metadata from the group's own consumer, not a group id
-        raise ProduceError("committing a group's offsets in a transaction needs kafka.client: kafka-python")
+    def send_offsets(self, offsets: dict[tuple[str, int], int], group, timeout_s: float = 10.0) -> None:
+        """Commit the group's offsets ((topic, partition) -> next offset) with this transaction; ``group`` is
+        the source consumer's group metadata (:meth:`ConfluentSource.group_metadata`), not a group id."""
+        from confluent_kafka import KafkaError, KafkaException, TopicPartition as TP
+
+        positions = [TP(t, p, o) for (t, p), o in sorted(offsets.items())]
+        try:
+            self._producer.send_offsets_to_transaction(positions, group, timeout_s)
+        except KafkaException as exc:
+            err = exc.args[0]
+            # the member left the generation the metadata names (a rebalance it missed, a session that
+            # expired): its partitions may have a new owner, so it must rejoin, not take the
+            # transactional id again on the next cut (that would fence the new owner)
+            if err.code() in {KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION,
+                              KafkaError.FENCED_INSTANCE_ID}:
+                raise FencedError(f"not in the source group's current generation: {err.str()}") from None
+            raise _confluent_txn_error(err) from None
 
     def commit(self, timeout_s: float = 10.0) -> None:
         self._call(self._producer.commit_transaction, timeout_s)  # flushes first: a failed record fails it

@@ -473,7 +473,7 @@ PER_PHASE = 1200
 LABELLED = 1080
 
 
-def _labelled_config(tmp_path, broker, topic: str, labels_topic: str, receiver) -> str:
+def _labelled_config(tmp_path, broker, topic: str, labels_topic: str, receiver, client: str = "kafka-python") -> str:
     """The labelled model of tests/labelled.py, event-time windows of 10 s for predictions and performance."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -489,7 +489,7 @@ def _labelled_config(tmp_path, broker, topic: str, labels_topic: str, receiver) 
         labels={"window_duration": "10s", "positive": "1", "timestamp_path": "timestamp", "ttl": "17s"},
         kafka={"bootstrap_servers": broker.bootstrap, "topic": topic, "labels_topic": labels_topic,
                "group_id": f"single-{topic}", "max_poll_interval_ms": 10000, "session_timeout_ms": 6000,
-               "lag_interval": "1s", "commit_interval": "200ms"},
+               "lag_interval": "1s", "commit_interval": "200ms", "client": client},
         alerts={"webhooks": [{"url": receiver.url + "/single"}]},
         state={"dir": "state", "checkpoint_interval": "1s"})
     tree["baseline"] = str(tmp_path / "baseline.json")
@@ -546,7 +546,8 @@ EXPECTED_LABELS = ((PHASES - 1) * LABELLED, (PHASES - 1) * LABELLED, (PHASES - 2
                    (PER_PHASE - LABELLED) + PER_PHASE)
 
 
-def test_labels_three_replicas_give_the_single_process_performance_windows(tmp_path, kafka_broker, receiver):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_labels_three_replicas_give_the_single_process_performance_windows(tmp_path, kafka_broker, receiver, client):
     """Labels joined where each prediction partition is read: the per-window performance, fairness, segment
     and label-drift results of 3 replicas equal one process's (counts exactly, sums to float rounding), and
     the label counts (received, matched, expired, pending) are exact."""
@@ -554,7 +555,7 @@ def test_labels_three_replicas_give_the_single_process_performance_windows(tmp_p
 
     topic = kafka_broker.create_topic(f"predictions-{uuid.uuid4().hex[:8]}", partitions=PARTITIONS)
     labels_topic = kafka_broker.create_topic(f"labels-{uuid.uuid4().hex[:8]}", partitions=PARTITIONS)
-    path = _labelled_config(tmp_path, kafka_broker, topic, labels_topic, receiver)
+    path = _labelled_config(tmp_path, kafka_broker, topic, labels_topic, receiver, client)
     single = _replica(tmp_path, path, "single", None)
     replicas = [_replica(tmp_path, path, f"r{i}", {"enabled": True, "grace": "10m"}) for i in range(3)]
     start = (int(time.time() // DURATION) + 30) * DURATION  # ahead of the clock: only events close windows
@@ -615,13 +616,14 @@ def _caught_up(broker, group_id: str, topics) -> bool:
         consumer.close()
 
 
-def test_labels_kill_9_of_a_worker_loses_and_double_counts_no_label(tmp_path, kafka_broker, receiver):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_labels_kill_9_of_a_worker_loses_and_double_counts_no_label(tmp_path, kafka_broker, receiver, client):
     """Mid-stream a worker dies with kill -9 and a new one starts on an empty state directory: its partitions'
     pending joins and open windows come back from the join changelog, and the label counts and every
     performance window's labelled count are exact."""
     topic = kafka_broker.create_topic(f"predictions-{uuid.uuid4().hex[:8]}", partitions=PARTITIONS)
     labels_topic = kafka_broker.create_topic(f"labels-{uuid.uuid4().hex[:8]}", partitions=PARTITIONS)
-    path = _labelled_config(tmp_path, kafka_broker, topic, labels_topic, receiver)
+    path = _labelled_config(tmp_path, kafka_broker, topic, labels_topic, receiver, client)
     cluster = {"enabled": True, "grace": "10m"}
     replicas = [_replica(tmp_path, path, f"r{i}", cluster) for i in range(3)]
     group = f"cluster-{topic}"

@@ -94,3 +94,109 @@ def test_the_group_consumer_reads_what_was_acknowledged_and_seeks(kafka_broker, 
         assert [r.value for r in read(3)] == [b"v0", b"v1", b"v2"]
     finally:
         consumer.close()
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_transaction_commits_the_source_groups_offsets_and_a_fenced_one_does_not(kafka_broker, client):
+    """Scale-out with labels commits the source group's offsets inside each cut's transaction, with the
+    source's ``group_metadata()`` (the group id on kafka-python, the consumer's group metadata on
+    confluent-kafka): a committed transaction moves the group's offset, a fenced producer's never does."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from monitor.kafka_client import make_source
+
+    cfg = _cfg(kafka_broker, client)
+    topic = f"source-{uuid.uuid4().hex[:8]}"
+    changelog = f"changelog-{uuid.uuid4().hex[:8]}"
+    create_topics(cfg, {topic: 1, changelog: 1})
+    cfg = KafkaConfig(bootstrap_servers=kafka_broker.bootstrap, topic=topic, group_id=cfg.group_id,
+                      session_timeout_ms=6000, client=client)
+    source = make_source(cfg, lambda: {}).start()
+    # read_committed: its offset fetch asks for stable offsets (the broker answers once the transaction's
+    # markers are written), so it never sees a pending transactional commit
+    checker = KafkaConsumer(bootstrap_servers=kafka_broker.bootstrap, group_id=cfg.group_id,
+                            enable_auto_commit=False, isolation_level="read_committed")
+    tp = TopicPartition(topic, 0)
+    first = second = None
+    try:
+        deadline = time.monotonic() + 60
+        while not source.assigned and time.monotonic() < deadline:  # a member of the group's generation
+            source.poll(timeout_ms=200)
+        assert source.assigned
+        first = make_transactional_producer(cfg, f"{changelog}.0")
+        first.init()
+        first.begin()
+        first.send(changelog, b"cut 1", key=b"k", partition=0)
+        first.send_offsets({(topic, 0): 2}, source.group_metadata())
+        first.commit()
+        assert checker.committed(tp) == 2
+        first.begin()
+        first.send(changelog, b"stale", key=b"k", partition=0)
+        first.send_offsets({(topic, 0): 5}, source.group_metadata())  # a zombie's cut, still open
+        second = make_transactional_producer(cfg, f"{changelog}.0")
+        second.init()  # the partition's new owner: fences the zombie and aborts its transaction
+        with pytest.raises(FencedError):
+            first.commit()
+        assert checker.committed(tp) == 2  # the aborted offsets never count
+        second.begin()
+        second.send(changelog, b"cut 2", key=b"k", partition=0)
+        second.send_offsets({(topic, 0): 3}, source.group_metadata())
+        second.commit()
+        assert checker.committed(tp) == 3
+    finally:
+        for producer in (first, second):
+            if producer is not None:
+                producer.close()
+        checker.close()
+        source.close()
+    assert [r.value for r in read_to_end(cfg, changelog)] == [b"cut 1", b"cut 2"]
+
+
+def test_confluent_offsets_of_a_member_that_left_the_generation_are_refused_as_fenced(kafka_broker):
+    """librdkafka commits a transaction's offsets with the consumer's group metadata (member id, generation:
+    KIP-447): the group metadata of a generation the group has left is refused, and that is a
+    :class:`FencedError` (the worker rejoins), not an error after which it would take the transactional id
+    again and fence the partition's new owner."""
+    from monitor.kafka_client import make_source
+
+    cfg = _cfg(kafka_broker, "confluent-kafka")
+    topic = f"source-{uuid.uuid4().hex[:8]}"
+    changelog = f"changelog-{uuid.uuid4().hex[:8]}"
+    create_topics(cfg, {topic: 2, changelog: 1})
+    cfg = KafkaConfig(bootstrap_servers=kafka_broker.bootstrap, topic=topic, group_id=cfg.group_id,
+                      session_timeout_ms=6000, client="confluent-kafka")
+    first = make_source(cfg, lambda: {}).start()
+    second = producer = None
+    try:
+        deadline = time.monotonic() + 60
+        while not first.assigned and time.monotonic() < deadline:
+            first.poll(timeout_ms=200)
+        assert first.assigned and first.rebalances == 1
+        stale = first.group_metadata()  # the first generation's
+        second = make_source(cfg, lambda: {}).start()  # joins: the group moves to a new generation
+        deadline = time.monotonic() + 60
+        while not (second.assigned and first.assigned and first.rebalances >= 2) and time.monotonic() < deadline:
+            first.poll(timeout_ms=100)
+            second.poll(timeout_ms=100)
+        assert second.assigned and first.assigned and first.rebalances >= 2
+        producer = make_transactional_producer(cfg, f"{changelog}.0")
+        producer.init()
+        producer.begin()
+        producer.send(changelog, b"stale cut", key=b"k", partition=0)
+        with pytest.raises(FencedError, match="generation"):
+            producer.send_offsets({(topic, 0): 1}, stale)
+        producer.close()
+        producer = make_transactional_producer(cfg, f"{changelog}.0")  # the current generation's offsets commit
+        producer.init()
+        producer.begin()
+        producer.send(changelog, b"cut", key=b"k", partition=0)
+        owned = next(iter(first.assigned)).partition
+        producer.send_offsets({(topic, owned): 1}, first.group_metadata())
+        producer.commit()
+    finally:
+        if producer is not None:
+            producer.close()
+        for source in (first, second):
+            if source is not None:
+                source.close()
+    assert [r.value for r in read_to_end(cfg, changelog)] == [b"cut"]
