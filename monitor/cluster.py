@@ -720,8 +720,8 @@ class Cluster:
                     partition_log.fence()
                 partition_log.write(self.partials_topic, self.config.model.encode(), partials, changes, state,
                                     offsets)
-            except FencedError:
-                log.warning("fenced: another replica took over partition %s; rejoining the group", key)
+            except FencedError as exc:
+                log.warning("fenced: another replica took over partition %s; rejoining the group (%s)", key, exc)
                 self.rejoin = True
                 return
             except Exception as exc:  # the broker is away: written again at the next cut (same seq)
