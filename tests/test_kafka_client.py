@@ -100,7 +100,8 @@ def test_the_group_consumer_reads_what_was_acknowledged_and_seeks(kafka_broker, 
 def test_a_transaction_commits_the_source_groups_offsets_and_a_fenced_one_does_not(kafka_broker, client):
     """Scale-out with labels commits the source group's offsets inside each cut's transaction, with the
     source's ``group_metadata()`` (the group id on kafka-python, the consumer's group metadata on
-    confluent-kafka): a committed transaction moves the group's offset, a fenced producer's never does."""
+    confluent-kafka): a committed transaction moves the group's offset; a fenced producer's never does, whether
+    it was fenced with its offsets already in its open transaction or sends them after the take-over."""
     from kafka import KafkaConsumer, TopicPartition
 
     from monitor.kafka_client import make_source
@@ -117,7 +118,7 @@ def test_a_transaction_commits_the_source_groups_offsets_and_a_fenced_one_does_n
     checker = KafkaConsumer(bootstrap_servers=kafka_broker.bootstrap, group_id=cfg.group_id,
                             enable_auto_commit=False, isolation_level="read_committed")
     tp = TopicPartition(topic, 0)
-    first = second = None
+    first = second = third = None
     try:
         deadline = time.monotonic() + 60
         while not source.assigned and time.monotonic() < deadline:  # a member of the group's generation
@@ -143,8 +144,17 @@ def test_a_transaction_commits_the_source_groups_offsets_and_a_fenced_one_does_n
         second.send_offsets({(topic, 0): 3}, source.group_metadata())
         second.commit()
         assert checker.committed(tp) == 3
+        # a zombie's whole cut after the take-over: its offsets or its commit fail, and nothing moves
+        third = make_transactional_producer(cfg, f"{changelog}.0")
+        third.init()
+        second.begin()
+        second.send(changelog, b"zombie", key=b"k", partition=0)
+        with pytest.raises(FencedError):
+            second.send_offsets({(topic, 0): 4}, source.group_metadata())
+            second.commit()
+        assert checker.committed(tp) == 3
     finally:
-        for producer in (first, second):
+        for producer in (first, second, third):
             if producer is not None:
                 producer.close()
         checker.close()
