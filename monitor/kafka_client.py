@@ -979,12 +979,20 @@ class _KafkaPythonGroupConsumer:
         self._consumer.close(autocommit=False, timeout_ms=int(timeout_s * 1000))
 
 
-def _kafka_python_txn_error(exc: BaseException) -> ProduceError:
+def _kafka_python_txn_error(exc: BaseException, cause: BaseException | None = None) -> ProduceError:
     from kafka import errors
 
     fenced = tuple(getattr(errors, name) for name in ("ProducerFencedError", "InvalidProducerEpochError")
                    if hasattr(errors, name))
-    if isinstance(exc, fenced):
+
+    def is_fenced(e) -> bool:
+        # once fenced, kafka-python's later calls raise KafkaError(("Cannot perform send ...",
+        # ProducerFencedError())): a retry under a new epoch would fence the partition's new owner
+        if isinstance(e, tuple):
+            return any(is_fenced(a) for a in e)
+        return isinstance(e, fenced) or (isinstance(e, BaseException) and any(is_fenced(a) for a in e.args))
+
+    if is_fenced(exc) or is_fenced(cause):  # cause: the transaction manager's last error (a string in exc)
         return FencedError(str(exc))
     if isinstance(exc, errors.KafkaTimeoutError):
         return ProduceTimeoutError(str(exc))
@@ -1013,7 +1021,10 @@ class _KafkaPythonTransactions:
         try:
             return method(*args, **kwargs)
         except KafkaError as exc:
-            raise _kafka_python_txn_error(exc) from None
+            # "Cannot execute transactional method because we are in an error state: ..." names its cause
+            # only in the text; the transaction manager keeps the error itself
+            manager = getattr(self._producer, "_transaction_manager", None)
+            raise _kafka_python_txn_error(exc, getattr(manager, "last_error", None)) from None
 
     def init(self, timeout_s: float = 30.0) -> None:
         self._call(self._producer.init_transactions)  # bounded by the producer's max_block_ms
@@ -1140,8 +1151,13 @@ def _confluent_txn_error(err) -> ProduceError:
     from confluent_kafka import KafkaError
 
     fenced = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
-    if err.code() in fenced or (err.fatal() and "fenced" in err.str().lower()):  # later calls: _FATAL
+    if err.code() in fenced or (err.fatal() and "fenced" in err.str().lower()):
         return FencedError(err.str())
+    if err.code() == KafkaError._FATAL:
+        # the calls after a fatal error only say "Local: Fatal error"; a transactional producer's fatal errors
+        # are its fencing (or a refused transactional id): it can never write again, and retrying under a new
+        # epoch would fence the partition's new owner, so the caller must rejoin as when fenced
+        return FencedError(f"{err.str()} (the transactional producer was fenced or its id refused)")
     return _confluent_error(err)
 
 

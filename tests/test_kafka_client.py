@@ -153,6 +153,22 @@ def test_a_transaction_commits_the_source_groups_offsets_and_a_fenced_one_does_n
             second.send_offsets({(topic, 0): 4}, source.group_metadata())
             second.commit()
         assert checker.committed(tp) == 3
+        # a zombie that keeps sending: once its producer knows it is fenced, every call says so (kafka-python
+        # raises KafkaError("Cannot perform send ...", ProducerFencedError()) then: that is FencedError too,
+        # or the worker would retry under a new epoch and fence the partition's new owner)
+        zombie = make_transactional_producer(cfg, f"{changelog}.0")
+        zombie.init()
+        third.close()
+        third = make_transactional_producer(cfg, f"{changelog}.0")
+        third.init()
+        zombie.begin()
+        with pytest.raises(FencedError):
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # the fencing surfaces on the producer's own thread first
+                zombie.send(changelog, b"zombie", key=b"k", partition=0)
+                time.sleep(0.1)
+            zombie.commit()
+        zombie.close()
     finally:
         for producer in (first, second, third):
             if producer is not None:
