@@ -388,10 +388,16 @@ class KafkaSource:
         if offsets:
             self._consumer.commit(offsets, timeout_ms=timeout_ms)
 
-    def group_metadata(self) -> str:
-        """What a transactional producer's ``send_offsets`` needs to commit this group's offsets: its id
-        (kafka-python's ``send_offsets_to_transaction`` takes the group id)."""
-        return self.cfg.group_id
+    def group_metadata(self):
+        """What a transactional producer's ``send_offsets`` needs to commit this group's offsets: the
+        consumer's current group metadata (group id, member id, generation), so the broker refuses the
+        offsets of a member that is no longer in the group's current generation (KIP-447). With the bare
+        group id, a woken zombie's offset commit that reached the group coordinator after its transaction
+        was aborted stayed pending there and was applied by the partition's new owner's next commit (same
+        producer id): the group's offsets went back to the zombie's."""
+        if self._consumer is None:
+            raise ProduceError("the source consumer is closed: no group metadata for the transaction")
+        return self._consumer.group_metadata()
 
     def probe(self, positions: dict[str, int], timeout_ms: int) -> tuple[dict[int, int], bool]:
         """One round trip to the broker on a client of its own (safe off the consuming thread).
@@ -922,10 +928,9 @@ def make_transactional_producer(cfg: KafkaConfig, transactional_id: str, max_req
     """A producer (acks=all) whose records commit together: ``init(timeout_s)`` (fences every earlier producer
     of ``transactional_id`` and aborts its open transaction), ``begin()``, ``send(topic, value, key,
     partition)``, ``send_offsets(offsets, group)`` (the source group's offsets commit with the transaction;
-    ``group`` is the source's ``group_metadata()``: the group id for kafka-python, the consumer's group
-    metadata for confluent-kafka), ``commit(timeout_s)``, ``close(timeout_s)``. A fenced producer raises
-    :class:`FencedError` (so does ``send_offsets`` of a member no longer in the group's generation, on
-    confluent-kafka); any other failure :class:`ProduceError` (the transaction's outcome is then unknown:
+    ``group`` is the source consumer's ``group_metadata()``), ``commit(timeout_s)``, ``close(timeout_s)``. A
+    fenced producer raises :class:`FencedError` (so do the offsets of a member no longer in the group's
+    generation); any other failure :class:`ProduceError` (the transaction's outcome is then unknown:
     start over with a new producer).
     """
     if cfg.client == "confluent-kafka":
@@ -982,7 +987,12 @@ class _KafkaPythonGroupConsumer:
 def _kafka_python_txn_error(exc: BaseException, cause: BaseException | None = None) -> ProduceError:
     from kafka import errors
 
-    fenced = tuple(getattr(errors, name) for name in ("ProducerFencedError", "InvalidProducerEpochError")
+    # the last four: the offsets of a member no longer in the group's generation (KIP-447; kafka-python
+    # reports those as CommitFailedError): its partitions may have a new owner, so it must rejoin, not retry
+    # under a new epoch (that would fence the new owner)
+    fenced = tuple(getattr(errors, name) for name in ("ProducerFencedError", "InvalidProducerEpochError",
+                                                      "CommitFailedError", "IllegalGenerationError",
+                                                      "UnknownMemberIdError", "FencedInstanceIdError")
                    if hasattr(errors, name))
 
     def is_fenced(e) -> bool:
@@ -1035,9 +1045,9 @@ class _KafkaPythonTransactions:
     def send(self, topic: str, value: bytes | None, key: bytes | None = None, partition: int | None = None) -> None:
         self._call(self._producer.send, topic, value=value, key=key, partition=partition)
 
-    def send_offsets(self, offsets: dict[tuple[str, int], int], group: str) -> None:
+    def send_offsets(self, offsets: dict[tuple[str, int], int], group) -> None:
         """Commit the group's offsets ((topic, partition) -> next offset) with this transaction; ``group`` is
-        the group id (:meth:`KafkaSource.group_metadata`)."""
+        the source consumer's group metadata (:meth:`KafkaSource.group_metadata`)."""
         from kafka.structs import OffsetAndMetadata
 
         self._call(self._producer.send_offsets_to_transaction,

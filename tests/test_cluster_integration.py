@@ -675,6 +675,78 @@ def test_labels_kill_9_of_a_worker_loses_and_double_counts_no_label(tmp_path, ka
     assert [windows[s]["window"]["events"] for s in sorted(windows)[:PHASES - 1]] == [PER_PHASE] * (PHASES - 1)
 
 
+@pytest.mark.parametrize("client", CLIENTS)
+def test_labels_a_stalled_worker_that_wakes_up_is_fenced(tmp_path, kafka_broker, receiver, client):
+    """A worker freezes (SIGSTOP) mid-stream past its session timeout; the others take its partitions over
+    from the join changelog (which fences its transactional ids). Awake (SIGCONT), it must not commit a
+    stale cut: its transactions are fenced (or it finds its partitions gone) and it rejoins. The label counts
+    and every window's counts stay exact."""
+    topic = kafka_broker.create_topic(f"predictions-{uuid.uuid4().hex[:8]}", partitions=PARTITIONS)
+    labels_topic = kafka_broker.create_topic(f"labels-{uuid.uuid4().hex[:8]}", partitions=PARTITIONS)
+    path = _labelled_config(tmp_path, kafka_broker, topic, labels_topic, receiver, client)
+    replicas = [_replica(tmp_path, path, f"r{i}", {"enabled": True, "grace": "10m"}) for i in range(3)]
+    group = f"cluster-{topic}"
+    start = (int(time.time() // DURATION) + 30) * DURATION
+    stream = _labelled_stream(start)
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, linger_ms=5)
+    restored = lambda ds: sum((d.status() or {}).get("cluster", {}).get("partitions_restored", 0)  # noqa: E731
+                              for d in ds)
+    frozen = None
+    try:
+        for d in replicas:
+            d.start()
+        for d in replicas:
+            d.wait(lambda d=d: d.get("/readyz") == b"ready: baseline loaded and consuming\n", 90, "an assignment")
+        first = replicas[0]
+        first.wait(lambda: len(_aggregators(replicas)) == 1, 60, "one aggregator")
+        for k in range(PHASES):
+            if k == 3:  # a worker: not the aggregator, once the group has settled
+                aggregator = _settled_aggregator(replicas, first, kafka_broker)
+                frozen = next(d for d in replicas if d is not aggregator)
+                others = [d for d in replicas if d is not frozen]
+                seen, before = _consumed([frozen]), restored(others)
+            _produce_phase(producer, topic, labels_topic, stream, k)
+            if k == 3:  # while it reads the phase: it holds records it has not cut yet
+                frozen.wait(lambda: _consumed([frozen]) > seen, 60, "the frozen worker reading phase 3")
+                frozen.proc.send_signal(signal.SIGSTOP)
+                mark = len(_full_log(frozen))
+                # its session expires; the others restore its two partitions from the changelog and cut them
+                others[0].wait(lambda: restored(others) >= before + 2, 120, "the others taking its partitions")
+                others[0].wait(lambda: _caught_up(kafka_broker, group, (topic, labels_topic)), 180,
+                               "phase 3 in the others' cuts")
+                assert len(_full_log(frozen)) == mark  # it slept through the take-over
+                frozen.proc.send_signal(signal.SIGCONT)
+                # awake: it leaves the group and rejoins (fenced at its next cut, or its partitions gone)
+                others[0].wait(lambda: _groups_stable(kafka_broker, _groups(frozen), 3)
+                               and frozen.get("/readyz") == b"ready: baseline loaded and consuming\n", 120,
+                               "the woken worker back in the group")
+            first.wait(lambda: _caught_up(kafka_broker, group, (topic, labels_topic)), 180, f"phase {k} in cuts")
+        agg = first.wait(lambda: (a := _aggregators(replicas)) and len(a) == 1
+                         and _label_counts(a[0].status()) == EXPECTED_LABELS and a[0], 60, "exact label counts")
+        first.wait(lambda: len(_performance(replicas)) >= PHASES - 2, 90, "performance windows")
+        status = agg.status()
+        woken = _full_log(frozen)[mark:]
+        for d in replicas:
+            assert d.terminate(timeout=30)[0] == 0
+    finally:
+        producer.close()
+        for d in replicas:
+            if d.proc is not None and d.proc.poll() is None:
+                d.proc.send_signal(signal.SIGCONT)
+            d.close()
+    # a stale cut that failed for another reason than fencing would be retried under a new epoch, taking the
+    # transactional id back from the partition's new owner
+    assert "state not written to" not in woken, woken[-3000:]
+    perf = _performance(replicas)
+    starts = sorted(perf)[:PHASES - 2]
+    assert starts == [start + 10 * (k + 1) for k in range(PHASES - 2)]
+    assert [perf[s]["window"]["labelled"] for s in starts] == [LABELLED] * (PHASES - 2)
+    assert _label_counts(status) == EXPECTED_LABELS
+    assert status["cluster"]["late_performance_partials"] == 0
+    windows = _windows(replicas)
+    assert [windows[s]["window"]["events"] for s in sorted(windows)[:PHASES - 1]] == [PER_PHASE] * (PHASES - 1)
+
+
 def test_labels_topic_not_co_partitioned_stops_the_start_with_one_line(tmp_path, kafka_broker, receiver):
     """The label join runs where the prediction's partition is read: a labels topic with another partition
     count is refused at start, exit 2, one line naming both topics and both counts."""
