@@ -33,7 +33,7 @@ import time
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.errors import KafkaConfigurationError
+from kafka.errors import KafkaConfigurationError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from monitor.config import ConfigError, KafkaConfig, kafka_secrets, ssl_key_password
@@ -289,6 +289,7 @@ class KafkaSource:
         self._consumer: KafkaConsumer | None = None
         self._lag_client: KafkaConsumer | None = None
         self._lag_lock = threading.Lock()
+        self.poll_errors = 0  # consecutive polls that failed with a retriable error
 
     def start(self, bootstrap_timeout_ms: int = 30_000) -> "KafkaSource":
         """Create the consumer and subscribe; raises kafka-python's error when the broker cannot be
@@ -360,7 +361,23 @@ class KafkaSource:
                     sorted(partition_key(tp) for tp in lost))
 
     def poll(self, timeout_ms: int = 500) -> list[PartitionBatch]:
-        records = self._consumer.poll(timeout_ms=timeout_ms, max_records=self.cfg.max_poll_records)
+        """The records fetched since the last call, by partition; none while the broker cannot be reached."""
+        try:
+            records = self._consumer.poll(timeout_ms=timeout_ms, max_records=self.cfg.max_poll_records)
+        except KafkaError as exc:
+            if not exc.retriable:
+                raise
+            # kafka-python 3 can raise a connection error out of poll while the broker is down (a metadata
+            # refresh during offset validation). The outage is reported by the broker probe (/readyz,
+            # driftmon_broker_up); the consumer reconnects by itself, so this poll is an idle one.
+            self.poll_errors += 1
+            if self.poll_errors == 1:
+                log.warning("poll failed, retrying while the broker is unreachable: %s", exc)
+            time.sleep(min(timeout_ms, 500) / 1000)  # no busy loop while every call fails at once
+            return []
+        if self.poll_errors:
+            log.info("poll works again after %d failed polls", self.poll_errors)
+            self.poll_errors = 0
         out = []
         for tp in sorted(records, key=lambda t: (t.topic, t.partition)):
             if records[tp]:

@@ -77,11 +77,17 @@ def tansu_broker():
 
 
 @pytest.fixture(scope="module")
-def own_broker():
-    """Apache Kafka for one test module alone: its tests may halt and restart it."""
+def _module_broker():
     broker = _start(brokers.KafkaBroker)
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def own_broker(_module_broker):
+    """Apache Kafka for one test module alone: its tests may halt and restart it. Each test gets it
+    running: a test that failed while it was halted does not fail the next ones with it."""
+    return _module_broker.restart()
 
 
 @pytest.fixture(params=["kafka", "tansu"])

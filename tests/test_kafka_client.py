@@ -228,3 +228,34 @@ def test_offsets_of_a_member_that_left_the_generation_are_refused_as_fenced(kafk
             if source is not None:
                 source.close()
     assert [r.value for r in read_to_end(cfg, changelog)] == [b"cut"]
+
+
+class _FailingConsumer:
+    """Stands in for kafka-python's consumer while the broker is down: ``poll`` raises ``errors`` in turn."""
+
+    def __init__(self, errors):
+        self.errors = list(errors)
+        self.polls = 0
+
+    def poll(self, timeout_ms, max_records):
+        self.polls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return {}
+
+
+def test_a_retriable_error_out_of_poll_is_an_idle_poll_and_any_other_is_raised():
+    """kafka-python 3 can raise a connection error out of poll during an outage (a metadata refresh while
+    it validates offsets): the daemon must see an idle poll and go on, not die; a refusal is raised."""
+    from kafka.errors import KafkaConnectionError, KafkaTimeoutError, TopicAuthorizationFailedError
+
+    from monitor.kafka_client import KafkaSource
+
+    source = KafkaSource(KafkaConfig(bootstrap_servers="127.0.0.1:1", topic="t", group_id="g"), dict)
+    source._consumer = _FailingConsumer([KafkaConnectionError("111 ECONNREFUSED"), KafkaTimeoutError("metadata")])
+    assert source.poll(timeout_ms=1) == [] and source.poll(timeout_ms=1) == []
+    assert source.poll_errors == 2
+    assert source.poll(timeout_ms=1) == [] and source.poll_errors == 0 and source._consumer.polls == 3
+    source._consumer = _FailingConsumer([TopicAuthorizationFailedError("denied")])
+    with pytest.raises(TopicAuthorizationFailedError):
+        source.poll(timeout_ms=1)
