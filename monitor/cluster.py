@@ -39,7 +39,7 @@ import time
 
 from monitor.config import ConfigError
 from monitor.kafka_client import (FencedError, ProduceError, create_topics, make_group_consumer, make_producer,
-                                  make_transactional_producer, read_to_end)
+                                  fence, read_to_end)
 from monitor.join import RocksStore
 from monitor.performance import LabelledWindow, PerformanceTracker
 from monitor.pipeline import Pipeline
@@ -890,14 +890,7 @@ class Cluster:
         if self._state_producer is not None:  # a new epoch each take-over, even of our own partition
             self._state_producer.close(timeout_s=1.0)
             self._state_producer = None
-        producer = make_transactional_producer(self.config.kafka, self.changelog_topic,
-                                               max_request_bytes=MAX_RECORD_BYTES, compression="gzip")
-        try:
-            producer.init(timeout_s=30.0)
-        except BaseException:
-            producer.close(timeout_s=1.0)
-            raise
-        self._state_producer = producer
+        self._state_producer = fence(self.config.kafka, self.changelog_topic, MAX_RECORD_BYTES, "gzip")
         return self._read_changelog()
 
     def _restore(self, state: dict | None) -> None:

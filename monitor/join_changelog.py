@@ -29,7 +29,7 @@ import logging
 
 import msgspec
 
-from monitor.kafka_client import make_transactional_producer, read_to_end
+from monitor.kafka_client import fence, read_to_end
 
 __all__ = ["PartitionLog", "STATE_KEY"]
 
@@ -64,19 +64,12 @@ class PartitionLog:
         self.changelog = changelog
         self.partition = partition
         self.group = group
-        self.producer = None  # kafka_client.make_transactional_producer, once fenced
+        self.producer = None  # kafka_client.fence: the partition's transactional producer
 
     def fence(self) -> None:
         """Take the partition's transactional id: aborts the previous owner's open transaction, fences it."""
         self.close()
-        producer = make_transactional_producer(self.kafka, f"{self.changelog}.{self.partition}",
-                                               max_request_bytes=MAX_RECORD_BYTES, compression="gzip")
-        try:
-            producer.init(timeout_s=30.0)
-        except BaseException:
-            producer.close(timeout_s=1.0)
-            raise
-        self.producer = producer
+        self.producer = fence(self.kafka, f"{self.changelog}.{self.partition}", MAX_RECORD_BYTES, "gzip")
 
     def read(self) -> tuple[dict, dict | None]:
         """Every committed record of the partition: (prediction id -> entry, the last state record or None)."""

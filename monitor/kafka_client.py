@@ -955,6 +955,19 @@ def make_transactional_producer(cfg: KafkaConfig, transactional_id: str, max_req
     return _KafkaPythonTransactions(cfg, transactional_id, max_request_bytes, compression)
 
 
+def fence(cfg: KafkaConfig, transactional_id: str, max_request_bytes: int | None = None,
+          compression: str | None = None, timeout_s: float = 30.0):
+    """A transactional producer of ``transactional_id``, initialized: every earlier producer of that id is
+    fenced and its open transaction aborted (see :func:`make_transactional_producer`)."""
+    producer = make_transactional_producer(cfg, transactional_id, max_request_bytes, compression)
+    try:
+        producer.init(timeout_s=timeout_s)
+    except BaseException:
+        producer.close(timeout_s=1.0)
+        raise
+    return producer
+
+
 def read_to_end(cfg: KafkaConfig, topic: str, partition: int = 0, timeout_s: float = 30.0):
     """Yield the committed :class:`Record` objects (``read_committed``) of one partition from its beginning to the
     end it had when called, on a client of its own, outside any group. Raises ConnectionError when the
