@@ -20,8 +20,8 @@ from tests.test_daemon_integration import CLIENTS
 pytestmark = pytest.mark.integration
 
 
-def _cfg(broker, client: str) -> KafkaConfig:
-    return KafkaConfig(bootstrap_servers=broker.bootstrap, topic="unused", group_id=f"g-{uuid.uuid4().hex[:8]}",
+def _cfg(broker, client: str, topic: str = "unused") -> KafkaConfig:
+    return KafkaConfig(bootstrap_servers=broker.bootstrap, topic=topic, group_id=f"g-{uuid.uuid4().hex[:8]}",
                        session_timeout_ms=6000, client=client)
 
 
@@ -106,12 +106,10 @@ def test_a_transaction_commits_the_source_groups_offsets_and_a_fenced_one_does_n
 
     from monitor.kafka_client import make_source
 
-    cfg = _cfg(kafka_broker, client)
     topic = f"source-{uuid.uuid4().hex[:8]}"
     changelog = f"changelog-{uuid.uuid4().hex[:8]}"
+    cfg = _cfg(kafka_broker, client, topic)
     create_topics(cfg, {topic: 1, changelog: 1})
-    cfg = KafkaConfig(bootstrap_servers=kafka_broker.bootstrap, topic=topic, group_id=cfg.group_id,
-                      session_timeout_ms=6000, client=client)
     source = make_source(cfg, lambda: {}).start()
     # read_committed: its offset fetch asks for stable offsets (the broker answers once the transaction's
     # markers are written), so it never sees a pending transactional commit
@@ -185,12 +183,10 @@ def test_offsets_of_a_member_that_left_the_generation_are_refused_as_fenced(kafk
     again and fence the partition's new owner."""
     from monitor.kafka_client import make_source
 
-    cfg = _cfg(kafka_broker, client)
     topic = f"source-{uuid.uuid4().hex[:8]}"
     changelog = f"changelog-{uuid.uuid4().hex[:8]}"
+    cfg = _cfg(kafka_broker, client, topic)
     create_topics(cfg, {topic: 2, changelog: 1})
-    cfg = KafkaConfig(bootstrap_servers=kafka_broker.bootstrap, topic=topic, group_id=cfg.group_id,
-                      session_timeout_ms=6000, client=client)
     first = make_source(cfg, lambda: {}).start()
     second = producer = None
     try:
