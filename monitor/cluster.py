@@ -89,9 +89,9 @@ class _ChangelogStore(RocksStore):
         self.changed: set[str] = set()
         super().__init__(path)
 
-    def _land(self, wb, undo: list, count: int) -> None:
-        super()._land(wb, undo, count)
-        self.changed.update(ek[1:].decode() for ek, _raw, _index in undo)
+    def _land(self, wb, created: list, old_keys: list, old_vals: list, count: int, touched: list) -> None:
+        super()._land(wb, created, old_keys, old_vals, count, touched)
+        self.changed.update(ek[1:].decode() for ek in touched)
 
     def changes(self) -> dict:
         """id -> its entry now, or None, for every id changed since the last cut."""

@@ -17,7 +17,7 @@ import math
 import os
 import shutil
 import struct
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 import msgspec
 import numpy as np
@@ -98,27 +98,42 @@ class MemoryStore:
 
 # ---- RocksDB ---------------------------------------------------------------------------------------
 
-_ENTRY, _FORMAT, _META, _TIME, _UNDO, _END = b"e", b"f", b"m", b"t", b"u", b"v"  # key prefixes, in this order
+# key prefixes, in this order: live counts, entries, layout, meta, expiry index, undo records, (end)
+_COUNT, _ENTRY, _FORMAT, _META, _TIME, _UNDO, _END = b"c", b"e", b"f", b"m", b"t", b"u", b"v"
 _U64 = struct.Struct(">Q")
 _ZERO = _U64.pack(0)
-#: The layout of values and undo records (``f``). 2: an entry's value starts with its 8-byte expiry key.
-FORMAT = b"2"
-_KINDS = (b"\x00", b"\x01")  # PREDICTION, LABEL as a value's kind byte
+_SIGN = np.uint64(0x8000000000000000)
+#: The layout of keys, values and undo records (``f``). 3: one expiry-index record per write batch.
+FORMAT = b"3"
+_NO_TIME = 2  # in a value's kind byte: the entry has no event time (it waits a TTL from the watermark)
+_KIND_BYTES = tuple(bytes([k]) for k in range(4))
+_HEAD = 25  # a value's header: expiry key (8), kind (1), batch id (16)
+
+
+def _time_ints(values) -> np.ndarray:
+    """The floats as uint64s that sort like them (IEEE 754 with the sign bit flipped, negatives inverted)."""
+    u = np.asarray(values, dtype=np.float64).view(np.uint64)
+    return np.where(u >> np.uint64(63), ~u, u | _SIGN)
 
 
 def _time_key(t: float) -> bytes:
-    """8 bytes that sort like the float ``t`` (IEEE 754 with the sign bit flipped, negatives inverted)."""
-    (u,) = _U64.unpack(struct.pack(">d", t))
-    return _U64.pack(u ^ 0xFFFFFFFFFFFFFFFF if u >> 63 else u | 0x8000000000000000)
+    """8 bytes that sort like the float ``t``."""
+    return _time_ints([t]).astype(">u8").tobytes()
 
 
-def _time_keys(values: list[float]) -> list[bytes]:
-    """:func:`_time_key` of many floats at once."""
-    if not values:
-        return []
-    u = np.asarray(values, dtype=np.float64).view(np.uint64)
-    u = np.where(u >> np.uint64(63), ~u, u | np.uint64(0x8000000000000000)).astype(">u8").tobytes()
-    return [u[i:i + 8] for i in range(0, len(u), 8)]
+def _ints(keys: bytes) -> np.ndarray:
+    """Concatenated 8-byte time keys as uint64s."""
+    return np.frombuffer(keys, dtype=">u8").astype(np.uint64)
+
+
+def _times(keys: bytes) -> np.ndarray:
+    """The floats of concatenated 8-byte time keys (the inverse of :func:`_time_key`)."""
+    u = _ints(keys)
+    return np.where(u >> np.uint64(63), u & ~_SIGN, ~u).view(np.float64)
+
+
+def _split8(blob: bytes) -> list[bytes]:
+    return [blob[i:i + 8] for i in range(0, len(blob), 8)]
 
 
 def _byte_keys(prefix: str, keys: list) -> list[bytes]:
@@ -143,12 +158,20 @@ def _plain(obj):
 class RocksStore:
     """Pending entries in RocksDB, with an undo log per epoch, so that the store rolls back to any checkpoint.
 
-    Keys: ``e<id>`` an entry; ``t<time>e<id>`` the expiry index (by event time); ``u<epoch><seq>``
-    the undo record of one batch of changes (per change: the entry's key, the value it replaced,
-    the index time it wrote); ``m`` the last committed epoch; ``f`` the layout (:data:`FORMAT`).
-    An entry's value is its 8-byte expiry time (:func:`_time_key`), its kind (one byte), then
-    msgpack ``[t, payload, expiry]``: a lookup learns whether its partner waits, and a deletion
-    finds the index key, without decoding. A batch and its undo record are one write.
+    Keys: ``e<id>`` an entry; ``t<time><batch>`` the expiry index of one write batch (the ids it
+    stored, by expiry time; ``<time>`` is the earliest); ``c<batch>`` that record's time and how
+    many of the entries its batch stored are still there; ``u<batch>`` the undo record of a batch
+    (the keys it created, and the values of those it changed or deleted); ``m`` the last committed
+    epoch; ``f`` the layout (:data:`FORMAT`). A batch is named ``<epoch><seq>`` (16 bytes).
+
+    An entry's value is its expiry time as 8 bytes that sort like the float (:func:`_time_key`), its
+    kind (one byte, plus 2 when it has no event time; else its event time is its expiry time), the
+    batch that stored it, then its payload in msgpack: a lookup tells a waiting partner from a
+    duplicate without decoding. A match deletes the entry alone: the index record still names it
+    until expiry (or eviction) reads the record and finds it gone, or until the last entry the
+    record's batch stored is gone (its count reaches zero, which deletes the record). Expiry and
+    eviction delete an entry through the record of the batch that stored it, so each is counted
+    once. A batch and its undo record are one write.
 
     A checkpoint calls :meth:`commit`: the write-ahead log is synced (one fsync) and the
     checkpoint records the epoch, so its cost does not grow with the entries. A restart
@@ -193,8 +216,7 @@ class RocksStore:
         self._write = WriteOptions()  # batches are not synced one by one: commit() syncs the log
         self.count = 0
         self.epoch = 1  # the epoch being written; commit() closes it
-        self.floor = _ZERO  # every index key below it is gone (expired)
-        self.cursor = _ZERO  # where eviction at the cap goes on from
+        self.floor = _ZERO  # every index record below it is gone (expired)
         self._seq = 0
         layout = self.db.get(_FORMAT)
         if layout is None and not self.committed() and not self.entries_exist():  # a new store
@@ -220,158 +242,301 @@ class RocksStore:
 
     def _value(self, raw: bytes) -> list:
         """A stored value as the entry ``[t, kind, payload, expiry]``."""
-        t, payload, it = self._decode(memoryview(raw)[9:])
-        return [t, raw[8], payload, it]
-
-    def _pack(self, entry: list, index: bytes) -> bytes:
-        t, kind, payload, it = entry
-        return index + _KINDS[kind] + self._encode([t, payload, it])
+        it = float(_times(raw[:8])[0])
+        return [math.nan if raw[8] & _NO_TIME else it, raw[8] & 1, self._decode(raw[_HEAD:]), it]
 
     def get_many(self, keys: list[str]) -> list:
         if not keys:
             return []
         return [None if v is None else self._value(v) for v in self.db.get(_byte_keys("e", keys))]
 
+    def _bid(self) -> bytes:
+        """The name of the next write batch."""
+        return _U64.pack(self.epoch) + _U64.pack(self._seq + 1)
+
     def join(self, keys: list, times: list[float], payloads: list, kind: int, watermark: float,
              ttl: float) -> tuple[list, int, int, float]:
-        """:meth:`LabelJoin._join` on this store, in one pass and one write batch: a waiting partner is
-        taken (matched), anything else waits (or is expired at once when older than the TTL).
+        """:meth:`LabelJoin._join` on this store, in one write batch: a waiting partner is taken (matched),
+        anything else waits (or is expired at once when older than the TTL).
 
         Returns the matches, how many there were, how many expired at once, and the new watermark.
         Nothing changes on this store's side (count, sequence) unless the write lands.
         """
-        if not keys:
+        n = len(keys)
+        if not n:
             return [], 0, 0, watermark
         eks = _byte_keys("e", keys)
         raws = self.db.get(eks)
-        tks = _time_keys(times)
-        touched = {} if len(set(eks)) < len(eks) else None  # an id twice in one batch: the later sees the earlier
-        wb, undo, out = self._batch(), [], []
-        put, delete, encode, decode, record = wb.put, wb.delete, self._encode, self._decode, undo.append
-        tag = _KINDS[kind]
-        count, matched, expired, horizon = self.count, 0, 0, watermark - ttl
-        for ek, t, payload, raw, tk in zip(eks, times, payloads, raws, tks):
-            if touched is not None and ek in touched:
-                raw = touched[ek]
-            if raw is not None and raw[8] != kind:  # its partner waits
-                waited, other, _ = decode(memoryview(raw)[9:])
-                matched += 1
-                count -= 1
-                delete(ek)
-                delete(_TIME + raw[:8] + ek)
-                record((ek, raw, None))
-                if touched is not None:
-                    touched[ek] = None
-                if kind == LABEL:
-                    out.append((other, payload, max(0.0, t - waited)))
+        t = np.asarray(times, dtype=np.float64)
+        marks = np.fmax.accumulate(np.concatenate(([watermark], t)))  # the watermark before each row, then after
+        before = marks[:-1]
+        no_time = np.isnan(t)
+        timeless = bool(no_time.any())
+        expiry = np.where(no_time, before, t) if timeless else t  # without an event time: a TTL from the latest
+        stale = expiry < before - ttl  # older than the TTL already: it would expire at once
+        u = _time_ints(expiry)
+        bid = self._bid()
+        heads = (_KIND_BYTES[kind] + bid, _KIND_BYTES[kind | _NO_TIME] + bid)
+        encode = self._encode
+        if len(set(eks)) == n:
+            present = [i for i, raw in enumerate(raws) if raw is not None]
+            match = [i for i in present if raws[i][8] & 1 != kind]  # its partner waits
+            if match or stale.any():
+                keep = ~stale
+                keep[match] = False
+                ins = np.flatnonzero(keep)
+                if len(present) > len(match):
+                    keep = keep.tolist()
+                    over = [i for i in present if keep[i]]  # the same kind waits already: replaced
                 else:
-                    out.append((payload, other, max(0.0, waited - t)))
+                    over = []
+            else:  # (the common case: every row is stored)
+                ins, over = None, present
+            if ins is None or len(ins) == n:
+                ins_eks, ins_u, ins_p, ins_nan = eks, u, payloads, no_time
             else:
-                if t == t:
-                    it = t
-                else:  # without an event time it waits a TTL from the latest
-                    it, tk = watermark, _time_key(watermark)
-                if it < horizon:
-                    expired += 1  # older than the TTL already: it would expire at once
+                pick = ins.tolist()
+                ins_eks, ins_u, ins_p, ins_nan = [eks[i] for i in pick], u[ins], [payloads[i] for i in pick], \
+                    no_time[ins]
+            tks = _split8(ins_u.astype(">u8").tobytes())
+            if timeless:
+                values = [tk + heads[x] + encode(p) for tk, x, p in zip(tks, ins_nan.tolist(), ins_p)]
+            else:
+                head = heads[0]
+                values = [tk + head + encode(p) for tk, p in zip(tks, ins_p)]
+            gone = [raws[i] for i in match]
+            dels = [eks[i] for i in match]
+            old_keys, old_vals = dels + [eks[i] for i in over], gone + [raws[i] for i in over]
+            mine = [payloads[i] for i in match]
+            mine_t = t[match]
+            expired = n - len(ins_eks) - len(match)
+        else:  # an id twice in one batch: the later sees the earlier
+            final: dict = {}  # ek -> (value or None, time int) after the batch
+            first: dict = {}  # ek -> its value before the batch
+            gone, mine, mine_t, expired = [], [], [], 0
+            for i, (ek, raw) in enumerate(zip(eks, raws)):
+                if ek in first:
+                    raw = final[ek][0] if ek in final else first[ek]
                 else:
-                    value = tk + tag + encode([t, payload, it])
-                    if raw is None:
-                        count += 1
-                    else:
-                        delete(_TIME + raw[:8] + ek)
-                    put(ek, value)
-                    put(_TIME + tk + ek, b"")
-                    record((ek, raw, tk))
-                    if touched is not None:
-                        touched[ek] = value
-            if t > watermark:  # (False for NaN)
-                watermark = t
-                horizon = t - ttl
-        self._land(wb, undo, count)
-        return out, matched, expired, watermark
+                    first[ek] = raw
+                if raw is not None and raw[8] & 1 != kind:
+                    final[ek] = (None, 0)
+                    gone.append(raw)
+                    mine.append(payloads[i])
+                    mine_t.append(times[i])
+                elif stale[i]:
+                    expired += 1
+                else:
+                    final[ek] = (u[i:i + 1].astype(">u8").tobytes() + heads[int(no_time[i])] + encode(payloads[i]),
+                                 u[i])
+            ins_eks, values, ins_u, dels, old_keys, old_vals = [], [], [], [], [], []
+            for ek, (value, ui) in final.items():
+                if value is None:
+                    dels.append(ek)
+                else:
+                    ins_eks.append(ek)
+                    values.append(value)
+                    ins_u.append(ui)
+                if first[ek] is not None:
+                    old_keys.append(ek)
+                    old_vals.append(first[ek])
+            ins_u = np.array(ins_u, dtype=np.uint64)
+            mine_t = np.array(mine_t, dtype=np.float64)
+        out: list = []
+        if mine:
+            others = [self._decode(raw[_HEAD:]) for raw in gone]
+            waited = _times(b"".join([raw[:8] for raw in gone]))
+            flags = [raw[8] & _NO_TIME for raw in gone]
+            if any(flags):
+                waited[np.flatnonzero(flags)] = np.nan
+            d = mine_t - waited if kind == LABEL else waited - mine_t
+            delays = np.where(d > 0, d, 0.0).tolist()  # (0 when either time is missing)
+            out = list(zip(others, mine, delays)) if kind == LABEL else list(zip(mine, others, delays))
+        self._store(ins_eks, ins_u, values, dels, old_keys, old_vals, bid)
+        return out, len(mine), expired, float(marks[-1])
 
     def apply(self, changes: dict, old: dict) -> None:
         """Write a batch: id -> new entry, or None to delete (``old``: what the store held before)."""
         keys = list(changes)
-        eks = _byte_keys("e", keys)
-        raws = dict(zip(keys, self.db.get(eks))) if keys else {}
-        wb, undo, count = self._batch(), [], self.count
-        for key, ek in zip(keys, eks):
-            raw, new = raws[key], changes[key]
-            if raw is None and new is None:
-                continue
-            if raw is not None:
-                wb.delete(_TIME + raw[:8] + ek)
-            if new is None:
-                wb.delete(ek)
-                index = None
-            else:
-                index = _time_key(new[3])
-                wb.put(ek, self._pack(new, index))
-                wb.put(_TIME + index + ek, b"")
-            undo.append((ek, raw, index))
-            count += (new is not None) - (raw is not None)
-        self._land(wb, undo, count)
-
-    def _land(self, wb, undo: list, count: int) -> None:
-        """Write a batch with its undo record (when it changes anything)."""
-        if not undo:
+        if not keys:
             return
-        wb.put(_UNDO + _U64.pack(self.epoch) + _U64.pack(self._seq + 1), self._encode(undo))
+        eks = _byte_keys("e", keys)
+        bid = self._bid()
+        ins_eks, values, ins_u, dels, old_keys, old_vals = [], [], [], [], [], []
+        for key, ek, raw in zip(keys, eks, self.db.get(eks)):
+            new = changes[key]
+            if raw is not None:
+                old_keys.append(ek)
+                old_vals.append(raw)
+            if new is None:
+                if raw is not None:
+                    dels.append(ek)
+                continue
+            t, kind, payload, it = new
+            ui = _time_ints([it])
+            ins_eks.append(ek)
+            ins_u.append(ui[0])
+            values.append(ui.astype(">u8").tobytes() + _KIND_BYTES[kind | (0 if t == t else _NO_TIME)] + bid
+                          + self._encode(payload))
+        self._store(ins_eks, np.array(ins_u, dtype=np.uint64), values, dels, old_keys, old_vals, bid)
+
+    def _store(self, ins_eks: list, ins_u: np.ndarray, values: list, dels: list, old_keys: list, old_vals: list,
+               bid: bytes) -> None:
+        """One write batch: the entries stored (with the batch's index record and count) and deleted; the
+        counts of the batches whose entries were replaced or deleted (``old_vals``: what they held)."""
+        if not ins_eks and not old_keys:
+            return
+        wb = self._batch()
+        delete, put = wb.delete, wb.put
+        for ek in dels:
+            delete(ek)
+        for ek, value in zip(ins_eks, values):
+            put(ek, value)
+        created = ins_eks
+        floor = self.floor
+        if ins_eks:
+            if len(ins_u) > 1 and not (ins_u[1:] >= ins_u[:-1]).all():
+                order = np.argsort(ins_u, kind="stable")
+                ins_u, refs = ins_u[order], [ins_eks[i] for i in order.tolist()]
+            else:
+                refs = ins_eks
+            blob = ins_u.astype(">u8").tobytes()
+            record = _TIME + blob[:8] + bid
+            put(record, self._encode([blob, refs]))
+            put(_COUNT + bid, blob[:8] + _U64.pack(len(refs)))
+            created = ins_eks + [record, _COUNT + bid]
+            floor = min(floor, blob[:8])  # (expiry never stores below the floor: a safeguard)
+        count = self.count + len(ins_eks) - len(old_keys)  # (old_keys: entries replaced or deleted)
+        if old_vals:
+            old_keys, old_vals = list(old_keys), list(old_vals)
+            self._release(wb, Counter([raw[9:_HEAD] for raw in old_vals]), old_keys, old_vals)
+        self._land(wb, created, old_keys, old_vals, count, ins_eks + dels if dels else ins_eks)
+        self.floor = floor
+
+    def _release(self, wb, counts: Counter, old_keys: list, old_vals: list) -> None:
+        """Lower the live counts of these batches (batch -> entries of it gone); a record whose count reaches
+        zero goes. The keys changed and their former values are appended to ``old_keys``, ``old_vals``."""
+        ckeys = [_COUNT + b for b in counts]
+        for (b, k), ck, cv in zip(counts.items(), ckeys, self.db.get(ckeys)):
+            if cv is None:
+                continue
+            old_keys.append(ck)
+            old_vals.append(cv)
+            left = _U64.unpack_from(cv, 8)[0] - k
+            if left > 0:
+                wb.put(ck, cv[:8] + _U64.pack(left))
+                continue
+            wb.delete(ck)
+            record = _TIME + cv[:8] + b
+            raw = self.db.get(record)
+            if raw is not None:
+                wb.delete(record)
+                old_keys.append(record)
+                old_vals.append(raw)
+
+    def _land(self, wb, created: list, old_keys: list, old_vals: list, count: int, touched: list) -> None:
+        """Write a batch with its undo record: the keys it created (deleted on undo), then the former values
+        of the keys it changed or deleted (put back). ``touched``: the entry keys it changed."""
+        wb.put(_UNDO + self._bid(), self._encode([created, old_keys, old_vals]))
         _io(self.db.write, wb, self._write)  # a full disk: RocksDB then refuses writes until reopened
         self._seq += 1
         self.count = count
 
-    def _oldest(self, lower: bytes, upper: bytes, limit: int) -> list[bytes]:
-        """Up to ``limit`` index keys (time + entry key) in [lower, upper), oldest first."""
-        it, _ro = self._read(_TIME + lower, _TIME + upper)
-        it.seek(_TIME + lower)
-        out = []
-        while it.valid() and len(out) < limit:
-            out.append(it.key()[1:])
+    def _records(self, upper: bytes, refs: int) -> list:
+        """Index records from the floor to ``upper`` (exclusive), earliest first, until they name ``refs``
+        ids: ``[key, value, times (uint64s), ids]``."""
+        it, _ro = self._read(_TIME + self.floor, _TIME + upper)
+        it.seek(_TIME + self.floor)
+        out, named = [], 0
+        while it.valid() and named < refs:
+            value = it.value()
+            blob, ids = self._decode(value)
+            out.append([it.key(), value, _ints(blob), ids])
+            named += len(ids)
             it.next()
         del it
         return out
 
-    def _drop(self, index_keys: list[bytes]) -> int:
-        """Delete the entries these index keys name (each with its index key)."""
-        if not index_keys:
-            return 0
-        eks = [k[8:] for k in index_keys]
-        wb, undo, count = self._batch(), [], self.count
-        for ek, raw in zip(eks, self.db.get(eks)):
-            if raw is None:
+    def _take(self, records: list, takes: list[int]) -> int:
+        """Take the first ``takes[r]`` ids of record ``r`` off it (the record moves to its next time, or goes),
+        deleting the entries that its batch stored and that are still there. Returns how many."""
+        named, owner = [], []
+        for r, (_key, _value, _us, ids) in enumerate(records):
+            named += ids[:takes[r]]
+            owner += [r] * takes[r]
+        wb = self._batch()
+        created, old_keys, old_vals = [], [], []
+        dropped = [0] * len(records)
+        for ek, raw, r in zip(named, self.db.get(named) if named else [], owner):
+            if raw is not None and raw[9:_HEAD] == records[r][0][9:]:  # stored by this record's batch
+                wb.delete(ek)
+                old_keys.append(ek)
+                old_vals.append(raw)
+                dropped[r] += 1
+        touched = list(old_keys)
+        ckeys = [_COUNT + key[9:] for key, _value, _us, _ids in records]
+        for (key, value, us, ids), k, ck, cv, gone in zip(records, takes, ckeys, self.db.get(ckeys), dropped):
+            if not k:
                 continue
-            wb.delete(ek)
-            wb.delete(_TIME + raw[:8] + ek)
-            undo.append((ek, raw, None))
-            count -= 1
-        before = self.count
-        self._land(wb, undo, count)
-        return before - self.count
+            wb.delete(key)
+            old_keys.append(key)
+            old_vals.append(value)
+            left = 0
+            if cv is not None:
+                old_keys.append(ck)
+                old_vals.append(cv)
+                left = _U64.unpack_from(cv, 8)[0] - gone
+            if left > 0 and k < len(ids):
+                rest = us[k:].astype(">u8").tobytes()
+                moved = _TIME + rest[:8] + key[9:]
+                wb.put(moved, self._encode([rest, ids[k:]]))
+                wb.put(ck, rest[:8] + _U64.pack(left))
+                created.append(moved)
+            elif cv is not None:
+                wb.delete(ck)
+        total = sum(dropped)
+        self._land(wb, created, old_keys, old_vals, self.count - total, touched)
+        return total
 
     def expire(self, horizon: float) -> int:
         upper = _time_key(horizon)
         if upper <= self.floor:
             return 0
-        dropped, lower = 0, self.floor
+        bound = _ints(upper)[0]
+        dropped = 0
         while True:
-            keys = self._oldest(lower, upper, 10_000)
-            dropped += self._drop(keys)
-            if len(keys) < 10_000:
+            records = self._records(upper, 20_000)
+            if not records:
                 break
-            lower = keys[-1] + b"\x00"  # past the deletions just written
+            # every record read moves past the horizon or goes, so the next read starts after them
+            dropped += self._take(records, [int(us.searchsorted(bound)) for _k, _v, us, _i in records])
         self.floor = upper  # later arrivals older than this are never stored (see LabelJoin._join)
-        self.cursor = max(self.cursor, upper)
         return dropped
 
     def evict(self, n: int) -> int:
-        """Drop the ``n`` oldest entries by expiry time, from a cursor that moves past what it evicted
-        (so that eviction at the cap does not walk over its own deletions again)."""
-        keys = self._oldest(max(self.cursor, self.floor), b"\xff" * 9, n)
-        if keys:
-            self.cursor = keys[-1] + b"\x00"
-        return self._drop(keys)
+        """Drop the ``n`` oldest entries by expiry time."""
+        dropped = 0
+        while dropped < n:
+            need = n - dropped
+            it, _ro = self._read(_TIME + self.floor, _UNDO)
+            it.seek(_TIME + self.floor)
+            records, cutoff, named = [], None, 0
+            while it.valid() and not (cutoff is not None and it.key()[1:9] > cutoff):
+                value = it.value()
+                blob, ids = self._decode(value)
+                records.append([it.key(), value, _ints(blob), ids])
+                named += len(ids)
+                if named >= need:  # the need-th earliest so far; any record that starts later has none earlier
+                    cutoff = _U64.pack(int(np.partition(np.concatenate([r[2] for r in records]), need - 1)[need - 1]))
+                it.next()
+            del it
+            if not records:
+                break
+            us = np.concatenate([r[2] for r in records])
+            owner = np.repeat(np.arange(len(records)), [len(r[3]) for r in records])
+            earliest = np.argsort(us, kind="stable")[:need]  # (a prefix of each record: each is sorted)
+            dropped += self._take(records, np.bincount(owner[earliest], minlength=len(records)).tolist())
+        return dropped
 
     def commit(self) -> dict:
         """Make everything written so far durable; return the position that names it."""
@@ -380,8 +545,7 @@ class RocksStore:
         _io(self.db.flush_wal, True)  # one fsync, however many entries wait
         self.epoch += 1
         self._seq = 0
-        return {"store": "rocksdb", "epoch": epoch, "pending": self.count, "floor": self.floor.hex(),
-                "cursor": self.cursor.hex()}
+        return {"store": "rocksdb", "epoch": epoch, "pending": self.count, "floor": self.floor.hex()}
 
     def committed(self) -> int:
         meta = self.db.get(_META)
@@ -400,17 +564,15 @@ class RocksStore:
             return
         start = _UNDO + _U64.pack(epoch + 1)
         it, _ro = self._read(start, _END)
-        it.seek_to_last()  # the newest batch first
+        it.seek_to_last()  # the newest batch first: in one write batch, the last write to a key wins
         wb, undone = self._batch(), 0
         while it.valid() and it.key() >= start:  # (the lower bound does not stop a backward walk)
-            for ek, old, index in reversed(self._decode(it.value())):
-                if index is not None:
-                    wb.delete(_TIME + index + ek)
-                    wb.delete(ek)
-                if old is not None:
-                    wb.put(ek, old)
-                    wb.put(_TIME + old[:8] + ek, b"")
-                undone += 1
+            created, old_keys, old_vals = self._decode(it.value())
+            for key in created:
+                wb.delete(key)
+            for key, value in zip(old_keys, old_vals):
+                wb.put(key, value)
+            undone += 1
             it.prev()
         del it
         wb.delete_range(start, _END)
@@ -419,11 +581,11 @@ class RocksStore:
         _io(self.db.flush_wal, True)
         self.count = state["pending"]
         self.floor = bytes.fromhex(state["floor"])
-        self.cursor = bytes.fromhex(state["cursor"])
         self.epoch = epoch + 1
         self._seq = 0
         if undone:
-            log.info("label join store rolled back to the checkpoint's epoch %d (%d changes undone)", epoch, undone)
+            log.info("label join store rolled back to the checkpoint's epoch %d (%d write batches undone)", epoch,
+                     undone)
 
     def durable(self, state: dict) -> None:
         """The checkpoint holding ``state`` is on disk: the undo records it covers can go."""

@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from monitor.join import LabelJoin, StoreError
+from monitor.join import LabelJoin, StoreError, _time_key
 
 
 def stream(seed: int, n: int, ids: int):
@@ -43,6 +43,29 @@ def counters(join: LabelJoin) -> tuple:
     return join.received, join.matched, join.expired, join.pending, join.watermark
 
 
+def check_index(join: LabelJoin) -> None:
+    """The index is consistent: every entry is named, with its time, by the record of the batch that stored
+    it; every batch's count is how many of its entries are left (none is zero); nothing else is indexed."""
+    import collections
+
+    import msgspec
+
+    db, live = join.store.db, collections.Counter()
+    records = {k[9:]: k for k in db.keys() if k[:1] == b"t"}
+    counts = {k[1:]: v for k, v in db.items() if k[:1] == b"c"}
+    for key, value in db.items():
+        if key[:1] != b"e":
+            continue
+        batch = value[9:25]
+        live[batch] += 1
+        times, ids = msgspec.msgpack.decode(db[records[batch]])
+        assert records[batch][1:9] == times[:8]
+        assert (value[:8], key) in {(times[i * 8:i * 8 + 8], ids[i]) for i in range(len(ids))}
+    assert set(records) == set(counts) == set(live)
+    assert {b: int.from_bytes(v[8:], "big") for b, v in counts.items()} == dict(live)
+    assert all(counts[b][:8] == records[b][1:9] for b in counts)
+
+
 def test_on_disk_and_in_memory_joins_agree(tmp_path):
     batches = list(stream(seed=1, n=600, ids=400))
     memory = LabelJoin(ttl=600.0, max_pending=10_000)
@@ -51,6 +74,7 @@ def test_on_disk_and_in_memory_joins_agree(tmp_path):
     assert counters(memory) == counters(disk)
     assert memory.expired > 50 and memory.matched > 500  # the stream exercises expiry and matches
     assert {k: e for k, e in memory.store.entries.items()} == disk.store.entries()
+    check_index(disk)
     disk.close()
 
 
@@ -89,11 +113,13 @@ def test_a_crash_after_any_checkpoint_rolls_the_store_back_to_it(tmp_path, seed)
     restored = LabelJoin(ttl=900.0, max_pending=250).open(path).load_state_dict(durable)
     assert restored.store.entries() == snapshot[0]
     assert counters(restored) == snapshot[1]
+    check_index(restored)
     rest = batches[snapshot[2] + 1:]
     straight = LabelJoin(ttl=900.0, max_pending=250)
     feed(straight, batches[:snapshot[2] + 1])
     assert feed(restored, rest) == feed(straight, rest)  # (no eviction ties: the in-memory one is arrival order)
     assert counters(restored) == counters(straight)
+    check_index(restored)
     restored.close()
 
 
@@ -173,6 +199,7 @@ def test_ids_twice_in_a_batch_and_missing_event_times_agree_with_the_in_memory_j
     assert disk.store.entries() == dict(memory.store.entries)
     # a, b, c, x, d matched (the first d and the first x label were replaced); y expired; e waits
     assert (memory.matched, memory.expired, memory.pending) == (5, 1, 1)
+    check_index(disk)
     disk.close()
 
 
@@ -187,4 +214,106 @@ def test_a_store_in_an_older_layout_is_cleared_with_an_error(tmp_path, caplog):
     assert "older version" in caplog.text and "2 pending entries are lost" in caplog.text
     assert restored.pending == 0 and restored.store.entries() == {}
     assert restored.add_labels(["a"], [3.0], ["1"]) == []  # a waits as an early label now
+    restored.close()
+
+
+# ---- the layout: one expiry-index record per write batch, deleted lazily -----------------------------
+
+def raw_keys(join: LabelJoin) -> dict:
+    """Every key of the store but the undo records and the epoch, with its value."""
+    return {k: v for k, v in join.store.db.items() if k[:1] not in (b"u", b"m")}
+
+
+def index_records(join: LabelJoin) -> list[bytes]:
+    return [k for k in join.store.db.keys() if k[:1] == b"t"]
+
+
+def test_expiry_reads_the_batch_records_and_drops_exactly_the_entries_past_the_ttl(tmp_path):
+    """Matched entries stay named by their batch's index record; expiry drops exactly the entries still
+    waiting whose time is past the horizon, counts each once (also one named by two records: stored again by a
+    later batch), and moves a record that straddles the horizon on to its next time."""
+    join = LabelJoin(ttl=100.0, max_pending=10_000).open(str(tmp_path / "labels"))
+    join.add_predictions([f"a{i}" for i in range(10)], [float(i) for i in range(10)], [[i] for i in range(10)])
+    join.add_predictions([f"b{i}" for i in range(10)], [50.0 + i for i in range(10)], [[i] for i in range(10)])
+    assert len(join.add_labels(["a1", "a3", "b0"], [60.0, 61.0, 62.0], ["1", "0", "1"])) == 3
+    join.add_predictions(["a5"], [70.0], [["again"]])  # a5 again, later: named by two records now
+    assert join.pending == 17 and len(index_records(join)) == 3
+    assert join.expire(now=105.5) == 3  # horizon 5.5: a0 a2 a4 (a1 a3 matched, a5 stored again at 70)
+    assert join.expired == 3 and join.pending == 14
+    assert set(join.store.entries()) == {"a5", "a6", "a7", "a8", "a9"} | {f"b{i}" for i in range(1, 10)}
+    assert min(index_records(join))[1:9] >= _time_key(5.5)  # the straddling record moved on to its next time
+    assert join.expire(now=155.5) == 9  # horizon 55.5: a6-a9, b1-b5; a5 (stored again at 70) waits
+    assert set(join.store.entries()) == {"a5", "b6", "b7", "b8", "b9"}
+    assert join.expire(now=155.5) == 0  # nothing twice
+    assert join.expired == 12 and join.pending == 5
+    assert join.add_labels(["a5"], [71.0], ["1"]) == [(["again"], "1", 1.0)]
+    join.close()
+
+
+def test_a_batch_record_goes_with_the_last_entry_it_stored(tmp_path):
+    """Once every entry a batch stored is matched (or replaced by a later batch), its index record and its
+    count go in the same write: the index does not keep matched ids until their TTL."""
+    join = LabelJoin(ttl=1e9, max_pending=10_000).open(str(tmp_path / "labels"))
+    join.add_predictions(["a", "b", "c"], [1.0, 2.0, 3.0], [[1], [2], [3]])
+    join.add_predictions(["d"], [4.0], [[4]])
+    assert len(index_records(join)) == 2
+    join.add_labels(["a", "b"], [5.0, 5.0], ["1", "1"])
+    assert len(index_records(join)) == 2  # c is still there
+    join.add_predictions(["c"], [6.0], [[5]])  # replaced: the first batch stored nothing that is left
+    assert len(index_records(join)) == 2 and join.pending == 2
+    join.add_labels(["c", "d"], [7.0, 7.0], ["0", "1"])
+    assert join.pending == 0 and raw_keys(join) == {b"f": b"3"}
+    join.close()
+
+
+def test_the_cap_evicts_the_oldest_by_event_time_across_batch_records(tmp_path):
+    """Two batches whose times interleave: eviction takes the earliest over both records, exactly."""
+    join = LabelJoin(ttl=1e9, max_pending=100).open(str(tmp_path / "labels"))
+    join.add_predictions(["a", "b", "c"], [10.0, 50.0, 60.0], [[1], [2], [3]])
+    join.add_predictions(["d", "e", "f"], [20.0, 30.0, 55.0], [[4], [5], [6]])
+    join.add_labels(["a"], [1.0], ["1"])  # matched: the earliest left is d
+    join.max_pending = 3
+    join.add_predictions(["g"], [40.0], [[7]])
+    assert set(join.store.entries()) == {"b", "c", "f"}  # d 20, e 30, g 40 were the earliest
+    assert join.expired == 3 and join.pending == 3
+    join.max_pending = 1
+    join.add_labels(["z"], [5.0], ["1"])  # an early label, the earliest of all: it goes first
+    assert set(join.store.entries()) == {"c"} and join.expired == 6
+    assert join.add_labels(["c"], [70.0], ["0"]) == [([3], "0", 10.0)]
+    assert join.pending == 0 and raw_keys(join) == {b"f": b"3"}
+    join.close()
+
+
+def test_rollback_after_batches_that_matched_inserted_replaced_expired_and_evicted(tmp_path):
+    """After a durable checkpoint: a batch that matches a waiting label, stores new ids and replaces a waiting
+    prediction, then expiry (moving a record) and eviction at the cap. Reopened with the checkpoint (as after
+    a kill -9), every key of the store is as it was, and the store answers as it would have."""
+    path = str(tmp_path / "labels")
+    join = LabelJoin(ttl=100.0, max_pending=100).open(path)
+    join.add_predictions(["a", "b", "c", "d"], [10.0, 20.0, 30.0, 40.0], [[1], [2], [3], [4]])
+    join.add_labels(["x", "y"], [15.0, 25.0], ["1", "0"])
+    durable = json.loads(json.dumps(join.state_dict()))
+    join.durable(durable)
+    before, counts = raw_keys(join), counters(join)
+    assert join.add_predictions(["x", "e", "b", "f"], [35.0, 45.0, 46.0, 47.0], [[5], [6], [7], [8]]) == \
+        [([5], "1", 0.0)]  # x matched (label at 15, prediction at 35), e f new, b replaced
+    join.add_labels(["c"], [50.0], ["1"])
+    assert join.expire(now=125.5) == 2  # horizon 25.5: a and y
+    join.max_pending = 2
+    join.add_predictions(["g"], [60.0], [[9]])
+    assert join.pending == 2
+    join.state_dict()  # a checkpoint that never became durable
+    join.add_predictions(["h"], [61.0], [[10]])
+    join.close()
+    restored = LabelJoin(ttl=100.0, max_pending=100).open(path).load_state_dict(durable)
+    assert raw_keys(restored) == before and counters(restored) == counts
+    straight = LabelJoin(ttl=100.0, max_pending=100)
+    straight.add_predictions(["a", "b", "c", "d"], [10.0, 20.0, 30.0, 40.0], [[1], [2], [3], [4]])
+    straight.add_labels(["x", "y"], [15.0, 25.0], ["1", "0"])
+    rest = [("p", ["x", "e", "b", "f"], [35.0, 45.0, 46.0, 47.0], [[5], [6], [7], [8]]),
+            ("l", ["c", "y", "b", "d"], [50.0, 51.0, 52.0, 53.0], ["1", "1", "0", "0"])]
+    assert feed(restored, rest) == feed(straight, rest)
+    assert counters(restored) == counters(straight)
+    assert restored.store.entries() == dict(straight.store.entries)
+    check_index(restored)
     restored.close()
