@@ -142,6 +142,9 @@ def run(quick: bool = False) -> dict:
     tp_largest = _child("throughput", "--config", config, "--dir", os.path.join(tmp, "tp-largest"),
                         "--pending", str(largest), "--memory-pending", str(pending), "--per-round", str(per_round),
                         "--rounds", str(rounds))
+    log(f"join: with the daemon's checkpoints (every 10 s, and every 1 s), {pending:,} pending")
+    cp = _child("checkpointed", "--config", config, "--dir", os.path.join(tmp, "cp"), "--pending", str(pending),
+                "--every", "10,1", "--seconds", "5" if quick else "30", "--rounds", "2")
     ratios = [d / m for d, m in zip(tp["disk_rates"], tp["memory_rates"])]
     join_ratios = [d / m for d, m in zip(tp["disk_join_rates"], tp["memory_join_rates"])]
     empty = disk["samples"][0]["checkpoint_s"]
@@ -187,6 +190,16 @@ def run(quick: bool = False) -> dict:
             "ratio": _ratio(tp_largest, "rates"), "cpu_ratio": _ratio(tp_largest, "cpu_rates"),
             "join_alone_ratio": _ratio(tp_largest, "join_rates"),
             "detail": tp_largest,
+        },
+        "throughput_checkpointed": {
+            "pending": pending, "seconds_per_round": cp["seconds_per_round"],
+            "every": {every: {"disk_pairs_per_s": statistics.median(e["disk_rates"]),
+                              "memory_pairs_per_s": statistics.median(e["memory_rates"]),
+                              "ratio": _ratio(e, "rates"),
+                              "disk_checkpoint_s": statistics.median([x for x in e["disk_checkpoint_s"] if x] or [0]),
+                              "memory_checkpoint_s": statistics.median([x for x in e["memory_checkpoint_s"] if x] or [0]),
+                              "detail": e}
+                      for every, e in cp["every"].items()},
         },
         "disk_bytes_at_largest": largest_sample["store_bytes"],
         "target": {"rss_mib": TARGET_RSS_MIB, "checkpoint_ratio": 2.0, "throughput_ratio": TARGET_RATIO},
@@ -319,11 +332,79 @@ def child_throughput(args) -> None:
     print(json.dumps(out))
 
 
+def child_checkpointed(args) -> None:
+    """Two daemon objects (consumer not started), the in-memory join and the on-disk one, each holding
+    ``--pending`` predictions, fed labelled pairs as a saturated consumer would (a backlog); each takes a
+    checkpoint (``Daemon.checkpoint()``, as its loop and scheduler do) whenever ``every`` seconds of its own
+    processing time have passed since its last one. The rate counts that checkpoint time in."""
+    import copy
+
+    from monitor.baseline import Baseline
+    from monitor.config import load_config
+    from monitor.daemon import Daemon, streaming_gc
+    from monitor.join import MemoryStore
+
+    base = load_config(args.config)
+    baseline = Baseline.load(base.baseline)
+    pending, seconds = int(args.pending), float(args.seconds)
+    daemons = {}
+    for name in ("memory", "disk"):
+        config = copy.deepcopy(base)
+        config.state.dir = os.path.join(args.dir, name)
+        daemon = Daemon(config, baseline)
+        if name == "memory":  # the join as it was before the store: a dict, whole in every checkpoint
+            daemon.pipeline.tracker.join.close()
+            daemon.pipeline.tracker.join.store, daemon.pipeline.tracker.join._unchecked = MemoryStore(), False
+        daemons[name] = daemon
+    cursor = dict.fromkeys(daemons, 0)  # the oldest waiting prediction
+    out = {"pending": pending, "seconds_per_round": seconds, "every": {}}
+    with streaming_gc():
+        for name, daemon in daemons.items():
+            _feed_predictions(daemon.pipeline, 0, pending)
+            assert daemon.checkpoint(force=True)
+        for every in map(float, args.every.split(",")):
+            rates = {"memory": [], "disk": []}
+            checkpoints = {"memory": [], "disk": []}
+            for r in range(int(args.rounds)):
+                for name in (["memory", "disk"] if r % 2 == 0 else ["disk", "memory"]):
+                    daemon, pairs, busy, since, taken = daemons[name], 0, 0.0, 0.0, []
+                    while busy < seconds:
+                        first = cursor[name]
+                        preds = [_prediction(j) for j in range(pending + first, pending + first + BATCH)]
+                        labels = [_label(j) for j in range(first, first + BATCH)]
+                        started = time.perf_counter()
+                        daemon.pipeline.process(preds)
+                        daemon.pipeline.process_labels(labels)
+                        elapsed = time.perf_counter() - started
+                        if since + elapsed >= every:
+                            daemon._changed = True
+                            begun = time.perf_counter()
+                            assert daemon.checkpoint()
+                            taken.append(time.perf_counter() - begun)
+                            elapsed = time.perf_counter() - started
+                            since = 0.0
+                        else:
+                            since += elapsed
+                        busy += elapsed
+                        pairs += BATCH
+                        cursor[name] += BATCH
+                    rates[name].append(pairs / busy)
+                    checkpoints[name].append(statistics.median(taken) if taken else None)
+                    print(f"every {every:g} s, round {r} {name}: {pairs / busy:,.0f} pairs/s, {len(taken)} checkpoints "
+                          f"({statistics.median(taken) if taken else 0:.3f} s), pending "
+                          f"{daemon.pipeline.tracker.join.pending:,}", file=sys.stderr, flush=True)
+            out["every"][f"{every:g}"] = {"memory_rates": rates["memory"], "disk_rates": rates["disk"],
+                                          "memory_checkpoint_s": checkpoints["memory"],
+                                          "disk_checkpoint_s": checkpoints["disk"]}
+    daemons["disk"].pipeline.tracker.join.close()
+    print(json.dumps(out))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.join")
     sub = parser.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("child", help="(internal) a measured process")
-    c.add_argument("kind", choices=("size", "throughput"))
+    c.add_argument("kind", choices=("size", "throughput", "checkpointed"))
     c.add_argument("--config", required=True)
     c.add_argument("--dir", required=True)
     c.add_argument("--store", choices=("disk", "memory"), default="disk")
@@ -334,10 +415,12 @@ def main(argv=None) -> None:
     c.add_argument("--per-round", default="10000")
     c.add_argument("--rounds", default="2")
     c.add_argument("--ids", choices=("sequential", "random"), default="sequential")
+    c.add_argument("--every", default="10", help="checkpointed: seconds of processing between checkpoints (list)")
+    c.add_argument("--seconds", default="20", help="checkpointed: seconds of processing per round")
     args = parser.parse_args(argv)
     global IDS
     IDS = args.ids
-    (child_size if args.kind == "size" else child_throughput)(args)
+    {"size": child_size, "throughput": child_throughput, "checkpointed": child_checkpointed}[args.kind](args)
 
 
 if __name__ == "__main__":

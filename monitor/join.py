@@ -17,7 +17,8 @@ import math
 import os
 import shutil
 import struct
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
+from operator import itemgetter
 
 import msgspec
 import numpy as np
@@ -108,6 +109,7 @@ FORMAT = b"3"
 _NO_TIME = 2  # in a value's kind byte: the entry has no event time (it waits a TTL from the watermark)
 _KIND_BYTES = tuple(bytes([k]) for k in range(4))
 _HEAD = 25  # a value's header: expiry key (8), kind (1), batch id (16)
+_HEAD9, _BATCH, _PAYLOAD = itemgetter(slice(0, 9)), itemgetter(slice(9, _HEAD)), itemgetter(slice(_HEAD, None))
 
 
 def _time_ints(values) -> np.ndarray:
@@ -279,37 +281,46 @@ class RocksStore:
         heads = (_KIND_BYTES[kind] + bid, _KIND_BYTES[kind | _NO_TIME] + bid)
         encode = self._encode
         if len(set(eks)) == n:
-            present = [i for i, raw in enumerate(raws) if raw is not None]
-            match = [i for i in present if raws[i][8] & 1 != kind]  # its partner waits
-            if match or stale.any():
-                keep = ~stale
-                keep[match] = False
-                ins = np.flatnonzero(keep)
-                if len(present) > len(match):
-                    keep = keep.tolist()
-                    over = [i for i in present if keep[i]]  # the same kind waits already: replaced
+            missing = raws.count(None)
+            match = [] if missing == n else [i for i, raw in enumerate(raws) if raw is not None and raw[8] & 1 != kind]
+            if len(match) == n:  # (the common label batch: every prediction waits)
+                ins_eks, ins_u, ins_p, ins_nan, over = [], u[:0], [], no_time[:0], []
+                gone, dels, mine, mine_t = raws, eks, payloads, t
+                old_keys, old_vals = eks, raws
+            else:
+                if match or stale.any():
+                    keep = ~stale
+                    keep[match] = False
+                    ins = np.flatnonzero(keep)
+                    if n - missing > len(match):
+                        keep = keep.tolist()
+                        over = [i for i, raw in enumerate(raws) if raw is not None and keep[i]]  # replaced
+                    else:
+                        over = []
+                else:  # (the common prediction batch: every row is stored)
+                    ins = None
+                    over = [] if missing == n else [i for i, raw in enumerate(raws) if raw is not None]
+                if ins is None or len(ins) == n:
+                    ins_eks, ins_u, ins_p, ins_nan = eks, u, payloads, no_time
                 else:
-                    over = []
-            else:  # (the common case: every row is stored)
-                ins, over = None, present
-            if ins is None or len(ins) == n:
-                ins_eks, ins_u, ins_p, ins_nan = eks, u, payloads, no_time
+                    pick = ins.tolist()
+                    ins_eks, ins_u, ins_p, ins_nan = [eks[i] for i in pick], u[ins], [payloads[i] for i in pick], \
+                        no_time[ins]
+                gone = [raws[i] for i in match]
+                dels = [eks[i] for i in match]
+                old_keys, old_vals = dels + [eks[i] for i in over], gone + [raws[i] for i in over]
+                mine = [payloads[i] for i in match]
+                mine_t = t[match]
+            if ins_eks:
+                tks = _split8(ins_u.astype(">u8").tobytes())
+                if timeless:
+                    values = [tk + heads[x] + encode(p) for tk, x, p in zip(tks, ins_nan.tolist(), ins_p)]
+                else:
+                    head = heads[0]
+                    values = [tk + head + encode(p) for tk, p in zip(tks, ins_p)]
             else:
-                pick = ins.tolist()
-                ins_eks, ins_u, ins_p, ins_nan = [eks[i] for i in pick], u[ins], [payloads[i] for i in pick], \
-                    no_time[ins]
-            tks = _split8(ins_u.astype(">u8").tobytes())
-            if timeless:
-                values = [tk + heads[x] + encode(p) for tk, x, p in zip(tks, ins_nan.tolist(), ins_p)]
-            else:
-                head = heads[0]
-                values = [tk + head + encode(p) for tk, p in zip(tks, ins_p)]
-            gone = [raws[i] for i in match]
-            dels = [eks[i] for i in match]
-            old_keys, old_vals = dels + [eks[i] for i in over], gone + [raws[i] for i in over]
-            mine = [payloads[i] for i in match]
-            mine_t = t[match]
-            expired = n - len(ins_eks) - len(match)
+                values = []
+            expired = n - len(ins_eks) - len(gone)
         else:  # an id twice in one batch: the later sees the earlier
             final: dict = {}  # ek -> (value or None, time int) after the batch
             first: dict = {}  # ek -> its value before the batch
@@ -344,11 +355,12 @@ class RocksStore:
             mine_t = np.array(mine_t, dtype=np.float64)
         out: list = []
         if mine:
-            others = [self._decode(raw[_HEAD:]) for raw in gone]
-            waited = _times(b"".join([raw[:8] for raw in gone]))
-            flags = [raw[8] & _NO_TIME for raw in gone]
-            if any(flags):
-                waited[np.flatnonzero(flags)] = np.nan
+            others = list(map(self._decode, map(_PAYLOAD, gone)))
+            heads9 = np.frombuffer(b"".join(map(_HEAD9, gone)), dtype=np.uint8).reshape(-1, 9)
+            waited = _times(heads9[:, :8].tobytes())
+            timeless_waited = heads9[:, 8] & _NO_TIME
+            if timeless_waited.any():
+                waited[timeless_waited.astype(bool)] = np.nan
             d = mine_t - waited if kind == LABEL else waited - mine_t
             delays = np.where(d > 0, d, 0.0).tolist()  # (0 when either time is missing)
             out = list(zip(others, mine, delays)) if kind == LABEL else list(zip(mine, others, delays))
@@ -387,11 +399,9 @@ class RocksStore:
         if not ins_eks and not old_keys:
             return
         wb = self._batch()
-        delete, put = wb.delete, wb.put
-        for ek in dels:
-            delete(ek)
-        for ek, value in zip(ins_eks, values):
-            put(ek, value)
+        put = wb.put
+        deque(map(wb.delete, dels), 0)
+        deque(map(put, ins_eks, values), 0)
         created = ins_eks
         floor = self.floor
         if ins_eks:
@@ -409,7 +419,7 @@ class RocksStore:
         count = self.count + len(ins_eks) - len(old_keys)  # (old_keys: entries replaced or deleted)
         if old_vals:
             old_keys, old_vals = list(old_keys), list(old_vals)
-            self._release(wb, Counter([raw[9:_HEAD] for raw in old_vals]), old_keys, old_vals)
+            self._release(wb, Counter(map(_BATCH, old_vals)), old_keys, old_vals)
         self._land(wb, created, old_keys, old_vals, count, ins_eks + dels if dels else ins_eks)
         self.floor = floor
 

@@ -164,9 +164,11 @@ class PerformanceTracker:
             return self._add_columns(columns, n)
         if batch.ids is None:
             return self._close_passed() if self.duration is not None else []
-        score = cols[self.score_name] if self.score_name else [None] * batch.n
-        rows = [list(r) for r in zip(cols[self.pred_name], (None if s != s else s for s in score),
-                                     times.tolist(), *(cols[e] for e in self.extras))]
+        # Python numbers, not numpy scalars: the on-disk join encodes every waiting row (msgpack calls a hook per
+        # numpy scalar, which took 0.8 us of a row's encoding)
+        score = _listed(cols[self.score_name]) if self.score_name else [None] * batch.n
+        rows = [list(r) for r in zip(_listed(cols[self.pred_name]), (None if s != s else s for s in score),
+                                     times.tolist(), *(_listed(cols[e]) for e in self.extras))]
         results = self._add(self.join.add_predictions(batch.ids, times.tolist(), rows))
         return results + self._close_passed() if self.duration is not None else results
 
@@ -469,6 +471,11 @@ def _names(values) -> np.ndarray:
 
 
 _NAME = np.frompyfunc(category_name, 1, 1)
+
+
+def _listed(column):
+    """A column as a list of Python objects (a numpy array's values as Python numbers)."""
+    return column.tolist() if isinstance(column, np.ndarray) else column
 
 
 def _present(values: np.ndarray) -> np.ndarray:
