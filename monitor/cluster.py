@@ -38,8 +38,8 @@ import threading
 import time
 
 from monitor.config import ConfigError
-from monitor.kafka_client import (FencedError, ProduceError, create_topics, make_group_consumer, make_producer,
-                                  fence, read_to_end)
+from monitor.kafka_client import (AuthorizationError, FencedError, ProduceError, check_access, create_topics,
+                                  make_group_consumer, make_producer, fence, read_to_end)
 from monitor.join import RocksStore
 from monitor.performance import LabelledWindow, PerformanceTracker
 from monitor.pipeline import Pipeline
@@ -555,11 +555,46 @@ class Cluster:
         self.partials_produced = 0
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        # A missing ACL (kafka_client.AuthorizationError), by who met it ("aggregator", "worker"): its one line,
+        # and when to try again (monotonic; backoff 1 s doubling to 30 s). Not a fence: no rejoin.
+        self.refusals: dict[str, str] = {}
+        self.refused_attempts = 0  # refused take-overs and writes (each one retried after its backoff)
+        self._backoff: dict[str, float] = {}
+        self._retry_at: dict[str, float] = {}
+
+    @property
+    def refused(self) -> str | None:
+        """The broker's refusal (a missing ACL) scale-out is retrying with backoff, or None (/readyz says it)."""
+        refusals = dict(self.refusals)  # written by other threads
+        return next(iter(refusals.values()), None)
+
+    def _refuse(self, who: str, exc: AuthorizationError) -> None:
+        """A missing ACL: logged once per change, on /readyz and /status, retried with backoff."""
+        line = str(exc)
+        if self.refusals.get(who) != line:
+            log.error("%s; retrying with backoff, /readyz is 503 meanwhile", line)
+        self.refusals[who] = line
+        self.refused_attempts += 1
+        self._backoff[who] = min(max(1.0, 2 * self._backoff.get(who, 0.0)), 30.0)
+        self._retry_at[who] = time.monotonic() + self._backoff[who]
+
+    def _accepted(self, who: str) -> None:
+        line = self.refusals.pop(who, None)
+        if line is not None:
+            log.info("Kafka accepts the %s's transactions again (%s was refused before)", who,
+                     line.split(":", 1)[0])
+        self._backoff.pop(who, None)
+        self._retry_at.pop(who, None)
+
+    def _waiting(self, who: str) -> bool:
+        """A refusal's backoff is not over yet."""
+        return time.monotonic() < self._retry_at.get(who, 0.0)
 
     def status(self) -> dict:
         """The /status section (read without the lock: plain numbers)."""
         agg = self.aggregator
-        out = {"aggregator": self.active, "partials_topic": self.partials_topic,
+        out = {"aggregator": self.active, "refused": self.refused,
+               "refused_attempts": self.refused_attempts, "partials_topic": self.partials_topic,
                "changelog_topic": self.changelog_topic, "partials_produced": self.partials_produced,
                "late_partials": agg.late, "duplicate_partials": agg.duplicates,
                "open_windows": len(agg.open), "changelog_writes": self.changelog_writes}
@@ -580,6 +615,8 @@ class Cluster:
                 raise ConfigError("cluster.create_topics", f"cannot create {self.partials_topic} and "
                                   f"{self.changelog_topic} ({type(exc).__name__}: {exc}); create them (docs/helm.md, "
                                   "scale-out topics) and set create_topics: false, or grant Create") from None
+        self._check_access([self.changelog_topic], [kafka.group_id, self.group_id],
+                           [self.partials_topic, self.changelog_topic])  # before a client logs the refusals
         self._producer = make_producer(kafka, max_request_bytes=MAX_RECORD_BYTES, compression="gzip")
         self._consumer = make_group_consumer(kafka, self.group_id, [self.partials_topic],
                                              on_assign=self._assigned, on_revoke=self._revoked)
@@ -589,10 +626,23 @@ class Cluster:
             if self.config.cluster.create_topics:
                 self._create_join_topic()
             self._check_copartitioned(kafka.topic, self.join_topic, key="cluster.join_changelog_topic")
+            # the partitions' transactional ids (monitor/join_changelog.py)
+            self._check_access([f"{self.join_topic}.{p}" for p in range(self.partitions)], [], [self.join_topic])
         self._thread = threading.Thread(target=self._run, name="driftmon-aggregator", daemon=True)
         self._thread.start()
         log.info("scale-out: partials on %s (aggregator group %s), changelog %s, %d source partitions",
                  self.partials_topic, self.group_id, self.changelog_topic, self.partitions)
+
+    def _check_access(self, ids: list[str], groups: list[str], topics: list[str]) -> None:
+        """A transactional id, group or internal topic the principal may not use is a configuration error
+        at start (one line naming it and the missing permission), not a fence at its first use."""
+        try:
+            check_access(self.config.kafka, ids, groups, topics)
+        except AuthorizationError as exc:
+            raise ConfigError("", str(exc)) from None
+        except Exception as exc:  # not an answer (the broker is away): their first use tells, at run time
+            log.warning("scale-out: the transactional ids, groups and topics not checked at start (%s: %s)",
+                        type(exc).__name__, exc)
 
     def _create_topics(self) -> None:
         configs = {self.partials_topic: {"retention.ms": str(7 * 86400 * 1000)},
@@ -707,6 +757,8 @@ class Cluster:
     def cut(self, keys, force: bool = False) -> None:
         """Write each partition's changes since its last cut in one transaction (under the daemon's lock)."""
         worker = self.worker
+        if self._waiting("worker"):
+            return  # a refused transactional id: retried after its backoff
         for key in keys:
             part = worker.parts.get(key)
             if part is None or not part.dirty:
@@ -724,10 +776,14 @@ class Cluster:
                 log.warning("fenced: another replica took over partition %s; rejoining the group (%s)", key, exc)
                 self.rejoin = True
                 return
+            except AuthorizationError as exc:  # a missing ACL: no other owner, so no rejoin; written again later
+                self._refuse("worker", exc)
+                return
             except Exception as exc:  # the broker is away: written again at the next cut (same seq)
                 log.warning("partition %s: state not written to %s, retrying: %s", key, self.join_topic, exc)
                 continue
             worker.cut_done(key, state["seq"])
+            self._accepted("worker")
             self.cuts += 1
             self.partials_produced += len(partials)
 
@@ -758,12 +814,16 @@ class Cluster:
             partition_log.fence()
             entries, state = partition_log.read()
         except Exception as exc:  # the partition's records wait (see Worker.blocked) until the rejoin
-            log.warning("partition %s: state not restored from %s (%s); rejoining the group", key,
-                        self.join_topic, exc)
+            if isinstance(exc, AuthorizationError):  # the rejoin waits for the backoff (see rejoin_due)
+                self._refuse("worker", exc)
+            else:
+                log.warning("partition %s: state not restored from %s (%s); rejoining the group", key,
+                            self.join_topic, exc)
             partition_log.close()
             worker.staged[key] = None
             self.rejoin = True
             return None
+        self._accepted("worker")
         part = worker.restore(key, entries, state)
         old = self.logs.pop(key, None)
         if old is not None:
@@ -773,6 +833,11 @@ class Cluster:
         log.info("partition %s restored from %s: %d pending joins, resuming at %s", key, self.join_topic,
                  len(entries), state["positions"] if state else "the committed offsets")
         return part
+
+    def rejoin_due(self) -> bool:
+        """A rejoin is wanted and not held back by a refusal's backoff (a missing ACL is not cured by rejoining
+        at once: the rejoin that retries it comes after the backoff)."""
+        return self.rejoin and not self._waiting("worker")
 
     def release(self, keys) -> None:
         """Partitions gone to another replica: forget their state and their changelog writers."""
@@ -810,12 +875,18 @@ class Cluster:
                 self.restore_needed = self.assigned and not self.active
             if self.restore_needed:
                 records = []  # re-read from the restored position
+                if self._waiting("aggregator"):
+                    continue  # a refused transactional id: taken over after the backoff (the polls go on)
                 try:  # outside the lock: the worker goes on meanwhile
                     state = self._fence_and_read()
+                except AuthorizationError as exc:  # a missing ACL: not a fence, retried with backoff
+                    self._refuse("aggregator", exc)
+                    continue
                 except Exception as exc:  # the broker is away: try again on the next poll
                     log.warning("aggregator take-over failed, retrying: %s", exc)
                     self._stopping.wait(1.0)
                     continue
+                self._accepted("aggregator")
             with daemon.lock:
                 if self.restore_needed:
                     self._restore(state)
@@ -862,7 +933,10 @@ class Cluster:
             self._retake_at = time.monotonic() + self.config.kafka.session_timeout_ms / 1000
             return False
         except Exception as exc:  # the broker is away: nothing is emitted until the state is durable
-            log.warning("aggregator state not written to %s: %s", self.changelog_topic, exc)
+            if isinstance(exc, AuthorizationError):  # a missing ACL (the take-over below retries with backoff)
+                self._refuse("aggregator", exc)
+            else:
+                log.warning("aggregator state not written to %s: %s", self.changelog_topic, exc)
             # A transaction in an unknown state: take over afresh (a new epoch aborts it, and the state is
             # read back from what was committed), at once if the partition is still ours.
             self._resign()

@@ -395,7 +395,7 @@ class Daemon:
             self._settle_dead_letters()
             with self.lock:
                 self._handle([])  # tries the checkpoint and the emission again, with backoff
-        if self.cluster is not None and self.cluster.rejoin:
+        if self.cluster is not None and self.cluster.rejoin_due():
             self._rejoin()
             if self.source is None:
                 return  # stopping while it reconnected

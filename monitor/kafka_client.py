@@ -39,10 +39,10 @@ from kafka.structs import OffsetAndMetadata
 from monitor.config import ConfigError, KafkaConfig, kafka_secrets, ssl_key_password
 from monitor.kafka_security import check_brokers, ssl_context
 
-__all__ = ["ConfluentSource", "FencedError", "KafkaSource", "PartitionBatch", "ProduceError", "ProduceTimeoutError",
+__all__ = ["AuthorizationError", "ConfluentSource", "FencedError", "KafkaSource", "PartitionBatch", "ProduceError", "ProduceTimeoutError",
            "Record", "RecordTooLargeError", "client_options", "consumer_options", "create_topics",
            "make_group_consumer", "make_producer", "make_source", "make_transactional_producer", "read_to_end",
-           "sasl_mechanism"]
+           "refusal", "sasl_mechanism", "check_access"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,81 @@ class ProduceTimeoutError(ProduceError):
 
 class FencedError(ProduceError):
     """A transactional producer was fenced: another one initialized the same transactional id since."""
+
+
+class AuthorizationError(ProduceError):
+    """The broker refused the principal a transactional id, group or topic (a missing ACL). Not a fence:
+    no other producer took over, and rejoining the group cannot help; ``str()`` is the one line to show
+    (:func:`refusal`)."""
+
+
+#: what a principal needs on each kind of resource scale-out uses
+_NEEDS = {"transactional id": ("WRITE and DESCRIBE", "TransactionalId"), "group": ("READ", "Group"),
+          "topic": ("READ, WRITE and DESCRIBE", "Topic")}
+
+
+def principal(cfg: KafkaConfig) -> str:
+    """The principal the broker sees for ``cfg``, as its ACLs name it (as far as the config tells)."""
+    if cfg.security_protocol.startswith("SASL"):
+        if cfg.sasl_plain_username:
+            return f"User:{cfg.sasl_plain_username}"
+        return f"the {cfg.sasl_mechanism} principal"
+    if cfg.ssl_certfile:
+        return f"the principal of {cfg.ssl_certfile} (its subject, unless the broker maps it)"
+    return "User:ANONYMOUS"
+
+
+def refusal(cfg: KafkaConfig, kind: str, name: str) -> str:
+    """The one line for a refused resource: ``kind`` is "transactional id", "group" or "topic"."""
+    needs, resource = _NEEDS[kind]
+    return (f"Kafka refused {kind} '{name}' for principal {principal(cfg)}: grant {needs} on {resource} "
+            f"'{name}' (or a prefix of it; docs/helm.md, scale-out ACLs)")
+
+
+def check_access(cfg: KafkaConfig, transactional_ids=(), groups=(), topics=(), timeout_s: float = 30.0) -> None:
+    """Raise :class:`AuthorizationError` (the first refusal's one line) when the principal may not describe one
+    of ``transactional_ids``, ``groups`` or ``topics``; other failures raise the client's error.
+
+    Nothing is initialized, joined or written (initializing a transactional id would fence its current
+    owner): each resource is described, which every ACL that grants its use also allows (WRITE and READ
+    imply DESCRIBE). A principal granted DESCRIBE alone passes here and is refused at its first write,
+    with the same line. One kafka-python admin client on either ``kafka.client`` (librdkafka's has no
+    call that describes a transactional id).
+    """
+    from kafka import errors
+    from kafka.admin import KafkaAdminClient
+
+    deadline = time.monotonic() + timeout_s
+
+    def answer(call, *args):
+        while True:  # e.g. the transaction coordinator's topic is created by the first lookup of an id
+            try:
+                return call(*args)
+            except errors.KafkaError as exc:
+                if not getattr(exc, "retriable", False) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.2)
+
+    admin = KafkaAdminClient(**client_options(cfg), request_timeout_ms=int(timeout_s * 1000))
+    try:
+        for transactional_id in transactional_ids:
+            try:
+                answer(admin.describe_transactions, [transactional_id])
+            except errors.TransactionalIdNotFoundError:
+                pass  # allowed, and never used yet
+            except errors.TransactionalIdAuthorizationFailedError:
+                raise AuthorizationError(refusal(cfg, "transactional id", transactional_id)) from None
+        for group in groups:
+            try:
+                answer(admin.describe_groups, [group])  # an unknown group is described as Dead: allowed
+            except errors.GroupAuthorizationFailedError:
+                raise AuthorizationError(refusal(cfg, "group", group)) from None
+        for topic in topics:
+            for found in answer(admin.describe_topics, [topic]):
+                if found.get("error_code") == errors.TopicAuthorizationFailedError.errno:
+                    raise AuthorizationError(refusal(cfg, "topic", topic))
+    finally:
+        admin.close()
 
 
 class Record:
@@ -1014,6 +1089,29 @@ class _KafkaPythonGroupConsumer:
         self._consumer.close(autocommit=False, timeout_ms=int(timeout_s * 1000))
 
 
+def _kafka_python_refused(cfg: KafkaConfig, transactional_id: str, group, *found) -> AuthorizationError | None:
+    """The refusal among ``found`` (errors, or KafkaErrors whose arguments hold one), if any."""
+    from kafka import errors
+
+    def first(e):
+        if isinstance(e, tuple):
+            return next((x for x in map(first, e) if x is not None), None)
+        if isinstance(e, (errors.TransactionalIdAuthorizationFailedError, errors.GroupAuthorizationFailedError,
+                          errors.TopicAuthorizationFailedError)):
+            return e
+        return first(e.args) if isinstance(e, BaseException) else None
+
+    e = first(found)
+    if isinstance(e, errors.TransactionalIdAuthorizationFailedError):
+        return AuthorizationError(refusal(cfg, "transactional id", transactional_id))
+    if isinstance(e, errors.GroupAuthorizationFailedError):
+        return AuthorizationError(refusal(cfg, "group", getattr(group, "group_id", group) or cfg.group_id))
+    if isinstance(e, errors.TopicAuthorizationFailedError):
+        topics = sorted(getattr(e, "unauthorized_topics", None) or ()) or ["(one the transaction writes)"]
+        return AuthorizationError(refusal(cfg, "topic", ", ".join(topics)))
+    return None
+
+
 def _kafka_python_txn_error(exc: BaseException, cause: BaseException | None = None) -> ProduceError:
     from kafka import errors
 
@@ -1045,6 +1143,9 @@ class _KafkaPythonTransactions:
         from kafka import KafkaProducer
         from kafka.errors import KafkaError
 
+        self.cfg = cfg
+        self.transactional_id = transactional_id
+        self._group = None  # of the last send_offsets (named in a refusal)
         options = {"transactional_id": transactional_id, "acks": "all", **client_options(cfg)}
         if compression is not None:
             options["compression_type"] = compression
@@ -1064,7 +1165,9 @@ class _KafkaPythonTransactions:
             # "Cannot execute transactional method because we are in an error state: ..." names its cause
             # only in the text; the transaction manager keeps the error itself
             manager = getattr(self._producer, "_transaction_manager", None)
-            raise _kafka_python_txn_error(exc, getattr(manager, "last_error", None)) from None
+            cause = getattr(manager, "last_error", None)
+            refused = _kafka_python_refused(self.cfg, self.transactional_id, self._group, exc, cause)
+            raise (refused or _kafka_python_txn_error(exc, cause)) from None
 
     def init(self, timeout_s: float = 30.0) -> None:
         self._call(self._producer.init_transactions)  # bounded by the producer's max_block_ms
@@ -1080,6 +1183,7 @@ class _KafkaPythonTransactions:
         the source consumer's group metadata (:meth:`KafkaSource.group_metadata`)."""
         from kafka.structs import OffsetAndMetadata
 
+        self._group = group
         self._call(self._producer.send_offsets_to_transaction,
                    {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}, group)
 
@@ -1187,6 +1291,20 @@ class _ConfluentGroupConsumer:
         self._consumer.close()
 
 
+def _confluent_refused(cfg: KafkaConfig, transactional_id: str, group, err) -> AuthorizationError | None:
+    from confluent_kafka import KafkaError
+
+    code = err.code()
+    if code == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
+        return AuthorizationError(refusal(cfg, "transactional id", transactional_id))
+    if code == KafkaError.GROUP_AUTHORIZATION_FAILED:
+        group_id = group.group_id if hasattr(group, "group_id") else cfg.group_id
+        return AuthorizationError(refusal(cfg, "group", group_id))
+    if code == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+        return AuthorizationError(refusal(cfg, "topic", "(one the transaction writes)"))
+    return None
+
+
 def _confluent_txn_error(err) -> ProduceError:
     from confluent_kafka import KafkaError
 
@@ -1195,8 +1313,9 @@ def _confluent_txn_error(err) -> ProduceError:
         return FencedError(err.str())
     if err.code() == KafkaError._FATAL:
         # the calls after a fatal error only say "Local: Fatal error"; a transactional producer's fatal errors
-        # are its fencing (or a refused transactional id): it can never write again, and retrying under a new
-        # epoch would fence the partition's new owner, so the caller must rejoin as when fenced
+        # are its fencing (a refusal was seen and kept first, see _ConfluentTransactions._error): it can never
+        # write again, and retrying under a new epoch would fence the partition's new owner, so the caller
+        # must rejoin as when fenced
         return FencedError(f"{err.str()} (the transactional producer was fenced or its id refused)")
     return _confluent_error(err)
 
@@ -1206,6 +1325,11 @@ class _ConfluentTransactions:
                  compression: str | None):
         from confluent_kafka import Producer
 
+        self.cfg = cfg
+        self.transactional_id = transactional_id
+        self._group = None  # of the last send_offsets (named in a refusal)
+        # librdkafka's calls after a fatal error say only "Local: Fatal error": a refusal is kept to name it
+        self._refused: AuthorizationError | None = None
         options = {**librdkafka_options(cfg), "transactional.id": transactional_id, "acks": "all"}
         if compression is not None:
             options["compression.type"] = compression
@@ -1219,7 +1343,18 @@ class _ConfluentTransactions:
         try:
             return method(*args, **kwargs)
         except KafkaException as exc:
-            raise _confluent_txn_error(exc.args[0]) from None
+            raise self._error(exc.args[0]) from None
+
+    def _error(self, err) -> ProduceError:
+        from confluent_kafka import KafkaError
+
+        refused = _confluent_refused(self.cfg, self.transactional_id, self._group, err)
+        if refused is not None:
+            self._refused = refused
+            return refused
+        if err.code() == KafkaError._FATAL and self._refused is not None:
+            return AuthorizationError(str(self._refused))
+        return _confluent_txn_error(err)
 
     def init(self, timeout_s: float = 30.0) -> None:
         self._call(self._producer.init_transactions, timeout_s)
@@ -1241,6 +1376,7 @@ class _ConfluentTransactions:
         from confluent_kafka import KafkaError, KafkaException, TopicPartition as TP
 
         positions = [TP(t, p, o) for (t, p), o in sorted(offsets.items())]
+        self._group = group
         try:
             self._producer.send_offsets_to_transaction(positions, group, timeout_s)
         except KafkaException as exc:
@@ -1251,7 +1387,7 @@ class _ConfluentTransactions:
             if err.code() in {KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION,
                               KafkaError.FENCED_INSTANCE_ID}:
                 raise FencedError(f"not in the source group's current generation: {err.str()}") from None
-            raise _confluent_txn_error(err) from None
+            raise self._error(err) from None
 
     def commit(self, timeout_s: float = 10.0) -> None:
         self._call(self._producer.commit_transaction, timeout_s)  # flushes first: a failed record fails it
@@ -1268,9 +1404,11 @@ class _ConfluentTransactions:
 def _confluent_read_to_end(cfg: KafkaConfig, topic: str, partition: int, timeout_s: float):
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-    # No group: nothing is committed. partition EOF marks the end (the last stable offset under
-    # read_committed: control records and aborted ones never show up as messages).
-    reader = Consumer({**librdkafka_options(cfg), "group.id": f"{cfg.group_id}-reader", "enable.auto.commit": False,
+    # No group membership: partitions assigned, nothing committed. partition EOF marks the end (the last
+    # stable offset under read_committed: control records and aborted ones never show up as messages).
+    # librdkafka requires a group.id and looks its coordinator up even so, which needs Describe on the group:
+    # the source group's, which the principal has (a group of its own would need an ACL of its own).
+    reader = Consumer({**librdkafka_options(cfg), "group.id": cfg.group_id, "enable.auto.commit": False,
                        "isolation.level": "read_committed", "enable.partition.eof": True,
                        "receive.message.max.bytes": 100_000_000})
     try:

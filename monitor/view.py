@@ -106,6 +106,9 @@ class ServiceView:
             return False, why
         if not d.consuming:
             return False, "waiting for a partition assignment"
+        refused = d.cluster.refused if d.cluster is not None else None
+        if refused:  # a missing ACL: scale-out retries with backoff (monitor/cluster.py)
+            return False, refused
         if not self.assigned_partitions:
             # Still ready: an idle replica is healthy and takes partitions over in the next rebalance;
             # taking it out of the Service would take a sidecar's model server out with it.

@@ -379,6 +379,15 @@ SECURE_LISTENERS = {"SSL": "SSL", "MTLS": "SSL", "SCRAM": "SASL_SSL", "WRONGHOST
 SCRAM_USER = "driftmon"
 SCRAM_PASSWORD = "scram-pass-7c41e9"
 
+#: server.properties of a broker that authorizes every request by ACL (KRaft's StandardAuthorizer, no
+#: ACL means no access): the PLAINTEXT listener's principal (User:ANONYMOUS: the harness, and the node
+#: talking to its own controller) is a super user; the SCRAM user may do only what ACLs grant it
+#: (``KafkaAdminClient.create_acls`` over PLAINTEXT). Pass with ``KafkaBroker(secure=True, server_properties=...)``.
+AUTHORIZER_PROPERTIES = {
+    "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+    "super.users": "User:ANONYMOUS",
+}
+
 
 class KafkaBroker(_Broker):
     """Apache Kafka, KRaft combined mode, one node, in a temp dir (see the module docstring)."""
