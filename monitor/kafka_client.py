@@ -1170,7 +1170,15 @@ class _KafkaPythonTransactions:
             raise (refused or _kafka_python_txn_error(exc, cause)) from None
 
     def init(self, timeout_s: float = 30.0) -> None:
-        self._call(self._producer.init_transactions)  # bounded by the producer's max_block_ms
+        # kafka-python's init_transactions() takes no timeout: it waits up to the producer's max_block_ms
+        # (60 s), which it reads at each call; the bound here is ``timeout_s``. Nothing else uses this
+        # producer meanwhile (it is not initialized yet), and sends keep the producer's own bound.
+        config = self._producer.config
+        bound, config["max_block_ms"] = config["max_block_ms"], max(1, int(timeout_s * 1000))
+        try:
+            self._call(self._producer.init_transactions)
+        finally:
+            config["max_block_ms"] = bound
 
     def begin(self) -> None:
         self._call(self._producer.begin_transaction)

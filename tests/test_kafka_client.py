@@ -13,8 +13,8 @@ import uuid
 import pytest
 
 from monitor.config import KafkaConfig
-from monitor.kafka_client import (FencedError, create_topics, make_group_consumer, make_producer,
-                                  make_transactional_producer, read_to_end)
+from monitor.kafka_client import (FencedError, ProduceTimeoutError, create_topics, fence, make_group_consumer,
+                                  make_producer, make_transactional_producer, read_to_end)
 from tests.test_daemon_integration import CLIENTS
 
 pytestmark = pytest.mark.integration
@@ -255,3 +255,21 @@ def test_a_retriable_error_out_of_poll_is_an_idle_poll_and_any_other_is_raised()
     source._consumer = _FailingConsumer([TopicAuthorizationFailedError("denied")])
     with pytest.raises(TopicAuthorizationFailedError):
         source.poll(timeout_ms=1)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_transactional_init_is_bounded_by_the_timeout_it_is_given(own_broker, client):
+    """``init(timeout_s)`` gives up after ``timeout_s`` when the broker does not answer, on both clients
+    (kafka-python's own init_transactions() waits for the producer's max_block_ms, 60 s, instead)."""
+    producer = make_transactional_producer(_cfg(own_broker, client), f"txn-{uuid.uuid4().hex[:8]}")
+    own_broker.halt()  # the producer exists; its transaction coordinator will not be found
+    started = time.monotonic()
+    try:
+        with pytest.raises(ProduceTimeoutError):
+            producer.init(timeout_s=2.0)
+        elapsed = time.monotonic() - started
+    finally:
+        producer.close(timeout_s=1.0)
+        own_broker.restart()
+    assert elapsed < 30, f"init(timeout_s=2) took {elapsed:.1f} s (kafka-python's max_block_ms is 60 s)"
+    fence(_cfg(own_broker, client), f"txn-{uuid.uuid4().hex[:8]}", timeout_s=60).close()  # a live broker: fine
