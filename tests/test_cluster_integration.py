@@ -61,6 +61,20 @@ def _replica(tmp_path, path: str, name: str, cluster: dict | None) -> DaemonProc
     return DaemonProcess(str(config), free_port(), str(tmp_path / f"{name}.log"))
 
 
+READY = b"ready: baseline loaded and consuming\n"
+
+
+def _start_replicas(replicas, single=None) -> None:
+    """Start the replicas (and the ``single`` process beside them), wait until each is ready (it holds an
+    assignment) and until exactly one replica is the aggregator."""
+    daemons = [d for d in (single, *replicas) if d is not None]
+    for d in daemons:
+        d.start()
+    for d in daemons:
+        d.wait(lambda d=d: d.get("/readyz") == READY, 90, "an assignment")
+    daemons[0].wait(lambda: len(_aggregators(replicas)) == 1, 60, "one aggregator")
+
+
 def _windows(daemons) -> dict[float, dict]:
     """Closed windows by start, over the window logs of all daemons (an aggregator that moved logged
     some windows on each replica; one logged twice after a crash is the same window)."""
@@ -108,39 +122,39 @@ def _groups(daemon) -> tuple[str, str]:
     return group, f"{group}-aggregator"
 
 
-def _groups_stable(broker, groups, members: int) -> bool:
-    """Every group is Stable (no rebalance under way) with ``members`` members, as the coordinator sees it."""
+@pytest.fixture(scope="module")
+def admin(kafka_broker):
+    """One admin client on the harness's broker for the module's group and topic checks."""
     from kafka.admin import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=15000)
-    try:
-        described = admin.describe_groups(list(groups))
-    finally:
-        admin.close()
+    client = KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap, request_timeout_ms=15000)
+    yield client
+    client.close()
+
+
+def _groups_stable(admin, groups, members: int) -> bool:
+    """Every group is Stable (no rebalance under way) with ``members`` members, as the coordinator sees it."""
+    described = admin.describe_groups(list(groups))
     return len(described) == len(groups) and all(
         g.get("group_state", g.get("state")) == "Stable" and len(g["members"]) == members for g in described.values())
 
 
-def _topic_configs(broker, topic: str) -> dict:
+def _topic_configs(admin, topic: str) -> dict:
     """The topic's configs the broker reports as set on the topic (not defaults)."""
-    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
 
-    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=15000)
-    try:
-        described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
-    finally:
-        admin.close()
+    described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
     (by_name,) = described.values()  # {resource type: {name: {key: {"value": ...}}}}
     return {key: data["value"] for key, data in by_name[topic].items()}
 
 
-def _settled_aggregator(daemons, waiter, broker, timeout: float = 120, written: bool = True):
+def _settled_aggregator(daemons, waiter, admin, timeout: float = 120, written: bool = True):
     """The one aggregator once the groups have settled: both are Stable with every replica a member, every
     replica answers, exactly one says it is the aggregator and (``written``) it has written its changelog (an
     aggregator displaced by a late join before its first write never writes, and one that never wrote leaves
     nothing for a successor to restore)."""
     def settled():
-        if not _groups_stable(broker, _groups(daemons[0]), len(daemons)):
+        if not _groups_stable(admin, _groups(daemons[0]), len(daemons)):
             return None
         statuses = [(d, d.status()) for d in daemons]
         if any(s is None for _d, s in statuses):
@@ -181,7 +195,7 @@ def _roles(text: str) -> list[str]:
 
 
 @pytest.mark.parametrize("client", CLIENTS)
-def test_three_replicas_give_the_single_process_verdicts_and_one_page(tmp_path, kafka_broker, client):
+def test_three_replicas_give_the_single_process_verdicts_and_one_page(tmp_path, kafka_broker, admin, client):
     receiver = Receiver()
     topic = kafka_broker.create_topic(f"predictions-{uuid.uuid4().hex[:8]}", partitions=PARTITIONS)
     path, _ = _config(tmp_path, kafka_broker, topic, receiver, client)
@@ -192,12 +206,7 @@ def test_three_replicas_give_the_single_process_verdicts_and_one_page(tmp_path, 
     producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, linger_ms=5)
     daemons = [single, *replicas]
     try:
-        for d in daemons:
-            d.start()
-        ready = b"ready: baseline loaded and consuming\n"
-        for d in daemons:
-            d.wait(lambda d=d: d.get("/readyz") == ready, 90, "an assignment")
-        single.wait(lambda: len(_aggregators(replicas)) == 1, 60, "one aggregator")
+        _start_replicas(replicas, single)
         produced = 0
         for k, msgs in enumerate(stream):
             for i, m in enumerate(msgs):
@@ -216,10 +225,10 @@ def test_three_replicas_give_the_single_process_verdicts_and_one_page(tmp_path, 
                     60, "the same notifications from both")
         single.wait(lambda: _outbox_empty(daemons), 60, "every outbox delivered")  # nothing more to send
         alerts_single, alerts_cluster = receiver.payloads("/single"), receiver.payloads("/cluster")
-        agg = _settled_aggregator(replicas, single, kafka_broker, 60, written=False)
+        agg = _settled_aggregator(replicas, single, admin, 60, written=False)
         status = agg.status()
         metrics = agg.metrics()
-        changelog = _topic_configs(kafka_broker, status["cluster"]["changelog_topic"])
+        changelog = _topic_configs(admin, status["cluster"]["changelog_topic"])
         workers = [d for d in replicas if d is not agg]
         worker_metrics = [d.metrics() for d in workers]
         for d in daemons:
@@ -279,7 +288,7 @@ def test_three_replicas_give_the_single_process_verdicts_and_one_page(tmp_path, 
 
 
 @pytest.mark.parametrize("client", CLIENTS)
-def test_kill_9_of_the_aggregator_and_a_worker_loses_and_double_counts_nothing(tmp_path, kafka_broker, client):
+def test_kill_9_of_the_aggregator_and_a_worker_loses_and_double_counts_nothing(tmp_path, kafka_broker, admin, client):
     """Mid-stream, the aggregator and another replica die with kill -9 and come back on empty state
     directories (emptyDir): every window still holds exactly its events, and each notification reaches
     the receiver with one notification_id (at-least-once delivery, one alert lifecycle)."""
@@ -293,12 +302,8 @@ def test_kill_9_of_the_aggregator_and_a_worker_loses_and_double_counts_nothing(t
     producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, linger_ms=5)
     everyone = list(replicas)
     try:
-        for d in replicas:
-            d.start()
-        for d in replicas:
-            d.wait(lambda d=d: d.get("/readyz") == b"ready: baseline loaded and consuming\n", 90, "an assignment")
+        _start_replicas(replicas)
         first = replicas[0]
-        first.wait(lambda: len(_aggregators(replicas)) == 1, 60, "one aggregator")
         for k, msgs in enumerate(stream):
             for i, m in enumerate(msgs):
                 producer.send(topic, value=m, partition=i % PARTITIONS)
@@ -306,7 +311,7 @@ def test_kill_9_of_the_aggregator_and_a_worker_loses_and_double_counts_nothing(t
             if k == 3:  # mid-stream, while the replicas work on it
                 # The last replica's join may still move the aggregator (one that has not written yet would
                 # never write): pick the one aggregator once it has written its changelog.
-                agg = _settled_aggregator(replicas, first, kafka_broker)
+                agg = _settled_aggregator(replicas, first, admin)
                 other = next(d for d in replicas if d is not agg)
                 first.wait(lambda: (agg.status() or {}).get("messages_consumed", 0) > 0, 30, "consuming")
                 agg.kill9()
@@ -320,7 +325,7 @@ def test_kill_9_of_the_aggregator_and_a_worker_loses_and_double_counts_nothing(t
         alive = replicas[0]
         alive.wait(lambda: len(_windows(everyone)) >= WINDOWS - 1, 180, "windows closed")
         payloads = receiver.wait_for(lambda p: any(x["status"] == "resolved" for x in p), 60, path="/cluster")
-        agg = _settled_aggregator(replicas, alive, kafka_broker, 60, written=False)
+        agg = _settled_aggregator(replicas, alive, admin, 60, written=False)
         alive.wait(lambda: _outbox_empty(replicas), 60, "every outbox delivered")  # nothing more to send
         payloads = receiver.payloads("/cluster")
         status = agg.status()
@@ -349,7 +354,7 @@ def test_kill_9_of_the_aggregator_and_a_worker_loses_and_double_counts_nothing(t
 
 
 @pytest.mark.parametrize("client", CLIENTS)
-def test_a_stalled_aggregator_that_wakes_up_is_fenced(tmp_path, kafka_broker, client):
+def test_a_stalled_aggregator_that_wakes_up_is_fenced(tmp_path, kafka_broker, admin, client):
     """The aggregator freezes (SIGSTOP) past its session timeout; another replica takes over from its
     changelog; when the frozen one resumes (SIGCONT) it must not write its stale state or page: it is fenced
     by the changelog's transactional id, or finds its partition gone. Windows stay exact and each alert
@@ -362,10 +367,7 @@ def test_a_stalled_aggregator_that_wakes_up_is_fenced(tmp_path, kafka_broker, cl
     stream = _stream(start)
     producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, linger_ms=5)
     try:
-        for d in replicas:
-            d.start()
-        for d in replicas:
-            d.wait(lambda d=d: d.get("/readyz") == b"ready: baseline loaded and consuming\n", 90, "an assignment")
+        _start_replicas(replicas)
         first = replicas[0]
         produced = 0
         for k, msgs in enumerate(stream):
@@ -378,7 +380,7 @@ def test_a_stalled_aggregator_that_wakes_up_is_fenced(tmp_path, kafka_broker, cl
                 # with window 2, whose close needs window 3's events). Freeze the settled aggregator.
                 first.wait(lambda: _consumed(replicas) >= produced, 90, "windows 0-2 consumed")
                 def freeze():
-                    agg = _settled_aggregator(replicas, first, kafka_broker)
+                    agg = _settled_aggregator(replicas, first, admin)
                     agg.proc.send_signal(signal.SIGSTOP)
                     # The aggregator at the moment it froze (its log stands still now): its last role step is
                     # a take-over, and no other replica holds the role (the group cannot move it before the
@@ -410,7 +412,7 @@ def test_a_stalled_aggregator_that_wakes_up_is_fenced(tmp_path, kafka_broker, cl
         assert "no longer the aggregator" in first_step or "restored its changelog" in first_step, woken
         # the group settles again, with one aggregator (either: the woken one may be assigned the partition
         # again, and then it restores the changelog like any new aggregator)
-        _settled_aggregator(replicas, others[0], kafka_broker, written=False)  # after the woken one rejoined
+        _settled_aggregator(replicas, others[0], admin, written=False)  # after the woken one rejoined
         others[0].wait(lambda: _outbox_empty(replicas), 60, "every outbox delivered")  # nothing more to send
         payloads = receiver.payloads("/cluster")
         for d in replicas:
@@ -563,11 +565,7 @@ def test_labels_three_replicas_give_the_single_process_performance_windows(tmp_p
     producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, linger_ms=5)
     daemons = [single, *replicas]
     try:
-        for d in daemons:
-            d.start()
-        for d in daemons:
-            d.wait(lambda d=d: d.get("/readyz") == b"ready: baseline loaded and consuming\n", 90, "an assignment")
-        single.wait(lambda: len(_aggregators(replicas)) == 1, 60, "one aggregator")
+        _start_replicas(replicas, single)
         produced = 0
         for k in range(PHASES):
             produced += _produce_phase(producer, topic, labels_topic, stream, k)
@@ -617,7 +615,7 @@ def _caught_up(broker, group_id: str, topics) -> bool:
 
 
 @pytest.mark.parametrize("client", CLIENTS)
-def test_labels_kill_9_of_a_worker_loses_and_double_counts_no_label(tmp_path, kafka_broker, receiver, client):
+def test_labels_kill_9_of_a_worker_loses_and_double_counts_no_label(tmp_path, kafka_broker, receiver, admin, client):
     """Mid-stream a worker dies with kill -9 and a new one starts on an empty state directory: its partitions'
     pending joins and open windows come back from the join changelog, and the label counts and every
     performance window's labelled count are exact."""
@@ -632,15 +630,11 @@ def test_labels_kill_9_of_a_worker_loses_and_double_counts_no_label(tmp_path, ka
     producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, linger_ms=5)
     everyone = list(replicas)
     try:
-        for d in replicas:
-            d.start()
-        for d in replicas:
-            d.wait(lambda d=d: d.get("/readyz") == b"ready: baseline loaded and consuming\n", 90, "an assignment")
+        _start_replicas(replicas)
         first = replicas[0]
-        first.wait(lambda: len(_aggregators(replicas)) == 1, 60, "one aggregator")
         for k in range(PHASES):
             if k == 3:  # a worker: not the aggregator, once the group has settled
-                aggregator = _settled_aggregator(replicas, first, kafka_broker)
+                aggregator = _settled_aggregator(replicas, first, admin)
                 victim = next(d for d in replicas if d is not aggregator)
                 seen = _consumed([victim])
             _produce_phase(producer, topic, labels_topic, stream, k)
@@ -676,7 +670,7 @@ def test_labels_kill_9_of_a_worker_loses_and_double_counts_no_label(tmp_path, ka
 
 
 @pytest.mark.parametrize("client", CLIENTS)
-def test_labels_a_stalled_worker_that_wakes_up_is_fenced(tmp_path, kafka_broker, receiver, client):
+def test_labels_a_stalled_worker_that_wakes_up_is_fenced(tmp_path, kafka_broker, receiver, admin, client):
     """A worker freezes (SIGSTOP) mid-stream past its session timeout; the others take its partitions over
     from the join changelog (which fences its transactional ids). Awake (SIGCONT), it must not commit a
     stale cut: its transactions are fenced (or it finds its partitions gone) and it rejoins. The label counts
@@ -693,15 +687,11 @@ def test_labels_a_stalled_worker_that_wakes_up_is_fenced(tmp_path, kafka_broker,
                               for d in ds)
     frozen = None
     try:
-        for d in replicas:
-            d.start()
-        for d in replicas:
-            d.wait(lambda d=d: d.get("/readyz") == b"ready: baseline loaded and consuming\n", 90, "an assignment")
+        _start_replicas(replicas)
         first = replicas[0]
-        first.wait(lambda: len(_aggregators(replicas)) == 1, 60, "one aggregator")
         for k in range(PHASES):
             if k == 3:  # a worker: not the aggregator, once the group has settled
-                aggregator = _settled_aggregator(replicas, first, kafka_broker)
+                aggregator = _settled_aggregator(replicas, first, admin)
                 frozen = next(d for d in replicas if d is not aggregator)
                 others = [d for d in replicas if d is not frozen]
                 seen, before = _consumed([frozen]), restored(others)
@@ -717,8 +707,8 @@ def test_labels_a_stalled_worker_that_wakes_up_is_fenced(tmp_path, kafka_broker,
                 assert len(_full_log(frozen)) == mark  # it slept through the take-over
                 frozen.proc.send_signal(signal.SIGCONT)
                 # awake: it leaves the group and rejoins (fenced at its next cut, or its partitions gone)
-                others[0].wait(lambda: _groups_stable(kafka_broker, _groups(frozen), 3)
-                               and frozen.get("/readyz") == b"ready: baseline loaded and consuming\n", 120,
+                others[0].wait(lambda: _groups_stable(admin, _groups(frozen), 3)
+                               and frozen.get("/readyz") == READY, 120,
                                "the woken worker back in the group")
             first.wait(lambda: _caught_up(kafka_broker, group, (topic, labels_topic)), 180, f"phase {k} in cuts")
         agg = first.wait(lambda: (a := _aggregators(replicas)) and len(a) == 1
