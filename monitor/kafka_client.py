@@ -921,11 +921,11 @@ class ConfluentSource:
         return self._consumer.consumer_group_metadata()
 
     def _ends(self, partitions: list, timeout_s: float) -> dict:
+        from confluent_kafka import TopicPartition as CfTopicPartition
+
         out = {}
         for tp in partitions:
-            from confluent_kafka import TopicPartition
-
-            _low, high = self._probe_client.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
+            _low, high = self._probe_client.get_watermark_offsets(CfTopicPartition(tp.topic, tp.partition),
                                                                   timeout=timeout_s, cached=False)
             out[tp] = high
         return out
