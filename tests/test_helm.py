@@ -799,3 +799,21 @@ def test_scale_out_runs_replicas_on_empty_dirs(render):
     assert any("emptyDir" in v for v in volumes.values())
     config_map = next(d for d in by_kind(docs, "ConfigMap") if "driftmon.yaml" in d.get("data", {}))
     assert yaml.safe_load(config_map["data"]["driftmon.yaml"])["cluster"]["enabled"] is True
+
+
+def _quantity_bytes(quantity: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+    number, unit = re.fullmatch(r"(\d+)([A-Za-z]*)", quantity).groups()
+    return int(number) * units.get(unit, 1)
+
+
+def test_the_default_state_volume_holds_the_label_join_store_at_its_default_cap():
+    """The state volume's default size (PVC or emptyDir limit, past which the kubelet evicts the pod) fits the
+    label join store at `labels.max_pending`'s default, at the runbook's 200 bytes per entry (about 90 stored
+    plus room for RocksDB to compact)."""
+    from monitor.config import LabelsConfig
+
+    persistence = yaml.safe_load((CHART / "values.yaml").read_text())["persistence"]
+    needed = LabelsConfig().max_pending * 200
+    assert _quantity_bytes(persistence["emptyDirSizeLimit"]) >= needed
+    assert _quantity_bytes(persistence["size"]) >= needed
