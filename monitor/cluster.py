@@ -511,6 +511,21 @@ class _Restoring:
         return part.positions.get(key, default)
 
 
+def _failed(failures: tuple[int, str], exc: Exception, what: str) -> tuple[int, str]:
+    """Count a failure of a call retried every second; log it only when its error changes, not at every retry."""
+    count, last = failures
+    if str(exc) != last:
+        log.warning("%s, retrying: %s", what, exc)
+    return count + 1, str(exc)
+
+
+def _recovered(failures: tuple[int, str], message: str) -> tuple[int, str]:
+    """The call works again: say so once, with how many attempts failed."""
+    if failures[0]:
+        log.info("%s after %d failed attempts", message, failures[0])
+    return 0, ""
+
+
 class Cluster:
     """The daemon's scale-out part: the worker, the aggregator, and their Kafka clients.
 
@@ -559,6 +574,8 @@ class Cluster:
         # and when to try again (monotonic; backoff 1 s doubling to 30 s). Not a fence: no rejoin.
         self.refusals: dict[str, str] = {}
         self.refused_attempts = 0  # refused take-overs and writes (each one retried after its backoff)
+        self._partials_failures: tuple[int, str] = (0, "")  # (failed sends in a row, the last error)
+        self._poll_failures: tuple[int, str] = (0, "")  # (failed aggregator polls in a row, the last error)
         self._backoff: dict[str, float] = {}
         self._retry_at: dict[str, float] = {}
 
@@ -721,8 +738,11 @@ class Cluster:
             if failed or len(outcomes) < len(worker.pending):
                 raise failed[0] if failed else TimeoutError("not acknowledged within 10 s")
         except Exception as exc:  # kept and sent again: the aggregator drops what arrives twice (by offset)
-            log.warning("partials not acknowledged by %s, retrying: %s", self.partials_topic, exc)
+            self._partials_failures = _failed(self._partials_failures, exc,
+                                              f"partials not acknowledged by {self.partials_topic}")
             return False
+        self._partials_failures = _recovered(self._partials_failures, f"partials acknowledged by "
+                                             f"{self.partials_topic} again")
         self.partials_produced += len(worker.pending)
         worker.pending = []
         return True
@@ -866,9 +886,10 @@ class Cluster:
             try:
                 records = self._consumer.poll(timeout_ms=500, max_records=500)
             except Exception as exc:  # the broker is down: the worker's health reports it; try again
-                log.warning("aggregator poll failed: %s", exc)
+                self._poll_failures = _failed(self._poll_failures, exc, "aggregator poll failed")
                 self._stopping.wait(1.0)
                 continue
+            self._poll_failures = _recovered(self._poll_failures, "aggregator polls work again")
             state = None
             if self._retake_at is not None and time.monotonic() >= self._retake_at:
                 self._retake_at = None

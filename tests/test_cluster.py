@@ -303,3 +303,25 @@ def test_labelled_partials_merge_to_the_single_process_performance_windows(label
     again.pipeline.tracker.join = _Totals()
     again.load_state_dict(state)
     assert again.label_seq == agg.label_seq and again.pipeline.tracker.join.matched == 4320
+
+
+def test_a_call_retried_every_second_logs_each_new_error_once_and_its_recovery_once(caplog):
+    """Partials sends and the aggregator's polls retry every second while the broker is down or refuses them:
+    one warning per distinct error, not one per attempt, and one line when the call works again."""
+    import logging
+
+    from monitor.cluster import _failed, _recovered
+
+    caplog.set_level(logging.INFO, logger="monitor.cluster")
+    failures = (0, "")
+    for exc in [ConnectionError("broker down")] * 5 + [PermissionError("topic refused")] * 3:
+        failures = _failed(failures, exc, "partials not acknowledged by p")
+    assert failures == (8, "topic refused")
+    failures = _recovered(failures, "partials acknowledged by p again")
+    assert failures == (0, "")
+    assert _recovered(failures, "partials acknowledged by p again") == (0, "")  # nothing failed: silent
+    assert [r.getMessage() for r in caplog.records] == [
+        "partials not acknowledged by p, retrying: broker down",
+        "partials not acknowledged by p, retrying: topic refused",
+        "partials acknowledged by p again after 8 failed attempts",
+    ]
