@@ -1,13 +1,13 @@
 """How long a worker takes to restore one partition's join changelog (scale-out with labels), by its size.
 
-A partition new to a replica is restored in the source consumer's assignment callback, which kafka-python
-runs on the thread that sends the heartbeats: the member sends none until every partition it was given is
-restored, so ``kafka.session_timeout_ms`` must exceed the restore time of all the partitions one member can
-be given at once (docs/DESIGN.md, "Scale-out", "Restore time").
+A partition new to a replica is restored on the consuming thread, in slices between polls, while the
+partition is paused (``monitor.cluster._Restore``): the member keeps its place in the group, and the restore
+time is how long that partition waits before it is processed again (docs/DESIGN.md, "Scale-out", "Restore
+time"). The slices only interleave polls; the work, timed here step by step, is the same.
 
 On a real Apache Kafka broker (tests/brokers.py), per size N: one changelog partition holding N join
 entries (real entries: a labelled worker's pending predictions, written by ``PartitionLog.write`` in
-transactions of 20,000 as cuts write them) and a state record; then, timed as the callback runs them,
+transactions of 20,000 as cuts write them) and a state record; then, timed as a restore runs them,
 ``PartitionLog.fence`` (init_transactions), ``PartitionLog.read`` (the partition to its end,
 read_committed) and ``Worker.restore`` (the entries into the partition's RocksDB store).
 

@@ -251,10 +251,20 @@ class Worker:
     def restore(self, key: str, entries: dict, state: dict | None) -> _PartitionPipeline:
         """A partition as the changelog's last committed cut left it (its store filled with ``entries``)."""
         part = self.new_part(key)
-        tracker = part.tracker
         items = list(entries.items())
         for i in range(0, len(items), 10_000):
-            tracker.join.store.apply(dict(items[i:i + 10_000]), {})
+            self.fill(part, items[i:i + 10_000])
+        return self.load(key, part, state)
+
+    @staticmethod
+    def fill(part: _PartitionPipeline, items: list) -> None:
+        """Put (prediction id, entry) pairs read from the changelog into a restoring partition's store."""
+        part.tracker.join.store.apply(dict(items), {})
+
+    def load(self, key: str, part: _PartitionPipeline, state: dict | None) -> _PartitionPipeline:
+        """Finish a restore: the store holds what the changelog holds; the state record's windows, counters
+        and positions (None: the partition starts at the group's committed offsets)."""
+        tracker = part.tracker
         if part.store is not None:
             part.store.changed.clear()  # what the changelog holds already
             part.store.settle()
@@ -505,7 +515,8 @@ class _Restoring:
         pair = worker.pair_key(key)
         part = worker.parts.get(pair) or worker.staged.get(pair)
         if part is None and pair not in worker.staged:
-            part = self.cluster.restore(pair)
+            self.cluster.begin_restore(pair)  # the source holds it paused (Cluster.held) until restored
+            return default
         if part is None:
             return default
         return part.positions.get(key, default)
@@ -524,6 +535,81 @@ def _recovered(failures: tuple[int, str], message: str) -> tuple[int, str]:
     if failures[0]:
         log.info("%s after %d failed attempts", message, failures[0])
     return 0, ""
+
+
+class _Restore:
+    """One partition's restore from its join changelog, run on the consuming thread a slice at a time (as
+    Kafka Streams restores on its stream thread): fence the partition's transactional id, read the changelog
+    partition to its end, fill the partition's store. Between slices the consumer polls (the partition
+    paused), so the member keeps its place in the group however long the restore takes.
+
+    Only the consuming thread advances or closes it; a revocation only marks it ``abandoned``.
+    """
+
+    def __init__(self, key: str, partition_log):
+        self.key = key
+        self.log = partition_log  # monitor.join_changelog.PartitionLog: fenced first, kept once installed
+        self.entries: dict = {}  # prediction id -> entry, read so far
+        self.state: dict | None = None  # the last state record read so far
+        self.records = 0  # changelog records read
+        self.part: _PartitionPipeline | None = None  # the store being filled
+        self.started = time.monotonic()
+        self.abandoned = False  # revoked: close it, install nothing
+        self._reader = None  # the changelog read (a generator, see PartitionLog.records)
+        self._items: list | None = None  # entries not yet in the store
+        self._filled = 0
+
+    @property
+    def phase(self) -> str:
+        return "fence" if self.log.producer is None else "read" if self._items is None else "fill"
+
+    def advance(self, worker: Worker, deadline: float) -> bool:
+        """Work until ``deadline`` (monotonic) or the end; True when the partition is ready to install.
+        Raises what the broker or the store raised (the caller gives the restore up)."""
+        from monitor.join_changelog import take
+
+        if self.log.producer is None:
+            self.log.fence()  # aborts the previous owner's open transaction, fences it
+            self._reader = self.log.records()
+            if time.monotonic() >= deadline:
+                return False
+        if self._items is None:
+            entries, state, n = self.entries, self.state, 0
+            for record in self._reader:
+                state = take(record, entries, state)
+                n += 1
+                if n % 1000 == 0 and time.monotonic() >= deadline:
+                    self.state, self.records = state, self.records + n
+                    return False
+            self.state, self.records = state, self.records + n
+            self._reader = None
+            self._items = list(entries.items())
+            self.entries = {}
+            self.part = worker.new_part(self.key)
+        while self._filled < len(self._items):
+            if time.monotonic() >= deadline:
+                return False
+            worker.fill(self.part, self._items[self._filled:self._filled + 10_000])
+            self._filled += 10_000
+        return True
+
+    @property
+    def pending(self) -> int:
+        return len(self._items) if self._items is not None else len(self.entries)
+
+    def status(self) -> dict:
+        return {"partition": self.key, "phase": self.phase, "records_read": self.records,
+                "entries": self.pending, "seconds": round(time.monotonic() - self.started, 1)}
+
+    def close(self) -> None:
+        """Give the restore up: the reader, the store being filled and the transactional producer."""
+        if self._reader is not None:
+            self._reader.close()  # its finally closes the reading client
+            self._reader = None
+        if self.part is not None and self.part.tracker is not None:
+            self.part.tracker.join.close()
+            self.part = None
+        self.log.close()
 
 
 class Cluster:
@@ -578,6 +664,11 @@ class Cluster:
         self._poll_failures: tuple[int, str] = (0, "")  # (failed aggregator polls in a row, the last error)
         self._backoff: dict[str, float] = {}
         self._retry_at: dict[str, float] = {}
+        # labels: partitions new to this replica whose state is being restored (paused meanwhile)
+        self.restoring: dict[str, _Restore] = {}
+        self._abandoned: list[_Restore] = []  # revoked while restoring: closed by the consuming thread
+        self._resuming: dict[str, dict] = {}  # installed, not yet sought and resumed by the source
+        self._restoring_lock = threading.Lock()  # the assignment callback runs on kafka-python's IO thread
 
     @property
     def refused(self) -> str | None:
@@ -616,9 +707,11 @@ class Cluster:
                "late_partials": agg.late, "duplicate_partials": agg.duplicates,
                "open_windows": len(agg.open), "changelog_writes": self.changelog_writes}
         if self.worker.pairs:
+            with self._restoring_lock:
+                restoring = [r.status() for _k, r in sorted(self.restoring.items())]
             out.update(join_changelog_topic=self.join_topic, join_transactions=self.cuts,
                        partitions_restored=self.worker.restored, late_performance_partials=agg.late_labelled,
-                       open_performance_windows=len(agg.labelled))
+                       open_performance_windows=len(agg.labelled), restoring_partitions=restoring)
         return out
 
     # ---- clients ----------------------------------------------------------------------------------
@@ -708,6 +801,11 @@ class Cluster:
         for partition_log in self.logs.values():
             partition_log.close()
         self.logs = {}
+        with self._restoring_lock:
+            restores = list(self.restoring.values()) + self._abandoned
+            self.restoring, self._abandoned = {}, []
+        for restore in restores:
+            restore.close()
         if self._thread is not None:
             self._thread.join(timeout=1.0)
         if self._consumer is not None:
@@ -819,40 +917,117 @@ class Cluster:
         return self.source.group_metadata()
 
     def positions(self):
-        """What the source seeks to on assignment: with labels, a partition new to this replica is first
-        restored from its changelog (fenced, read to its end) and resumes at its last cut's positions."""
+        """What the source seeks to on assignment: with labels, a partition new to this replica is recorded
+        as restoring and held paused (:meth:`held`); the consuming thread restores it from its changelog
+        (:meth:`restore_step`) and resumes it at its last cut's positions."""
         if not self.worker.pairs:
             return self.worker.positions()
         return _Restoring(self)
 
-    def restore(self, key: str) -> _PartitionPipeline | None:
-        """Restore a partition from the changelog (on kafka-python's thread, without the daemon's lock: the
-        result is staged, and the consuming thread installs it before the partition's first record)."""
+    def begin_restore(self, key: str) -> None:
+        """Record a partition new to this replica as restoring (from the source's assignment callback: it
+        returns at once; the consuming thread restores it in :meth:`restore_step`)."""
+        with self._restoring_lock:
+            if key not in self.restoring:
+                self.restoring[key] = _Restore(key, self._partition_log(key))
+                log.info("partition %s: restoring its state from %s (paused meanwhile)", key, self.join_topic)
+
+    def held(self) -> set[str]:
+        """The source partitions (prediction and label partition of each pair) kept paused: restoring."""
+        with self._restoring_lock:
+            keys = list(self.restoring)
         worker = self.worker
-        partition_log = self._partition_log(key)
-        try:
-            partition_log.fence()
-            entries, state = partition_log.read()
-        except Exception as exc:  # the partition's records wait (see Worker.blocked) until the rejoin
-            if isinstance(exc, AuthorizationError):  # the rejoin waits for the backoff (see rejoin_due)
-                self._refuse("worker", exc)
-            else:
-                log.warning("partition %s: state not restored from %s (%s); rejoining the group", key,
-                            self.join_topic, exc)
-            partition_log.close()
-            worker.staged[key] = None
-            self.rejoin = True
-            return None
-        self._accepted("worker")
-        part = worker.restore(key, entries, state)
-        old = self.logs.pop(key, None)
-        if old is not None:
-            old.close()
-        self.logs[key] = partition_log
-        worker.staged[key] = part
-        log.info("partition %s restored from %s: %d pending joins, resuming at %s", key, self.join_topic,
-                 len(entries), state["positions"] if state else "the committed offsets")
-        return part
+        out = set(keys)
+        if worker.labels_topic:
+            out |= {f"{worker.labels_topic}:{k.rsplit(':', 1)[1]}" for k in keys}
+        return out
+
+    def restore_step(self, source, budget_s: float) -> None:
+        """Advance the restores for about ``budget_s`` seconds (on the consuming thread, between polls, without
+        the daemon's lock), each its share in turn so that a small partition is not held up behind a large
+        one; install a finished one and resume its partitions at the restored positions."""
+        self._resume(source)
+        self._drop_abandoned()  # first: an abandoned restore's store is closed before its successor's opens
+        with self._restoring_lock:
+            restores = list(self.restoring.values())
+        if not restores:
+            return
+        share = budget_s / len(restores)
+        for restore in restores:
+            if restore.abandoned:
+                continue
+            try:
+                ready = restore.advance(self.worker, time.monotonic() + share)
+            except Exception as exc:  # the partition's records wait (see Worker.blocked) until the rejoin
+                if isinstance(exc, AuthorizationError):  # the rejoin waits for the backoff (see rejoin_due)
+                    self._refuse("worker", exc)
+                else:
+                    log.warning("partition %s: state not restored from %s (%s); rejoining the group", restore.key,
+                                self.join_topic, exc)
+                restore.close()
+                with self.daemon.lock:
+                    with self._restoring_lock:
+                        if self.restoring.get(restore.key) is restore:
+                            del self.restoring[restore.key]
+                            self.worker.staged[restore.key] = None
+                            self.rejoin = True
+                continue
+            if ready:
+                self._install(restore, source)
+        self._drop_abandoned()
+
+    def _install(self, restore: _Restore, source) -> None:
+        """A finished restore becomes the partition's pipeline, if the partition is still this replica's."""
+        worker, key = self.worker, restore.key
+        with self.daemon.lock:
+            with self._restoring_lock:
+                current = self.restoring.get(key) is restore and not restore.abandoned
+            if not current:
+                restore.close()  # revoked meanwhile: nothing installed
+                return
+            self._accepted("worker")
+            part = worker.load(key, restore.part, restore.state)
+            old = self.logs.pop(key, None)
+            if old is not None:
+                old.close()
+            self.logs[key] = restore.log
+            worker.staged[key] = part  # installed before its first record (Worker._part)
+            with self._restoring_lock:
+                del self.restoring[key]  # after staging: _Restoring.get always finds it in one of them
+            label_key = f"{worker.labels_topic}:{key.rsplit(':', 1)[1]}" if worker.labels_topic else None
+            positions = {k: part.positions.get(k) for k in (key, label_key) if k is not None}
+            self._resuming[key] = positions
+            self._resume(source)
+        log.info("partition %s restored from %s in %.1f s: %d records, %d pending joins, resuming at %s", key,
+                 self.join_topic, time.monotonic() - restore.started, restore.records, len(restore._items),
+                 restore.state["positions"] if restore.state else "the committed offsets")
+
+    def _resume(self, source) -> None:
+        """Seek and resume the installed partitions the source still holds paused (again after a poll if the
+        client could not seek them yet)."""
+        if source is None or not self._resuming:
+            return
+        for key, positions in list(self._resuming.items()):
+            if source.resume_held(positions):
+                del self._resuming[key]
+
+    def _drop_abandoned(self) -> None:
+        with self._restoring_lock:
+            abandoned, self._abandoned = self._abandoned, []
+        for restore in abandoned:
+            restore.close()
+            log.info("partition %s: restore abandoned (revoked) after %.1f s", restore.key,
+                     time.monotonic() - restore.started)
+
+    @property
+    def restoring_work(self) -> bool:
+        """Restores to advance, close or resume (the consuming thread polls briefly meanwhile)."""
+        return bool(self.restoring or self._abandoned or self._resuming)
+
+    @property
+    def restoring_partitions(self) -> list[str]:
+        with self._restoring_lock:
+            return sorted(self.restoring)
 
     def rejoin_due(self) -> bool:
         """A rejoin is wanted and not held back by a refusal's backoff (a missing ACL is not cured by rejoining
@@ -860,12 +1035,19 @@ class Cluster:
         return self.rejoin and not self._waiting("worker")
 
     def release(self, keys) -> None:
-        """Partitions gone to another replica: forget their state and their changelog writers."""
+        """Partitions gone to another replica: forget their state and their changelog writers; a restore of
+        one of them is abandoned (closed by the consuming thread, never installed)."""
         self.worker.release(keys)
         for key in {self.worker.pair_key(k) for k in keys} if self.worker.pairs else ():
             partition_log = self.logs.pop(key, None)
             if partition_log is not None:
                 partition_log.close()
+            self._resuming.pop(key, None)
+            with self._restoring_lock:
+                restore = self.restoring.pop(key, None)
+                if restore is not None:
+                    restore.abandoned = True
+                    self._abandoned.append(restore)
 
     def step(self, now: float) -> list[dict]:
         """Produce the worker's partials; as the aggregator, close the windows whose grace is over."""

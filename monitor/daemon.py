@@ -400,7 +400,8 @@ class Daemon:
             if self.source is None:
                 return  # stopping while it reconnected
         self._pause(self._outgoing is not None or self.rewind)
-        batches = self.source.poll(timeout_ms=500)
+        restoring = self.cluster is not None and self.cluster.restoring_work
+        batches = self.source.poll(timeout_ms=50 if restoring else 500)
         if self.source.assigned or self.source.rebalances:  # joined the group: an idle member is ready too
             self.consuming = True
         self.idle = not batches
@@ -408,6 +409,8 @@ class Daemon:
             self.health.records_received()
             self._process(batches)
         if self.cluster is not None:
+            if self.cluster.restoring_work:  # partitions new to this replica, paused: restored between polls
+                self.cluster.restore_step(self.source, min(0.5, self.config.kafka.max_poll_interval_ms / 5000))
             self._settle_dead_letters()  # the offsets committed below cover their records
             with self.lock:
                 self._handle(self.cluster.step(time.time()))
@@ -427,7 +430,8 @@ class Daemon:
         source.close(timeout_s=2.0)
         with self.lock:
             self.cluster.rejoin = False
-            self.cluster.release(list(self.cluster.worker.parts) + list(self.cluster.worker.staged))
+            self.cluster.release(list(self.cluster.worker.parts) + list(self.cluster.worker.staged)
+                                 + self.cluster.restoring_partitions)
         self.consuming = False
         self._connect()
 
@@ -585,7 +589,8 @@ class Daemon:
             positions = self.cluster.positions if self.cluster is not None else \
                 (lambda: dict(self.pipeline.positions))
             source = make_source(kafka, positions, on_revoke=self._before_rebalance,
-                                 on_release=self._release)
+                                 on_release=self._release,
+                                 held=self.cluster.held if self.cluster is not None else None)
             if self.cluster is not None:
                 self.cluster.source = source  # its group metadata commits the offsets in the cuts' transactions
             outcome: dict = {}

@@ -16,7 +16,9 @@ transactional id ``<changelog topic>.<p>``:
 A new owner of *p* initializes the same transactional id (which aborts the previous owner's open
 transaction and fences it: its next commit fails), reads changelog partition *p* to its end with
 ``read_committed``, and resumes from the positions of the last state record: nothing is lost or counted
-twice, as in a Kafka Streams task with ``processing.guarantee: exactly_once`` and a RocksDB store.
+twice, as in a Kafka Streams task with ``processing.guarantee: exactly_once`` and a RocksDB store. As in
+Kafka Streams, the restore runs on the consuming thread a slice at a time while the partition is paused
+(``monitor.cluster._Restore``), so the member goes on polling and keeps its place in the group.
 The Kafka calls go through :mod:`monitor.kafka_client`, on either client: the group's offsets are committed
 with the source consumer's ``group_metadata()`` (kafka-python: the group id; confluent-kafka: the consumer's
 group metadata, which librdkafka requires).
@@ -31,7 +33,7 @@ import msgspec
 
 from monitor.kafka_client import fence, read_to_end
 
-__all__ = ["PartitionLog", "STATE_KEY"]
+__all__ = ["PartitionLog", "STATE_KEY", "take"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,17 @@ MAX_RECORD_BYTES = 16 * 1024 * 1024
 
 _encode = msgspec.msgpack.Encoder(enc_hook=lambda o: o.item() if hasattr(o, "item") else str(o)).encode
 _decode = msgspec.msgpack.Decoder().decode
+
+
+def take(record, entries: dict, state: dict | None) -> dict | None:
+    """Apply one changelog record to ``entries`` (prediction id -> entry); returns the latest state record."""
+    if record.key == STATE_KEY:
+        return json.loads(record.value)
+    if record.value is None:
+        entries.pop(record.key.decode(), None)
+    else:
+        entries[record.key.decode()] = _decode(record.value)
+    return state
 
 
 class PartitionLog:
@@ -75,14 +88,14 @@ class PartitionLog:
         """Every committed record of the partition: (prediction id -> entry, the last state record or None)."""
         entries: dict = {}
         state = None
-        for record in read_to_end(self.kafka, self.changelog, self.partition):  # read_committed
-            if record.key == STATE_KEY:
-                state = json.loads(record.value)
-            elif record.value is None:
-                entries.pop(record.key.decode(), None)
-            else:
-                entries[record.key.decode()] = _decode(record.value)
+        for record in self.records():
+            state = take(record, entries, state)
         return entries, state
+
+    def records(self):
+        """The partition's committed records from its beginning to its end (``read_committed``), a generator
+        over a client of its own: a restore reads it a slice at a time (``close()`` it to give up)."""
+        return read_to_end(self.kafka, self.changelog, self.partition)
 
     def write(self, partials_topic: str, model: bytes, partials: list[dict], changes: dict, state: dict,
               offsets: dict[tuple[str, int], int], timeout_s: float = 10.0) -> None:

@@ -9,7 +9,8 @@ several times faster). The rest of driftmon uses only what this module returns:
   timeout_ms)``, ``probe(positions, timeout_ms)``, ``lag(positions)``, ``dead_letter(items)``,
   ``flush()``, ``close(timeout_s)`` and the attributes ``assigned`` and ``rebalances``; rebalance
   hand-overs go through the ``on_revoke`` and ``on_release`` callbacks (see :class:`KafkaSource`, the
-  kafka-python one, and :class:`ConfluentSource`).
+  kafka-python one, and :class:`ConfluentSource`); partitions named by ``held()`` at assignment stay
+  paused (their state is being restored) until ``resume_held(positions)`` seeks and resumes them.
 - :func:`make_producer` -> ``send(topic, value, headers)``, ``flush(timeout_s)``, ``close(timeout_s)``
   (alert sinks, dead letters), raising :class:`ProduceError` when a record is refused.
 - :func:`create_topics` (the demo's, the tests' and scale-out's admin needs: partitions, replication,
@@ -151,11 +152,11 @@ class Record:
         self.value = value
 
 
-def make_source(cfg: KafkaConfig, positions, on_revoke=None, on_release=None):
+def make_source(cfg: KafkaConfig, positions, on_revoke=None, on_release=None, held=None):
     """The consumer-group source for ``cfg.client`` (not started)."""
     if cfg.client == "confluent-kafka":
-        return ConfluentSource(cfg, positions, on_revoke=on_revoke, on_release=on_release)
-    return KafkaSource(cfg, positions, on_revoke=on_revoke, on_release=on_release)
+        return ConfluentSource(cfg, positions, on_revoke=on_revoke, on_release=on_release, held=held)
+    return KafkaSource(cfg, positions, on_revoke=on_revoke, on_release=on_release, held=held)
 
 
 def make_producer(cfg: KafkaConfig, max_request_bytes: int | None = None, max_block_s: float | None = None,
@@ -350,17 +351,26 @@ class KafkaSource:
         ``on_release(keys)``: partitions revoked (or lost) that went to another member. Their
         positions must be forgotten: if they come back later, the group's committed offset (where
         the other member stopped) is right, not this member's old position.
+    held : callable, optional
+        ``held() -> {key}``: asked on assignment, after ``positions``: assigned partitions whose state is
+        still being restored (scale-out with labels). They stay paused, and their records are never
+        returned as owned, until :meth:`resume_held` seeks them to their restored positions; meanwhile
+        poll() goes on for the others and keeps the membership.
     """
 
-    def __init__(self, cfg: KafkaConfig, positions, on_revoke=None, on_release=None):
+    def __init__(self, cfg: KafkaConfig, positions, on_revoke=None, on_release=None, held=None):
         self.cfg = cfg
         self.positions = positions
         self.on_revoke = on_revoke
         self.on_release = on_release
+        self.held = held
         self.assigned: frozenset[TopicPartition] = frozenset()
         self.rebalances = 0
         self._revoked: set[TopicPartition] = set()  # held before the rebalance in progress
         self._rewind: dict[TopicPartition, int] = {}  # records polled but dropped as no longer owned
+        self._held: frozenset[TopicPartition] = frozenset()  # assigned, paused until their state is restored
+        self._held_rewind: dict[TopicPartition, int] = {}  # records of a held partition polled but dropped
+        self._paused = False  # every partition paused (the daemon's backpressure)
         self._consumer: KafkaConsumer | None = None
         self._lag_client: KafkaConsumer | None = None
         self._lag_lock = threading.Lock()
@@ -383,11 +393,15 @@ class KafkaSource:
 
     def owns(self, batch: "PartitionBatch") -> bool:
         """Whether this member still holds a polled batch's partition; if not, the batch must be
-        dropped (the partition's next owner reads it) and is re-read here if the partition comes back."""
+        dropped (the partition's next owner reads it) and is re-read here if the partition comes back.
+        A held partition's batch is dropped too and read again when it is resumed."""
         tp = TopicPartition(batch.topic, batch.partition)
+        first = int(batch.offsets[0])
+        if tp in self._held:
+            self._held_rewind[tp] = min(first, self._held_rewind.get(tp, first))
+            return False
         if tp in self.assigned:
             return True
-        first = int(batch.offsets[0])
         self._rewind[tp] = min(first, self._rewind.get(tp, first))
         return False
 
@@ -405,12 +419,38 @@ class KafkaSource:
             if offset is not None:
                 self._consumer.seek(tp, offset)
         self._rewind = {}
+        held = self.held() if self.held is not None else set()
+        self._held = frozenset(tp for tp in assigned if partition_key(tp) in held)
+        self._held_rewind = {}
+        if self._held:  # before any fetch of them: their records wait for the restored state
+            self._consumer.pause(*self._held)
         self.assigned = frozenset(assigned)
         self.rebalances += 1
-        log.info("assigned partitions %s", sorted(partition_key(tp) for tp in assigned))
+        log.info("assigned partitions %s%s", sorted(partition_key(tp) for tp in assigned),
+                 f", paused while restoring {sorted(partition_key(tp) for tp in self._held)}" if self._held else "")
+
+    def resume_held(self, positions: dict[str, int | None]) -> bool:
+        """Seek the held partitions named in ``positions`` (key -> next offset; None: where the consumer
+        is, or the first record dropped while held) and resume them (unless everything is paused).
+        Returns False when one of them could not be sought yet (try again after the next poll)."""
+        for tp in [tp for tp in self._held if partition_key(tp) in positions]:
+            offset = positions[partition_key(tp)]
+            if offset is None:
+                offset = self._held_rewind.get(tp)
+            try:
+                if offset is not None:
+                    self._consumer.seek(tp, offset)
+                if not self._paused:
+                    self._consumer.resume(tp)
+            except (KeyError, AssertionError, KafkaError) as exc:  # revoked meanwhile: the next owner restores it
+                log.debug("resuming %s: %s", partition_key(tp), exc)
+            self._held = self._held - {tp}
+            self._held_rewind.pop(tp, None)
+        return True
 
     async def on_revoked(self, revoked) -> None:
         self.assigned = frozenset()
+        self._held = frozenset()
         self._revoked |= set(revoked)
         log.info("partitions revoked: %s", sorted(partition_key(tp) for tp in revoked))
         if not revoked or self.on_revoke is None:
@@ -429,6 +469,7 @@ class KafkaSource:
     def on_lost(self, lost) -> None:
         """Membership lost (a session timeout): the partitions may already be elsewhere, so no commit."""
         self.assigned = frozenset()
+        self._held = frozenset()
         # Released only if the next assignment gives them to someone else: a lone member that lost its
         # session (a broker restart, a long pause) gets them back and resumes at its own checkpoint.
         self._revoked |= set(lost)
@@ -460,12 +501,16 @@ class KafkaSource:
         return out
 
     def pause(self, paused: bool) -> None:
-        """Stop (or resume) fetching from every assigned partition; poll() still keeps the membership."""
+        """Stop (or resume) fetching from every assigned partition; poll() still keeps the membership.
+        Held partitions stay paused (see :meth:`resume_held`)."""
+        self._paused = paused
         try:
             if paused:
                 self._consumer.pause(*self._consumer.assignment())  # again each time: covers new assignments
-            elif self._consumer.paused():
-                self._consumer.resume(*self._consumer.paused())
+            else:
+                waiting = self._consumer.paused() - self._held
+                if waiting:
+                    self._consumer.resume(*waiting)
         except KeyError:  # the assignment changed in between; the next call covers it
             pass
 
@@ -761,15 +806,18 @@ class ConfluentSource:
     hand-over commit is a plain synchronous commit there (kafka-python calls them on its IO thread).
     """
 
-    def __init__(self, cfg: KafkaConfig, positions, on_revoke=None, on_release=None):
+    def __init__(self, cfg: KafkaConfig, positions, on_revoke=None, on_release=None, held=None):
         self.cfg = cfg
         self.positions = positions
         self.on_revoke = on_revoke
         self.on_release = on_release
+        self.held = held
         self.assigned: frozenset = frozenset()
         self.rebalances = 0
         self._revoked: set = set()
         self._rewind: dict = {}
+        self._held: frozenset = frozenset()  # assigned, paused until their state is restored (KafkaSource)
+        self._held_rewind: dict = {}
         self._consumer = None
         self._probe_client = None
         self._probe_lock = threading.Lock()
@@ -818,9 +866,12 @@ class ConfluentSource:
 
     def owns(self, batch) -> bool:
         tp = _Record(batch.topic, batch.partition)
+        first = int(batch.offsets[0])
+        if tp in self._held:
+            self._held_rewind[tp] = min(first, self._held_rewind.get(tp, first))
+            return False
         if tp in self.assigned:
             return True
-        first = int(batch.offsets[0])
         self._rewind[tp] = min(first, self._rewind.get(tp, first))
         return False
 
@@ -836,19 +887,52 @@ class ConfluentSource:
             offset = saved.get(_key(p.topic, p.partition), self._rewind.get(tp))
             if offset is not None:
                 p.offset = offset
+        held = self.held() if self.held is not None else set()
+        self._held = frozenset(tp for tp in assigned if _key(tp.topic, tp.partition) in held)
+        self._held_rewind = {}
         consumer.assign(partitions)
         if self._paused:
             consumer.pause(partitions)
+        elif self._held:  # before any fetch of them: their records wait for the restored state
+            consumer.pause([p for p in partitions if _Record(p.topic, p.partition) in self._held])
         self._rewind = {}
         self.assigned = frozenset(assigned)
         self.rebalances += 1
-        log.info("assigned partitions %s", sorted(_key(tp.topic, tp.partition) for tp in assigned))
+        log.info("assigned partitions %s%s", sorted(_key(tp.topic, tp.partition) for tp in assigned),
+                 f", paused while restoring {sorted(_key(tp.topic, tp.partition) for tp in self._held)}"
+                 if self._held else "")
+
+    def resume_held(self, positions: dict[str, int | None]) -> bool:
+        """As :meth:`KafkaSource.resume_held`. librdkafka refuses a seek of a partition whose fetcher has not
+        started yet ("erroneous state"): then it stays held and False is returned (try after the next poll)."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        done = True
+        for tp in sorted(tp for tp in self._held if _key(tp.topic, tp.partition) in positions):
+            offset = positions[_key(tp.topic, tp.partition)]
+            if offset is None:
+                offset = self._held_rewind.get(tp)
+            try:
+                if offset is not None:
+                    self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+                if not self._paused:
+                    self._consumer.resume([TopicPartition(tp.topic, tp.partition)])
+            except KafkaException as exc:
+                if tp not in self.assigned:
+                    continue  # revoked meanwhile (the rebalance cleared it): its next owner restores it
+                log.debug("resuming %s: %s; again after the next poll", _key(tp.topic, tp.partition), exc)
+                done = False
+                continue
+            self._held = self._held - {tp}
+            self._held_rewind.pop(tp, None)
+        return done
 
     def _on_revoke(self, consumer, partitions) -> None:
         from confluent_kafka import TopicPartition
 
         revoked = {_Record(p.topic, p.partition) for p in partitions}
         self.assigned = frozenset()
+        self._held = frozenset()
         self._revoked |= revoked
         log.info("partitions revoked: %s", sorted(_key(tp.topic, tp.partition) for tp in revoked))
         if revoked and self.on_revoke is not None:
@@ -867,6 +951,7 @@ class ConfluentSource:
     def _on_lost(self, consumer, partitions) -> None:
         lost = {_Record(p.topic, p.partition) for p in partitions}
         self.assigned = frozenset()
+        self._held = frozenset()
         self._revoked |= lost
         log.warning("partitions lost with the group membership (not committed): %s",
                     sorted(_key(tp.topic, tp.partition) for tp in lost))
@@ -901,6 +986,8 @@ class ConfluentSource:
             return
         self._paused = paused
         partitions = self._consumer.assignment()
+        if not paused:  # held partitions stay paused (see resume_held)
+            partitions = [p for p in partitions if _Record(p.topic, p.partition) not in self._held]
         if partitions:
             (self._consumer.pause if paused else self._consumer.resume)(partitions)
 

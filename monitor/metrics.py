@@ -75,6 +75,8 @@ NAMES = {
     "cluster_changelog_writes": ("counter", "Aggregator state records written to the changelog topic."),
     "cluster_join_transactions": ("counter", "Transactions in which this replica wrote its partitions' label join "
                                   "state, partials and offsets (scale-out with labels)."),
+    "restoring_partitions": ("gauge", "Source partitions this replica is restoring from the join changelog, paused "
+                             "meanwhile (scale-out with labels)."),
     "state_write_failures": ("counter", "Failed writes to the state directory (full or read-only disk), by target "
                              "(checkpoint, window_log, outbox); retried with backoff."),
     "state_last_write_timestamp_seconds": ("gauge", "Last successful write to the state directory, by target, "
@@ -235,7 +237,8 @@ class DriftmonCollector(Collector):
                                ("cluster_late_partials", cluster.aggregator.late + cluster.aggregator.late_labelled),
                                ("cluster_duplicate_partials", cluster.aggregator.duplicates),
                                ("cluster_changelog_writes", cluster.changelog_writes),
-                               ("cluster_join_transactions", cluster.cuts)):
+                               ("cluster_join_transactions", cluster.cuts),
+                               ("restoring_partitions", len(cluster.restoring_partitions))):
                 fam = _family(key, [])
                 fam.add_metric([m], value)
                 yield fam

@@ -61,6 +61,12 @@ class ServiceView:
         return sorted(tp.partition for tp in source.assigned if tp.topic == kafka.topic)
 
     @property
+    def assignments(self) -> int:
+        """Partition assignments the source consumer received (one per rebalance it took part in)."""
+        source = self.daemon.source
+        return 0 if source is None else source.rebalances
+
+    @property
     def checkpoints(self) -> int:
         return self.daemon.policy.checkpoints
 
@@ -114,6 +120,13 @@ class ServiceView:
             # taking it out of the Service would take a sidecar's model server out with it.
             return True, (f"ready: idle, no partition of {self.config.kafka.topic} assigned (more replicas "
                           "than partitions, or a rebalance under way)")
+        cluster = d.cluster
+        restoring = cluster.restoring_partitions if cluster is not None else []
+        if restoring:
+            # Still ready: the other partitions are consumed, and the membership is kept while these are
+            # restored (paused) from the join changelog; /status -> cluster.restoring_partitions has progress.
+            return True, (f"ready: consuming; restoring the state of {', '.join(restoring)} from "
+                          f"{cluster.join_topic} (those partitions wait)")
         return True, "ready: baseline loaded and consuming"
 
     def status(self) -> dict:
@@ -128,7 +141,8 @@ class ServiceView:
             "baseline": {"fingerprint": self.baseline.fingerprint, **self.baseline.meta},
             "ready": ready,
             "ready_reason": why,
-            "kafka": {**self.health.status(), "assigned_partitions": self.assigned_partitions},
+            "kafka": {**self.health.status(), "assigned_partitions": self.assigned_partitions,
+                      "assignments": self.assignments},
             "consumer_lag_messages": {str(k): v for k, v in sorted(lag.items())},
             "state": self.state_health(),  # live: it changes while nothing is consumed (a full disk)
         }

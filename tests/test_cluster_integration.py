@@ -8,6 +8,7 @@ wall clock, so only events (watermarks) close windows, never the clock: the comp
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -735,6 +736,139 @@ def test_labels_a_stalled_worker_that_wakes_up_is_fenced(tmp_path, kafka_broker,
     assert status["cluster"]["late_performance_partials"] == 0
     windows = _windows(replicas)
     assert [windows[s]["window"]["events"] for s in sorted(windows)[:PHASES - 1]] == [PER_PHASE] * (PHASES - 1)
+
+
+#: the changelog partition of the restore test: a million pending joins, and 1.5 million matched ids whose entry
+#: and tombstone compaction has not removed yet: 4 million records, read at most at about 90,000 a second
+#: (30,000 on a loaded machine, docs/DESIGN.md "Restore time"), over 40 s: several times the 6 s session timeout
+RESTORE_ENTRIES = 1_000_000
+RESTORE_GONE = 1_500_000
+
+
+def _prefill(config, baseline, scratch: str, topic: str, labels_topic: str, join_topic: str,
+             start: float) -> tuple[list[bytes], list[bytes]]:
+    """Write what a previous owner of partition 0 left in its join changelog: ``RESTORE_ENTRIES`` pending joins
+    (ids ``pre-<i>``, real entries), ``RESTORE_GONE`` entries and their tombstones (ids ``gone-<i>``: matched
+    since), and its state record after it read 100 predictions and their 100 labels (offsets 0-99 of both
+    topics, all matched: returned, to be produced; the partition resumes at 100)."""
+    import msgspec
+
+    from monitor.cluster import Worker
+    from monitor.join_changelog import PartitionLog
+    from tests.labelled import label_messages, labelled, messages
+
+    worker = Worker(config, baseline, scratch)
+    cols = labelled(100, seed=4, start=start + 0.01, rate=100.0, id_prefix="tmpl")
+    worker.process(f"{topic}:1", messages(cols, with_label=False), None, list(range(100)))
+    template = [v for v in worker.cut(f"{topic}:1")[1].values() if v is not None]
+    worker.release([f"{topic}:1"])
+    assert len(template) == 100
+    cols = labelled(100, seed=5, start=start + 0.01, rate=100.0, id_prefix="old")
+    old, old_labels = messages(cols, with_label=False), label_messages(cols, delay=0.5)
+    key = f"{topic}:0"
+    worker.process(key, old, None, list(range(100)))
+    worker.process_labels(f"{labels_topic}:0", old_labels, None, list(range(100)))
+    _partials, changes, state, _offsets = worker.cut(key)
+    worker.release([key])
+    assert state["positions"] == {key: 100, f"{labels_topic}:0": 100}
+    assert (state["counts"]["received"], state["counts"]["matched"], state["counts"]["pending"]) == (100, 100, 0)
+    # confluent-kafka writes a million records in seconds; the replica reads them with its own client
+    writer = PartitionLog(msgspec.structs.replace(config.kafka, client="confluent-kafka"), join_topic, 0, None)
+    writer.fence()
+    try:
+        def write(batch):
+            writer.write(f"{join_topic}-unused", b"lender", [], batch, state, {}, timeout_s=60.0)
+
+        for lo in range(0, RESTORE_ENTRIES, 50_000):
+            write({f"pre-{i}": template[i % 100] for i in range(lo, min(RESTORE_ENTRIES, lo + 50_000))})
+        for lo in range(0, RESTORE_GONE, 50_000):
+            gone = [f"gone-{i}" for i in range(lo, min(RESTORE_GONE, lo + 50_000))]
+            write({k: template[i % 100] for i, k in enumerate(gone)})
+            write(dict.fromkeys(gone))  # tombstones
+        writer.write(f"{join_topic}-unused", b"lender", [], changes, state, {}, timeout_s=60.0)
+    finally:
+        writer.close()
+    return old, old_labels
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_labels_a_restore_longer_than_the_session_keeps_the_group_membership(tmp_path, kafka_broker, receiver,
+                                                                            client):
+    """A replica is given a partition whose join changelog holds a million pending joins: restoring it takes
+    several times ``kafka.session_timeout_ms``. The restore runs on the consuming thread with the partition
+    paused, so the member stays in the group through it (one assignment, no rebalance; in the assignment
+    callback, as before, kafka-python sent no heartbeat and was dropped), /status and /readyz say it is
+    restoring, and afterwards the restored joins match their labels and the partition resumes at the restored
+    offsets (the previous owner's records are not read again): the label counts are exact."""
+    from monitor.baseline import Baseline
+    from monitor.config import load_config
+    from tests.labelled import label_messages, labelled, messages
+
+    topic = kafka_broker.create_topic(f"predictions-{uuid.uuid4().hex[:8]}", partitions=2)
+    labels_topic = kafka_broker.create_topic(f"labels-{uuid.uuid4().hex[:8]}", partitions=2)
+    join_topic = kafka_broker.create_topic(f"{topic}.driftmon.lender.join", partitions=2)
+    path = _labelled_config(tmp_path, kafka_broker, topic, labels_topic, receiver, client)
+    tree = yaml.safe_load(open(path))
+    tree["labels"]["ttl"] = "1d"  # nothing expires: every count below is exact by construction
+    with open(path, "w") as fh:
+        yaml.safe_dump(tree, fh, sort_keys=False)
+    replica = _replica(tmp_path, path, "r0", {"enabled": True, "grace": "10m"})
+    config = load_config(replica.config_path)
+    assert config.kafka.session_timeout_ms == 6000
+    start = (int(time.time() // DURATION) + 30) * DURATION
+    old, old_labels = _prefill(config, Baseline.load(config.baseline), str(tmp_path / "scratch"), topic,
+                               labels_topic, join_topic, start)
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, linger_ms=5)
+    for m in old:  # read by the previous owner: its state record resumes after them (read again, they would count)
+        producer.send(topic, value=m, partition=0)
+    for m in old_labels:
+        producer.send(labels_topic, value=m, partition=0)
+    producer.flush()
+    # during the restore: predictions on partition 1 (not restoring: read at once)
+    early = labelled(200, seed=6, start=start + 1.0, rate=100.0, id_prefix="early")
+    # after it: labels for 5,000 restored joins and for 150 early predictions, new predictions on both
+    late = labelled(400, seed=7, start=start + 3.0, rate=100.0, id_prefix="late")
+    pre_labels = [json.dumps({"id": f"pre-{i}", "timestamp": start + 5.0, "y": i % 2}).encode()
+                  for i in range(0, RESTORE_ENTRIES, RESTORE_ENTRIES // 5000)]
+    early_labels = label_messages({k: v[:150] for k, v in early.items()}, delay=4.0)
+    restoring = lambda: ((replica.status() or {}).get("cluster") or {}).get("restoring_partitions")  # noqa: E731
+    try:
+        replica.start()
+        # partition 1's changelog is empty: restored at once, while partition 0's takes tens of seconds
+        seen = replica.wait(lambda: (r := restoring()) and [x["partition"] for x in r] == [f"{topic}:0"] and r,
+                            90, "partition 0 alone restoring")
+        assert seen[0]["phase"] in ("fence", "read", "fill"), seen
+        ready = replica.get("/readyz").decode()
+        assert ready.startswith(f"ready: consuming; restoring the state of {topic}:0 from {join_topic}"), ready
+        for m in messages(early, with_label=False):
+            producer.send(topic, value=m, partition=1)
+        producer.flush()
+        replica.wait(lambda: restoring() == [], 600, "the restore of partition 0 done")
+        status = replica.status()
+        assert status["cluster"]["partitions_restored"] == 1
+        assert status["kafka"]["assignments"] == 1  # kept through the restore
+        for i, m in enumerate(messages(late, with_label=False)):
+            producer.send(topic, value=m, partition=i % 2)
+        for m in pre_labels:
+            producer.send(labels_topic, value=m, partition=0)
+        for m in early_labels:
+            producer.send(labels_topic, value=m, partition=1)
+        producer.flush()
+        joined = 100 + len(pre_labels) + len(early_labels)  # the previous owner's 100, restored, and these
+        expected = (joined, joined, 0, RESTORE_ENTRIES + 200 + 400 - len(pre_labels) - len(early_labels))
+        replica.wait(lambda: (s := replica.status()) and s["cluster"]["aggregator"]
+                     and _label_counts(s) == expected, 180, "exact label counts")
+        status = replica.status()
+        log_text = _full_log(replica)
+        assert replica.terminate(timeout=30)[0] == 0
+    finally:
+        producer.close()
+        replica.close()
+    assert status["kafka"]["assignments"] == 1, log_text[-5000:]  # no rebalance through the restore
+    done = re.search(rf"partition {topic}:0 restored from \S+ in ([0-9.]+) s: (\d+) records, (\d+) pending", log_text)
+    assert done and int(done[2]) > 2 * RESTORE_GONE + RESTORE_ENTRIES and int(done[3]) == RESTORE_ENTRIES, \
+        log_text[-5000:]
+    assert "lost with the group membership" not in log_text and "rejoining" not in log_text, log_text[-5000:]
 
 
 def test_labels_topic_not_co_partitioned_stops_the_start_with_one_line(tmp_path, kafka_broker, receiver):
