@@ -102,6 +102,7 @@ class MemoryStore:
 # key prefixes, in this order: live counts, entries, layout, meta, expiry index, undo records, (end)
 _COUNT, _ENTRY, _FORMAT, _META, _TIME, _UNDO, _END = b"c", b"e", b"f", b"m", b"t", b"u", b"v"
 _U64 = struct.Struct(">Q")
+_F64 = struct.Struct(">d")
 _ZERO = _U64.pack(0)
 _SIGN = np.uint64(0x8000000000000000)
 #: The layout of keys, values and undo records (``f``). 3: one expiry-index record per write batch.
@@ -109,7 +110,8 @@ FORMAT = b"3"
 _NO_TIME = 2  # in a value's kind byte: the entry has no event time (it waits a TTL from the watermark)
 _KIND_BYTES = tuple(bytes([k]) for k in range(4))
 _HEAD = 25  # a value's header: expiry key (8), kind (1), batch id (16)
-_HEAD9, _BATCH, _PAYLOAD = itemgetter(slice(0, 9)), itemgetter(slice(9, _HEAD)), itemgetter(slice(_HEAD, None))
+_BATCH, _PAYLOAD = itemgetter(slice(9, _HEAD)), itemgetter(slice(_HEAD, None))
+_HEADER = itemgetter(slice(0, _HEAD))
 
 
 def _time_ints(values) -> np.ndarray:
@@ -120,7 +122,19 @@ def _time_ints(values) -> np.ndarray:
 
 def _time_key(t: float) -> bytes:
     """8 bytes that sort like the float ``t``."""
-    return _time_ints([t]).astype(">u8").tobytes()
+    u = _U64.unpack(_F64.pack(t))[0]  # (struct, not numpy: expiry asks for one after every label batch)
+    return _U64.pack(u ^ 0xFFFFFFFFFFFFFFFF if u >> 63 else u | 0x8000000000000000)
+
+
+def _batch_counts(heads: np.ndarray) -> dict:
+    """Batch id -> how many of these value headers (rows of :data:`_HEAD` bytes) name it: one entry per run of
+    equal ids (rows from one write batch come together), in numpy rather than a slice and a count per row."""
+    ids = np.ascontiguousarray(heads[:, 9:_HEAD]).view(np.uint64)  # (n, 2): compared as 16 bytes
+    starts = np.flatnonzero(np.concatenate(([True], (ids[1:] != ids[:-1]).any(axis=1))))
+    counts: dict = {}
+    for b, k in zip(map(bytes, heads[starts, 9:_HEAD]), np.diff(np.append(starts, len(heads))).tolist()):
+        counts[b] = counts.get(b, 0) + k
+    return counts
 
 
 def _ints(keys: bytes) -> np.ndarray:
@@ -282,7 +296,14 @@ class RocksStore:
         encode = self._encode
         if len(set(eks)) == n:
             missing = raws.count(None)
-            match = [] if missing == n else [i for i, raw in enumerate(raws) if raw is not None and raw[8] & 1 != kind]
+            if missing == n:
+                match = []
+            elif missing == 0:  # every id is stored: the kinds from the headers, in one call
+                headers = np.frombuffer(b"".join(map(_HEADER, raws)), dtype=np.uint8).reshape(n, _HEAD)
+                partner = (headers[:, 8] & 1) != kind
+                match = range(n) if partner.all() else np.flatnonzero(partner).tolist()
+            else:
+                match = [i for i, raw in enumerate(raws) if raw is not None and raw[8] & 1 != kind]
             if len(match) == n:  # (the common label batch: every prediction waits)
                 ins_eks, ins_u, ins_p, ins_nan, over = [], u[:0], [], no_time[:0], []
                 gone, dels, mine, mine_t = raws, eks, payloads, t
@@ -325,6 +346,7 @@ class RocksStore:
             final: dict = {}  # ek -> (value or None, time int) after the batch
             first: dict = {}  # ek -> its value before the batch
             gone, mine, mine_t, expired = [], [], [], 0
+            match = ()
             for i, (ek, raw) in enumerate(zip(eks, raws)):
                 if ek in first:
                     raw = final[ek][0] if ek in final else first[ek]
@@ -354,9 +376,14 @@ class RocksStore:
             ins_u = np.array(ins_u, dtype=np.uint64)
             mine_t = np.array(mine_t, dtype=np.float64)
         out: list = []
+        counts = None
         if mine:
             others = list(map(self._decode, map(_PAYLOAD, gone)))
-            heads9 = np.frombuffer(b"".join(map(_HEAD9, gone)), dtype=np.uint8).reshape(-1, 9)
+            if len(match) != n:
+                headers = np.frombuffer(b"".join(map(_HEADER, gone)), dtype=np.uint8).reshape(-1, _HEAD)
+            if len(old_vals) == len(gone):  # (nothing replaced: the batches' counts fall by the matches alone)
+                counts = _batch_counts(headers)
+            heads9 = headers[:, :9]
             waited = _times(heads9[:, :8].tobytes())
             timeless_waited = heads9[:, 8] & _NO_TIME
             if timeless_waited.any():
@@ -364,7 +391,7 @@ class RocksStore:
             d = mine_t - waited if kind == LABEL else waited - mine_t
             delays = np.where(d > 0, d, 0.0).tolist()  # (0 when either time is missing)
             out = list(zip(others, mine, delays)) if kind == LABEL else list(zip(mine, others, delays))
-        self._store(ins_eks, ins_u, values, dels, old_keys, old_vals, bid)
+        self._store(ins_eks, ins_u, values, dels, old_keys, old_vals, bid, counts)
         return out, len(mine), expired, float(marks[-1])
 
     def apply(self, changes: dict, old: dict) -> None:
@@ -393,7 +420,7 @@ class RocksStore:
         self._store(ins_eks, np.array(ins_u, dtype=np.uint64), values, dels, old_keys, old_vals, bid)
 
     def _store(self, ins_eks: list, ins_u: np.ndarray, values: list, dels: list, old_keys: list, old_vals: list,
-               bid: bytes) -> None:
+               bid: bytes, counts: dict | None = None) -> None:
         """One write batch: the entries stored (with the batch's index record and count) and deleted; the
         counts of the batches whose entries were replaced or deleted (``old_vals``: what they held)."""
         if not ins_eks and not old_keys:
@@ -419,7 +446,7 @@ class RocksStore:
         count = self.count + len(ins_eks) - len(old_keys)  # (old_keys: entries replaced or deleted)
         if old_vals:
             old_keys, old_vals = list(old_keys), list(old_vals)
-            self._release(wb, Counter(map(_BATCH, old_vals)), old_keys, old_vals)
+            self._release(wb, Counter(map(_BATCH, old_vals)) if counts is None else counts, old_keys, old_vals)
         self._land(wb, created, old_keys, old_vals, count, ins_eks + dels if dels else ins_eks)
         self.floor = floor
 
