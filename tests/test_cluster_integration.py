@@ -871,6 +871,82 @@ def test_labels_a_restore_longer_than_the_session_keeps_the_group_membership(tmp
     assert "lost with the group membership" not in log_text and "rejoining" not in log_text, log_text[-5000:]
 
 
+@pytest.mark.parametrize("client", CLIENTS)
+def test_labels_a_partition_revoked_while_it_restores_is_abandoned(tmp_path, kafka_broker, receiver, client):
+    """Replica A is restoring partition 0 (4 million changelog records) when replica B joins, and the range
+    assignor gives B partition 0 (member ids begin with the client id, and B's sorts first). A abandons the
+    restore: it installs nothing for partition 0 and closes its reader, store and transactional producer; B
+    restores the partition itself, and the label counts are exact."""
+    from monitor.baseline import Baseline
+    from monitor.config import load_config
+    from tests.labelled import label_messages, labelled, messages
+
+    topic = kafka_broker.create_topic(f"predictions-{uuid.uuid4().hex[:8]}", partitions=2)
+    labels_topic = kafka_broker.create_topic(f"labels-{uuid.uuid4().hex[:8]}", partitions=2)
+    join_topic = kafka_broker.create_topic(f"{topic}.driftmon.lender.join", partitions=2)
+    path = _labelled_config(tmp_path, kafka_broker, topic, labels_topic, receiver, client)
+    tree = yaml.safe_load(open(path))
+    tree["labels"]["ttl"] = "1d"  # nothing expires: every count below is exact by construction
+    with open(path, "w") as fh:
+        yaml.safe_dump(tree, fh, sort_keys=False)
+    a, b = (_replica(tmp_path, path, name, {"enabled": True, "grace": "10m"}) for name in ("ra", "rb"))
+    for d, client_id in ((a, "driftmon-b"), (b, "driftmon-a")):  # B's member id sorts first: it gets partition 0
+        replica_tree = yaml.safe_load(open(d.config_path))
+        replica_tree["kafka"]["client_id"] = client_id
+        with open(d.config_path, "w") as fh:
+            yaml.safe_dump(replica_tree, fh, sort_keys=False)
+    config = load_config(a.config_path)
+    start = (int(time.time() // DURATION) + 30) * DURATION
+    old, old_labels = _prefill(config, Baseline.load(config.baseline), str(tmp_path / "scratch"), topic,
+                               labels_topic, join_topic, start)
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, linger_ms=5)
+    for m in old:
+        producer.send(topic, value=m, partition=0)
+    for m in old_labels:
+        producer.send(labels_topic, value=m, partition=0)
+    producer.flush()
+    early = labelled(200, seed=6, start=start + 1.0, rate=100.0, id_prefix="early")
+    late = labelled(400, seed=7, start=start + 3.0, rate=100.0, id_prefix="late")
+    pre_labels = [json.dumps({"id": f"pre-{i}", "timestamp": start + 5.0, "y": i % 2}).encode()
+                  for i in range(0, RESTORE_ENTRIES, RESTORE_ENTRIES // 5000)]
+    early_labels = label_messages({k: v[:150] for k, v in early.items()}, delay=4.0)
+    restoring = lambda d: ((d.status() or {}).get("cluster") or {}).get("restoring_partitions")  # noqa: E731
+    abandoned = f"partition {topic}:0: restore abandoned (revoked)"
+    try:
+        a.start()
+        a.wait(lambda: (r := restoring(a)) and [x["partition"] for x in r] == [f"{topic}:0"], 90,
+               "A restoring partition 0")
+        b.start()  # a restore of tens of seconds: A is still at it when B joins
+        a.wait(lambda: abandoned in _full_log(a), 120, "A abandoning the restore of partition 0")
+        b.wait(lambda: (s := b.status()) and s["kafka"]["assigned_partitions"] == [0] and restoring(b) == []
+               and s["cluster"]["partitions_restored"] == 1, 600, "B holding partition 0, restored")
+        assert a.status()["kafka"]["assigned_partitions"] == [1] and restoring(a) == []
+        for m in messages(early, with_label=False):
+            producer.send(topic, value=m, partition=1)
+        for i, m in enumerate(messages(late, with_label=False)):
+            producer.send(topic, value=m, partition=i % 2)
+        for m in pre_labels:
+            producer.send(labels_topic, value=m, partition=0)
+        for m in early_labels:
+            producer.send(labels_topic, value=m, partition=1)
+        producer.flush()
+        joined = 100 + len(pre_labels) + len(early_labels)
+        expected = (joined, joined, 0, RESTORE_ENTRIES + 200 + 400 - len(pre_labels) - len(early_labels))
+        a.wait(lambda: (g := _aggregators([a, b])) and len(g) == 1 and _label_counts(g[0].status()) == expected,
+               180, "exact label counts")
+        log_a, log_b = _full_log(a), _full_log(b)
+        for d in (a, b):
+            assert d.terminate(timeout=30)[0] == 0
+    finally:
+        producer.close()
+        for d in (a, b):
+            d.close()
+    assert f"partition {topic}:0 restored from" not in log_a, log_a[-5000:]  # nothing installed at A
+    done = re.search(rf"partition {topic}:0 restored from \S+ in [0-9.]+ s: (\d+) records, (\d+) pending", log_b)
+    assert done and int(done[2]) == RESTORE_ENTRIES, log_b[-5000:]
+    assert "rejoining" not in log_a + log_b, (log_a + log_b)[-5000:]
+
+
 def test_labels_topic_not_co_partitioned_stops_the_start_with_one_line(tmp_path, kafka_broker, receiver):
     """The label join runs where the prediction's partition is read: a labels topic with another partition
     count is refused at start, exit 2, one line naming both topics and both counts."""
