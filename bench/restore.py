@@ -7,17 +7,27 @@ time"). The slices only interleave polls; the work, timed here step by step, is 
 
 On a real Apache Kafka broker (tests/brokers.py), per size N: one changelog partition holding N join
 entries (real entries: a labelled worker's pending predictions, written by ``PartitionLog.write`` in
-transactions of 20,000 as cuts write them) and a state record; then, timed as a restore runs them,
-``PartitionLog.fence`` (init_transactions), ``PartitionLog.read`` (the partition to its end,
-read_committed) and ``Worker.restore`` (the entries into the partition's RocksDB store).
+transactions of 20,000 as cuts write them) and a state record; then the restore as the consuming thread runs
+it (``monitor.cluster._Restore``, in one slice): the fence (init_transactions), then the read of the
+partition to its end (read_committed) with its entries applied to the partition's RocksDB store, and the
+install (``Worker.load``). Besides the times, the process's peak RSS during the restore (VmHWM, reset by
+``/proc/self/clear_refs`` just before it) and its RSS when it started: what the restore holds in memory.
 
     PYTHONPATH=$PWD python -m bench.restore [--sizes 10000,100000,300000]
+    PYTHONPATH=$PWD python -m bench.run --only restore    # 100,000 and 1,000,000, into bench/RESULTS.md
+
+The baseline, measured after it in the same process: the restore before it applied the log chunk by chunk
+(``PartitionLog.read`` collects the whole partition in a dict, ``Worker.restore`` then puts it into the
+store).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
+import math
 import os
 import sys
 import tempfile
@@ -59,7 +69,70 @@ def _template(worker) -> tuple[list, dict]:
     return [v for v in changes.values() if v is not None], state
 
 
-def run(sizes: list[int]) -> list[dict]:
+def _status(field: str) -> int:
+    """A field of /proc/self/status in KiB (VmRSS, VmHWM)."""
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith(field + ":"))
+
+
+def _reset_peak() -> int:
+    """Reset the process's peak RSS (VmHWM) to its current RSS (Linux: clear_refs 5); returns it, in KiB."""
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # what an earlier restore freed goes back to the system first
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    return _status("VmRSS")
+
+
+def _chunked(worker, config, topic: str, n: int) -> dict:
+    """The restore as the consuming thread runs it (in one slice): fence, read and apply chunk by chunk, install."""
+    from monitor.cluster import _Restore
+    from monitor.join_changelog import PartitionLog
+
+    restore = _Restore("t:0", PartitionLog(config.kafka, topic, 0, "g"))
+    rss_start = _reset_peak()
+    t0 = time.perf_counter()
+    restore.advance(worker, -math.inf)  # the fence alone: its deadline has passed
+    t1 = time.perf_counter()
+    assert restore.advance(worker, math.inf)
+    part = worker.load("t:0", restore.part, restore.state)
+    t2 = time.perf_counter()
+    peak = _status("VmHWM")
+    assert restore.pending == part.tracker.join.pending == n, (restore.pending, n)
+    restore.close()  # the producer and the store (installed, it would stay open)
+    return {"fence_s": round(t1 - t0, 3), "read_and_fill_s": round(t2 - t1, 3), "total_s": round(t2 - t0, 3),
+            "entries_per_s": round(n / (t2 - t0)), "rss_start_mib": round(rss_start / 1024, 1),
+            "peak_rss_mib": round(peak / 1024, 1), "peak_growth_mib": round((peak - rss_start) / 1024, 1)}
+
+
+def _whole(worker, config, topic: str, n: int) -> dict:
+    """The restore before it was chunked: fence, read the partition whole into a dict, put it into the store."""
+    from monitor.join_changelog import PartitionLog
+
+    log = PartitionLog(config.kafka, topic, 0, "g")
+    rss_start = _reset_peak()
+    t0 = time.perf_counter()
+    log.fence()
+    t1 = time.perf_counter()
+    entries, state = log.read()
+    part = worker.restore("t:0", entries, state)
+    t2 = time.perf_counter()
+    peak = _status("VmHWM")
+    assert len(entries) == part.tracker.join.pending == n, (len(entries), n)
+    del entries
+    part.tracker.join.close()
+    log.close()
+    return {"total_s": round(t2 - t0, 3), "read_and_fill_s": round(t2 - t1, 3),
+            "peak_rss_mib": round(peak / 1024, 1), "peak_growth_mib": round((peak - rss_start) / 1024, 1)}
+
+
+def run(quick: bool = False) -> dict:
+    """For ``python -m bench.run --only restore`` (not in the default run: it takes minutes)."""
+    sizes = [10_000] if quick else [100_000, 1_000_000]
+    return {"rows": measure(sizes)}
+
+
+def measure(sizes: list[int]) -> list[dict]:
     from monitor.cluster import Worker
     from monitor.join_changelog import PartitionLog, _encode
     from tests.brokers import KafkaBroker
@@ -77,21 +150,14 @@ def run(sizes: list[int]) -> list[dict]:
                 changes = {f"id-{i:012d}": entries[i % len(entries)] for i in range(lo, min(n, lo + 20_000))}
                 writer.write(f"{topic}-partials", b"m", [], changes, state, {}, timeout_s=60.0)
             writer.close()
-            reader = PartitionLog(config.kafka, topic, 0, "g")
-            t0 = time.perf_counter()
-            reader.fence()
-            t1 = time.perf_counter()
-            got, last = reader.read()
-            t2 = time.perf_counter()
-            worker.restore("t:0", got, last)
-            t3 = time.perf_counter()
-            reader.close()
-            worker.release(["t:0"])
-            assert len(got) == n, (len(got), n)
+            row = {"pending": n, **_chunked(worker, config, topic, n)}
+            # the baseline, after (its garbage must not raise the other's peak): the restore before it was
+            # chunked, the whole partition read into a dict and then put into the store
+            row.update({f"whole_{k}": v for k, v in _whole(worker, config, topic, n).items()})
             size = sum(len(_encode(entries[i % len(entries)])) + 17 for i in range(1000)) / 1000  # + the key
-            rows.append({"pending": n, "entry_bytes": round(size), "fence_s": round(t1 - t0, 3), "read_s": round(t2 - t1, 3),
-                         "store_s": round(t3 - t2, 3), "total_s": round(t3 - t0, 3),
-                         "entries_per_s": round(n / (t3 - t0))})
+            row["entry_bytes"] = round(size)
+            row["peak_growth_ratio"] = round(row["peak_growth_mib"] / row["whole_peak_growth_mib"], 3)
+            rows.append(row)
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -100,7 +166,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000,300000")
     args = parser.parse_args(argv)
-    run([int(s) for s in args.sizes.split(",")])
+    measure([int(s) for s in args.sizes.split(",")])
     return 0
 
 

@@ -6,6 +6,7 @@ Usage::
     python -m bench.run --quick    # a smoke run with small sizes (under a minute)
     python -m bench.run --only pipeline,memory
     python -m bench.run --only soak [--soak-minutes 30]   # not part of the default run (not in CI)
+    python -m bench.run --only restore                     # restore from the join changelog: time, peak RSS
 
 Every figure is reported next to a ceiling measured in the same run, with ceiling and
 subject runs interleaved and medians reported, because this machine's speed wanders.
@@ -30,7 +31,7 @@ if __package__ in (None, ""):  # `python bench/run.py`: import the package from 
 from bench.common import REPO, log, machine_info  # noqa: E402
 
 BENCHES = ("pipeline", "kafka", "memory", "evidently", "multivariate", "join")
-OPTIONAL = ("soak",)  # long: only with --only; their results are kept when other benchmarks run
+OPTIONAL = ("soak", "restore")  # long: only with --only; their results are kept when other benchmarks run
 
 
 def _module(name: str):
@@ -42,6 +43,8 @@ def _module(name: str):
         from bench import memory as mod
     elif name == "soak":
         from bench import soak as mod
+    elif name == "restore":
+        from bench import restore as mod
     elif name == "multivariate":
         from bench import multivariate as mod
     elif name == "join":
@@ -154,13 +157,15 @@ def markdown(doc: dict) -> str:
         lines += join_rows(r["join"])
     earlier = {}  # a partial run keeps the other figures: say which run each came from
     for name, entry in r.items():
-        if name != "soak" and entry.get("run_at") not in (None, doc.get("started_at")):
+        if name not in OPTIONAL and entry.get("run_at") not in (None, doc.get("started_at")):
             earlier.setdefault(entry["run_at"], []).append(name)
     if earlier:
         lines += ["", "Kept from earlier runs: " + "; ".join(f"{', '.join(names)} ({at})" for at, names in earlier.items())
                   + "."]
     if "soak" in r:
         lines += ["", *soak_markdown(r["soak"])]
+    if "restore" in r:
+        lines += ["", *restore_markdown(r["restore"])]
     lines += ["", "## Details", ""]
     if "pipeline" in r and "subject_msgs_per_s" in r["pipeline"]:
         p = r["pipeline"]
@@ -288,6 +293,27 @@ def join_rows(j: dict) -> list[str]:
             + (f"; every 1 s (the consume loop's checkpoint before each offset commit, `kafka.commit_interval`): "
                f"{_rate(one['disk_pairs_per_s'])} vs {_rate(one['memory_pairs_per_s'])}, {one['ratio']:.2f}" if one else "")
             + " | (not a target) | |")
+    return lines
+
+
+def restore_markdown(k: dict) -> list[str]:
+    lines = [f"## Restore of a partition from its join changelog ({k.get('run_at', 'run')}; "
+             "`python -m bench.run --only restore`)", ""]
+    if "error" in k or "skipped" in k:
+        return lines + [f"Not measured: {k.get('error') or k.get('skipped')}"]
+    lines += ["One changelog partition of N pending joins on Apache Kafka, restored as the consuming thread does "
+              "(fence, read applying chunks of 10,000 records to the RocksDB store, install), beside the restore "
+              "before it was chunked (the whole partition read into a dict, then put into the store), measured "
+              "after it in the same process. Peak RSS: the process's VmHWM during the restore (reset just before "
+              "it); growth: over its RSS when the restore started.", "",
+              "| pending joins | total (chunked) | total (whole dict) | peak RSS (chunked) | peak RSS (whole dict) "
+              "| growth (chunked) | growth (whole dict) | growth ratio |",
+              "|---|---|---|---|---|---|---|---|"]
+    for row in k["rows"]:
+        lines.append(f"| {row['pending']:,} | {row['total_s']:.1f} s | {row['whole_total_s']:.1f} s "
+                     f"| {row['peak_rss_mib']:.0f} MiB | {row['whole_peak_rss_mib']:.0f} MiB "
+                     f"| +{row['peak_growth_mib']:.0f} MiB | +{row['whole_peak_growth_mib']:.0f} MiB "
+                     f"| {row['peak_growth_ratio']:.3f} |")
     return lines
 
 

@@ -252,14 +252,21 @@ class Worker:
         """A partition as the changelog's last committed cut left it (its store filled with ``entries``)."""
         part = self.new_part(key)
         items = list(entries.items())
-        for i in range(0, len(items), 10_000):
-            self.fill(part, items[i:i + 10_000])
+        for i in range(0, len(items), RESTORE_CHUNK):
+            self.fill(part, dict(items[i:i + RESTORE_CHUNK]))
         return self.load(key, part, state)
 
     @staticmethod
-    def fill(part: _PartitionPipeline, items: list) -> None:
-        """Put (prediction id, entry) pairs read from the changelog into a restoring partition's store."""
-        part.tracker.join.store.apply(dict(items), {})
+    def fill(part: _PartitionPipeline, changes: dict) -> None:
+        """Apply a chunk of the changelog (prediction id -> entry, or None: a tombstone) to a restoring
+        partition's store. Chunks applied in log order leave the store as the whole log would."""
+        store = part.tracker.join.store
+        store.apply(changes, {})
+        if part.store is not None:
+            # what the changelog holds already: neither a change to write back nor an undo record to keep,
+            # so that neither grows with the partition during its restore
+            part.store.changed.clear()
+            part.store.settle()
 
     def load(self, key: str, part: _PartitionPipeline, state: dict | None) -> _PartitionPipeline:
         """Finish a restore: the store holds what the changelog holds; the state record's windows, counters
@@ -499,6 +506,9 @@ class Aggregator:
 #: the largest partial or changelog record (a request, a topic's max.message.bytes)
 MAX_RECORD_BYTES = 16 * 1024 * 1024
 
+#: changelog records a restore applies to its store at a time: what it holds in memory (see _Restore)
+RESTORE_CHUNK = 10_000
+
 
 class _Restoring:
     """The positions the source seeks to on assignment (``get(key, default)``), restoring partitions new to
@@ -539,9 +549,11 @@ def _recovered(failures: tuple[int, str], message: str) -> tuple[int, str]:
 
 class _Restore:
     """One partition's restore from its join changelog, run on the consuming thread a slice at a time (as
-    Kafka Streams restores on its stream thread): fence the partition's transactional id, read the changelog
-    partition to its end, fill the partition's store. Between slices the consumer polls (the partition
-    paused), so the member keeps its place in the group however long the restore takes.
+    Kafka Streams restores on its stream thread): fence the partition's transactional id, then read the
+    changelog partition to its end, applying it to the partition's fresh store a chunk of
+    :data:`RESTORE_CHUNK` records at a time in log order (a put writes or replaces the entry, a tombstone
+    deletes it), so that its memory is one chunk's, not the partition's. Between slices the consumer polls
+    (the partition paused), so the member keeps its place in the group however long the restore takes.
 
     Only the consuming thread advances or closes it; a revocation only marks it ``abandoned``.
     """
@@ -549,53 +561,54 @@ class _Restore:
     def __init__(self, key: str, partition_log):
         self.key = key
         self.log = partition_log  # monitor.join_changelog.PartitionLog: fenced first, kept once installed
-        self.entries: dict = {}  # prediction id -> entry, read so far
+        self.chunk: dict = {}  # prediction id -> entry or None (a tombstone), read and not yet in the store
         self.state: dict | None = None  # the last state record read so far
         self.records = 0  # changelog records read
         self.part: _PartitionPipeline | None = None  # the store being filled
         self.started = time.monotonic()
         self.abandoned = False  # revoked: close it, install nothing
         self._reader = None  # the changelog read (a generator, see PartitionLog.records)
-        self._items: list | None = None  # entries not yet in the store
-        self._filled = 0
+        self.done = False
 
     @property
     def phase(self) -> str:
-        return "fence" if self.log.producer is None else "read" if self._items is None else "fill"
+        return "fence" if self.log.producer is None else "read"
 
     def advance(self, worker: Worker, deadline: float) -> bool:
         """Work until ``deadline`` (monotonic) or the end; True when the partition is ready to install.
         Raises what the broker or the store raised (the caller gives the restore up)."""
-        from monitor.join_changelog import take
+        from monitor.join_changelog import take_change
 
+        if self.done:
+            return True
         if self.log.producer is None:
             self.log.fence()  # aborts the previous owner's open transaction, fences it
             self._reader = self.log.records()
+            self.part = worker.new_part(self.key)  # a fresh store: the chunks in log order give the final state
             if time.monotonic() >= deadline:
                 return False
-        if self._items is None:
-            entries, state, n = self.entries, self.state, 0
-            for record in self._reader:
-                state = take(record, entries, state)
-                n += 1
-                if n % 1000 == 0 and time.monotonic() >= deadline:
+        chunk, state, n = self.chunk, self.state, 0
+        for record in self._reader:
+            state = take_change(record, chunk, state)
+            n += 1
+            if n % 1000 == 0:
+                if len(chunk) >= RESTORE_CHUNK:
+                    worker.fill(self.part, chunk)
+                    chunk.clear()
+                if time.monotonic() >= deadline:
                     self.state, self.records = state, self.records + n
                     return False
-            self.state, self.records = state, self.records + n
-            self._reader = None
-            self._items = list(entries.items())
-            self.entries = {}
-            self.part = worker.new_part(self.key)
-        while self._filled < len(self._items):
-            if time.monotonic() >= deadline:
-                return False
-            worker.fill(self.part, self._items[self._filled:self._filled + 10_000])
-            self._filled += 10_000
+        worker.fill(self.part, chunk)
+        chunk.clear()
+        self.state, self.records = state, self.records + n
+        self._reader = None
+        self.done = True
         return True
 
     @property
     def pending(self) -> int:
-        return len(self._items) if self._items is not None else len(self.entries)
+        """Entries in the store so far (when done: the partition's pending joins)."""
+        return 0 if self.part is None or self.part.tracker is None else self.part.tracker.join.pending
 
     def status(self) -> dict:
         return {"partition": self.key, "phase": self.phase, "records_read": self.records,
@@ -999,7 +1012,7 @@ class Cluster:
             self._resuming[key] = positions
             self._resume(source)
         log.info("partition %s restored from %s in %.1f s: %d records, %d pending joins, resuming at %s", key,
-                 self.join_topic, time.monotonic() - restore.started, restore.records, len(restore._items),
+                 self.join_topic, time.monotonic() - restore.started, restore.records, restore.pending,
                  restore.state["positions"] if restore.state else "the committed offsets")
 
     def _resume(self, source) -> None:

@@ -33,7 +33,7 @@ import msgspec
 
 from monitor.kafka_client import fence, read_to_end
 
-__all__ = ["PartitionLog", "STATE_KEY", "take"]
+__all__ = ["PartitionLog", "STATE_KEY", "take", "take_change"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,15 @@ def take(record, entries: dict, state: dict | None) -> dict | None:
         entries.pop(record.key.decode(), None)
     else:
         entries[record.key.decode()] = _decode(record.value)
+    return state
+
+
+def take_change(record, changes: dict, state: dict | None) -> dict | None:
+    """Apply one changelog record to ``changes`` (prediction id -> entry, or None for a tombstone: a chunk of the
+    log to apply to a store that may hold the id from an earlier chunk); returns the latest state record."""
+    if record.key == STATE_KEY:
+        return json.loads(record.value)
+    changes[record.key.decode()] = None if record.value is None else _decode(record.value)
     return state
 
 

@@ -325,3 +325,106 @@ def test_a_call_retried_every_second_logs_each_new_error_once_and_its_recovery_o
         "partials not acknowledged by p, retrying: topic refused",
         "partials acknowledged by p again after 8 failed attempts",
     ]
+
+
+def _changelog(n: int, ids: int, seed: int) -> list:
+    """A join changelog partition as cuts write it: puts (new ids and replaced ones), tombstones (of ids stored
+    or not) and state records, in log order."""
+    import random
+
+    from monitor.join_changelog import STATE_KEY, _encode
+    from monitor.kafka_client import Record
+
+    rng = random.Random(seed)
+    records = []
+    for offset in range(n):
+        r, key = rng.random(), f"p{rng.randrange(ids)}".encode()
+        if r < 0.1:
+            state = {"seq": offset, "positions": {"t:1": offset}}
+            record = Record("j", 0, offset, STATE_KEY, json.dumps(state).encode())
+        elif r < 0.4:
+            record = Record("j", 0, offset, key, None)
+        else:
+            t = START + rng.randrange(10_000) / 100
+            kind = rng.randrange(2)
+            record = Record("j", 0, offset, key, _encode([t, kind, [offset, 0.5] if kind == 0 else str(offset % 2), t]))
+        records.append(record)
+    return records
+
+
+def _whole(records) -> tuple[dict, dict | None]:
+    """The changelog read whole into a dict (the restore before it was chunked): the reference."""
+    from monitor.join_changelog import take
+
+    entries, state = {}, None
+    for record in records:
+        state = take(record, entries, state)
+    return entries, state
+
+
+def test_a_changelog_applied_chunk_by_chunk_in_every_split_fills_the_store_as_the_whole_log(labelled_setup):
+    """Restoring applies the join changelog to the store a chunk at a time: wherever the chunk boundaries fall
+    between puts, replaces and tombstones of the same ids, the store ends as with the whole log applied at once."""
+    from itertools import combinations
+
+    from monitor.join_changelog import take_change
+
+    tmp, config, baseline = labelled_setup
+    worker = Worker(config, baseline, str(tmp / "chunks"))
+    records = _changelog(9, ids=3, seed=5)  # 3 ids: every chunk boundary separates writes of one id
+    entries, state = _whole(records)
+    whole = worker.new_part("t:1")
+    worker.fill(whole, entries)
+    expected = whole.store.entries()
+    assert expected and len(whole.store) == len(expected) < 3 and not whole.store.changed  # a tombstone last
+    whole.tracker.join.close()
+    splits = [cuts for k in range(len(records)) for cuts in combinations(range(1, len(records)), k)]
+    assert len(splits) == 2 ** (len(records) - 1)
+    for cuts in splits:
+        part, last = worker.new_part("t:1"), None  # a fresh store, as at a restore's start
+        for lo, hi in zip((0, *cuts), (*cuts, len(records))):
+            chunk: dict = {}
+            for record in records[lo:hi]:
+                last = take_change(record, chunk, last)
+            worker.fill(part, chunk)
+        assert (part.store.entries(), len(part.store), part.tracker.join.pending, last) \
+            == (expected, len(expected), len(expected), state), cuts
+        part.tracker.join.close()
+
+
+class _Log:
+    """A changelog partition's records, for a restore without a broker (PartitionLog's part of it)."""
+
+    def __init__(self, records):
+        self.source, self.producer = records, None
+
+    def fence(self):
+        self.producer = object()
+
+    def records(self):
+        yield from self.source
+
+    def close(self):
+        self.producer = None
+
+
+def test_a_restore_applies_the_changelog_a_bounded_chunk_at_a_time(labelled_setup):
+    """A restore of a changelog much longer than a chunk, in slices that end after a thousand records: it holds
+    at most a chunk (plus a thousand records) in memory, the changes it applied are not kept, and it installs
+    the store, the pending count and the last state record that the whole log gives."""
+    from monitor.cluster import RESTORE_CHUNK, _Restore
+
+    tmp, config, baseline = labelled_setup
+    worker = Worker(config, baseline, str(tmp / "slices"))
+    records = _changelog(3 * RESTORE_CHUNK + 4321, ids=RESTORE_CHUNK // 2, seed=6)
+    entries, state = _whole(records)
+    restore, slices = _Restore("t:1", _Log(records)), 0
+    while not restore.advance(worker, deadline=0.0):  # every slice is past its deadline at its first check
+        slices += 1
+        assert len(restore.chunk) < RESTORE_CHUNK + 1000 and not restore.part.store.changed
+        assert restore.status()["entries"] == restore.pending <= len(entries) + RESTORE_CHUNK
+    assert slices == len(records) // 1000 + 1  # the fence, then one slice per thousand records read
+    assert restore.records == len(records) and restore.chunk == {} and restore.state == state
+    store = restore.part.store
+    assert store.entries() == entries and len(store) == restore.pending == len(entries) > RESTORE_CHUNK // 4
+    restore.close()
