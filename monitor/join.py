@@ -18,6 +18,7 @@ import os
 import shutil
 import struct
 from collections import Counter, OrderedDict, deque
+from itertools import islice
 from operator import itemgetter
 
 import msgspec
@@ -164,6 +165,50 @@ def _byte_keys(prefix: str, keys: list) -> list[bytes]:
     return joined.encode().split(b"\0")
 
 
+class _Filter:
+    """A bloom filter over stored entry keys: a superset of them (no false negatives), in a numpy array.
+
+    Blocked: a key's three bits are in one 64-bit word (one read to test it, one to set it), all taken
+    from Python's ``hash()`` of its bytes (randomized per process; the filter is rebuilt per process).
+    Nothing is ever removed: a key deleted from the store stays a false positive (a lookup) until the next
+    rebuild. ``capacity``: the keys it was sized for, at least :data:`BITS` bits each (words: a power of
+    two); :meth:`full` once more than that were added since it was built.
+    """
+
+    BITS = 6  # per key at capacity: about 7% false positives there, 1% at half of it
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        words = 1 << max(0, (capacity * self.BITS - 1) // 64).bit_length()
+        self.words = np.zeros(words, dtype=np.uint64)
+        self.mask = np.uint64(words - 1)
+        self.added = 0
+
+    def _locate(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each key's word, and its bits in that word (from bits 40-57 of the hash: the word uses at most 32)."""
+        h = hashes.view(np.uint64)
+        six, one = np.uint64(63), np.uint64(1)
+        bits = (one << ((h >> np.uint64(40)) & six)) | (one << ((h >> np.uint64(46)) & six)) \
+            | (one << ((h >> np.uint64(52)) & six))
+        return h & self.mask, bits
+
+    def add(self, hashes: np.ndarray) -> None:
+        word, bits = self._locate(hashes)
+        np.bitwise_or.at(self.words, word, bits)
+        self.added += len(hashes)
+
+    def may_hold(self, hashes: np.ndarray) -> np.ndarray:
+        word, bits = self._locate(hashes)
+        return (self.words[word] & bits) == bits
+
+    def full(self) -> bool:
+        return self.added > self.capacity
+
+
+def _hashes(keys: list) -> np.ndarray:
+    return np.fromiter(map(hash, keys), dtype=np.int64, count=len(keys))
+
+
 def _plain(obj):
     """numpy scalars in waiting rows (a numeric column's values) as Python numbers."""
     if hasattr(obj, "item"):
@@ -205,6 +250,9 @@ class RocksStore:
         1.3 bytes per key) it bounds the store's memory.
     """
 
+    #: The id filter's least capacity in ids (2 MiB; a 10,000,000-entry store's takes 32 MiB).
+    filter_min = 1 << 21
+
     def __init__(self, path: str, cache_mib: int = 32):
         self.path = path
         self.cache_mib = cache_mib
@@ -239,6 +287,32 @@ class RocksStore:
             _io(self.db.put, _FORMAT, FORMAT, self._write)
             layout = FORMAT
         self.layout = layout
+        self.filter = None  # built at first use (after restore() set the count)
+
+    def _ids(self) -> _Filter:
+        """The filter of stored ids (a superset of them)."""
+        if self.filter is None:
+            self._rebuild()
+        return self.filter
+
+    def _rebuild(self) -> None:
+        """Build the filter from the entries' keys, 100,000 at a time (0.3 s per million here), sized for four
+        times the count: at first use, after a rollback (which puts deleted entries back), and once it is
+        full (growth, or churn: deleted ids stay in it). With the store's size steady, that is a scan of
+        its keys per three times as many entries stored: about 0.1 us per entry stored."""
+        from rocksdict import ReadOptions
+
+        capacity = max(4 * self.count, self.filter_min)
+        while True:
+            ro = ReadOptions()
+            ro.set_iterate_upper_bound(_FORMAT)
+            filt, hashes = _Filter(capacity), map(hash, self.db.keys(from_key=_ENTRY, read_opt=ro))
+            while len(chunk := np.fromiter(islice(hashes, 100_000), dtype=np.int64)):
+                filt.add(chunk)
+            if not filt.full():
+                break
+            capacity = 4 * filt.added  # (more entries than the count says: not after a restore)
+        self.filter = filt
 
     def __len__(self) -> int:
         return self.count
@@ -282,7 +356,20 @@ class RocksStore:
         if not n:
             return [], 0, 0, watermark
         eks = _byte_keys("e", keys)
-        raws = self.db.get(eks)
+        if kind == PREDICTION:  # labels come later: most predictions' ids are not stored, and the filter says so
+            hashes = _hashes(eks)
+            may = self._ids().may_hold(hashes)
+            if may.all():
+                raws = self.db.get(eks)
+            else:
+                raws = [None] * n
+                if may.any():
+                    look = np.flatnonzero(may).tolist()
+                    for i, raw in zip(look, self.db.get([eks[i] for i in look])):
+                        raws[i] = raw
+        else:  # (a label batch: its predictions are stored, mostly)
+            hashes = None
+            raws = self.db.get(eks)
         t = np.asarray(times, dtype=np.float64)
         marks = np.fmax.accumulate(np.concatenate(([watermark], t)))  # the watermark before each row, then after
         before = marks[:-1]
@@ -305,7 +392,7 @@ class RocksStore:
             else:
                 match = [i for i, raw in enumerate(raws) if raw is not None and raw[8] & 1 != kind]
             if len(match) == n:  # (the common label batch: every prediction waits)
-                ins_eks, ins_u, ins_p, ins_nan, over = [], u[:0], [], no_time[:0], []
+                ins_eks, ins_u, ins_p, ins_nan, over, ins_h = [], u[:0], [], no_time[:0], [], None
                 gone, dels, mine, mine_t = raws, eks, payloads, t
                 old_keys, old_vals = eks, raws
             else:
@@ -322,11 +409,12 @@ class RocksStore:
                     ins = None
                     over = [] if missing == n else [i for i, raw in enumerate(raws) if raw is not None]
                 if ins is None or len(ins) == n:
-                    ins_eks, ins_u, ins_p, ins_nan = eks, u, payloads, no_time
+                    ins_eks, ins_u, ins_p, ins_nan, ins_h = eks, u, payloads, no_time, hashes
                 else:
                     pick = ins.tolist()
                     ins_eks, ins_u, ins_p, ins_nan = [eks[i] for i in pick], u[ins], [payloads[i] for i in pick], \
                         no_time[ins]
+                    ins_h = None if hashes is None else hashes[ins]
                 gone = [raws[i] for i in match]
                 dels = [eks[i] for i in match]
                 old_keys, old_vals = dels + [eks[i] for i in over], gone + [raws[i] for i in over]
@@ -375,6 +463,7 @@ class RocksStore:
                     old_vals.append(first[ek])
             ins_u = np.array(ins_u, dtype=np.uint64)
             mine_t = np.array(mine_t, dtype=np.float64)
+            ins_h = None
         out: list = []
         counts = None
         if mine:
@@ -391,7 +480,7 @@ class RocksStore:
             d = mine_t - waited if kind == LABEL else waited - mine_t
             delays = np.where(d > 0, d, 0.0).tolist()  # (0 when either time is missing)
             out = list(zip(others, mine, delays)) if kind == LABEL else list(zip(mine, others, delays))
-        self._store(ins_eks, ins_u, values, dels, old_keys, old_vals, bid, counts)
+        self._store(ins_eks, ins_u, values, dels, old_keys, old_vals, bid, counts, ins_h)
         return out, len(mine), expired, float(marks[-1])
 
     def apply(self, changes: dict, old: dict) -> None:
@@ -420,9 +509,10 @@ class RocksStore:
         self._store(ins_eks, np.array(ins_u, dtype=np.uint64), values, dels, old_keys, old_vals, bid)
 
     def _store(self, ins_eks: list, ins_u: np.ndarray, values: list, dels: list, old_keys: list, old_vals: list,
-               bid: bytes, counts: dict | None = None) -> None:
+               bid: bytes, counts: dict | None = None, hashes: np.ndarray | None = None) -> None:
         """One write batch: the entries stored (with the batch's index record and count) and deleted; the
-        counts of the batches whose entries were replaced or deleted (``old_vals``: what they held)."""
+        counts of the batches whose entries were replaced or deleted (``old_vals``: what they held).
+        ``hashes``: of ``ins_eks``, when the caller has them."""
         if not ins_eks and not old_keys:
             return
         wb = self._batch()
@@ -449,6 +539,12 @@ class RocksStore:
             self._release(wb, Counter(map(_BATCH, old_vals)) if counts is None else counts, old_keys, old_vals)
         self._land(wb, created, old_keys, old_vals, count, ins_eks + dels if dels else ins_eks)
         self.floor = floor
+        filt = self.filter
+        if ins_eks and filt is not None:  # (None: it will read the store, this write included)
+            if filt.full():
+                self.filter = None
+            else:
+                filt.add(_hashes(ins_eks) if hashes is None else hashes)
 
     def _release(self, wb, counts: Counter, old_keys: list, old_vals: list) -> None:
         """Lower the live counts of these batches (batch -> entries of it gone); a record whose count reaches
@@ -618,6 +714,8 @@ class RocksStore:
         _io(self.db.flush_wal, True)
         self.count = state["pending"]
         self.floor = bytes.fromhex(state["floor"])
+        if undone:
+            self.filter = None  # (the undo put deleted entries back)
         self.epoch = epoch + 1
         self._seq = 0
         if undone:
