@@ -228,7 +228,9 @@ class RocksStore:
     An entry's value is its expiry time as 8 bytes that sort like the float (:func:`_time_key`), its
     kind (one byte, plus 2 when it has no event time; else its event time is its expiry time), the
     batch that stored it, then its payload in msgpack: a lookup tells a waiting partner from a
-    duplicate without decoding. A match deletes the entry alone: the index record still names it
+    duplicate without decoding. A prediction's id is looked up only when an in-memory filter of the
+    stored ids (:class:`_Filter`, a superset of them) says it may be stored: labels come later, so
+    most predictions are stored without a lookup. A match deletes the entry alone: the index record still names it
     until expiry (or eviction) reads the record and finds it gone, or until the last entry the
     record's batch stored is gone (its count reaches zero, which deletes the record). Expiry and
     eviction delete an entry through the record of the batch that stored it, so each is counted
@@ -246,8 +248,9 @@ class RocksStore:
     path : str
         A directory (created if missing) that belongs to this store alone.
     cache_mib : int
-        The block cache. With the write buffers (2 x 16 MiB) and the bloom filters (about
-        1.3 bytes per key) it bounds the store's memory.
+        The block cache. With the write buffers (2 x 16 MiB), the bloom filters (about
+        1.3 bytes per key) and the filter of stored ids (1-6 bytes per entry, at least 2 MiB;
+        32 MiB at 10,000,000) it bounds the store's memory.
     """
 
     #: The id filter's least capacity in ids (2 MiB; a 10,000,000-entry store's takes 32 MiB).
