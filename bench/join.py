@@ -21,6 +21,10 @@ Three measurements, each in a child process of its own (``python -m bench.join c
 - **throughput at the largest size**: the same rounds with 10,000,000 predictions waiting on disk
   against the in-memory pipeline at 1,000,000 (a dict's cost per message hardly depends on its size,
   and 10,000,000 in memory would take about 7 GiB), interleaved in one process as above.
+- **churn**: the throughput rounds run long enough (200,000 pending, 2,600,000 pairs per store) that the
+  on-disk store's filter of stored ids is rebuilt several times inside them (its least capacity set to 0,
+  so it rebuilds every 3x the count of new predictions, as a store above 524,288 pending does); the ratio
+  of the totals, the number of rebuilds (``RocksStore.rebuilds``) and the time they took.
 - the on-disk store's pair rate at 10,000,000 pending right after it was filled, from the end of the
   size run (compactions of the fill still running).
 """
@@ -145,6 +149,12 @@ def run(quick: bool = False) -> dict:
     log(f"join: with the daemon's checkpoints (every 10 s, and every 1 s), {pending:,} pending")
     cp = _child("checkpointed", "--config", config, "--dir", os.path.join(tmp, "cp"), "--pending", str(pending),
                 "--every", "10,1", "--seconds", "5" if quick else "30", "--rounds", "2")
+    churn_pending, churn_round = (20_000, 10_000) if quick else (200_000, 100_000)
+    churn_rounds = 8 if quick else 26
+    log(f"join: the id filter's rebuilds in the rounds, {churn_pending:,} pending, {churn_rounds} rounds of "
+        f"{churn_round:,}")
+    churn = _child("churn", "--config", config, "--dir", os.path.join(tmp, "churn"), "--pending", str(churn_pending),
+                   "--per-round", str(churn_round), "--rounds", str(churn_rounds), "--filter-min", "0")
     ratios = [d / m for d, m in zip(tp["disk_rates"], tp["memory_rates"])]
     join_ratios = [d / m for d, m in zip(tp["disk_join_rates"], tp["memory_join_rates"])]
     empty = disk["samples"][0]["checkpoint_s"]
@@ -201,6 +211,7 @@ def run(quick: bool = False) -> dict:
                               "detail": e}
                       for every, e in cp["every"].items()},
         },
+        "throughput_churn": churn,
         "disk_bytes_at_largest": largest_sample["store_bytes"],
         "target": {"rss_mib": TARGET_RSS_MIB, "checkpoint_ratio": 2.0, "throughput_ratio": TARGET_RATIO},
     }
@@ -332,6 +343,78 @@ def child_throughput(args) -> None:
     print(json.dumps(out))
 
 
+def child_churn(args) -> None:
+    """The throughput rounds run long enough that the on-disk store's filter of stored ids is rebuilt several
+    times inside them (``RocksStore._rebuild``: once 4x the count at its last build was added), so the ratio
+    includes the rebuilds. ``--filter-min`` replaces the filter's least capacity (the daemon's: 2,097,152
+    ids) so that a small store rebuilds at the cadence a large one has (every 3x its count of new
+    predictions), and the run stays short. The ratio is of the totals (all pairs over all seconds): a median
+    of rounds would leave out the rounds a rebuild fell in."""
+    from monitor.baseline import Baseline
+    from monitor.config import load_config
+    from monitor.daemon import streaming_gc
+    from monitor.pipeline import Pipeline
+
+    config = load_config(args.config)
+    baseline = Baseline.load(config.baseline)
+    per_round, pending = int(args.per_round), int(args.pending)
+    pipelines = {"memory": Pipeline(config, baseline), "disk": Pipeline(config, baseline)}
+    pipelines["disk"].tracker.join.open(os.path.join(args.dir, "labels"))
+    store = pipelines["disk"].tracker.join.store
+    if args.filter_min is not None:
+        store.filter_min = int(args.filter_min)
+    spent = {"wall": 0.0, "cpu": 0.0}
+    rebuild = store._rebuild
+
+    def timed_rebuild() -> None:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        rebuild()
+        spent["wall"] += time.perf_counter() - wall
+        spent["cpu"] += time.thread_time() - cpu
+
+    store._rebuild = timed_rebuild
+    out = {"pending": pending, "per_round": per_round, "rounds": int(args.rounds),
+           "filter_min": store.filter_min, "memory_rates": [], "disk_rates": [], "memory_cpu_rates": [],
+           "disk_cpu_rates": [], "disk_rebuilds_per_round": []}
+    seconds = {"memory": 0.0, "disk": 0.0}
+    cpu_seconds = {"memory": 0.0, "disk": 0.0}
+    cursor = {"memory": 0, "disk": 0}  # the oldest waiting prediction
+    with streaming_gc():
+        for p in pipelines.values():
+            _feed_predictions(p, 0, pending)
+        rebuild()  # the rounds start from a filter built at the steady count (the fill's were of growth)
+        rebuilds, spent["wall"], spent["cpu"] = store.rebuilds, 0.0, 0.0
+        for r in range(int(args.rounds)):
+            for name in (["memory", "disk"] if r % 2 == 0 else ["disk", "memory"]):
+                before, cpu = store.rebuilds, []
+                took = _pairs(pipelines[name], cursor[name], pending + cursor[name], per_round, cpu)
+                cursor[name] += per_round
+                seconds[name] += took
+                cpu_seconds[name] += cpu[0]
+                out[f"{name}_rates"].append(per_round / took)
+                out[f"{name}_cpu_rates"].append(per_round / cpu[0])
+                if name == "disk":
+                    out["disk_rebuilds_per_round"].append(store.rebuilds - before)
+                print(f"round {r} {name}: {per_round / took:,.0f} pairs/s, pending "
+                      f"{pipelines[name].tracker.join.pending:,}, rebuilds {store.rebuilds - rebuilds}",
+                      file=sys.stderr, flush=True)
+    pairs = per_round * int(args.rounds)
+    out.update({
+        "pairs_per_store": pairs, "rebuilds": store.rebuilds - rebuilds,
+        "rebuild_s": spent["wall"], "rebuild_cpu_s": spent["cpu"],
+        "disk_s": seconds["disk"], "memory_s": seconds["memory"],
+        "disk_cpu_s": cpu_seconds["disk"], "memory_cpu_s": cpu_seconds["memory"],
+        "disk_pairs_per_s": pairs / seconds["disk"], "memory_pairs_per_s": pairs / seconds["memory"],
+        "ratio": seconds["memory"] / seconds["disk"], "cpu_ratio": cpu_seconds["memory"] / cpu_seconds["disk"],
+        "ratio_without_rebuilds": seconds["memory"] / (seconds["disk"] - spent["wall"]),
+        "cpu_ratio_without_rebuilds": cpu_seconds["memory"] / (cpu_seconds["disk"] - spent["cpu"]),
+        "rebuild_us_per_pair": spent["wall"] / pairs * 1e6,
+    })
+    out["ratio_median_of_rounds"] = statistics.median([d / m for d, m in zip(out["disk_rates"], out["memory_rates"])])
+    pipelines["disk"].tracker.join.close()
+    print(json.dumps(out))
+
+
 def child_checkpointed(args) -> None:
     """Two daemon objects (consumer not started), the in-memory join and the on-disk one, each holding
     ``--pending`` predictions, fed labelled pairs as a saturated consumer would (a backlog); each takes a
@@ -404,7 +487,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.join")
     sub = parser.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("child", help="(internal) a measured process")
-    c.add_argument("kind", choices=("size", "throughput", "checkpointed"))
+    c.add_argument("kind", choices=("size", "throughput", "checkpointed", "churn"))
     c.add_argument("--config", required=True)
     c.add_argument("--dir", required=True)
     c.add_argument("--store", choices=("disk", "memory"), default="disk")
@@ -417,10 +500,12 @@ def main(argv=None) -> None:
     c.add_argument("--ids", choices=("sequential", "random"), default="sequential")
     c.add_argument("--every", default="10", help="checkpointed: seconds of processing between checkpoints (list)")
     c.add_argument("--seconds", default="20", help="checkpointed: seconds of processing per round")
+    c.add_argument("--filter-min", default=None, help="churn: the id filter's least capacity (default: the store's)")
     args = parser.parse_args(argv)
     global IDS
     IDS = args.ids
-    {"size": child_size, "throughput": child_throughput, "checkpointed": child_checkpointed}[args.kind](args)
+    {"size": child_size, "throughput": child_throughput, "checkpointed": child_checkpointed,
+     "churn": child_churn}[args.kind](args)
 
 
 if __name__ == "__main__":

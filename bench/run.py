@@ -282,6 +282,16 @@ def join_rows(j: dict) -> list[str]:
             f"| 6. labelled predictions through the pipeline, {j['largest_pending']:,} pending (on disk) "
             f"| {_rate(j['disk_pairs_per_s_at_largest'])} | {_rate(t['memory_pairs_per_s'])} ({t['pending']:,} in memory) "
             f"| {j['disk_pairs_per_s_at_largest'] / t['memory_pairs_per_s']:.2f} | | |")
+    ch = j.get("throughput_churn")
+    if ch:  # long enough that the id filter is rebuilt inside the rounds; totals, not a median of rounds
+        lines.append(
+            f"| 6. the same pairs with the id filter's rebuilds inside the rounds ({ch['pairs_per_store']:,} per store, "
+            f"{ch['pending']:,} pending, a rebuild per 3x the count added) | {_rate(ch['disk_pairs_per_s'])} "
+            f"({ch['rebuilds']} rebuild{'' if ch['rebuilds'] == 1 else 's'}, {ch['rebuild_s']:.2f} s: {ch['rebuild_us_per_pair']:.2f} us per pair) "
+            f"| {_rate(ch['memory_pairs_per_s'])} | {ch['ratio']:.2f} (thread CPU {ch['cpu_ratio']:.2f}; without the "
+            f"rebuilds' time {ch['ratio_without_rebuilds']:.2f} ({ch['cpu_ratio_without_rebuilds']:.2f})) "
+            f"| >= {j['target']['throughput_ratio']:.2f} "
+            f"| {'yes' if ch['ratio'] >= j['target']['throughput_ratio'] else '**no**'} |")
     cp = j.get("throughput_checkpointed")
     if cp and "10" in cp["every"]:  # a different measure: the checkpoints' time counted in
         ten, one = cp["every"]["10"], cp["every"].get("1")

@@ -264,6 +264,7 @@ class RocksStore:
         self._encode = msgspec.msgpack.Encoder(enc_hook=_plain).encode
         self._decode = msgspec.msgpack.Decoder().decode
         self.db = None
+        self.rebuilds = 0  # of the filter of stored ids (bench.join's churn child reads it)
         self._open()
 
     def _open(self) -> None:
@@ -307,6 +308,7 @@ class RocksStore:
         its keys per three times as many entries stored: about 0.1 us per entry stored."""
         from rocksdict import ReadOptions
 
+        self.rebuilds += 1
         capacity = max(4 * self.count, self.filter_min)
         while True:
             ro = ReadOptions()
