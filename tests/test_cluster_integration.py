@@ -791,30 +791,35 @@ def _prefill(config, baseline, scratch: str, topic: str, labels_topic: str, join
     return old, old_labels
 
 
-@pytest.mark.parametrize("client", CLIENTS)
-def test_labels_a_restore_longer_than_the_session_keeps_the_group_membership(tmp_path, kafka_broker, receiver,
-                                                                            client):
-    """A replica is given a partition whose join changelog holds a million pending joins: restoring it takes
-    several times ``kafka.session_timeout_ms``. The restore runs on the consuming thread with the partition
-    paused, so the member stays in the group through it (one assignment, no rebalance; in the assignment
-    callback, as before, kafka-python sent no heartbeat and was dropped), /status and /readyz say it is
-    restoring, and afterwards the restored joins match their labels and the partition resumes at the restored
-    offsets (the previous owner's records are not read again): the label counts are exact."""
+def _restore_scenario(tmp_path, kafka_broker, receiver, client, replicas: dict):
+    """The restore tests' setup: 2-partition prediction, label and join topics, a labelled config in which nothing
+    expires (every count is exact by construction), one replica per name of ``replicas`` (name -> client id, or None
+    for the default), partition 0's join changelog prefilled by a previous owner (:func:`_prefill`) and the records
+    it had read sent, and the streams the tests send during and after the restore. Returns them as attributes."""
+    from types import SimpleNamespace
+
     from monitor.baseline import Baseline
     from monitor.config import load_config
-    from tests.labelled import label_messages, labelled, messages
+    from tests.labelled import label_messages, labelled
 
     topic = kafka_broker.create_topic(f"predictions-{uuid.uuid4().hex[:8]}", partitions=2)
     labels_topic = kafka_broker.create_topic(f"labels-{uuid.uuid4().hex[:8]}", partitions=2)
     join_topic = kafka_broker.create_topic(f"{topic}.driftmon.lender.join", partitions=2)
     path = _labelled_config(tmp_path, kafka_broker, topic, labels_topic, receiver, client)
     tree = yaml.safe_load(open(path))
-    tree["labels"]["ttl"] = "1d"  # nothing expires: every count below is exact by construction
+    tree["labels"]["ttl"] = "1d"
     with open(path, "w") as fh:
         yaml.safe_dump(tree, fh, sort_keys=False)
-    replica = _replica(tmp_path, path, "r0", {"enabled": True, "grace": "10m"})
-    config = load_config(replica.config_path)
-    assert config.kafka.session_timeout_ms == 6000
+    started = []
+    for name, client_id in replicas.items():
+        d = _replica(tmp_path, path, name, {"enabled": True, "grace": "10m"})
+        if client_id is not None:
+            replica_tree = yaml.safe_load(open(d.config_path))
+            replica_tree["kafka"]["client_id"] = client_id
+            with open(d.config_path, "w") as fh:
+                yaml.safe_dump(replica_tree, fh, sort_keys=False)
+        started.append(d)
+    config = load_config(started[0].config_path)
     start = (int(time.time() // DURATION) + 30) * DURATION
     old, old_labels = _prefill(config, Baseline.load(config.baseline), str(tmp_path / "scratch"), topic,
                                labels_topic, join_topic, start)
@@ -831,6 +836,27 @@ def test_labels_a_restore_longer_than_the_session_keeps_the_group_membership(tmp
     pre_labels = [json.dumps({"id": f"pre-{i}", "timestamp": start + 5.0, "y": i % 2}).encode()
                   for i in range(0, RESTORE_ENTRIES, RESTORE_ENTRIES // 5000)]
     early_labels = label_messages({k: v[:150] for k, v in early.items()}, delay=4.0)
+    return SimpleNamespace(topic=topic, labels_topic=labels_topic, join_topic=join_topic, replicas=started,
+                           producer=producer, early=early, late=late, pre_labels=pre_labels, early_labels=early_labels)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_labels_a_restore_longer_than_the_session_keeps_the_group_membership(tmp_path, kafka_broker, receiver,
+                                                                            client):
+    """A replica is given a partition whose join changelog holds a million pending joins: restoring it takes
+    several times ``kafka.session_timeout_ms``. The restore runs on the consuming thread with the partition
+    paused, so the member stays in the group through it (one assignment, no rebalance; in the assignment
+    callback, as before, kafka-python sent no heartbeat and was dropped), /status and /readyz say it is
+    restoring, and afterwards the restored joins match their labels and the partition resumes at the restored
+    offsets (the previous owner's records are not read again): the label counts are exact."""
+    from monitor.config import load_config
+    from tests.labelled import messages
+
+    sc = _restore_scenario(tmp_path, kafka_broker, receiver, client, {"r0": None})
+    (replica,) = sc.replicas
+    topic, labels_topic, join_topic, producer = sc.topic, sc.labels_topic, sc.join_topic, sc.producer
+    early, late, pre_labels, early_labels = sc.early, sc.late, sc.pre_labels, sc.early_labels
+    assert load_config(replica.config_path).kafka.session_timeout_ms == 6000
     restoring = lambda: ((replica.status() or {}).get("cluster") or {}).get("restoring_partitions")  # noqa: E731
     try:
         replica.start()
@@ -877,39 +903,13 @@ def test_labels_a_partition_revoked_while_it_restores_is_abandoned(tmp_path, kaf
     assignor gives B partition 0 (member ids begin with the client id, and B's sorts first). A abandons the
     restore: it installs nothing for partition 0 and closes its reader, store and transactional producer; B
     restores the partition itself, and the label counts are exact."""
-    from monitor.baseline import Baseline
-    from monitor.config import load_config
-    from tests.labelled import label_messages, labelled, messages
+    from tests.labelled import messages
 
-    topic = kafka_broker.create_topic(f"predictions-{uuid.uuid4().hex[:8]}", partitions=2)
-    labels_topic = kafka_broker.create_topic(f"labels-{uuid.uuid4().hex[:8]}", partitions=2)
-    join_topic = kafka_broker.create_topic(f"{topic}.driftmon.lender.join", partitions=2)
-    path = _labelled_config(tmp_path, kafka_broker, topic, labels_topic, receiver, client)
-    tree = yaml.safe_load(open(path))
-    tree["labels"]["ttl"] = "1d"  # nothing expires: every count below is exact by construction
-    with open(path, "w") as fh:
-        yaml.safe_dump(tree, fh, sort_keys=False)
-    a, b = (_replica(tmp_path, path, name, {"enabled": True, "grace": "10m"}) for name in ("ra", "rb"))
-    for d, client_id in ((a, "driftmon-b"), (b, "driftmon-a")):  # B's member id sorts first: it gets partition 0
-        replica_tree = yaml.safe_load(open(d.config_path))
-        replica_tree["kafka"]["client_id"] = client_id
-        with open(d.config_path, "w") as fh:
-            yaml.safe_dump(replica_tree, fh, sort_keys=False)
-    config = load_config(a.config_path)
-    start = (int(time.time() // DURATION) + 30) * DURATION
-    old, old_labels = _prefill(config, Baseline.load(config.baseline), str(tmp_path / "scratch"), topic,
-                               labels_topic, join_topic, start)
-    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, linger_ms=5)
-    for m in old:
-        producer.send(topic, value=m, partition=0)
-    for m in old_labels:
-        producer.send(labels_topic, value=m, partition=0)
-    producer.flush()
-    early = labelled(200, seed=6, start=start + 1.0, rate=100.0, id_prefix="early")
-    late = labelled(400, seed=7, start=start + 3.0, rate=100.0, id_prefix="late")
-    pre_labels = [json.dumps({"id": f"pre-{i}", "timestamp": start + 5.0, "y": i % 2}).encode()
-                  for i in range(0, RESTORE_ENTRIES, RESTORE_ENTRIES // 5000)]
-    early_labels = label_messages({k: v[:150] for k, v in early.items()}, delay=4.0)
+    # B's member id sorts first: the range assignor gives it partition 0
+    sc = _restore_scenario(tmp_path, kafka_broker, receiver, client, {"ra": "driftmon-b", "rb": "driftmon-a"})
+    a, b = sc.replicas
+    topic, labels_topic, producer = sc.topic, sc.labels_topic, sc.producer
+    early, late, pre_labels, early_labels = sc.early, sc.late, sc.pre_labels, sc.early_labels
     restoring = lambda d: ((d.status() or {}).get("cluster") or {}).get("restoring_partitions")  # noqa: E731
     abandoned = f"partition {topic}:0: restore abandoned (revoked)"
     try:
