@@ -840,6 +840,23 @@ def _restore_scenario(tmp_path, kafka_broker, receiver, client, replicas: dict):
                            producer=producer, early=early, late=late, pre_labels=pre_labels, early_labels=early_labels)
 
 
+def _send_after_restore(sc) -> tuple:
+    """Send what the restore tests send once partition 0 is restored (new predictions on both partitions, labels for
+    5,000 restored joins and for 150 early predictions); return the label counts then expected (received, matched,
+    expired, pending): the previous owner's 100 joins, the restored ones and these."""
+    from tests.labelled import messages
+
+    for i, m in enumerate(messages(sc.late, with_label=False)):
+        sc.producer.send(sc.topic, value=m, partition=i % 2)
+    for m in sc.pre_labels:
+        sc.producer.send(sc.labels_topic, value=m, partition=0)
+    for m in sc.early_labels:
+        sc.producer.send(sc.labels_topic, value=m, partition=1)
+    sc.producer.flush()
+    joined = 100 + len(sc.pre_labels) + len(sc.early_labels)
+    return joined, joined, 0, RESTORE_ENTRIES + 200 + 400 - len(sc.pre_labels) - len(sc.early_labels)
+
+
 @pytest.mark.parametrize("client", CLIENTS)
 def test_labels_a_restore_longer_than_the_session_keeps_the_group_membership(tmp_path, kafka_broker, receiver,
                                                                             client):
@@ -854,8 +871,7 @@ def test_labels_a_restore_longer_than_the_session_keeps_the_group_membership(tmp
 
     sc = _restore_scenario(tmp_path, kafka_broker, receiver, client, {"r0": None})
     (replica,) = sc.replicas
-    topic, labels_topic, join_topic, producer = sc.topic, sc.labels_topic, sc.join_topic, sc.producer
-    early, late, pre_labels, early_labels = sc.early, sc.late, sc.pre_labels, sc.early_labels
+    topic, join_topic, producer = sc.topic, sc.join_topic, sc.producer
     assert load_config(replica.config_path).kafka.session_timeout_ms == 6000
     restoring = lambda: ((replica.status() or {}).get("cluster") or {}).get("restoring_partitions")  # noqa: E731
     try:
@@ -866,22 +882,14 @@ def test_labels_a_restore_longer_than_the_session_keeps_the_group_membership(tmp
         assert seen[0]["phase"] in ("fence", "read", "fill"), seen
         ready = replica.get("/readyz").decode()
         assert ready.startswith(f"ready: consuming; restoring the state of {topic}:0 from {join_topic}"), ready
-        for m in messages(early, with_label=False):
+        for m in messages(sc.early, with_label=False):
             producer.send(topic, value=m, partition=1)
         producer.flush()
         replica.wait(lambda: restoring() == [], 600, "the restore of partition 0 done")
         status = replica.status()
         assert status["cluster"]["partitions_restored"] == 1
         assert status["kafka"]["assignments"] == 1  # kept through the restore
-        for i, m in enumerate(messages(late, with_label=False)):
-            producer.send(topic, value=m, partition=i % 2)
-        for m in pre_labels:
-            producer.send(labels_topic, value=m, partition=0)
-        for m in early_labels:
-            producer.send(labels_topic, value=m, partition=1)
-        producer.flush()
-        joined = 100 + len(pre_labels) + len(early_labels)  # the previous owner's 100, restored, and these
-        expected = (joined, joined, 0, RESTORE_ENTRIES + 200 + 400 - len(pre_labels) - len(early_labels))
+        expected = _send_after_restore(sc)
         replica.wait(lambda: (s := replica.status()) and s["cluster"]["aggregator"]
                      and _label_counts(s) == expected, 180, "exact label counts")
         status = replica.status()
@@ -908,8 +916,7 @@ def test_labels_a_partition_revoked_while_it_restores_is_abandoned(tmp_path, kaf
     # B's member id sorts first: the range assignor gives it partition 0
     sc = _restore_scenario(tmp_path, kafka_broker, receiver, client, {"ra": "driftmon-b", "rb": "driftmon-a"})
     a, b = sc.replicas
-    topic, labels_topic, producer = sc.topic, sc.labels_topic, sc.producer
-    early, late, pre_labels, early_labels = sc.early, sc.late, sc.pre_labels, sc.early_labels
+    topic, producer = sc.topic, sc.producer
     restoring = lambda d: ((d.status() or {}).get("cluster") or {}).get("restoring_partitions")  # noqa: E731
     abandoned = f"partition {topic}:0: restore abandoned (revoked)"
     try:
@@ -921,17 +928,9 @@ def test_labels_a_partition_revoked_while_it_restores_is_abandoned(tmp_path, kaf
         b.wait(lambda: (s := b.status()) and s["kafka"]["assigned_partitions"] == [0] and restoring(b) == []
                and s["cluster"]["partitions_restored"] == 1, 600, "B holding partition 0, restored")
         assert a.status()["kafka"]["assigned_partitions"] == [1] and restoring(a) == []
-        for m in messages(early, with_label=False):
+        for m in messages(sc.early, with_label=False):
             producer.send(topic, value=m, partition=1)
-        for i, m in enumerate(messages(late, with_label=False)):
-            producer.send(topic, value=m, partition=i % 2)
-        for m in pre_labels:
-            producer.send(labels_topic, value=m, partition=0)
-        for m in early_labels:
-            producer.send(labels_topic, value=m, partition=1)
-        producer.flush()
-        joined = 100 + len(pre_labels) + len(early_labels)
-        expected = (joined, joined, 0, RESTORE_ENTRIES + 200 + 400 - len(pre_labels) - len(early_labels))
+        expected = _send_after_restore(sc)
         a.wait(lambda: (g := _aggregators([a, b])) and len(g) == 1 and _label_counts(g[0].status()) == expected,
                180, "exact label counts")
         log_a, log_b = _full_log(a), _full_log(b)
