@@ -706,6 +706,7 @@ def test_labels_a_stalled_worker_that_wakes_up_is_fenced(tmp_path, kafka_broker,
                 others[0].wait(lambda: _caught_up(kafka_broker, group, (topic, labels_topic)), 180,
                                "phase 3 in the others' cuts")
                 assert len(_full_log(frozen)) == mark  # it slept through the take-over
+                taken = [len(_full_log(d)) for d in others]  # their logs from here on: after the take-over
                 frozen.proc.send_signal(signal.SIGCONT)
                 # awake: it leaves the group and rejoins (fenced at its next cut, or its partitions gone)
                 others[0].wait(lambda: _groups_stable(admin, _groups(frozen), 3)
@@ -716,7 +717,7 @@ def test_labels_a_stalled_worker_that_wakes_up_is_fenced(tmp_path, kafka_broker,
                          and _label_counts(a[0].status()) == EXPECTED_LABELS and a[0], 60, "exact label counts")
         first.wait(lambda: len(_performance(replicas)) >= PHASES - 2, 90, "performance windows")
         status = agg.status()
-        woken = _full_log(frozen)[mark:]
+        after = [_full_log(d)[m:] for d, m in zip(others, taken)]
         for d in replicas:
             assert d.terminate(timeout=30)[0] == 0
     finally:
@@ -725,9 +726,12 @@ def test_labels_a_stalled_worker_that_wakes_up_is_fenced(tmp_path, kafka_broker,
             if d.proc is not None and d.proc.poll() is None:
                 d.proc.send_signal(signal.SIGCONT)
             d.close()
-    # a stale cut that failed for another reason than fencing would be retried under a new epoch, taking the
-    # transactional id back from the partition's new owner
-    assert "state not written to" not in woken, woken[-3000:]
+    # the woken worker never took a transactional id back from a partition's new owner (which would be fenced,
+    # and rejoin). Its cut stopped mid-commit may time out on waking (the 10 s passed while it was stopped) rather
+    # than be told it is fenced; it rejoins once its consumer learns it left the group (its offsets, sent with
+    # the old generation's metadata, are refused meanwhile: KIP-447), so counts stay exact either way
+    for text in after:
+        assert "fenced: another replica took over partition" not in text, text[-3000:]
     perf = _performance(replicas)
     starts = sorted(perf)[:PHASES - 2]
     assert starts == [start + 10 * (k + 1) for k in range(PHASES - 2)]
