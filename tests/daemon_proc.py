@@ -25,6 +25,7 @@ class DaemonProcess:
         self.tls = tls  # an ssl.SSLContext: talk HTTPS (the daemon has http.web_config_file)
         self.auth = auth  # (user, password) for basic auth
         self.proc: subprocess.Popen | None = None
+        self.killed = False  # by kill9(): a test's crash, not one to stop gracefully
 
     def start(self) -> "DaemonProcess":
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
@@ -86,6 +87,7 @@ class DaemonProcess:
         return code, time.monotonic() - started
 
     def kill9(self) -> None:
+        self.killed = True
         self.proc.kill()
         self.proc.wait()
 

@@ -14,6 +14,7 @@ import re
 import signal
 import time
 import uuid
+from contextlib import closing, contextmanager
 from datetime import datetime
 
 import pytest
@@ -65,15 +66,29 @@ def _replica(tmp_path, path: str, name: str, cluster: dict | None) -> DaemonProc
 READY = b"ready: baseline loaded and consuming\n"
 
 
-def _start_replicas(replicas, single=None) -> None:
-    """Start the replicas (and the ``single`` process beside them), wait until each is ready (it holds an
-    assignment) and until exactly one replica is the aggregator."""
+@contextmanager
+def _running(replicas, single=None, start: bool = True):
+    """Run the replicas (and the ``single`` process beside them) for a ``with`` block; yield them as a list, to
+    which the block adds the replicas it starts itself.
+
+    With ``start``, start them first and wait until each is ready (it holds an assignment) and until exactly one
+    replica is the aggregator. When the block ends normally, every daemon not killed (``kill9``) is stopped with
+    SIGTERM and must exit 0; in any case all are then closed (SIGKILL, which also ends a stopped one)."""
     daemons = [d for d in (single, *replicas) if d is not None]
-    for d in daemons:
-        d.start()
-    for d in daemons:
-        d.wait(lambda d=d: d.get("/readyz") == READY, 90, "an assignment")
-    daemons[0].wait(lambda: len(_aggregators(replicas)) == 1, 60, "one aggregator")
+    try:
+        if start:
+            for d in daemons:
+                d.start()
+            for d in daemons:
+                d.wait(lambda d=d: d.get("/readyz") == READY, 90, "an assignment")
+            daemons[0].wait(lambda: len(_aggregators(replicas)) == 1, 60, "one aggregator")
+        yield daemons
+        for d in daemons:
+            if not d.killed:
+                assert d.terminate(timeout=30)[0] == 0
+    finally:
+        for d in daemons:
+            d.close()
 
 
 def _windows(daemons) -> dict[float, dict]:
@@ -205,9 +220,7 @@ def test_three_replicas_give_the_single_process_verdicts_and_one_page(tmp_path, 
     start = (int(time.time() // DURATION) + 30) * DURATION  # ahead of the clock: only events close windows
     stream = _stream(start)
     producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, linger_ms=5)
-    daemons = [single, *replicas]
-    try:
-        _start_replicas(replicas, single)
+    with closing(producer), closing(receiver), _running(replicas, single) as daemons:
         produced = 0
         for k, msgs in enumerate(stream):
             for i, m in enumerate(msgs):
@@ -232,13 +245,6 @@ def test_three_replicas_give_the_single_process_verdicts_and_one_page(tmp_path, 
         changelog = _topic_configs(admin, status["cluster"]["changelog_topic"])
         workers = [d for d in replicas if d is not agg]
         worker_metrics = [d.metrics() for d in workers]
-        for d in daemons:
-            assert d.terminate(timeout=30)[0] == 0
-    finally:
-        producer.close()
-        for d in daemons:
-            d.close()
-        receiver.close()
 
     one, many = _windows([single]), _windows(replicas)
     starts = sorted(one)[:WINDOWS - 1]
@@ -301,9 +307,7 @@ def test_kill_9_of_the_aggregator_and_a_worker_loses_and_double_counts_nothing(t
     start = (int(time.time() // DURATION) + 30) * DURATION
     stream = _stream(start)
     producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, linger_ms=5)
-    everyone = list(replicas)
-    try:
-        _start_replicas(replicas)
+    with closing(producer), closing(receiver), _running(replicas) as everyone:
         first = replicas[0]
         for k, msgs in enumerate(stream):
             for i, m in enumerate(msgs):
@@ -330,13 +334,6 @@ def test_kill_9_of_the_aggregator_and_a_worker_loses_and_double_counts_nothing(t
         alive.wait(lambda: _outbox_empty(replicas), 60, "every outbox delivered")  # nothing more to send
         payloads = receiver.payloads("/cluster")
         status = agg.status()
-        for d in replicas:
-            assert d.terminate(timeout=30)[0] == 0
-    finally:
-        producer.close()
-        for d in everyone:
-            d.close()
-        receiver.close()
     logs = "\n".join(open(d.log_path, errors="replace").read() for d in everyone)
     assert "restored its changelog" in logs  # a new aggregator took over from the changelog
     windows = _windows(everyone)
@@ -367,8 +364,7 @@ def test_a_stalled_aggregator_that_wakes_up_is_fenced(tmp_path, kafka_broker, ad
     start = (int(time.time() // DURATION) + 30) * DURATION
     stream = _stream(start)
     producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, linger_ms=5)
-    try:
-        _start_replicas(replicas)
+    with closing(producer), closing(receiver), _running(replicas):
         first = replicas[0]
         produced = 0
         for k, msgs in enumerate(stream):
@@ -416,15 +412,6 @@ def test_a_stalled_aggregator_that_wakes_up_is_fenced(tmp_path, kafka_broker, ad
         _settled_aggregator(replicas, others[0], admin, written=False)  # after the woken one rejoined
         others[0].wait(lambda: _outbox_empty(replicas), 60, "every outbox delivered")  # nothing more to send
         payloads = receiver.payloads("/cluster")
-        for d in replicas:
-            assert d.terminate(timeout=30)[0] == 0
-    finally:
-        producer.close()
-        for d in replicas:
-            if d.proc is not None and d.proc.poll() is None:
-                d.proc.send_signal(signal.SIGCONT)
-            d.close()
-        receiver.close()
     windows = _windows(replicas)
     starts = sorted(windows)[:WINDOWS - 1]
     assert starts == [start + k * DURATION for k in range(WINDOWS - 1)]
@@ -564,9 +551,7 @@ def test_labels_three_replicas_give_the_single_process_performance_windows(tmp_p
     start = (int(time.time() // DURATION) + 30) * DURATION  # ahead of the clock: only events close windows
     stream = _labelled_stream(start)
     producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, linger_ms=5)
-    daemons = [single, *replicas]
-    try:
-        _start_replicas(replicas, single)
+    with closing(producer), _running(replicas, single):
         produced = 0
         for k in range(PHASES):
             produced += _produce_phase(producer, topic, labels_topic, stream, k)
@@ -579,12 +564,6 @@ def test_labels_three_replicas_give_the_single_process_performance_windows(tmp_p
                           and _label_counts(a[0].status()) == EXPECTED_LABELS and a[0], 60,
                           "the replicas' label counts")
         status_single, status_agg = single.status(), agg.status()
-        for d in daemons:
-            assert d.terminate(timeout=30)[0] == 0
-    finally:
-        producer.close()
-        for d in daemons:
-            d.close()
     one, many = _performance([single]), _performance(replicas)
     starts = sorted(one)[:PHASES - 2]
     assert starts == [start + 10 * (k + 1) for k in range(PHASES - 2)]  # phase k's labels join in window k+1
@@ -629,9 +608,7 @@ def test_labels_kill_9_of_a_worker_loses_and_double_counts_no_label(tmp_path, ka
     start = (int(time.time() // DURATION) + 30) * DURATION
     stream = _labelled_stream(start)
     producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, linger_ms=5)
-    everyone = list(replicas)
-    try:
-        _start_replicas(replicas)
+    with closing(producer), _running(replicas) as everyone:
         first = replicas[0]
         for k in range(PHASES):
             if k == 3:  # a worker: not the aggregator, once the group has settled
@@ -653,12 +630,6 @@ def test_labels_kill_9_of_a_worker_loses_and_double_counts_no_label(tmp_path, ka
         alive.wait(lambda: len(_performance(everyone)) >= PHASES - 2, 90, "performance windows")
         status = agg.status()
         restored = sum((d.status() or {}).get("cluster", {}).get("partitions_restored", 0) for d in replicas)
-        for d in replicas:
-            assert d.terminate(timeout=30)[0] == 0
-    finally:
-        producer.close()
-        for d in everyone:
-            d.close()
     perf = _performance(everyone)
     starts = sorted(perf)[:PHASES - 2]
     assert starts == [start + 10 * (k + 1) for k in range(PHASES - 2)]
@@ -686,9 +657,7 @@ def test_labels_a_stalled_worker_that_wakes_up_is_fenced(tmp_path, kafka_broker,
     producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, linger_ms=5)
     restored = lambda ds: sum((d.status() or {}).get("cluster", {}).get("partitions_restored", 0)  # noqa: E731
                               for d in ds)
-    frozen = None
-    try:
-        _start_replicas(replicas)
+    with closing(producer), _running(replicas):
         first = replicas[0]
         for k in range(PHASES):
             if k == 3:  # a worker: not the aggregator, once the group has settled
@@ -718,14 +687,6 @@ def test_labels_a_stalled_worker_that_wakes_up_is_fenced(tmp_path, kafka_broker,
         first.wait(lambda: len(_performance(replicas)) >= PHASES - 2, 90, "performance windows")
         status = agg.status()
         after = [_full_log(d)[m:] for d, m in zip(others, taken)]
-        for d in replicas:
-            assert d.terminate(timeout=30)[0] == 0
-    finally:
-        producer.close()
-        for d in replicas:
-            if d.proc is not None and d.proc.poll() is None:
-                d.proc.send_signal(signal.SIGCONT)
-            d.close()
     # the woken worker never took a transactional id back from a partition's new owner (which would be fenced,
     # and rejoin). Its cut stopped mid-commit may time out on waking (the 10 s passed while it was stopped) rather
     # than be told it is fenced; it rejoins once its consumer learns it left the group (its offsets, sent with
@@ -878,7 +839,7 @@ def test_labels_a_restore_longer_than_the_session_keeps_the_group_membership(tmp
     topic, join_topic, producer = sc.topic, sc.join_topic, sc.producer
     assert load_config(replica.config_path).kafka.session_timeout_ms == 6000
     restoring = lambda: ((replica.status() or {}).get("cluster") or {}).get("restoring_partitions")  # noqa: E731
-    try:
+    with closing(producer), _running(sc.replicas, start=False):
         replica.start()
         # partition 1's changelog is empty: restored at once, while partition 0's takes tens of seconds
         seen = replica.wait(lambda: (r := restoring()) and [x["partition"] for x in r] == [f"{topic}:0"] and r,
@@ -898,10 +859,6 @@ def test_labels_a_restore_longer_than_the_session_keeps_the_group_membership(tmp
                      and _label_counts(s) == expected, 180, "exact label counts")
         status = replica.status()
         log_text = _full_log(replica)
-        assert replica.terminate(timeout=30)[0] == 0
-    finally:
-        producer.close()
-        replica.close()
     assert status["kafka"]["assignments"] == 1, log_text[-5000:]  # no rebalance through the restore
     done = re.search(rf"partition {topic}:0 restored from \S+ in ([0-9.]+) s: (\d+) records, (\d+) pending", log_text)
     assert done and int(done[2]) > 2 * RESTORE_GONE + RESTORE_ENTRIES and int(done[3]) == RESTORE_ENTRIES, \
@@ -923,7 +880,7 @@ def test_labels_a_partition_revoked_while_it_restores_is_abandoned(tmp_path, kaf
     topic, producer = sc.topic, sc.producer
     restoring = lambda d: ((d.status() or {}).get("cluster") or {}).get("restoring_partitions")  # noqa: E731
     abandoned = f"partition {topic}:0: restore abandoned (revoked)"
-    try:
+    with closing(producer), _running(sc.replicas, start=False):
         a.start()
         a.wait(lambda: (r := restoring(a)) and [x["partition"] for x in r] == [f"{topic}:0"], 90,
                "A restoring partition 0")
@@ -938,12 +895,6 @@ def test_labels_a_partition_revoked_while_it_restores_is_abandoned(tmp_path, kaf
         a.wait(lambda: (g := _aggregators([a, b])) and len(g) == 1 and _label_counts(g[0].status()) == expected,
                180, "exact label counts")
         log_a, log_b = _full_log(a), _full_log(b)
-        for d in (a, b):
-            assert d.terminate(timeout=30)[0] == 0
-    finally:
-        producer.close()
-        for d in (a, b):
-            d.close()
     assert f"partition {topic}:0 restored from" not in log_a, log_a[-5000:]  # nothing installed at A
     done = re.search(rf"partition {topic}:0 restored from \S+ in [0-9.]+ s: (\d+) records, (\d+) pending", log_b)
     assert done and int(done[2]) == RESTORE_ENTRIES, log_b[-5000:]
