@@ -38,8 +38,8 @@ import threading
 import time
 
 from monitor.config import ConfigError
-from monitor.kafka_client import (AuthorizationError, FencedError, ProduceError, check_access, create_topics,
-                                  make_group_consumer, make_producer, fence, read_to_end)
+from monitor.kafka_client import (AbortableError, AuthorizationError, FencedError, ProduceError, ProduceTimeoutError,
+                                  check_access, create_topics, make_group_consumer, make_producer, fence, read_to_end)
 from monitor.join import RocksStore
 from monitor.performance import LabelledWindow, PerformanceTracker
 from monitor.pipeline import Pipeline
@@ -86,7 +86,8 @@ class _ChangelogStore(RocksStore):
     write lands through ``_land``); the cut reads their current entries (None: gone) for the changelog."""
 
     def __init__(self, path: str):
-        self.changed: set[str] = set()
+        self.changed: set[str] = set()  # ids changed since the last cut
+        self.cutting: set[str] = set()  # ids changed before it, in cuts not committed yet
         super().__init__(path)
 
     def _land(self, wb, created: list, old_keys: list, old_vals: list, count: int, touched: list) -> None:
@@ -94,9 +95,22 @@ class _ChangelogStore(RocksStore):
         self.changed.update(ek[1:].decode() for ek in touched)
 
     def changes(self) -> dict:
-        """id -> its entry now, or None, for every id changed since the last cut."""
-        keys = sorted(self.changed)
+        """id -> its entry now, or None, for every id changed since the last committed cut (the ids of a cut
+        that did not commit are written again)."""
+        self.cutting |= self.changed
+        self.changed = set()
+        keys = sorted(self.cutting)
         return dict(zip(keys, self.get_many(keys)))
+
+    def written(self) -> None:
+        """The last :meth:`changes` are in Kafka (ids changed since are not)."""
+        self.cutting = set()
+        self.settle()
+
+    def forget(self) -> None:
+        """What the store holds is in Kafka already (a restore): no change to write back."""
+        self.changed, self.cutting = set(), set()
+        self.settle()
 
     def settle(self) -> None:
         """The changes are in Kafka: drop the undo records (the changelog, not the store, is the recovery)."""
@@ -139,6 +153,7 @@ class _PartitionPipeline(Pipeline):
                 self.store = self.tracker.join.store = _ChangelogStore(join_path)
                 self.store.clear()  # filled from the changelog, never from a previous owner's disk
                 self.store.changed.clear()
+                self.store.cutting.clear()
 
     def _close(self, next_start: float | None, complete: bool = True) -> dict:
         window = self.window
@@ -168,6 +183,7 @@ class Worker:
         self.labels_topic = config.kafka.labels_topic if config.kafka is not None else None
         self.labelled: dict[str, list[dict]] = {}  # partition -> performance partials not yet written
         self.seq: dict[str, int] = {}  # partition -> cuts written (the aggregator drops a count it has seen)
+        self.taken: dict[str, tuple[int, int, int]] = {}  # partition -> its last cut: (seq, partials, windows)
         self.staged: dict[str, _PartitionPipeline | None] = {}  # restored on assignment, installed by _part
         self.restored = 0  # partitions restored from a state record of the changelog
 
@@ -222,31 +238,56 @@ class Worker:
     # ---- cuts (labels): what one transaction writes ---------------------------------------------------
 
     def cut(self, key: str) -> tuple[list[dict], dict, dict, dict]:
-        """(partials, join changes, state record, consumed offsets) of partition ``key`` since the last cut;
-        nothing is cleared until :meth:`cut_done` (a failed transaction is written again)."""
+        """(partials, join changes, state record, consumed offsets) of partition ``key`` since the last committed
+        cut: cumulative, nothing is cleared until :meth:`cut_done` (a cut that did not commit is written again,
+        with what came since). Records what the cut holds, for :meth:`cut_done`."""
         part = self.parts[key]
         tracker = part.tracker
         seq = self.seq.get(key, 0) + 1
         partials = [{"partition": k, **p} for k, p in self.pending if k == key]
+        windows = list(self.labelled.get(key, []))
         partials.append({"partition": key, "kind": "labels", "seq": seq, "watermark": _finite(tracker.mark()),
-                         "windows": self.labelled.get(key, []), "counts": tracker.counts()})
+                         "windows": windows, "counts": tracker.counts()})
         label_key = f"{self.labels_topic}:{key.rsplit(':', 1)[1]}" if self.labels_topic else None
         positions = {k: part.positions[k] for k in (key, label_key) if k is not None and k in part.positions}
         state = {"seq": seq, "positions": positions, "window": part.window.state_dict(), "late": part.late,
                  "tracker": tracker.timed_state(), "counts": tracker.counts(),
                  "watermark": _finite(tracker.join.watermark)}
         offsets = {(k.rsplit(":", 1)[0], int(k.rsplit(":", 1)[1])): o for k, o in positions.items()}
+        self.taken[key] = (seq, len(partials), len(windows))
+        part.dirty = False  # set again by what comes next, or by cut_failed
         return partials, part.store.changes() if part.store is not None else {}, state, offsets
 
-    def cut_done(self, key: str, seq: int) -> None:
+    def cut_failed(self, key: str) -> None:
+        """The last cut did not commit (or its outcome is unknown): the next one writes it again."""
+        part = self.parts.get(key)
+        if part is not None:
+            part.dirty = True
+
+    def cut_done(self, key: str, seq: int) -> int:
+        """The last cut of ``key`` (sequence number ``seq``) committed: clear what it held, and only that (a cut
+        whose commit is settled later leaves what came since for the next cut). Returns its partials."""
+        cut_seq, partials, windows = self.taken.pop(key)
+        if cut_seq != seq:
+            raise ValueError(f"partition {key}: cut {seq} done, but the last cut was {cut_seq}")
         part = self.parts[key]
         self.seq[key] = seq
-        self.pending = [(k, p) for k, p in self.pending if k != key]
-        self.labelled.pop(key, None)
-        part.dirty = False
+        drop = partials - 1  # the prediction partials: the first ones of the partition's, in order
+        kept = []
+        for k, p in self.pending:
+            if k == key and drop > 0:
+                drop -= 1
+            else:
+                kept.append((k, p))
+        self.pending = kept
+        left = self.labelled.get(key, [])[windows:]
+        if left:
+            self.labelled[key] = left
+        else:
+            self.labelled.pop(key, None)
         if part.store is not None:
-            part.store.changed.clear()
-            part.store.settle()
+            part.store.written()
+        return partials
 
     def restore(self, key: str, entries: dict, state: dict | None) -> _PartitionPipeline:
         """A partition as the changelog's last committed cut left it (its store filled with ``entries``)."""
@@ -265,16 +306,14 @@ class Worker:
         if part.store is not None:
             # what the changelog holds already: neither a change to write back nor an undo record to keep,
             # so that neither grows with the partition during its restore
-            part.store.changed.clear()
-            part.store.settle()
+            part.store.forget()
 
     def load(self, key: str, part: _PartitionPipeline, state: dict | None) -> _PartitionPipeline:
         """Finish a restore: the store holds what the changelog holds; the state record's windows, counters
         and positions (None: the partition starts at the group's committed offsets)."""
         tracker = part.tracker
         if part.store is not None:
-            part.store.changed.clear()  # what the changelog holds already
-            part.store.settle()
+            part.store.forget()  # what the changelog holds already
         if state is not None:
             part.window.load_state_dict(state["window"])
             part.late = state["late"]
@@ -329,6 +368,7 @@ class Worker:
             self.staged.pop(key, None)
             self.labelled.pop(key, None)
             self.seq.pop(key, None)
+            self.taken.pop(key, None)
             if part is not None and part.tracker is not None:
                 part.tracker.join.close()
         self.pending = [(k, p) for k, p in self.pending if k not in keys]
@@ -663,6 +703,7 @@ class Cluster:
         self.partitions = 0  # of the source topic
         self._producer = None  # partials (kafka_client.make_producer)
         self._state_producer = None  # the changelog, transactional (the aggregator's)
+        self._state_in_doubt: str | None = None  # "commit" or "abort" of _state_producer that timed out
         self._consumer = None  # the aggregator group's member (kafka_client.make_group_consumer)
         self._last_commit = 0.0
         self.changelog_writes = 0
@@ -894,29 +935,57 @@ class Cluster:
             part = worker.parts.get(key)
             if part is None or not part.dirty:
                 continue
-            partials, changes, state, offsets = worker.cut(key)
             partition_log = self.logs.get(key)
+            if self.rejoin and (partition_log is None or partition_log.producer is None):
+                # leaving the group (fenced, or a restore failed): taking the transactional id now could fence
+                # the partition's new owner; nothing is lost (its next owner restores the last committed cut)
+                continue
             try:
                 if partition_log is None:
                     partition_log = self.logs[key] = self._partition_log(key)
                 if partition_log.producer is None:
                     partition_log.fence()
+                elif partition_log.in_doubt is not None:
+                    self._settle(key, partition_log)
+                partials, changes, state, offsets = worker.cut(key)
                 partition_log.write(self.partials_topic, self.config.model.encode(), partials, changes, state,
                                     offsets)
             except FencedError as exc:
+                worker.cut_failed(key)
                 log.warning("fenced: another replica took over partition %s; rejoining the group (%s)", key, exc)
                 self.rejoin = True
                 return
             except AuthorizationError as exc:  # a missing ACL: no other owner, so no rejoin; written again later
+                worker.cut_failed(key)
                 self._refuse("worker", exc)
                 return
-            except Exception as exc:  # the broker is away: written again at the next cut (same seq)
-                log.warning("partition %s: state not written to %s, retrying: %s", key, self.join_topic, exc)
+            except Exception as exc:
+                worker.cut_failed(key)
+                if partition_log is not None and partition_log.in_doubt is not None:
+                    # outcome unknown (e.g. this process was stopped inside the commit): the producer and its
+                    # transaction are kept, the next cut finishes the commit on them (same epoch)
+                    log.warning("partition %s: the transaction's %s timed out, finished at the next cut on the "
+                                "same producer: %s", key, partition_log.in_doubt, exc)
+                else:  # the broker is away, or the transaction was aborted: written again at the next cut
+                    log.warning("partition %s: state not written to %s, retrying: %s", key, self.join_topic, exc)
                 continue
-            worker.cut_done(key, state["seq"])
-            self._accepted("worker")
-            self.cuts += 1
-            self.partials_produced += len(partials)
+            self._written(key, state["seq"])
+
+    def _settle(self, key: str, partition_log) -> None:
+        """Finish the last cut's commit that timed out, on the same producer: committed, it is done (the next
+        cut holds only what came since); aborted, the next cut writes it again with what came since."""
+        seq = self.worker.taken[key][0]
+        if partition_log.settle():
+            self._written(key, seq)
+            log.info("partition %s: cut %d committed when its commit that timed out was finished", key, seq)
+        else:
+            log.info("partition %s: cut %d aborted when its transaction that timed out was finished; written "
+                     "again", key, seq)
+
+    def _written(self, key: str, seq: int) -> None:
+        self.partials_produced += self.worker.cut_done(key, seq)
+        self._accepted("worker")
+        self.cuts += 1
 
     def _partition_log(self, key: str):
         from monitor.join_changelog import PartitionLog
@@ -1137,10 +1206,23 @@ class Cluster:
             return True
         value = json.dumps(self._snapshot(), separators=(",", ":")).encode()
         producer = self._state_producer
+        aborted = False  # the transaction failed and was aborted on the same producer: written again
         try:
+            if self._state_in_doubt is not None:  # the last commit timed out: finish it first (same epoch)
+                what, self._state_in_doubt = self._state_in_doubt, None
+                if self._end_state(what):
+                    self.changelog_writes += 1  # superseded by the state below
             producer.begin()
-            producer.send(self.changelog_topic, value, key=self.config.model.encode())
-            producer.commit(timeout_s=10.0)
+            try:
+                producer.send(self.changelog_topic, value, key=self.config.model.encode())
+            except (FencedError, AuthorizationError):
+                raise
+            except Exception:
+                aborted = not self._end_state("abort")
+                raise
+            aborted = not self._end_state("commit")
+            if aborted:
+                raise ProduceError("the transaction failed and was aborted")
         except FencedError:
             log.warning("fenced: another replica took over as the aggregator for %s", self.config.model)
             self._resign()
@@ -1148,12 +1230,21 @@ class Cluster:
             # replica that fenced us may be a stalled one that is about to learn it lost the partition).
             self._retake_at = time.monotonic() + self.config.kafka.session_timeout_ms / 1000
             return False
-        except Exception as exc:  # the broker is away: nothing is emitted until the state is durable
+        except Exception as exc:  # nothing is emitted until the state is durable
+            if self._state_in_doubt is not None:
+                # outcome unknown (e.g. this process was stopped inside the commit): the producer and its
+                # transaction are kept, the next checkpoint finishes the commit on them (same epoch)
+                log.warning("aggregator state: the transaction's %s timed out, finished at the next checkpoint "
+                            "on the same producer: %s", self._state_in_doubt, exc)
+                return False
+            if aborted:
+                log.warning("aggregator state not written to %s, retrying: %s", self.changelog_topic, exc)
+                return False
             if isinstance(exc, AuthorizationError):  # a missing ACL (the take-over below retries with backoff)
                 self._refuse("aggregator", exc)
             else:
                 log.warning("aggregator state not written to %s: %s", self.changelog_topic, exc)
-            # A transaction in an unknown state: take over afresh (a new epoch aborts it, and the state is
+            # The producer is unusable: take over afresh (a new epoch aborts its transaction, and the state is
             # read back from what was committed), at once if the partition is still ours.
             self._resign()
             self._retake_at = time.monotonic()
@@ -1161,6 +1252,25 @@ class Cluster:
         self.changelog_writes += 1
         self.changed = False
         return True
+
+    def _end_state(self, what: str) -> bool:
+        """Commit (``what="commit"``) or abort the aggregator's open transaction; True when it committed. A
+        timeout keeps the producer and the transaction (:attr:`_state_in_doubt`: the next checkpoint finishes
+        the same call on them); a commit the broker says must be aborted is aborted here."""
+        producer = self._state_producer
+        try:
+            if what == "commit":
+                try:
+                    producer.commit(timeout_s=10.0)
+                    return True
+                except AbortableError as exc:
+                    log.info("aggregator state: the transaction cannot commit (%s); aborting it", exc)
+                    what = "abort"
+            producer.abort(timeout_s=10.0)
+            return False
+        except ProduceTimeoutError:
+            self._state_in_doubt = what
+            raise
 
     def _read_changelog(self) -> dict | None:
         model, latest = self.config.model.encode(), None
@@ -1180,6 +1290,7 @@ class Cluster:
         if self._state_producer is not None:  # a new epoch each take-over, even of our own partition
             self._state_producer.close(timeout_s=1.0)
             self._state_producer = None
+        self._state_in_doubt = None
         self._state_producer = fence(self.config.kafka, self.changelog_topic, MAX_RECORD_BYTES, "gzip")
         return self._read_changelog()
 
@@ -1219,5 +1330,6 @@ class Cluster:
         if self._state_producer is not None:
             self._state_producer.close(timeout_s=1.0)
             self._state_producer = None
+        self._state_in_doubt = None
         self.daemon.pipeline.last_result = None  # the global metrics are exported by the aggregator only
         log.info("no longer the aggregator for %s", self.config.model)

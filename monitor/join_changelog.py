@@ -31,7 +31,8 @@ import logging
 
 import msgspec
 
-from monitor.kafka_client import fence, read_to_end
+from monitor.kafka_client import (AbortableError, AuthorizationError, FencedError, ProduceError, ProduceTimeoutError,
+                                  fence, read_to_end)
 
 __all__ = ["PartitionLog", "STATE_KEY", "take", "take_change"]
 
@@ -87,6 +88,7 @@ class PartitionLog:
         self.partition = partition
         self.group = group
         self.producer = None  # kafka_client.fence: the partition's transactional producer
+        self.in_doubt: str | None = None  # "commit" or "abort": timed out on :attr:`producer`, outcome unknown
 
     def fence(self) -> None:
         """Take the partition's transactional id: aborts the previous owner's open transaction, fences it."""
@@ -110,11 +112,21 @@ class PartitionLog:
               offsets: dict[tuple[str, int], int], timeout_s: float = 10.0) -> None:
         """One transaction: partials, join changes, the state record and the consumed offsets.
 
-        Raises kafka_client.FencedError when another owner took the partition over; other errors leave the
-        transaction's outcome unknown (the producer is closed: the next write fences again, which aborts it)."""
+        Raises kafka_client.FencedError when another owner took the partition over (or the group's offsets
+        were refused: the member left the generation), and the producer is closed. When the commit times out
+        (:attr:`in_doubt`) the producer and its open transaction are kept: :meth:`settle` finishes the commit
+        before anything else is written. A transaction that failed is aborted on the same producer (to be
+        written again); only an error that leaves the producer unusable closes it (the next write fences
+        again, which aborts what it left open)."""
+        if self.in_doubt is not None:
+            raise ProduceError(f"the transaction's {self.in_doubt} that timed out is not settled")
         producer = self.producer
         try:
             producer.begin()
+        except BaseException:
+            self.close()
+            raise
+        try:
             for partial in partials:
                 producer.send(partials_topic, json.dumps(partial, separators=(",", ":")).encode(), key=model)
             for key, entry in changes.items():
@@ -124,7 +136,45 @@ class PartitionLog:
                           partition=self.partition)
             if offsets:
                 producer.send_offsets(offsets, self.group())
-            producer.commit(timeout_s=timeout_s)
+        except (FencedError, AuthorizationError):
+            self.close()
+            raise
+        except Exception as exc:  # e.g. a record refused: the transaction cannot commit, abort it
+            self._end("abort", timeout_s)
+            raise exc
+        except BaseException:
+            self.close()
+            raise
+        if not self._end("commit", timeout_s):
+            raise ProduceError("the transaction failed and was aborted: written again at the next cut")
+
+    def settle(self, timeout_s: float = 10.0) -> bool:
+        """Finish the commit (or abort) that timed out, on the same producer (the same epoch: it cannot fence
+        the partition's new owner, if another replica took it over meanwhile; it is fenced by it). True when
+        the transaction committed, False when it was aborted (its cut is to be written again). Raises as
+        :meth:`write` (ProduceTimeoutError: still unknown, still :attr:`in_doubt`)."""
+        what, self.in_doubt = self.in_doubt, None
+        if what is None:
+            raise ValueError("no transaction to settle")
+        return self._end(what, timeout_s)
+
+    def _end(self, what: str, timeout_s: float) -> bool:
+        """Commit (``what="commit"``) or abort the open transaction; True when it committed. A commit the
+        broker says must be aborted is aborted here (False). A timeout keeps the producer, :attr:`in_doubt`."""
+        producer = self.producer
+        try:
+            if what == "commit":
+                try:
+                    producer.commit(timeout_s=timeout_s)
+                    return True
+                except AbortableError as exc:
+                    log.info("partition %d: the transaction cannot commit (%s); aborting it", self.partition, exc)
+                    what = "abort"
+            producer.abort(timeout_s=timeout_s)
+            return False
+        except ProduceTimeoutError:
+            self.in_doubt = what  # the same call again on the same producer finishes it (settle)
+            raise
         except BaseException:
             self.close()
             raise
@@ -136,3 +186,4 @@ class PartitionLog:
             except Exception as exc:  # a fenced producer may refuse to close cleanly
                 log.debug("closing the changelog producer of partition %d: %s", self.partition, exc)
             self.producer = None
+        self.in_doubt = None

@@ -40,7 +40,7 @@ from kafka.structs import OffsetAndMetadata
 from monitor.config import ConfigError, KafkaConfig, kafka_secrets, ssl_key_password
 from monitor.kafka_security import check_brokers, ssl_context
 
-__all__ = ["AuthorizationError", "ConfluentSource", "FencedError", "KafkaSource", "PartitionBatch", "ProduceError", "ProduceTimeoutError",
+__all__ = ["AbortableError", "AuthorizationError", "ConfluentSource", "FencedError", "KafkaSource", "PartitionBatch", "ProduceError", "ProduceTimeoutError",
            "Record", "RecordTooLargeError", "client_options", "consumer_options", "create_topics",
            "make_group_consumer", "make_producer", "make_source", "make_transactional_producer", "read_to_end",
            "refusal", "sasl_mechanism", "check_access"]
@@ -62,6 +62,11 @@ class ProduceTimeoutError(ProduceError):
 
 class FencedError(ProduceError):
     """A transactional producer was fenced: another one initialized the same transactional id since."""
+
+
+class AbortableError(ProduceError):
+    """The open transaction failed (a record or the offsets were not taken) and will not commit: ``abort()``
+    it on the same producer, then write it again."""
 
 
 class AuthorizationError(ProduceError):
@@ -1107,10 +1112,13 @@ def make_transactional_producer(cfg: KafkaConfig, transactional_id: str, max_req
     """A producer (acks=all) whose records commit together: ``init(timeout_s)`` (fences every earlier producer
     of ``transactional_id`` and aborts its open transaction), ``begin()``, ``send(topic, value, key,
     partition)``, ``send_offsets(offsets, group)`` (the source group's offsets commit with the transaction;
-    ``group`` is the source consumer's ``group_metadata()``), ``commit(timeout_s)``, ``close(timeout_s)``. A
-    fenced producer raises :class:`FencedError` (so do the offsets of a member no longer in the group's
-    generation); any other failure :class:`ProduceError` (the transaction's outcome is then unknown:
-    start over with a new producer).
+    ``group`` is the source consumer's ``group_metadata()``), ``commit(timeout_s)``, ``abort(timeout_s)``,
+    ``close(timeout_s)``. A fenced producer raises :class:`FencedError` (so do the offsets of a member no longer
+    in the group's generation). ``commit`` and ``abort`` raise :class:`ProduceTimeoutError` when they did not
+    finish in time: the outcome is unknown and the call goes on in the background, so the same call again on
+    the same producer (same epoch, nothing else in between) finishes it, as the Java client and librdkafka
+    allow; :class:`AbortableError` when the transaction failed and must be aborted; any other
+    :class:`ProduceError` leaves the producer unusable (start over with a new one).
     """
     if cfg.client == "confluent-kafka":
         return _ConfluentTransactions(cfg, transactional_id, max_request_bytes, compression)
@@ -1233,6 +1241,7 @@ class _KafkaPythonTransactions:
         self.cfg = cfg
         self.transactional_id = transactional_id
         self._group = None  # of the last send_offsets (named in a refusal)
+        self._ending = None  # ("commit" or "abort", its TransactionalRequestResult) of a call that timed out
         options = {"transactional_id": transactional_id, "acks": "all", **client_options(cfg)}
         if compression is not None:
             options["compression_type"] = compression
@@ -1283,17 +1292,51 @@ class _KafkaPythonTransactions:
                    {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}, group)
 
     def commit(self, timeout_s: float = 10.0) -> None:
+        self._end("commit", timeout_s)
+
+    def abort(self, timeout_s: float = 10.0) -> None:
+        self._end("abort", timeout_s)
+
+    def _end(self, what: str, timeout_s: float) -> None:
         # kafka-python's commit_transaction() waits without a bound; an aggregator waiting forever under the
-        # daemon's lock would stop the worker too. Its own steps, with a bound:
+        # daemon's lock would stop the worker too. Its own steps, with a bound. A wait that times out keeps
+        # the request's result: the EndTxn request goes on (the sender retries it), and the next call waits
+        # on that result again (begin_commit twice is an invalid transition in kafka-python)
         producer = self._producer
         manager = getattr(producer, "_transaction_manager", None)
         if manager is None or not hasattr(manager, "begin_commit"):  # another kafka-python: its own call
-            self._call(producer.commit_transaction)
+            self._call(producer.commit_transaction if what == "commit" else producer.abort_transaction)
             return
-        result = self._call(manager.begin_commit)
+        if self._ending is not None and self._ending[0] != what:
+            raise ProduceError(f"cannot {what}: the {self._ending[0]} that timed out is not finished")
+        if self._ending is None:
+            self._ending = (what, self._call(manager.begin_commit if what == "commit" else manager.begin_abort))
+        result = self._ending[1]
         producer._sender.wakeup()
-        if not self._call(result.wait, timeout_ms=int(timeout_s * 1000)):  # raises the commit's error
-            raise ProduceTimeoutError(f"the transaction did not commit within {timeout_s:g} s")
+        from kafka.errors import KafkaError
+
+        try:
+            done = result.wait(timeout_ms=int(timeout_s * 1000))
+        except KafkaError as exc:  # finished, and failed
+            self._ending = None
+            raise self._ended(exc, manager) from None
+        if not done:
+            raise ProduceTimeoutError(f"the transaction's {what} did not finish within {timeout_s:g} s")
+        self._ending = None
+
+    def _ended(self, exc: BaseException, manager) -> ProduceError:
+        """The error of a commit or abort that finished and failed: never a timeout (it is over: a batch that
+        expired makes the transaction abortable)."""
+        cause = manager.last_error
+        refused = _kafka_python_refused(self.cfg, self.transactional_id, self._group, exc, cause)
+        if refused is not None:
+            return refused
+        error = _kafka_python_txn_error(exc, cause)
+        if isinstance(error, FencedError):
+            return error
+        if manager.has_abortable_error():
+            return AbortableError(f"{type(exc).__name__}: {exc}")
+        return ProduceError(f"{type(exc).__name__}: {exc}")
 
     def close(self, timeout_s: float = 1.0) -> None:
         self._producer.close(timeout=timeout_s)
@@ -1415,6 +1458,13 @@ def _confluent_txn_error(err) -> ProduceError:
     return _confluent_error(err)
 
 
+def _generation_errors() -> set:
+    """librdkafka's errors for the offsets of a member that left the generation its metadata names."""
+    from confluent_kafka import KafkaError
+
+    return {KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION, KafkaError.FENCED_INSTANCE_ID}
+
+
 class _ConfluentTransactions:
     def __init__(self, cfg: KafkaConfig, transactional_id: str, max_request_bytes: int | None,
                  compression: str | None):
@@ -1468,7 +1518,7 @@ class _ConfluentTransactions:
     def send_offsets(self, offsets: dict[tuple[str, int], int], group, timeout_s: float = 10.0) -> None:
         """Commit the group's offsets ((topic, partition) -> next offset) with this transaction; ``group`` is
         the source consumer's group metadata (:meth:`ConfluentSource.group_metadata`), not a group id."""
-        from confluent_kafka import KafkaError, KafkaException, TopicPartition as TP
+        from confluent_kafka import KafkaException, TopicPartition as TP
 
         positions = [TP(t, p, o) for (t, p), o in sorted(offsets.items())]
         self._group = group
@@ -1479,13 +1529,35 @@ class _ConfluentTransactions:
             # the member left the generation the metadata names (a rebalance it missed, a session that
             # expired): its partitions may have a new owner, so it must rejoin, not take the
             # transactional id again on the next cut (that would fence the new owner)
-            if err.code() in {KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION,
-                              KafkaError.FENCED_INSTANCE_ID}:
+            if err.code() in _generation_errors():
                 raise FencedError(f"not in the source group's current generation: {err.str()}") from None
             raise self._error(err) from None
 
     def commit(self, timeout_s: float = 10.0) -> None:
-        self._call(self._producer.commit_transaction, timeout_s)  # flushes first: a failed record fails it
+        self._end(self._producer.commit_transaction, "commit", timeout_s)  # flushes first: a failed record fails it
+
+    def abort(self, timeout_s: float = 10.0) -> None:
+        self._end(self._producer.abort_transaction, "abort", timeout_s)
+
+    def _end(self, method, what: str, timeout_s: float) -> None:
+        # librdkafka: a commit or abort that times out goes on in the background and is retriable (the same
+        # call again resumes it); one that needs an abort says so; a fatal error ends the producer
+        from confluent_kafka import KafkaException
+
+        try:
+            method(timeout_s)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if _confluent_refused(self.cfg, self.transactional_id, self._group, err) is not None or err.fatal():
+                raise self._error(err) from None
+            if err.code() in _generation_errors():
+                raise FencedError(f"not in the source group's current generation: {err.str()}") from None
+            if err.txn_requires_abort():
+                raise AbortableError(err.str()) from None
+            if err.retriable():
+                raise ProduceTimeoutError(f"the transaction's {what} did not finish within {timeout_s:g} s "
+                                          f"({err.str()})") from None
+            raise self._error(err) from None
 
     def close(self, timeout_s: float = 1.0) -> None:
         from confluent_kafka import KafkaException

@@ -689,8 +689,9 @@ def test_labels_a_stalled_worker_that_wakes_up_is_fenced(tmp_path, kafka_broker,
         after = [_full_log(d)[m:] for d, m in zip(others, taken)]
     # the woken worker never took a transactional id back from a partition's new owner (which would be fenced,
     # and rejoin). Its cut stopped mid-commit may time out on waking (the 10 s passed while it was stopped) rather
-    # than be told it is fenced; it rejoins once its consumer learns it left the group (its offsets, sent with
-    # the old generation's metadata, are refused meanwhile: KIP-447), so counts stay exact either way
+    # than be told it is fenced: the next cut finishes that commit on the same producer (same epoch), which the
+    # new owner's init has fenced, and it rejoins; its offsets, sent with the old generation's metadata, are
+    # refused meanwhile (KIP-447), so counts stay exact either way
     for text in after:
         assert "fenced: another replica took over partition" not in text, text[-3000:]
     perf = _performance(replicas)

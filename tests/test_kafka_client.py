@@ -7,6 +7,7 @@ records, compacted topics are created with their configs, and the group consumer
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -273,3 +274,50 @@ def test_a_transactional_init_is_bounded_by_the_timeout_it_is_given(own_broker, 
         own_broker.restart()
     assert elapsed < 30, f"init(timeout_s=2) took {elapsed:.1f} s (kafka-python's max_block_ms is 60 s)"
     fence(_cfg(own_broker, client), f"txn-{uuid.uuid4().hex[:8]}", timeout_s=60).close()  # a live broker: fine
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_commit_that_timed_out_while_the_broker_was_stopped_commits_once_on_the_same_producer(own_broker, client):
+    """A cut's commit times out while the broker is stopped (SIGSTOP: its outcome is unknown, as for a worker
+    stopped inside its commit); once the broker runs again, the same call on the same producer (same epoch, no
+    new ``init``) finishes it: its records are committed once, and the next transaction follows on that
+    producer (monitor/join_changelog.py, ``PartitionLog.settle``)."""
+    import signal
+
+    from monitor.join_changelog import STATE_KEY, PartitionLog
+
+    cfg = _cfg(own_broker, client)
+    changelog = own_broker.create_topic(f"join-{uuid.uuid4().hex[:8]}", partitions=1)
+    partials = own_broker.create_topic(f"partials-{uuid.uuid4().hex[:8]}", partitions=1)
+    log = PartitionLog(cfg, changelog, 0, group=lambda: None)
+
+    def write(seq: int, timeout_s: float = 30.0) -> None:
+        log.write(partials, b"m", [{"seq": seq}], {f"id{seq}": {"seq": seq}}, {"seq": seq}, {}, timeout_s=timeout_s)
+
+    try:
+        log.fence()
+        write(1)
+        producer = log.producer
+        own_broker.proc.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(ProduceTimeoutError):
+                write(2, timeout_s=2.0)  # nothing can finish while the broker is stopped
+            assert log.in_doubt == "commit" and log.producer is producer
+        finally:
+            own_broker.proc.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 120
+        while True:  # a broker just woken may take a while: the commit stays in doubt meanwhile
+            try:
+                committed = log.settle(timeout_s=10.0)
+                break
+            except ProduceTimeoutError:
+                assert time.monotonic() < deadline, "the commit was not finished within 120 s"
+        assert committed is True and log.in_doubt is None and log.producer is producer
+        write(3)
+        assert log.producer is producer
+    finally:
+        log.close()
+    states = [json.loads(r.value)["seq"] for r in read_to_end(cfg, changelog, 0) if r.key == STATE_KEY]
+    ids = [r.key for r in read_to_end(cfg, changelog, 0) if r.key != STATE_KEY]
+    sent = [json.loads(r.value)["seq"] for r in read_to_end(cfg, partials, 0)]
+    assert states == [1, 2, 3] and sent == [1, 2, 3] and ids == [b"id1", b"id2", b"id3"]

@@ -1,0 +1,263 @@
+"""A partition's transactions when a commit times out (monitor/join_changelog.py, monitor/cluster.py), without a
+broker: an in-memory transactional producer whose commits follow a script. The same contract on a real broker,
+both clients: tests/test_kafka_client.py (a commit timed out while the broker was stopped, then finished on the
+same producer) and tests/test_cluster_integration.py (a worker stopped inside its commit past its session)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import msgspec
+import pytest
+
+from monitor.cluster import Aggregator, Cluster
+from monitor.join_changelog import STATE_KEY, PartitionLog, take
+from monitor.kafka_client import AbortableError, FencedError, ProduceError, ProduceTimeoutError
+from monitor.pipeline import Pipeline
+from tests.test_cluster import _phases, _split, assert_same, labelled_setup  # noqa: F401 (a fixture)
+
+
+class FakeTransactions:
+    """A transactional producer with Kafka's transaction states. Each commit or abort call takes the next
+    outcome of ``script`` (default "ok"): "ok" finishes it, "timeout" leaves it going on (the same call again
+    takes the next outcome), "abortable" fails the transaction (abort it), "fenced" ends the producer."""
+
+    def __init__(self, broker: dict, script=()):
+        self.broker = broker  # topic -> committed (key, value) records, shared by every producer
+        self.script = list(script)
+        self.state = "ready"  # open, committing, aborting, abortable, fenced
+        self.calls: list[str] = []
+        self.records: list = []
+        self.closed = False
+
+    def _outcome(self) -> str:
+        return self.script.pop(0) if self.script else "ok"
+
+    def begin(self) -> None:
+        self.calls.append("begin")
+        if self.state != "ready":
+            raise ProduceError(f"begin in state {self.state}")
+        self.state, self.records = "open", []
+
+    def send(self, topic, value, key=None, partition=None) -> None:
+        self.calls.append("send")
+        if self.state != "open":
+            raise ProduceError(f"send in state {self.state}")
+        self.records.append((topic, key, value, partition))
+
+    def send_offsets(self, offsets, group) -> None:
+        self.calls.append("send_offsets")
+        self.records.append(("__offsets", group, dict(offsets)))
+
+    def commit(self, timeout_s: float = 10.0) -> None:
+        self.calls.append("commit")
+        if self.state == "open":
+            self.state = "committing"
+        elif self.state != "committing":  # a commit may only be retried while it is going on
+            raise ProduceError(f"commit in state {self.state}")
+        self._finish(True)
+
+    def abort(self, timeout_s: float = 10.0) -> None:
+        self.calls.append("abort")
+        if self.state in ("open", "abortable"):
+            self.state = "aborting"
+        elif self.state != "aborting":
+            raise ProduceError(f"abort in state {self.state}")
+        self._finish(False)
+
+    def _finish(self, commit: bool) -> None:
+        outcome = self._outcome()
+        if outcome == "timeout":
+            raise ProduceTimeoutError("did not finish in time")
+        if outcome == "fenced":
+            self.state = "fenced"
+            raise FencedError("fenced")
+        if outcome == "abortable":
+            self.state = "abortable"
+            raise AbortableError("a record was not taken")
+        if commit:
+            for topic, *record in self.records:
+                self.broker.setdefault(topic, []).append(tuple(record))
+        self.state, self.records = "ready", []
+
+    def close(self, timeout_s: float = 1.0) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def fences(monkeypatch):
+    """Every take-over of a transactional id (kafka_client.fence): none is expected here."""
+    taken: list[str] = []
+
+    def fence(kafka, transactional_id, *args, **kwargs):
+        taken.append(transactional_id)
+        return FakeTransactions({})
+
+    monkeypatch.setattr("monitor.join_changelog.fence", fence)
+    return taken
+
+
+def _log(script=(), broker=None) -> PartitionLog:
+    log = PartitionLog(None, "join", 0, lambda: "group-metadata")
+    log.producer = FakeTransactions({} if broker is None else broker, script)
+    return log
+
+
+def _write(log: PartitionLog, n: int = 1) -> None:
+    log.write("partials", b"m", [{"n": n}], {"id": {"v": n}}, {"seq": n}, {("t", 0): n})
+
+
+def test_a_commit_that_timed_out_is_finished_on_the_same_producer_and_commits_once(fences):
+    broker: dict = {}
+    log = _log(["timeout", "timeout", "ok"], broker)
+    producer = log.producer
+    with pytest.raises(ProduceTimeoutError):
+        _write(log)
+    assert log.in_doubt == "commit" and log.producer is producer and not producer.closed
+    with pytest.raises(ProduceError):  # nothing else goes on that producer before the commit is finished
+        _write(log, 2)
+    with pytest.raises(ProduceTimeoutError):  # still unknown: still kept
+        log.settle()
+    assert log.in_doubt == "commit" and log.producer is producer and broker == {}
+    assert log.settle() is True and log.in_doubt is None
+    assert producer.calls == ["begin", "send", "send", "send", "send_offsets", "commit", "commit", "commit"]
+    assert broker["partials"] == [(b"m", b'{"n":1}', None)]
+    assert [(k, p) for k, _v, p in broker["join"]] == [(b"id", 0), (STATE_KEY, 0)]
+    _write(log, 2)  # the next cut: a new transaction on the same producer
+    assert [json.loads(v) for _k, v, _p in broker["partials"]] == [{"n": 1}, {"n": 2}]
+    assert fences == [] and not producer.closed
+
+
+def test_a_commit_that_timed_out_and_was_fenced_meanwhile_is_fenced_and_not_taken_again(fences):
+    log = _log(["timeout", "fenced"])
+    producer = log.producer
+    with pytest.raises(ProduceTimeoutError):
+        _write(log)
+    with pytest.raises(FencedError):
+        log.settle()
+    assert producer.closed and log.producer is None and log.in_doubt is None and fences == []
+
+
+def test_a_transaction_that_cannot_commit_is_aborted_on_the_same_producer(fences):
+    broker: dict = {}
+    log = _log(["abortable", "ok"], broker)
+    producer = log.producer
+    with pytest.raises(ProduceError):
+        _write(log)
+    assert producer.calls[-2:] == ["commit", "abort"] and log.producer is producer and log.in_doubt is None
+    assert broker == {}
+    _write(log, 2)
+    assert [json.loads(v) for _k, v, _p in broker["partials"]] == [{"n": 2}] and not producer.closed
+    # a settled commit that turns out to need an abort: aborted there, its cut written again
+    log.producer.script = ["timeout", "abortable", "ok"]
+    with pytest.raises(ProduceTimeoutError):
+        _write(log, 3)
+    assert log.settle() is False and log.in_doubt is None and producer.calls[-2:] == ["commit", "abort"]
+    # an abort that times out is finished the same way
+    log.producer.script = ["abortable", "timeout", "ok"]
+    with pytest.raises(ProduceTimeoutError):
+        _write(log, 4)
+    assert log.in_doubt == "abort"
+    assert log.settle() is False and producer.calls[-1] == "abort"
+    assert [json.loads(v) for _k, v, _p in broker["partials"]] == [{"n": 2}] and fences == []
+
+
+def test_an_unusable_producer_is_closed_and_the_next_write_takes_the_id_again(fences):
+    log = _log()
+    log.producer.script = ["fatal-unknown"]
+
+    def broken(timeout_s=10.0):
+        raise ProduceError("the producer is in a fatal state")
+
+    producer = log.producer
+    producer.commit = broken
+    with pytest.raises(ProduceError):
+        _write(log)
+    assert producer.closed and log.producer is None and log.in_doubt is None
+    log.fence()
+    assert fences == ["join.0"]
+
+
+# ---- the worker's cuts through Cluster.cut -----------------------------------------------------------------
+
+
+def _cluster(config, baseline, tmp) -> Cluster:
+    config = msgspec.structs.replace(config, state=msgspec.structs.replace(config.state, dir=str(tmp)))
+    daemon = SimpleNamespace(config=config, baseline=baseline, pipeline=Pipeline(config, baseline),
+                             alerts=SimpleNamespace(state_dict=lambda: {}))
+    return Cluster(daemon)
+
+
+def test_a_cut_whose_commit_timed_out_and_then_committed_is_done_and_what_came_since_goes_in_the_next(
+        labelled_setup, fences, tmp_path):
+    """Partition 0's cut times out twice on the way (once committed when finished at the next cut, once
+    aborted), while records keep coming: every prediction window, performance window and label count reaches
+    the aggregator exactly once, and the changelog holds the worker's store; no transactional id is taken."""
+    from monitor.cluster import _Totals
+
+    _tmp, config, baseline = labelled_setup
+    cluster = _cluster(config, baseline, tmp_path)
+    worker = cluster.worker
+    broker: dict = {}
+    scripts = {0: ["ok", "timeout", "ok", "ok", "timeout", "abortable", "ok"], 1: [], 2: ["timeout", "ok"]}
+    logs = {}
+    for p in range(3):
+        logs[p] = cluster.logs[f"t:{p}"] = PartitionLog(config.kafka, "join", p, lambda: "group-metadata")
+        logs[p].producer = FakeTransactions(broker, scripts[p])
+
+    phases = _phases(5)
+    single = Pipeline(config, baseline)
+    expected = []
+    for k in range(5):
+        single.process(phases[k][0])
+        if k:
+            single.process_labels(phases[k - 1][1])
+        expected += single.take_performance()
+    offsets: dict = {}
+    in_doubt = []
+    for k in range(5):
+        for p, (preds, labels) in _split(phases, k).items():
+            base = offsets.setdefault(p, [0, 0])
+            worker.process(f"t:{p}", preds, None, list(range(base[0], base[0] + len(preds))))
+            base[0] += len(preds)
+            if labels:
+                worker.process_labels(f"l:{p}", labels, None, list(range(base[1], base[1] + len(labels))))
+                base[1] += len(labels)
+            cluster.cut([f"t:{p}"])  # records come between a commit that timed out and its retry
+            in_doubt.append(logs[p].in_doubt)
+    for _ in range(3):  # the last ones settled
+        for p in range(3):
+            worker.parts[f"t:{p}"].dirty = True
+        cluster.cut(sorted(worker.parts))
+    assert "commit" in in_doubt and all(log.in_doubt is None for log in logs.values())
+    assert fences == [] and not cluster.rejoin
+    assert all(not log.producer.closed for log in logs.values())
+
+    agg_pipeline = Pipeline(config, baseline)
+    agg_pipeline.tracker.join = _Totals()
+    agg = Aggregator(agg_pipeline, "t", grace=600.0)
+    for offset, (_key, value, _p) in enumerate(broker[cluster.partials_topic]):
+        agg.add(offset, json.loads(value))
+    results = agg.close(3, now=1e12)  # every window's grace is over
+    assert agg.duplicates == 0  # nothing was written twice, neither partials nor a cut's labels record
+    assert [r["window"]["events"] for r in results] == [1200] * 4  # the 5th is open in the worker
+    assert sum(worker.parts[f"t:{p}"].window.events for p in range(3)) == 1200
+    merged = agg_pipeline.take_performance()
+    assert [r["window"]["labelled"] for r in merged] == [r["window"]["labelled"] for r in expected] == [1080] * 3
+    for a, b in zip(expected, merged):
+        assert a["window"] == b["window"]
+        for section in ("metrics", "drops", "fairness", "segments"):
+            assert_same(a[section], b[section], section)
+    totals = agg_pipeline.tracker.join
+    assert (totals.received, totals.matched, totals.pending) == (
+        single.tracker.join.received, single.tracker.join.matched, single.tracker.join.pending)
+    assert agg.late_labelled == 0 and agg.late == 0
+    # each changelog partition (the latest record per key, as compaction keeps it) holds its partition's store
+    for p in range(3):
+        entries: dict = {}
+        for key, value, partition in broker["join"]:
+            if partition == p:
+                take(SimpleNamespace(key=key, value=value), entries, None)
+        store = worker.parts[f"t:{p}"].store
+        assert store.entries() == entries and not store.changed and not store.cutting
