@@ -1309,12 +1309,21 @@ class _KafkaPythonTransactions:
             return
         if self._ending is not None and self._ending[0] != what:
             raise ProduceError(f"cannot {what}: the {self._ending[0]} that timed out is not finished")
-        if self._ending is None:
-            self._ending = (what, self._call(manager.begin_commit if what == "commit" else manager.begin_abort))
-        result = self._ending[1]
-        producer._sender.wakeup()
         from kafka.errors import KafkaError
 
+        if what == "abort" and (manager.is_bumping_epoch() or self._ending == ("abort", None)):
+            self._await_bump(manager, timeout_s)
+            return
+        if self._ending is None:
+            if what == "commit" and manager.is_bumping_epoch():
+                raise AbortableError("the producer is bumping its epoch after a failed batch, which aborts the "
+                                     "transaction")
+            try:
+                self._ending = (what, manager.begin_commit() if what == "commit" else manager.begin_abort())
+            except KafkaError as exc:  # e.g. a batch failed before: the transaction is abortable
+                raise self._ended(exc, manager) from None
+        result = self._ending[1]
+        producer._sender.wakeup()
         try:
             done = result.wait(timeout_ms=int(timeout_s * 1000))
         except KafkaError as exc:  # finished, and failed
@@ -1323,6 +1332,20 @@ class _KafkaPythonTransactions:
         if not done:
             raise ProduceTimeoutError(f"the transaction's {what} did not finish within {timeout_s:g} s")
         self._ending = None
+
+    def _await_bump(self, manager, timeout_s: float) -> None:
+        """An abort while kafka-python bumps the epoch after a failed batch (KIP-360: its InitProducerId with the
+        current epoch makes the coordinator abort the open transaction; an abort meanwhile is an invalid
+        transition): the bump is the abort. Done when it is over; fenced if the coordinator refused it."""
+        deadline = time.monotonic() + timeout_s
+        while manager.is_bumping_epoch():
+            if time.monotonic() >= deadline:
+                self._ending = ("abort", None)  # the next abort waits for the bump again
+                raise ProduceTimeoutError(f"the transaction's abort did not finish within {timeout_s:g} s")
+            time.sleep(0.05)
+        self._ending = None
+        if manager.has_fatal_error():
+            raise self._ended(manager.last_error, manager)
 
     def _ended(self, exc: BaseException, manager) -> ProduceError:
         """The error of a commit or abort that finished and failed: never a timeout (it is over: a batch that
@@ -1334,7 +1357,7 @@ class _KafkaPythonTransactions:
         error = _kafka_python_txn_error(exc, cause)
         if isinstance(error, FencedError):
             return error
-        if manager.has_abortable_error():
+        if manager.has_abortable_error() or manager.is_bumping_epoch():  # a bump aborts the transaction
             return AbortableError(f"{type(exc).__name__}: {exc}")
         return ProduceError(f"{type(exc).__name__}: {exc}")
 

@@ -261,3 +261,82 @@ def test_a_cut_whose_commit_timed_out_and_then_committed_is_done_and_what_came_s
                 take(SimpleNamespace(key=key, value=value), entries, None)
         store = worker.parts[f"t:{p}"].store
         assert store.entries() == entries and not store.changed and not store.cutting
+
+
+# ---- kafka-python: our mapping of its transaction manager's states (its real state machine, no network) ----
+
+
+def _kafka_python_transactions():
+    """A _KafkaPythonTransactions around kafka-python's own TransactionManager in a transaction (IN_TRANSACTION),
+    with a sender that does nothing: the states are driven by hand, as the sender's responses would."""
+    from kafka.producer.transaction_manager import ProducerIdAndEpoch, TransactionManager, TransactionState
+
+    from monitor.kafka_client import _KafkaPythonTransactions
+
+    manager = TransactionManager(transactional_id="join.0", transaction_timeout_ms=60000, api_version=(4, 0))
+    manager._transition_to(TransactionState.INITIALIZING)
+    manager.set_producer_id_and_epoch(ProducerIdAndEpoch(7, 0))
+    manager._transition_to(TransactionState.READY)
+    manager.begin_transaction()
+    txn = object.__new__(_KafkaPythonTransactions)
+    txn.cfg, txn.transactional_id, txn._group, txn._ending = None, "join.0", None, None
+    txn._producer = SimpleNamespace(_transaction_manager=manager, _sender=SimpleNamespace(wakeup=lambda: None))
+    return txn, manager
+
+
+def test_kafka_python_a_commit_that_timed_out_is_waited_on_again_not_begun_again():
+    from kafka.errors import ProducerFencedError
+
+    txn, manager = _kafka_python_transactions()
+    with pytest.raises(ProduceTimeoutError):
+        txn.commit(timeout_s=0.05)  # no broker answers
+    first = txn._ending[1]
+    with pytest.raises(ProduceTimeoutError):
+        txn.commit(timeout_s=0.05)  # begin_commit again would be an invalid transition: the same result instead
+    assert txn._ending[1] is first
+    with pytest.raises(ProduceError, match="not finished"):
+        txn.abort(timeout_s=0.05)
+    manager._complete_transaction()  # the EndTxn answer, as the sender applies it
+    first.done()
+    txn.commit(timeout_s=0.05)
+    assert txn._ending is None
+    manager.begin_transaction()  # the next transaction on the same producer
+    with pytest.raises(ProduceTimeoutError):
+        txn.commit(timeout_s=0.05)
+    manager.transition_to_fatal_error(ProducerFencedError())  # the new owner's init fenced it meanwhile
+    txn._ending[1].done(ProducerFencedError())
+    with pytest.raises(FencedError):
+        txn.commit(timeout_s=0.05)
+
+
+def test_kafka_python_a_failed_batch_makes_the_commit_abortable_and_an_epoch_bump_is_the_abort():
+    from kafka.errors import KafkaTimeoutError, ProducerFencedError
+
+    txn, manager = _kafka_python_transactions()
+    manager.transition_to_abortable_error(KafkaTimeoutError("batch expired"))
+    with pytest.raises(AbortableError):  # not a timeout to retry: the transaction is over
+        txn.commit(timeout_s=0.05)
+    with pytest.raises(ProduceTimeoutError):
+        txn.abort(timeout_s=0.05)
+    manager._complete_transaction()
+    txn._ending[1].done()
+    txn.abort(timeout_s=0.05)
+
+    # KIP-360: a batch failed with InvalidProducerEpoch, kafka-python bumps the epoch (which aborts the transaction)
+    txn, manager = _kafka_python_transactions()
+    manager.bump_producer_id_and_epoch()
+    with pytest.raises(AbortableError):
+        txn.commit(timeout_s=0.05)
+    with pytest.raises(ProduceTimeoutError):
+        txn.abort(timeout_s=0.1)  # still bumping: the next abort waits again
+    with manager._lock:
+        manager._complete_epoch_bump()
+    txn.abort(timeout_s=0.1)
+    assert txn._ending is None
+    manager.begin_transaction()  # a READY producer again, same producer id, bumped epoch
+
+    txn, manager = _kafka_python_transactions()
+    manager.bump_producer_id_and_epoch()
+    manager.transition_to_fatal_error(ProducerFencedError())  # the coordinator refused the bump: a new owner
+    with pytest.raises(FencedError):
+        txn.abort(timeout_s=0.1)
