@@ -364,13 +364,14 @@ class Worker:
     def release(self, keys) -> None:
         keys = {self.pair_key(k) if self.pairs else k for k in keys}
         for key in keys:
-            part = self.parts.pop(key, None)
-            self.staged.pop(key, None)
+            # a restored partition not yet installed (no record of it read since) holds its store open too:
+            # closed here, or the partition's next restore cannot open it (RocksDB's lock)
+            for part in (self.parts.pop(key, None), self.staged.pop(key, None)):
+                if part is not None and part.tracker is not None:
+                    part.tracker.join.close()
             self.labelled.pop(key, None)
             self.seq.pop(key, None)
             self.taken.pop(key, None)
-            if part is not None and part.tracker is not None:
-                part.tracker.join.close()
         self.pending = [(k, p) for k, p in self.pending if k not in keys]
 
 
@@ -572,6 +573,12 @@ class _Restoring:
         return part.positions.get(key, default)
 
 
+def _restore_who(key: str) -> str:
+    """Who a refusal of partition ``key``'s restore belongs to (:meth:`Cluster._refuse`): each partition's
+    restore waits out its own backoff."""
+    return f"worker:{key}"
+
+
 def _failed(failures: tuple[int, str], exc: Exception, what: str) -> tuple[int, str]:
     """Count a failure of a call retried every second; log it only when its error changes, not at every retry."""
     count, last = failures
@@ -743,7 +750,7 @@ class Cluster:
     def _accepted(self, who: str) -> None:
         line = self.refusals.pop(who, None)
         if line is not None:
-            log.info("Kafka accepts the %s's transactions again (%s was refused before)", who,
+            log.info("Kafka accepts the %s's transactions again (%s was refused before)", who.split(":", 1)[0],
                      line.split(":", 1)[0])
         self._backoff.pop(who, None)
         self._retry_at.pop(who, None)
@@ -1036,16 +1043,23 @@ class Cluster:
             return
         share = budget_s / len(restores)
         for restore in restores:
-            if restore.abandoned:
+            if restore.abandoned or self._waiting(_restore_who(restore.key)):
                 continue
             try:
                 ready = restore.advance(self.worker, time.monotonic() + share)
+            except AuthorizationError as exc:
+                # A missing ACL on the partition's transactional id: no other owner, so a rejoin cannot cure it
+                # (and would restore every other partition again). The partition stays held (paused, nothing of
+                # it read or committed) and its restore starts afresh after the backoff.
+                self._refuse(_restore_who(restore.key), exc)
+                restore.close()
+                with self._restoring_lock:
+                    if self.restoring.get(restore.key) is restore:
+                        self.restoring[restore.key] = _Restore(restore.key, self._partition_log(restore.key))
+                continue
             except Exception as exc:  # the partition's records wait (see Worker.blocked) until the rejoin
-                if isinstance(exc, AuthorizationError):  # the rejoin waits for the backoff (see rejoin_due)
-                    self._refuse("worker", exc)
-                else:
-                    log.warning("partition %s: state not restored from %s (%s); rejoining the group", restore.key,
-                                self.join_topic, exc)
+                log.warning("partition %s: state not restored from %s (%s); rejoining the group", restore.key,
+                            self.join_topic, exc)
                 restore.close()
                 with self.daemon.lock:
                     with self._restoring_lock:
@@ -1067,7 +1081,7 @@ class Cluster:
             if not current:
                 restore.close()  # revoked meanwhile: nothing installed
                 return
-            self._accepted("worker")
+            self._accepted(_restore_who(key))
             part = worker.load(key, restore.part, restore.state)
             old = self.logs.pop(key, None)
             if old is not None:
@@ -1121,6 +1135,10 @@ class Cluster:
         one of them is abandoned (closed by the consuming thread, never installed)."""
         self.worker.release(keys)
         for key in {self.worker.pair_key(k) for k in keys} if self.worker.pairs else ():
+            who = _restore_who(key)  # a refused restore of it: its new owner's to retry, no longer this replica's
+            self.refusals.pop(who, None)
+            self._backoff.pop(who, None)
+            self._retry_at.pop(who, None)
             partition_log = self.logs.pop(key, None)
             if partition_log is not None:
                 partition_log.close()

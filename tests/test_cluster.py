@@ -428,3 +428,18 @@ def test_a_restore_applies_the_changelog_a_bounded_chunk_at_a_time(labelled_setu
     store = restore.part.store
     assert store.entries() == entries and len(store) == restore.pending == len(entries) > RESTORE_CHUNK // 4
     restore.close()
+
+
+def test_a_released_partition_restored_but_not_yet_installed_leaves_its_store_closed(labelled_setup):
+    """A restored partition is staged until its first record; released before that (the replica rejoins the
+    group), its RocksDB store is closed with it, so that its next restore can open the same directory (it
+    failed on RocksDB's lock, and every later restore of it failed too: a rejoin loop)."""
+    tmp, config, baseline = labelled_setup
+    worker = Worker(config, baseline, str(tmp / "staged"))
+    part = worker.new_part("t:0")
+    worker.fill(part, {"a": None})
+    worker.staged["t:0"] = worker.load("t:0", part, None)
+    worker.release(["t:0", "l:0"])
+    assert "t:0" not in worker.staged
+    again = worker.new_part("t:0")  # the same directory: raised "lock hold by current process" before
+    again.tracker.join.close()

@@ -9,6 +9,7 @@ line naming the id, the principal and the missing permission, exit 2), not a fen
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -189,3 +190,149 @@ def test_a_refusal_is_not_a_fence_on_either_client(monkeypatch):
     fenced = _ConfluentTransactions(cfg, "t.agg", None, None)
     assert isinstance(fenced._error(CKError(CKError.PRODUCER_FENCED, fatal=True)), FencedError)
     assert isinstance(fenced._error(CKError(CKError._FATAL)), FencedError)  # no refusal seen: a fence
+
+
+def _labelled_setup(tmp_path, broker, client: str) -> dict:
+    """Scale-out with labels for the SCRAM user, every ACL granted, the join changelog's transactional ids one
+    literal ACL per partition (so that one partition's can be revoked alone). Returns names and ACLs as
+    :func:`cluster_setup`, plus the labels topic, the join changelog and ``acls join <p>``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+
+    from monitor.baseline import build_baseline
+    from monitor.config import load_config
+    from tests.labelled import config as labelled_config, labelled
+    from tests.test_cluster_integration import PARTITIONS
+
+    topic = broker.create_topic(f"predictions-{uuid.uuid4().hex[:8]}", partitions=PARTITIONS)
+    names = {"topic": topic, "labels": broker.create_topic(f"labels-{uuid.uuid4().hex[:8]}", partitions=PARTITIONS),
+             "partials": broker.create_topic(f"{topic}.partials"),
+             "changelog": broker.create_topic(f"{topic}.aggregator"),
+             "join": broker.create_topic(f"{topic}.join", partitions=PARTITIONS),
+             "group": f"driftmon-{topic}"}
+    literal = ACLResourcePatternType.LITERAL
+    grant(broker, [(ResourceType.TOPIC, names[t], literal)
+                   for t in ("topic", "labels", "partials", "changelog", "join")])
+    grant(broker, [(ResourceType.GROUP, g, literal) for g in (names["group"], names["group"] + "-aggregator")],
+          (ACLOperation.READ,))
+    ids = (ACLOperation.WRITE, ACLOperation.DESCRIBE)
+    grant(broker, [(ResourceType.TRANSACTIONAL_ID, names["changelog"], literal)], ids)
+    for p in range(PARTITIONS):
+        names[f"acls join {p}"] = grant(broker, [(ResourceType.TRANSACTIONAL_ID, f"{names['join']}.{p}", literal)], ids)
+    pq.write_table(pa.table(labelled(20_000, seed=1)), tmp_path / "train.parquet")
+    # ttl 1 d: nothing expires, so every label count is exact by construction whatever the timing
+    tree = labelled_config(window={"duration": "10s"},
+                           labels={"window_duration": "10s", "positive": "1", "timestamp_path": "timestamp",
+                                   "ttl": "1d"},
+                           kafka=kafka_section(broker, "SCRAM", topic, labels_topic=names["labels"],
+                                               **scram(client=client)),
+                           state={"dir": "state", "checkpoint_interval": "1s"},
+                           cluster={"enabled": True, "create_topics": False, "grace": "10m",
+                                    "partials_topic": names["partials"], "changelog_topic": names["changelog"],
+                                    "join_changelog_topic": names["join"]})
+    tree["baseline"] = str(tmp_path / "baseline.json")
+    path = tmp_path / "driftmon.yaml"
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    build_baseline(load_config(path), str(tmp_path / "train.parquet")).save(tree["baseline"])
+    for name in ("a", "b"):  # one state directory per replica
+        (tmp_path / name).mkdir()
+        tree["state"]["dir"] = str(tmp_path / name / "state")
+        (tmp_path / name / "driftmon.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    return names
+
+
+def _committed_to_end(broker, group: str, topics, skip: int | None) -> bool:
+    """The group's committed offsets are at the end of every partition of ``topics`` but ``skip``."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from tests.test_cluster_integration import PARTITIONS
+
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(t, q) for t in topics for q in range(PARTITIONS) if q != skip]
+        ends = consumer.end_offsets(tps)
+        return all((consumer.committed(tp) or 0) == ends[tp] for tp in tps)
+    finally:
+        consumer.close()
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_partition_whose_transactional_id_is_refused_waits_paused_and_restores_once_granted(tmp_path, acl_broker,
+                                                                                               client):
+    """A worker given a partition (its owner died) whose transactional id it may not use: the restore's fence is
+    refused. The refusal is logged once and is on /readyz (503) and /status; the partition stays paused (its
+    records wait in Kafka, nothing of it is read or committed) and its restore is tried again with backoff, in
+    place (no rejoin: the replica's other partitions go on); once the ACL is granted it is restored and resumed,
+    and the label counts are exact (nothing lost, nothing counted twice)."""
+    from kafka import KafkaProducer
+
+    from tests.test_cluster_integration import (DURATION, EXPECTED_LABELS, PHASES, PER_PHASE, _caught_up,
+                                                _label_counts, _labelled_stream, _produce_phase)
+
+    names = _labelled_setup(tmp_path, acl_broker, client)
+    topic, labels_topic, group = names["topic"], names["labels"], names["group"]
+    replicas = [DaemonProcess(str(tmp_path / n / "driftmon.yaml"), free_port(), str(tmp_path / f"{n}.log"), env=ENV)
+                for n in ("a", "b")]
+    start = (int(time.time() // DURATION) + 30) * DURATION  # ahead of the clock: only events close windows
+    stream = _labelled_stream(start)
+    producer = KafkaProducer(bootstrap_servers=acl_broker.bootstrap, linger_ms=5)
+    status = lambda d: d.status() or {}  # noqa: E731
+    try:
+        for d in replicas:
+            d.start()
+        first = replicas[0]
+        # settled: each holds 3 of the 6 partitions, one is the aggregator and has written its state
+        first.wait(lambda: sorted(len(status(d).get("kafka", {}).get("assigned_partitions") or []) for d in replicas)
+                   == [3, 3] and sum(bool(status(d)["cluster"]["aggregator"]) for d in replicas) == 1
+                   and all(d.get("/readyz") is not None for d in replicas), 120, "two replicas of 3 partitions each")
+        for k in range(3):
+            _produce_phase(producer, topic, labels_topic, stream, k)
+            first.wait(lambda: _caught_up(acl_broker, group, (topic, labels_topic)), 180, f"phase {k} in cuts")
+        survivor = next(d for d in replicas if status(d)["cluster"]["aggregator"])
+        victim = next(d for d in replicas if d is not survivor)
+        p = status(victim)["kafka"]["assigned_partitions"][0]
+        txn_id = f"{names['join']}.{p}"
+        revoke(acl_broker, names[f"acls join {p}"])
+        victim.kill9()  # its partitions go to the survivor after the session timeout; p's fence is refused
+        _produce_phase(producer, topic, labels_topic, stream, 3)
+        refused = f"Kafka refused transactional id '{txn_id}' for principal {PRINCIPAL}"
+        survivor.wait(lambda: refused in (status(survivor)["cluster"]["refused"] or ""), 120, "the refusal on /status")
+        assert survivor.get("/readyz") is None  # 503
+        assert refused in status(survivor)["ready_reason"]
+        # the other partitions are restored and read meanwhile: every partition but p is caught up
+        survivor.wait(lambda: (s := status(survivor)) and sorted(s["kafka"]["assigned_partitions"]) == list(range(6))
+                      and [r["partition"] for r in s["cluster"]["restoring_partitions"]] == [f"{topic}:{p}"]
+                      and s["cluster"]["refused_attempts"] >= 3, 120, "partition p alone restoring, 3 refused fences")
+        # meanwhile every other partition is read and committed (in its cuts) to its end; p's records wait
+        survivor.wait(lambda: _committed_to_end(acl_broker, group, (topic, labels_topic), skip=p), 120,
+                      "the other partitions in cuts")
+        assert not _committed_to_end(acl_broker, group, (topic,), skip=None)
+        before = status(survivor)
+        log_text = open(survivor.log_path).read()
+        assert log_text.count(refused) == 1, log_text[-5000:]  # once per change, not once per retry
+        for line in ("rejoining", "leaving the consumer group", "fenced", "Traceback"):
+            assert line not in log_text, log_text[-5000:]
+        grant(acl_broker, [(ResourceType.TRANSACTIONAL_ID, txn_id, ACLResourcePatternType.LITERAL)],
+              (ACLOperation.WRITE, ACLOperation.DESCRIBE))
+        survivor.wait(lambda: status(survivor)["cluster"]["refused"] is None
+                      and status(survivor)["cluster"]["restoring_partitions"] == []
+                      and survivor.get("/readyz") is not None, 120, "partition p restored once the ACL is back")
+        for k in range(4, PHASES):
+            _produce_phase(producer, topic, labels_topic, stream, k)
+        survivor.wait(lambda: _caught_up(acl_broker, group, (topic, labels_topic)), 180, "every phase in cuts")
+        # nothing expires (ttl 1 d): every prediction without its label is pending
+        expected = EXPECTED_LABELS[:2] + (0, PHASES * PER_PHASE - EXPECTED_LABELS[1])
+        survivor.wait(lambda: _label_counts(status(survivor)) == expected, 90, "exact label counts")
+        final = status(survivor)
+        log_text = open(survivor.log_path).read()
+        assert survivor.terminate(timeout=30)[0] == 0
+    finally:
+        producer.close()
+        for d in replicas:
+            d.close()
+    assert final["kafka"]["assignments"] == before["kafka"]["assignments"]  # no rebalance for the refusal
+    assert final["cluster"]["late_performance_partials"] == 0
+    assert log_text.count(refused) == 1, log_text[-5000:]
+    assert "Kafka accepts the worker's transactions again" in log_text, log_text[-5000:]
+    assert re.search(rf"partition {topic}:{p} restored from \S+ in [0-9.]+ s", log_text), log_text[-5000:]
