@@ -16,7 +16,10 @@ transactional id ``<changelog topic>.<p>``:
 A new owner of *p* initializes the same transactional id (which aborts the previous owner's open
 transaction and fences it: its next commit fails), reads changelog partition *p* to its end with
 ``read_committed``, and resumes from the positions of the last state record: nothing is lost or counted
-twice, as in a Kafka Streams task with ``processing.guarantee: exactly_once`` and a RocksDB store. As in
+twice, as in a Kafka Streams task with ``processing.guarantee: exactly_once`` and a RocksDB store. A commit
+that times out (its outcome unknown: a broker that did not answer, a process paused inside it) is finished at
+the next cut on the same producer and epoch (:meth:`PartitionLog.settle`), never by taking the id again,
+which could fence a new owner that took the partition over meanwhile. As in
 Kafka Streams, the restore runs on the consuming thread a slice at a time while the partition is paused
 (``monitor.cluster._Restore``), so the member goes on polling and keeps its place in the group.
 The Kafka calls go through :mod:`monitor.kafka_client`, on either client: the group's offsets are committed

@@ -185,7 +185,8 @@ def test_an_unusable_producer_is_closed_and_the_next_write_takes_the_id_again(fe
 def _cluster(config, baseline, tmp) -> Cluster:
     config = msgspec.structs.replace(config, state=msgspec.structs.replace(config.state, dir=str(tmp)))
     daemon = SimpleNamespace(config=config, baseline=baseline, pipeline=Pipeline(config, baseline),
-                             alerts=SimpleNamespace(state_dict=lambda: {}))
+                             alerts=SimpleNamespace(state_dict=lambda: {}), _outgoing=None,
+                             outbox=SimpleNamespace(undelivered=lambda: []))
     return Cluster(daemon)
 
 
@@ -261,6 +262,32 @@ def test_a_cut_whose_commit_timed_out_and_then_committed_is_done_and_what_came_s
                 take(SimpleNamespace(key=key, value=value), entries, None)
         store = worker.parts[f"t:{p}"].store
         assert store.entries() == entries and not store.changed and not store.cutting
+
+
+def test_the_aggregators_checkpoint_finishes_a_commit_that_timed_out_on_the_same_producer(labelled_setup, tmp_path):
+    """The aggregator's state write: a commit that timed out is finished at the next checkpoint on the same
+    producer (no resign, no new take-over), then the newer state follows; fenced when finished, it resigns and
+    waits a session before taking over again (the replica that fenced it may be a stalled one)."""
+    import time
+
+    _tmp, config, baseline = labelled_setup
+    cluster = _cluster(config, baseline, tmp_path)
+    broker: dict = {}
+    producer = cluster._state_producer = FakeTransactions(broker, ["timeout", "timeout", "ok"])
+    cluster.active = cluster.changed = True
+    assert cluster.checkpoint() is False and cluster._state_in_doubt == "commit"
+    assert cluster.active and cluster._retake_at is None and not producer.closed
+    assert cluster.checkpoint() is False and cluster._state_in_doubt == "commit"  # still unknown
+    assert cluster.checkpoint() is True and cluster._state_in_doubt is None
+    assert producer.calls.count("begin") == 2 and cluster.changelog_writes == 2  # the late one, then the newer
+    assert len(broker[cluster.changelog_topic]) == 2 and cluster._state_producer is producer
+
+    producer.script = ["timeout", "fenced"]
+    cluster.changed = True
+    assert cluster.checkpoint() is False and cluster.active
+    assert cluster.checkpoint() is False and not cluster.active and producer.closed
+    assert cluster._retake_at > time.monotonic() + config.kafka.session_timeout_ms / 1000 - 5
+    assert len(broker[cluster.changelog_topic]) == 2
 
 
 # ---- kafka-python: our mapping of its transaction manager's states (its real state machine, no network) ----
