@@ -17,8 +17,8 @@ install (``Worker.load``). Besides the times, the process's peak RSS during the 
     PYTHONPATH=$PWD python -m bench.run --only restore    # 100,000 and 1,000,000, into bench/RESULTS.md
 
 The baseline, measured after it in the same process: the restore before it applied the log chunk by chunk
-(``PartitionLog.read`` collects the whole partition in a dict, ``Worker.restore`` then puts it into the
-store).
+(:func:`read_whole` collects the whole partition in a dict, :func:`restore_whole` then puts it into the
+store; both kept here, the daemon has only the chunked restore).
 """
 
 from __future__ import annotations
@@ -105,6 +105,33 @@ def _chunked(worker, config, topic: str, n: int) -> dict:
             "peak_rss_mib": round(peak / 1024, 1), "peak_growth_mib": round((peak - rss_start) / 1024, 1)}
 
 
+def read_whole(records) -> tuple[dict, dict | None]:
+    """Changelog records applied to one dict: (prediction id -> entry, the last state record or None)."""
+    from monitor.join_changelog import STATE_KEY, _decode
+
+    entries: dict = {}
+    state = None
+    for record in records:
+        if record.key == STATE_KEY:
+            state = json.loads(record.value)
+        elif record.value is None:
+            entries.pop(record.key.decode(), None)
+        else:
+            entries[record.key.decode()] = _decode(record.value)
+    return entries, state
+
+
+def restore_whole(worker, key: str, entries: dict, state: dict | None):
+    """A partition as the changelog's last committed cut left it, its store filled from ``entries``."""
+    from monitor.cluster import RESTORE_CHUNK
+
+    part = worker.new_part(key)
+    items = list(entries.items())
+    for i in range(0, len(items), RESTORE_CHUNK):
+        worker.fill(part, dict(items[i:i + RESTORE_CHUNK]))
+    return worker.load(key, part, state)
+
+
 def _whole(worker, config, topic: str, n: int) -> dict:
     """The restore before it was chunked: fence, read the partition whole into a dict, put it into the store."""
     from monitor.join_changelog import PartitionLog
@@ -114,8 +141,8 @@ def _whole(worker, config, topic: str, n: int) -> dict:
     t0 = time.perf_counter()
     log.fence()
     t1 = time.perf_counter()
-    entries, state = log.read()
-    part = worker.restore("t:0", entries, state)
+    entries, state = read_whole(log.records())
+    part = restore_whole(worker, "t:0", entries, state)
     t2 = time.perf_counter()
     peak = _status("VmHWM")
     assert len(entries) == part.tracker.join.pending == n, (len(entries), n)

@@ -289,14 +289,6 @@ class Worker:
             part.store.written()
         return partials
 
-    def restore(self, key: str, entries: dict, state: dict | None) -> _PartitionPipeline:
-        """A partition as the changelog's last committed cut left it (its store filled with ``entries``)."""
-        part = self.new_part(key)
-        items = list(entries.items())
-        for i in range(0, len(items), RESTORE_CHUNK):
-            self.fill(part, dict(items[i:i + RESTORE_CHUNK]))
-        return self.load(key, part, state)
-
     @staticmethod
     def fill(part: _PartitionPipeline, changes: dict) -> None:
         """Apply a chunk of the changelog (prediction id -> entry, or None: a tombstone) to a restoring

@@ -37,7 +37,7 @@ import msgspec
 from monitor.kafka_client import (AbortableError, AuthorizationError, FencedError, ProduceError, ProduceTimeoutError,
                                   fence, read_to_end)
 
-__all__ = ["PartitionLog", "STATE_KEY", "take", "take_change"]
+__all__ = ["PartitionLog", "STATE_KEY", "take_change"]
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +49,6 @@ MAX_RECORD_BYTES = 16 * 1024 * 1024
 
 _encode = msgspec.msgpack.Encoder(enc_hook=lambda o: o.item() if hasattr(o, "item") else str(o)).encode
 _decode = msgspec.msgpack.Decoder().decode
-
-
-def take(record, entries: dict, state: dict | None) -> dict | None:
-    """Apply one changelog record to ``entries`` (prediction id -> entry); returns the latest state record."""
-    if record.key == STATE_KEY:
-        return json.loads(record.value)
-    if record.value is None:
-        entries.pop(record.key.decode(), None)
-    else:
-        entries[record.key.decode()] = _decode(record.value)
-    return state
 
 
 def take_change(record, changes: dict, state: dict | None) -> dict | None:
@@ -97,14 +86,6 @@ class PartitionLog:
         """Take the partition's transactional id: aborts the previous owner's open transaction, fences it."""
         self.close()
         self.producer = fence(self.kafka, f"{self.changelog}.{self.partition}", MAX_RECORD_BYTES, "gzip")
-
-    def read(self) -> tuple[dict, dict | None]:
-        """Every committed record of the partition: (prediction id -> entry, the last state record or None)."""
-        entries: dict = {}
-        state = None
-        for record in self.records():
-            state = take(record, entries, state)
-        return entries, state
 
     def records(self):
         """The partition's committed records from its beginning to its end (``read_committed``), a generator

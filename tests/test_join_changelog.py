@@ -12,10 +12,10 @@ import msgspec
 import pytest
 
 from monitor.cluster import Aggregator, Cluster
-from monitor.join_changelog import STATE_KEY, PartitionLog, take
+from monitor.join_changelog import STATE_KEY, PartitionLog
 from monitor.kafka_client import AbortableError, FencedError, ProduceError, ProduceTimeoutError
 from monitor.pipeline import Pipeline
-from tests.test_cluster import _phases, _split, assert_same, labelled_setup  # noqa: F401 (a fixture)
+from tests.test_cluster import _phases, _split, _whole, assert_same, labelled_setup  # noqa: F401 (a fixture)
 
 
 class FakeTransactions:
@@ -256,10 +256,8 @@ def test_a_cut_whose_commit_timed_out_and_then_committed_is_done_and_what_came_s
     assert agg.late_labelled == 0 and agg.late == 0
     # each changelog partition (the latest record per key, as compaction keeps it) holds its partition's store
     for p in range(3):
-        entries: dict = {}
-        for key, value, partition in broker["join"]:
-            if partition == p:
-                take(SimpleNamespace(key=key, value=value), entries, None)
+        entries, _state = _whole([SimpleNamespace(key=key, value=value) for key, value, partition in broker["join"]
+                                  if partition == p])
         store = worker.parts[f"t:{p}"].store
         assert store.entries() == entries and not store.changed and not store.cutting
 
