@@ -301,11 +301,11 @@ class Worker:
             part.store.forget()
 
     def load(self, key: str, part: _PartitionPipeline, state: dict | None) -> _PartitionPipeline:
-        """Finish a restore: the store holds what the changelog holds; the state record's windows, counters
-        and positions (None: the partition starts at the group's committed offsets)."""
+        """Finish a restore: the store holds what the changelog holds (``new_part`` left it empty with nothing
+        changed and :meth:`fill` forgot each chunk's changes, so an empty changelog leaves nothing to forget); the
+        state record's windows, counters and positions (None: the partition starts at the group's committed
+        offsets)."""
         tracker = part.tracker
-        if part.store is not None:
-            part.store.forget()  # what the changelog holds already
         if state is not None:
             part.window.load_state_dict(state["window"])
             part.late = state["late"]

@@ -450,3 +450,35 @@ def test_a_released_partition_restored_but_not_yet_installed_leaves_its_store_cl
     assert "t:0" not in worker.staged
     again = worker.new_part("t:0")  # the same directory: raised "lock hold by current process" before
     again.tracker.join.close()
+
+
+def test_a_restore_of_an_empty_changelog_installs_an_empty_partition(labelled_setup):
+    """A partition whose join changelog is empty (no cut written yet) is installed empty: a previous owner's store
+    left on this disk is not read, nothing is left to write back or undo, the partition starts at the group's
+    committed offsets, and its first cut writes only what came after the restore."""
+    from monitor.cluster import _Restore
+    from monitor.join import _UNDO
+    from tests.labelled import labelled, messages
+
+    tmp, config, baseline = labelled_setup
+    worker = Worker(config, baseline, str(tmp / "empty"))
+    old = labelled(500, seed=3, start=START + 0.01, rate=100.0, id_prefix="old")
+    worker.process("t:1", messages(old, with_label=False), None, list(range(500)))  # on disk, never cut
+    assert len(worker.parts["t:1"].store) == 500 and worker.parts["t:1"].store.changed
+    worker.release(["t:1"])  # its store closed, its files left behind
+    restore = _Restore("t:1", _Log([]))
+    assert restore.advance(worker, deadline=math.inf)
+    part = worker.load("t:1", restore.part, restore.state)
+    store = part.store
+    assert restore.records == 0 and restore.state is None
+    assert store.entries() == {} and len(store) == part.tracker.join.pending == 0
+    assert not store.changed and not store.cutting
+    assert not [k for k in store.db.keys() if k.startswith(_UNDO)]  # no undo records: nothing to settle
+    assert part.positions == {} and worker.restored == 0 and "t:1" not in worker.seq
+    worker.staged["t:1"] = part  # installed
+    new = labelled(20, seed=4, start=START + 6.01, rate=100.0, id_prefix="new")
+    worker.process("t:1", messages(new, with_label=False), None, list(range(500, 520)))
+    _partials, changes, state, offsets = worker.cut("t:1")
+    assert sorted(changes) == sorted(new["id"]) and all(v is not None for v in changes.values())
+    assert state["seq"] == 1 and offsets == {("t", 1): 520}
+    worker.release(["t:1"])
