@@ -39,7 +39,8 @@ import time
 
 from monitor.config import ConfigError
 from monitor.kafka_client import (AbortableError, AuthorizationError, FencedError, ProduceError, ProduceTimeoutError,
-                                  check_access, create_topics, make_group_consumer, make_producer, fence, read_to_end)
+                                  RetryLog, check_access, create_topics, make_group_consumer, make_producer, fence,
+                                  read_to_end)
 from monitor.join import RocksStore
 from monitor.performance import LabelledWindow, PerformanceTracker
 from monitor.pipeline import Pipeline
@@ -571,21 +572,6 @@ def _restore_who(key: str) -> str:
     return f"worker:{key}"
 
 
-def _failed(failures: tuple[int, str], exc: Exception, what: str) -> tuple[int, str]:
-    """Count a failure of a call retried every second; log it only when its error changes, not at every retry."""
-    count, last = failures
-    if str(exc) != last:
-        log.warning("%s, retrying: %s", what, exc)
-    return count + 1, str(exc)
-
-
-def _recovered(failures: tuple[int, str], message: str) -> tuple[int, str]:
-    """The call works again: say so once, with how many attempts failed."""
-    if failures[0]:
-        log.info("%s after %d failed attempts", message, failures[0])
-    return 0, ""
-
-
 class _Restore:
     """One partition's restore from its join changelog, run on the consuming thread a slice at a time (as
     Kafka Streams restores on its stream thread): fence the partition's transactional id, then read the
@@ -713,8 +699,12 @@ class Cluster:
         # and when to try again (monotonic; backoff 1 s doubling to 30 s). Not a fence: no rejoin.
         self.refusals: dict[str, str] = {}
         self.refused_attempts = 0  # refused take-overs and writes (each one retried after its backoff)
-        self._partials_failures: tuple[int, str] = (0, "")  # (failed sends in a row, the last error)
-        self._poll_failures: tuple[int, str] = (0, "")  # (failed aggregator polls in a row, the last error)
+        # calls retried every second: each new error logged once, then the recovery
+        self._partials_failures = RetryLog(log, f"partials not acknowledged by {self.partials_topic}, retrying: %s",
+                                           f"partials acknowledged by {self.partials_topic} again after %d failed "
+                                           "attempts", distinct=True)
+        self._poll_failures = RetryLog(log, "aggregator poll failed, retrying: %s",
+                                       "aggregator polls work again after %d failed attempts", distinct=True)
         self._backoff: dict[str, float] = {}
         self._retry_at: dict[str, float] = {}
         # labels: partitions new to this replica whose state is being restored (paused meanwhile)
@@ -889,11 +879,9 @@ class Cluster:
             if failed or len(outcomes) < len(worker.pending):
                 raise failed[0] if failed else TimeoutError("not acknowledged within 10 s")
         except Exception as exc:  # kept and sent again: the aggregator drops what arrives twice (by offset)
-            self._partials_failures = _failed(self._partials_failures, exc,
-                                              f"partials not acknowledged by {self.partials_topic}")
+            self._partials_failures.failed(exc)
             return False
-        self._partials_failures = _recovered(self._partials_failures, f"partials acknowledged by "
-                                             f"{self.partials_topic} again")
+        self._partials_failures.worked()
         self.partials_produced += len(worker.pending)
         worker.pending = []
         return True
@@ -1160,10 +1148,10 @@ class Cluster:
             try:
                 records = self._consumer.poll(timeout_ms=500, max_records=500)
             except Exception as exc:  # the broker is down: the worker's health reports it; try again
-                self._poll_failures = _failed(self._poll_failures, exc, "aggregator poll failed")
+                self._poll_failures.failed(exc)
                 self._stopping.wait(1.0)
                 continue
-            self._poll_failures = _recovered(self._poll_failures, "aggregator polls work again")
+            self._poll_failures.worked()
             state = None
             if self._retake_at is not None and time.monotonic() >= self._retake_at:
                 self._retake_at = None

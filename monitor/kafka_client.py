@@ -41,7 +41,7 @@ from monitor.config import ConfigError, KafkaConfig, kafka_secrets, ssl_key_pass
 from monitor.kafka_security import check_brokers, ssl_context
 
 __all__ = ["AbortableError", "AuthorizationError", "ConfluentSource", "FencedError", "KafkaSource", "PartitionBatch", "ProduceError", "ProduceTimeoutError",
-           "Record", "RecordTooLargeError", "client_options", "consumer_options", "create_topics",
+           "Record", "RecordTooLargeError", "RetryLog", "client_options", "consumer_options", "create_topics",
            "make_group_consumer", "make_producer", "make_source", "make_transactional_producer", "read_to_end",
            "refusal", "sasl_mechanism", "check_access"]
 
@@ -296,6 +296,42 @@ def partition_key(tp: TopicPartition) -> str:
     return f"{tp.topic}:{tp.partition}"
 
 
+class RetryLog:
+    """The log of a call retried until it works (a poll, a send): a warning at its first failure, not one per
+    retry, and one line when it works again.
+
+    Parameters
+    ----------
+    logger : logging.Logger
+    failing : str
+        The warning, ``%s`` standing for the error.
+    working : str
+        The line when the call works again, ``%d`` standing for the failures in a row.
+    distinct : bool
+        Warn again whenever the error differs from the previous failure's.
+    """
+
+    def __init__(self, logger: logging.Logger, failing: str, working: str, distinct: bool = False):
+        self.logger = logger
+        self.failing = failing
+        self.working = working
+        self.distinct = distinct
+        self.failures = 0  # in a row
+        self.error = ""  # the last failure's
+
+    def failed(self, exc: BaseException) -> None:
+        error = str(exc)
+        if not self.failures or (self.distinct and error != self.error):
+            self.logger.warning(self.failing, exc)
+        self.failures += 1
+        self.error = error
+
+    def worked(self) -> None:
+        if self.failures:
+            self.logger.info(self.working, self.failures)
+        self.failures, self.error = 0, ""
+
+
 class PartitionBatch:
     """The records one poll returned for one partition, as columns."""
 
@@ -379,7 +415,8 @@ class KafkaSource:
         self._consumer: KafkaConsumer | None = None
         self._lag_client: KafkaConsumer | None = None
         self._lag_lock = threading.Lock()
-        self.poll_errors = 0  # consecutive polls that failed with a retriable error
+        self.poll_retries = RetryLog(log, "poll failed, retrying while the broker is unreachable: %s",
+                                     "poll works again after %d failed polls")  # with a retriable error
 
     def start(self, bootstrap_timeout_ms: int = 30_000) -> "KafkaSource":
         """Create the consumer and subscribe; raises kafka-python's error when the broker cannot be
@@ -491,14 +528,10 @@ class KafkaSource:
             # kafka-python 3 can raise a connection error out of poll while the broker is down (a metadata
             # refresh during offset validation). The outage is reported by the broker probe (/readyz,
             # driftmon_broker_up); the consumer reconnects by itself, so this poll is an idle one.
-            self.poll_errors += 1
-            if self.poll_errors == 1:
-                log.warning("poll failed, retrying while the broker is unreachable: %s", exc)
+            self.poll_retries.failed(exc)
             time.sleep(min(timeout_ms, 500) / 1000)  # no busy loop while every call fails at once
             return []
-        if self.poll_errors:
-            log.info("poll works again after %d failed polls", self.poll_errors)
-            self.poll_errors = 0
+        self.poll_retries.worked()
         out = []
         for tp in sorted(records, key=lambda t: (t.topic, t.partition)):
             if records[tp]:

@@ -312,20 +312,23 @@ def test_a_call_retried_every_second_logs_each_new_error_once_and_its_recovery_o
     one warning per distinct error, not one per attempt, and one line when the call works again."""
     import logging
 
-    from monitor.cluster import _failed, _recovered
+    from monitor.kafka_client import RetryLog
 
     caplog.set_level(logging.INFO, logger="monitor.cluster")
-    failures = (0, "")
+    retries = RetryLog(logging.getLogger("monitor.cluster"), "partials not acknowledged by p, retrying: %s",
+                       "partials acknowledged by p again after %d failed attempts", distinct=True)
     for exc in [ConnectionError("broker down")] * 5 + [PermissionError("topic refused")] * 3:
-        failures = _failed(failures, exc, "partials not acknowledged by p")
-    assert failures == (8, "topic refused")
-    failures = _recovered(failures, "partials acknowledged by p again")
-    assert failures == (0, "")
-    assert _recovered(failures, "partials acknowledged by p again") == (0, "")  # nothing failed: silent
+        retries.failed(exc)
+    assert (retries.failures, retries.error) == (8, "topic refused")
+    retries.worked()
+    assert (retries.failures, retries.error) == (0, "")
+    retries.worked()  # nothing failed: silent
+    retries.failed(TimeoutError())  # a first failure is logged even when its error says nothing
     assert [r.getMessage() for r in caplog.records] == [
         "partials not acknowledged by p, retrying: broker down",
         "partials not acknowledged by p, retrying: topic refused",
         "partials acknowledged by p again after 8 failed attempts",
+        "partials not acknowledged by p, retrying: ",
     ]
 
 

@@ -241,18 +241,27 @@ class _FailingConsumer:
         return {}
 
 
-def test_a_retriable_error_out_of_poll_is_an_idle_poll_and_any_other_is_raised():
+def test_a_retriable_error_out_of_poll_is_an_idle_poll_and_any_other_is_raised(caplog):
     """kafka-python 3 can raise a connection error out of poll during an outage (a metadata refresh while
-    it validates offsets): the daemon must see an idle poll and go on, not die; a refusal is raised."""
+    it validates offsets): the daemon must see an idle poll and go on, not die; a refusal is raised. The log
+    has the runbook's two lines: the first failure (not each new error), then the recovery."""
+    import logging
+
     from kafka.errors import KafkaConnectionError, KafkaTimeoutError, TopicAuthorizationFailedError
 
     from monitor.kafka_client import KafkaSource
 
+    caplog.set_level(logging.INFO, logger="monitor.kafka_client")
     source = KafkaSource(KafkaConfig(bootstrap_servers="127.0.0.1:1", topic="t", group_id="g"), dict)
     source._consumer = _FailingConsumer([KafkaConnectionError("111 ECONNREFUSED"), KafkaTimeoutError("metadata")])
     assert source.poll(timeout_ms=1) == [] and source.poll(timeout_ms=1) == []
-    assert source.poll_errors == 2
-    assert source.poll(timeout_ms=1) == [] and source.poll_errors == 0 and source._consumer.polls == 3
+    assert source.poll_retries.failures == 2
+    assert source.poll(timeout_ms=1) == [] and source.poll_retries.failures == 0 and source._consumer.polls == 3
+    first = str(KafkaConnectionError("111 ECONNREFUSED"))
+    assert [r.getMessage() for r in caplog.records if r.name == "monitor.kafka_client"] == [
+        f"poll failed, retrying while the broker is unreachable: {first}",
+        "poll works again after 2 failed polls",
+    ]
     source._consumer = _FailingConsumer([TopicAuthorizationFailedError("denied")])
     with pytest.raises(TopicAuthorizationFailedError):
         source.poll(timeout_ms=1)
