@@ -466,6 +466,11 @@ class KafkaSource:
         self._held_rewind = {}
         if self._held:  # before any fetch of them: their records wait for the restored state
             self._consumer.pause(*self._held)
+        # kafka-python keeps a partition's paused flag when it is assigned again: one held while restoring and
+        # revoked before resume_held (restored in between) would stay paused, its records never read
+        free = [tp for tp in assigned if tp not in self._held]
+        if free and not self._paused:
+            self._consumer.resume(*free)
         self.assigned = frozenset(assigned)
         self.rebalances += 1
         log.info("assigned partitions %s%s", sorted(partition_key(tp) for tp in assigned),
@@ -931,8 +936,14 @@ class ConfluentSource:
         consumer.assign(partitions)
         if self._paused:
             consumer.pause(partitions)
-        elif self._held:  # before any fetch of them: their records wait for the restored state
-            consumer.pause([p for p in partitions if _Record(p.topic, p.partition) in self._held])
+        else:
+            # librdkafka keeps a partition's pause across a rebalance: one held while restoring and revoked
+            # before resume_held (restored in between) would stay paused when assigned again
+            free = [p for p in partitions if _Record(p.topic, p.partition) not in self._held]
+            if free:
+                consumer.resume(free)
+            if self._held:  # before any fetch of them: their records wait for the restored state
+                consumer.pause([p for p in partitions if _Record(p.topic, p.partition) in self._held])
         self._rewind = {}
         self.assigned = frozenset(assigned)
         self.rebalances += 1

@@ -330,3 +330,54 @@ def test_a_commit_that_timed_out_while_the_broker_was_stopped_commits_once_on_th
     ids = [r.key for r in read_to_end(cfg, changelog, 0) if r.key != STATE_KEY]
     sent = [json.loads(r.value)["seq"] for r in read_to_end(cfg, partials, 0)]
     assert states == [1, 2, 3] and sent == [1, 2, 3] and ids == [b"id1", b"id2", b"id3"]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_partition_held_while_restoring_and_assigned_again_once_restored_is_consumed(kafka_broker, client):
+    """A partition held (paused) while its state is restored, revoked before it was resumed and assigned to
+    the same member again once restored (no longer held) is consumed. librdkafka keeps an application's
+    pause across a rebalance, so the confluent-kafka source resumes what it does not hold at each assignment
+    (without it: a partition restored between the revocation and the next assignment stayed paused, its cuts
+    never came; seen in test_labels_a_stalled_worker_that_wakes_up_is_fenced on confluent-kafka)."""
+    from kafka import KafkaProducer
+
+    from monitor.kafka_client import make_source
+
+    topic = f"held-{uuid.uuid4().hex[:8]}"
+    cfg = _cfg(kafka_broker, client, topic)
+    kafka_broker.create_topic(topic, partitions=2)
+    holding = {f"{topic}:0", f"{topic}:1"}
+    first = make_source(cfg, dict, held=lambda: set(holding)).start()
+    second = None
+    try:
+        deadline = time.monotonic() + 60
+        while len(first.assigned) < 2:
+            assert time.monotonic() < deadline, "no assignment within 60 s"
+            first.poll(timeout_ms=200)
+        holding.clear()  # restored meanwhile; its resume_held never came (a rebalance is under way)
+        second = make_source(cfg, dict, held=set).start()
+        deadline = time.monotonic() + 60
+        while not (len(first.assigned) == 1 and len(second.assigned) == 1):
+            assert time.monotonic() < deadline, "no rebalance within 60 s"
+            first.poll(timeout_ms=100)
+            second.poll(timeout_ms=100)
+        (own,) = first.assigned
+        producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
+        try:
+            for i in range(20):
+                producer.send(topic, b"%d" % i, partition=i % 2)
+            producer.flush(10.0)
+        finally:
+            producer.close()
+        got: dict = {}
+        deadline = time.monotonic() + 60
+        while sum(got.values()) < 20 and time.monotonic() < deadline:
+            for source in (first, second):
+                for batch in source.poll(timeout_ms=100):
+                    got[(source is first, batch.partition)] = got.get((source is first, batch.partition), 0) \
+                        + len(batch.values)
+        assert got == {(True, own.partition): 10, (False, 1 - own.partition): 10}
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
