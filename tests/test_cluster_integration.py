@@ -86,6 +86,11 @@ def _running(replicas, single=None, start: bool = True):
         for d in daemons:
             if not d.killed:
                 assert d.terminate(timeout=30)[0] == 0
+    except BaseException:
+        # a failure names one daemon's log at most: print every daemon's tail (pytest shows it with the failure)
+        for d in daemons:
+            print(f"===== {d.log_path} (last 6000 bytes) =====\n{d.log()}")
+        raise
     finally:
         for d in daemons:
             d.close()
