@@ -411,6 +411,9 @@ class KafkaSource:
         self._rewind: dict[TopicPartition, int] = {}  # records polled but dropped as no longer owned
         self._held: frozenset[TopicPartition] = frozenset()  # assigned, paused until their state is restored
         self._held_rewind: dict[TopicPartition, int] = {}  # records of a held partition polled but dropped
+        # on_assigned (IO thread) asks held() and pauses what it names; resume_held (consuming thread) waits for
+        # that: a restore installed in between would otherwise find nothing held and leave it paused for good
+        self._held_lock = threading.Lock()
         self._paused = False  # every partition paused (the daemon's backpressure)
         self._consumer: KafkaConsumer | None = None
         self._lag_client: KafkaConsumer | None = None
@@ -461,16 +464,17 @@ class KafkaSource:
             if offset is not None:
                 self._consumer.seek(tp, offset)
         self._rewind = {}
-        held = self.held() if self.held is not None else set()
-        self._held = frozenset(tp for tp in assigned if partition_key(tp) in held)
-        self._held_rewind = {}
-        if self._held:  # before any fetch of them: their records wait for the restored state
-            self._consumer.pause(*self._held)
-        # kafka-python keeps a partition's paused flag when it is assigned again: one held while restoring and
-        # revoked before resume_held (restored in between) would stay paused, its records never read
-        free = [tp for tp in assigned if tp not in self._held]
-        if free and not self._paused:
-            self._consumer.resume(*free)
+        with self._held_lock:
+            held = self.held() if self.held is not None else set()
+            self._held = frozenset(tp for tp in assigned if partition_key(tp) in held)
+            self._held_rewind = {}
+            if self._held:  # before any fetch of them: their records wait for the restored state
+                self._consumer.pause(*self._held)
+            # kafka-python keeps a partition's paused flag when it is assigned again: one held while restoring
+            # and revoked before resume_held (restored in between) would stay paused, its records never read
+            free = [tp for tp in assigned if tp not in self._held]
+            if free and not self._paused:
+                self._consumer.resume(*free)
         self.assigned = frozenset(assigned)
         self.rebalances += 1
         log.info("assigned partitions %s%s", sorted(partition_key(tp) for tp in assigned),
@@ -480,6 +484,10 @@ class KafkaSource:
         """Seek the held partitions named in ``positions`` (key -> next offset; None: where the consumer
         is, or the first record dropped while held) and resume them (unless everything is paused).
         Returns False when one of them could not be sought yet (try again after the next poll)."""
+        with self._held_lock:
+            return self._resume_held(positions)
+
+    def _resume_held(self, positions: dict[str, int | None]) -> bool:
         for tp in [tp for tp in self._held if partition_key(tp) in positions]:
             offset = positions[partition_key(tp)]
             if offset is None:
