@@ -543,6 +543,14 @@ MAX_RECORD_BYTES = 16 * 1024 * 1024
 #: changelog records a restore applies to its store at a time: what it holds in memory (see _Restore)
 RESTORE_CHUNK = 10_000
 
+#: While restores run, the consuming thread alternates a poll (timeout in ms) and a restore slice of at most these
+#: seconds, by client (docs/DESIGN.md, "The other partitions during a restore"; bench/restore_share.py). With
+#: librdkafka, which fetches on its own threads, short slices let the other partitions flow about 3x faster for
+#: the same restore time; kafka-python reads the changelog on the consuming thread, so there they would cost the
+#: restore about as much time as they give the other partitions.
+RESTORE_SLICE_S = {"kafka-python": 0.5, "confluent-kafka": 0.1}
+RESTORE_POLL_MS = {"kafka-python": 50, "confluent-kafka": 0}
+
 
 class _Restoring:
     """The positions the source seeks to on assignment (``get(key, default)``), restoring partitions new to
@@ -1099,6 +1107,21 @@ class Cluster:
     def restoring_work(self) -> bool:
         """Restores to advance, close or resume (the consuming thread polls briefly meanwhile)."""
         return bool(self.restoring or self._abandoned or self._resuming)
+
+    @property
+    def restore_slice_s(self) -> float:
+        """The restores' share of the consuming thread between two polls (far below ``max_poll_interval_ms``)."""
+        return min(RESTORE_SLICE_S[self.config.kafka.client], self.config.kafka.max_poll_interval_ms / 5000)
+
+    @property
+    def restore_poll_ms(self) -> int:
+        """The poll timeout between restore slices; 50 ms while every restore waits out a refusal's backoff (a
+        poll without a timeout would then spin)."""
+        with self._restoring_lock:
+            keys = list(self.restoring)
+        if keys and all(self._waiting(_restore_who(k)) for k in keys):
+            return 50
+        return RESTORE_POLL_MS[self.config.kafka.client]
 
     @property
     def restoring_partitions(self) -> list[str]:

@@ -401,7 +401,7 @@ class Daemon:
                 return  # stopping while it reconnected
         self._pause(self._outgoing is not None or self.rewind)
         restoring = self.cluster is not None and self.cluster.restoring_work
-        batches = self.source.poll(timeout_ms=50 if restoring else 500)
+        batches = self.source.poll(timeout_ms=self.cluster.restore_poll_ms if restoring else 500)
         if self.source.assigned or self.source.rebalances:  # joined the group: an idle member is ready too
             self.consuming = True
         self.idle = not batches
@@ -410,7 +410,7 @@ class Daemon:
             self._process(batches)
         if self.cluster is not None:
             if self.cluster.restoring_work:  # partitions new to this replica, paused: restored between polls
-                self.cluster.restore_step(self.source, min(0.5, self.config.kafka.max_poll_interval_ms / 5000))
+                self.cluster.restore_step(self.source, self.cluster.restore_slice_s)
             self._settle_dead_letters()  # the offsets committed below cover their records
             with self.lock:
                 self._handle(self.cluster.step(time.time()))
