@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from bench.restore import read_whole
 from monitor.cluster import Aggregator, Worker
 from monitor.pipeline import Pipeline
 from monitor.synth import car_loan
@@ -188,6 +189,18 @@ def assert_same(a, b, where=""):
         assert a == b, where
 
 
+def _single_performance(config, baseline, phases) -> tuple:
+    """One process fed these phases (each phase's labels come with the next), and its performance windows."""
+    single = Pipeline(config, baseline)
+    out = []
+    for k in range(len(phases)):
+        single.process(phases[k][0])
+        if k:
+            single.process_labels(phases[k - 1][1])
+        out += single.take_performance()
+    return single, out
+
+
 def _phases(n_phases, per_phase=1200, labelled_share=0.9):
     """Window k: predictions of period k and the labels (10 s later) of 90% of period k-1's predictions."""
     from tests.labelled import label_messages, labelled, messages
@@ -216,13 +229,7 @@ def test_labelled_partials_merge_to_the_single_process_performance_windows(label
 
     tmp, config, baseline = labelled_setup
     phases = _phases(5)
-    single = Pipeline(config, baseline)
-    expected = []
-    for k in range(5):
-        single.process(phases[k][0])
-        if k:
-            single.process_labels(phases[k - 1][1])
-        expected += single.take_performance()
+    single, expected = _single_performance(config, baseline, phases)
     assert [r["window"]["labelled"] for r in expected] == [1080, 1080, 1080]
 
     agg_pipeline = Pipeline(config, baseline)
@@ -357,21 +364,6 @@ def _changelog(n: int, ids: int, seed: int) -> list:
     return records
 
 
-def _whole(records) -> tuple[dict, dict | None]:
-    """The changelog read whole into a dict (the restore before it was chunked): the reference."""
-    from monitor.join_changelog import STATE_KEY, _decode
-
-    entries, state = {}, None
-    for record in records:
-        if record.key == STATE_KEY:
-            state = json.loads(record.value)
-        elif record.value is None:
-            entries.pop(record.key.decode(), None)
-        else:
-            entries[record.key.decode()] = _decode(record.value)
-    return entries, state
-
-
 def test_a_changelog_applied_chunk_by_chunk_in_every_split_fills_the_store_as_the_whole_log(labelled_setup):
     """Restoring applies the join changelog to the store a chunk at a time: wherever the chunk boundaries fall
     between puts, replaces and tombstones of the same ids, the store ends as with the whole log applied at once."""
@@ -382,7 +374,7 @@ def test_a_changelog_applied_chunk_by_chunk_in_every_split_fills_the_store_as_th
     tmp, config, baseline = labelled_setup
     worker = Worker(config, baseline, str(tmp / "chunks"))
     records = _changelog(9, ids=3, seed=5)  # 3 ids: every chunk boundary separates writes of one id
-    entries, state = _whole(records)
+    entries, state = read_whole(records)
     whole = worker.new_part("t:1")
     worker.fill(whole, entries)
     expected = whole.store.entries()
@@ -427,7 +419,7 @@ def test_a_restore_applies_the_changelog_a_bounded_chunk_at_a_time(labelled_setu
     tmp, config, baseline = labelled_setup
     worker = Worker(config, baseline, str(tmp / "slices"))
     records = _changelog(3 * RESTORE_CHUNK + 4321, ids=RESTORE_CHUNK // 2, seed=6)
-    entries, state = _whole(records)
+    entries, state = read_whole(records)
     restore, slices = _Restore("t:1", _Log(records)), 0
     while not restore.advance(worker, deadline=0.0):  # every slice is past its deadline at its first check
         slices += 1

@@ -11,11 +11,12 @@ from types import SimpleNamespace
 import msgspec
 import pytest
 
+from bench.restore import read_whole
 from monitor.cluster import Aggregator, Cluster
 from monitor.join_changelog import STATE_KEY, PartitionLog
 from monitor.kafka_client import AbortableError, FencedError, ProduceError, ProduceTimeoutError
 from monitor.pipeline import Pipeline
-from tests.test_cluster import _phases, _split, _whole, assert_same, labelled_setup  # noqa: F401 (a fixture)
+from tests.test_cluster import _phases, _single_performance, _split, assert_same, labelled_setup  # noqa: F401 (a fixture)
 
 
 class FakeTransactions:
@@ -208,13 +209,7 @@ def test_a_cut_whose_commit_timed_out_and_then_committed_is_done_and_what_came_s
         logs[p].producer = FakeTransactions(broker, scripts[p])
 
     phases = _phases(5)
-    single = Pipeline(config, baseline)
-    expected = []
-    for k in range(5):
-        single.process(phases[k][0])
-        if k:
-            single.process_labels(phases[k - 1][1])
-        expected += single.take_performance()
+    single, expected = _single_performance(config, baseline, phases)
     offsets: dict = {}
     in_doubt = []
     for k in range(5):
@@ -256,7 +251,7 @@ def test_a_cut_whose_commit_timed_out_and_then_committed_is_done_and_what_came_s
     assert agg.late_labelled == 0 and agg.late == 0
     # each changelog partition (the latest record per key, as compaction keeps it) holds its partition's store
     for p in range(3):
-        entries, _state = _whole([SimpleNamespace(key=key, value=value) for key, value, partition in broker["join"]
+        entries, _state = read_whole([SimpleNamespace(key=key, value=value) for key, value, partition in broker["join"]
                                   if partition == p])
         store = worker.parts[f"t:{p}"].store
         assert store.entries() == entries and not store.changed and not store.cutting
