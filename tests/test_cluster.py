@@ -201,6 +201,17 @@ def _single_performance(config, baseline, phases) -> tuple:
     return single, out
 
 
+def _feed_partition(worker, p: int, preds, labels, offsets: dict) -> None:
+    """Partition ``p``'s predictions (topic t) and labels (topic l) to the worker, at the offsets after the last
+    fed (``offsets``: partition -> [predictions, labels], updated)."""
+    base = offsets.setdefault(p, [0, 0])
+    worker.process(f"t:{p}", preds, None, list(range(base[0], base[0] + len(preds))))
+    base[0] += len(preds)
+    if labels:
+        worker.process_labels(f"l:{p}", labels, None, list(range(base[1], base[1] + len(labels))))
+        base[1] += len(labels)
+
+
 def _phases(n_phases, per_phase=1200, labelled_share=0.9):
     """Window k: predictions of period k and the labels (10 s later) of 90% of period k-1's predictions."""
     from tests.labelled import label_messages, labelled, messages
@@ -262,12 +273,7 @@ def test_labelled_partials_merge_to_the_single_process_performance_windows(label
         for p, (preds, labels) in _split(phases, k).items():
             if p not in parts:
                 continue
-            base = offsets.setdefault(p, [0, 0])
-            worker.process(f"t:{p}", preds, None, list(range(base[0], base[0] + len(preds))))
-            base[0] += len(preds)
-            if labels:
-                worker.process_labels(f"l:{p}", labels, None, list(range(base[1], base[1] + len(labels))))
-                base[1] += len(labels)
+            _feed_partition(worker, p, preds, labels, offsets)
 
     for k in range(3):
         feed(k)

@@ -16,7 +16,7 @@ from monitor.cluster import Aggregator, Cluster
 from monitor.join_changelog import STATE_KEY, PartitionLog
 from monitor.kafka_client import AbortableError, FencedError, ProduceError, ProduceTimeoutError
 from monitor.pipeline import Pipeline
-from tests.test_cluster import _phases, _single_performance, _split, assert_same, labelled_setup  # noqa: F401 (a fixture)
+from tests.test_cluster import _feed_partition, _phases, _single_performance, _split, assert_same, labelled_setup  # noqa: F401 (a fixture)
 
 
 class FakeTransactions:
@@ -214,12 +214,7 @@ def test_a_cut_whose_commit_timed_out_and_then_committed_is_done_and_what_came_s
     in_doubt = []
     for k in range(5):
         for p, (preds, labels) in _split(phases, k).items():
-            base = offsets.setdefault(p, [0, 0])
-            worker.process(f"t:{p}", preds, None, list(range(base[0], base[0] + len(preds))))
-            base[0] += len(preds)
-            if labels:
-                worker.process_labels(f"l:{p}", labels, None, list(range(base[1], base[1] + len(labels))))
-                base[1] += len(labels)
+            _feed_partition(worker, p, preds, labels, offsets)
             cluster.cut([f"t:{p}"])  # records come between a commit that timed out and its retry
             in_doubt.append(logs[p].in_doubt)
     for _ in range(3):  # the last ones settled
