@@ -1320,17 +1320,19 @@ class Cluster:
         self.restore_needed = False
         daemon = self.daemon
         daemon._outgoing = None  # whatever this replica evaluated before is superseded by the changelog's state
+        # this replica's own source positions (the worker's): the consumer lag is measured from them
+        positions = dict(daemon.pipeline.positions)
         if state is None:  # nothing was ever committed, so nothing was emitted: start as the first aggregator did
             self.aggregator._reset()
             state = self._fresh
-            daemon.pipeline.load_state_dict({**state["pipeline"], "positions": {},
+            daemon.pipeline.load_state_dict({**state["pipeline"], "positions": positions,
                                              "window": daemon.pipeline._new_window(0).state_dict()})
             daemon.alerts.load_state_dict(state["alerts"])
             self._consumer.seek(self.partials_topic, 0, None)  # from the beginning
             state = None
         else:
             self.aggregator.load_state_dict(state["aggregator"])
-            daemon.pipeline.load_state_dict({**state["pipeline"], "positions": {},
+            daemon.pipeline.load_state_dict({**state["pipeline"], "positions": positions,
                                              "window": daemon.pipeline._new_window(0).state_dict()})
             daemon.pipeline.window.index = daemon.pipeline.windows_evaluated
             daemon.alerts.load_state_dict(state["alerts"])

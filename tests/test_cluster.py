@@ -483,3 +483,39 @@ def test_a_restore_of_an_empty_changelog_installs_an_empty_partition(labelled_se
     assert sorted(changes) == sorted(new["id"]) and all(v is not None for v in changes.values())
     assert state["seq"] == 1 and offsets == {("t", 1): 520}
     worker.release(["t:1"])
+
+
+class _Seeks:
+    """The aggregator group's consumer, as far as a take-over uses it: where it was told to read from."""
+
+    def __init__(self):
+        self.seeks = []
+
+    def seek(self, topic, partition, offset):
+        self.seeks.append((topic, partition, offset))
+
+
+@pytest.mark.parametrize("committed", [False, True], ids=["first-aggregator", "from-changelog"])
+def test_a_take_over_keeps_the_worker_positions_the_consumer_lag_is_measured_from(tmp_path, committed):
+    """/status -> consumer_lag_messages is measured from the pipeline's positions, which in scale-out are the
+    replica's own source partitions (the worker's); taking over as the aggregator restores the global
+    counts and windows but must not drop them, or the lag loses those partitions until new records come."""
+    from monitor.baseline import Baseline
+    from monitor.daemon import Daemon
+
+    _, config = write_setup(tmp_path, car_loan(seed=1), window={"duration": "10s"}, cluster={"enabled": True},
+                            kafka={"bootstrap_servers": "k:9092", "topic": "t", "group_id": "g"})
+    daemon = Daemon(config, Baseline.load(config.baseline))
+    cluster = daemon.cluster
+    cluster._consumer = _Seeks()
+    daemon.pipeline.positions.update({"t:0": 120, "t:2": 75})  # what Daemon._process records per batch
+    state = None
+    if committed:  # the previous aggregator's last changelog record
+        state = json.loads(json.dumps(cluster._snapshot()))
+        state["pipeline"]["windows_evaluated"] = 4
+    cluster._restore(state)
+    assert cluster.active
+    assert daemon.pipeline.positions == {"t:0": 120, "t:2": 75}
+    assert cluster._consumer.seeks == [(cluster.partials_topic, 0, None)]
+    if committed:
+        assert daemon.pipeline.windows_evaluated == 4 and daemon.pipeline.window.index == 4
