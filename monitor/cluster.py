@@ -574,6 +574,12 @@ class _Restoring:
         return part.positions.get(key, default)
 
 
+def _refused_what(line: str) -> str:
+    """The resource and principal a refusal line names (:func:`monitor.kafka_client.refusal`), without the
+    advice after them; the principal has a colon of its own ("User:name")."""
+    return line.split(": grant ", 1)[0].removeprefix("Kafka refused ")
+
+
 def _restore_who(key: str) -> str:
     """Who a refusal of partition ``key``'s restore belongs to (:meth:`Cluster._refuse`): each partition's
     restore waits out its own backoff."""
@@ -741,7 +747,7 @@ class Cluster:
         line = self.refusals.pop(who, None)
         if line is not None:
             log.info("Kafka accepts the %s's transactions again (%s was refused before)", who.split(":", 1)[0],
-                     line.split(":", 1)[0])
+                     _refused_what(line))
         self._backoff.pop(who, None)
         self._retry_at.pop(who, None)
 

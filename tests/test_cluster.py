@@ -519,3 +519,30 @@ def test_a_take_over_keeps_the_worker_positions_the_consumer_lag_is_measured_fro
     assert cluster._consumer.seeks == [(cluster.partials_topic, 0, None)]
     if committed:
         assert daemon.pipeline.windows_evaluated == 4 and daemon.pipeline.window.index == 4
+
+
+def test_the_recovery_line_of_a_refused_acl_names_the_whole_resource_and_principal(tmp_path, caplog):
+    """The principal is "User:name": the line saying Kafka accepts the transactions again names it whole,
+    not cut at its colon."""
+    import logging
+
+    from monitor.baseline import Baseline
+    from monitor.daemon import Daemon
+    from monitor.kafka_client import AuthorizationError, refusal
+
+    _, config = write_setup(tmp_path, car_loan(seed=1), window={"duration": "10s"}, cluster={"enabled": True},
+                            kafka={"bootstrap_servers": "k:9092", "topic": "t", "group_id": "g"})
+    cluster = Daemon(config, Baseline.load(config.baseline)).cluster
+    caplog.set_level(logging.INFO, logger="monitor.cluster")
+    for who, kind, name in [("aggregator", "transactional id", cluster.changelog_topic),
+                            ("worker:t:1", "transactional id", f"{cluster.join_topic}.1"),
+                            ("worker", "group", "g")]:
+        line = refusal(config.kafka, kind, name)
+        cluster._refuse(who, AuthorizationError(line))
+        assert cluster.refused == line
+        caplog.clear()
+        cluster._accepted(who)
+        assert cluster.refused is None
+        assert [r.getMessage() for r in caplog.records] == [
+            f"Kafka accepts the {who.split(':')[0]}'s transactions again ({kind} '{name}' for principal "
+            "User:ANONYMOUS was refused before)"]

@@ -152,7 +152,10 @@ def test_a_transactional_id_refused_at_run_time_is_retried_with_backoff_and_on_r
                     and daemon.get("/readyz") is not None, 90, "recovery once the ACL is back")
         daemon.wait(lambda: daemon.status()["cluster"]["changelog_writes"] > written, 60,
                     "the aggregator's state written again")
-        assert "accepts the aggregator's transactions again" in open(daemon.log_path).read()
+        # the recovery line names the whole refused resource and principal ("User:...", not cut at its colon)
+        recovered = (f"Kafka accepts the aggregator's transactions again (transactional id '{names['changelog']}' "
+                     f"for principal {PRINCIPAL} was refused before)")
+        assert recovered in open(daemon.log_path).read()
         assert daemon.terminate()[0] == 0
     finally:
         daemon.close()
@@ -344,5 +347,7 @@ def test_a_partition_whose_transactional_id_is_refused_waits_paused_and_restores
     assert log_text.count(refused) == 1, log_text[-5000:]
     for line in ("rejoining", "leaving the consumer group", "fenced", "Traceback"):
         assert line not in log_text, log_text[-5000:]
-    assert "Kafka accepts the worker's transactions again" in log_text, log_text[-5000:]
+    recovered = (f"Kafka accepts the worker's transactions again (transactional id '{txn_id}' for principal "
+                 f"{PRINCIPAL} was refused before)")
+    assert recovered in log_text, log_text[-5000:]
     assert re.search(rf"partition {topic}:{p} restored from \S+ in [0-9.]+ s", log_text), log_text[-5000:]
