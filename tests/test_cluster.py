@@ -509,6 +509,8 @@ def test_a_take_over_keeps_the_worker_positions_the_consumer_lag_is_measured_fro
     cluster = daemon.cluster
     cluster._consumer = _Seeks()
     daemon.pipeline.positions.update({"t:0": 120, "t:2": 75})  # what Daemon._process records per batch
+    daemon.pipeline.consumed, daemon.pipeline.late = 500, 2  # ... and the replica's own message counts
+    daemon.pipeline.invalid.update({"not_json": 3})
     state = None
     if committed:  # the previous aggregator's last changelog record
         state = json.loads(json.dumps(cluster._snapshot()))
@@ -516,6 +518,8 @@ def test_a_take_over_keeps_the_worker_positions_the_consumer_lag_is_measured_fro
     cluster._restore(state)
     assert cluster.active
     assert daemon.pipeline.positions == {"t:0": 120, "t:2": 75}
+    # the counters driftmon_messages_consumed_total and _invalid_total: a take-over neither resets nor replaces them
+    assert (daemon.pipeline.consumed, daemon.pipeline.late, dict(daemon.pipeline.invalid)) == (500, 2, {"not_json": 3})
     assert cluster._consumer.seeks == [(cluster.partials_topic, 0, None)]
     if committed:
         assert daemon.pipeline.windows_evaluated == 4 and daemon.pipeline.window.index == 4
