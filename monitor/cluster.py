@@ -38,9 +38,9 @@ import threading
 import time
 
 from monitor.config import ConfigError
-from monitor.kafka_client import (AbortableError, AuthorizationError, FencedError, ProduceError, ProduceTimeoutError,
-                                  RetryLog, check_access, create_topics, make_group_consumer, make_producer, fence,
-                                  read_to_end)
+from monitor.kafka_client import (AuthorizationError, FencedError, ProduceError, ProduceTimeoutError, RetryLog,
+                                  check_access, create_topics, end_transaction, make_group_consumer, make_producer,
+                                  fence, read_to_end)
 from monitor.join import RocksStore
 from monitor.performance import LabelledWindow, PerformanceTracker
 from monitor.pipeline import Pipeline
@@ -1284,19 +1284,10 @@ class Cluster:
         """Commit (``what="commit"``) or abort the aggregator's open transaction; True when it committed. A
         timeout keeps the producer and the transaction (:attr:`_state_in_doubt`: the next checkpoint finishes
         the same call on them); a commit the broker says must be aborted is aborted here."""
-        producer = self._state_producer
         try:
-            if what == "commit":
-                try:
-                    producer.commit(timeout_s=10.0)
-                    return True
-                except AbortableError as exc:
-                    log.info("aggregator state: the transaction cannot commit (%s); aborting it", exc)
-                    what = "abort"
-            producer.abort(timeout_s=10.0)
-            return False
-        except ProduceTimeoutError:
-            self._state_in_doubt = what
+            return end_transaction(self._state_producer, what, 10.0, "aggregator state")
+        except ProduceTimeoutError as exc:
+            self._state_in_doubt = exc.pending
             raise
 
     def _read_changelog(self) -> dict | None:

@@ -34,7 +34,7 @@ import logging
 
 import msgspec
 
-from monitor.kafka_client import (AbortableError, AuthorizationError, FencedError, ProduceError, ProduceTimeoutError,
+from monitor.kafka_client import (AuthorizationError, FencedError, ProduceError, ProduceTimeoutError, end_transaction,
                                   fence, read_to_end)
 
 __all__ = ["PartitionLog", "STATE_KEY", "take_change"]
@@ -145,19 +145,10 @@ class PartitionLog:
     def _end(self, what: str, timeout_s: float) -> bool:
         """Commit (``what="commit"``) or abort the open transaction; True when it committed. A commit the
         broker says must be aborted is aborted here (False). A timeout keeps the producer, :attr:`in_doubt`."""
-        producer = self.producer
         try:
-            if what == "commit":
-                try:
-                    producer.commit(timeout_s=timeout_s)
-                    return True
-                except AbortableError as exc:
-                    log.info("partition %d: the transaction cannot commit (%s); aborting it", self.partition, exc)
-                    what = "abort"
-            producer.abort(timeout_s=timeout_s)
-            return False
-        except ProduceTimeoutError:
-            self.in_doubt = what  # the same call again on the same producer finishes it (settle)
+            return end_transaction(self.producer, what, timeout_s, f"partition {self.partition}")
+        except ProduceTimeoutError as exc:
+            self.in_doubt = exc.pending  # the same call again on the same producer finishes it (settle)
             raise
         except BaseException:
             self.close()
