@@ -1554,11 +1554,16 @@ def _confluent_txn_error(err) -> ProduceError:
     return _confluent_error(err)
 
 
-def _generation_errors() -> set:
-    """librdkafka's errors for the offsets of a member that left the generation its metadata names."""
+def _left_generation(err) -> FencedError | None:
+    """The :class:`FencedError` of librdkafka's errors for the offsets of a member that left the generation its
+    metadata names (a rebalance it missed, a session that expired), or None for any other error: its
+    partitions may have a new owner, so it must rejoin, not take the transactional id again on the next cut
+    (that would fence the new owner)."""
     from confluent_kafka import KafkaError
 
-    return {KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION, KafkaError.FENCED_INSTANCE_ID}
+    if err.code() in {KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION, KafkaError.FENCED_INSTANCE_ID}:
+        return FencedError(f"not in the source group's current generation: {err.str()}")
+    return None
 
 
 class _ConfluentTransactions:
@@ -1622,12 +1627,7 @@ class _ConfluentTransactions:
             self._producer.send_offsets_to_transaction(positions, group, timeout_s)
         except KafkaException as exc:
             err = exc.args[0]
-            # the member left the generation the metadata names (a rebalance it missed, a session that
-            # expired): its partitions may have a new owner, so it must rejoin, not take the
-            # transactional id again on the next cut (that would fence the new owner)
-            if err.code() in _generation_errors():
-                raise FencedError(f"not in the source group's current generation: {err.str()}") from None
-            raise self._error(err) from None
+            raise (_left_generation(err) or self._error(err)) from None
 
     def commit(self, timeout_s: float = 10.0) -> None:
         self._end(self._producer.commit_transaction, "commit", timeout_s)  # flushes first: a failed record fails it
@@ -1646,8 +1646,9 @@ class _ConfluentTransactions:
             err = exc.args[0]
             if _confluent_refused(self.cfg, self.transactional_id, self._group, err) is not None or err.fatal():
                 raise self._error(err) from None
-            if err.code() in _generation_errors():
-                raise FencedError(f"not in the source group's current generation: {err.str()}") from None
+            left = _left_generation(err)
+            if left is not None:
+                raise left from None
             if err.txn_requires_abort():
                 raise AbortableError(err.str()) from None
             if err.retriable():
