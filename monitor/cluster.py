@@ -744,12 +744,17 @@ class Cluster:
         self._retry_at[who] = time.monotonic() + self._backoff[who]
 
     def _accepted(self, who: str) -> None:
-        line = self.refusals.pop(who, None)
+        line = self._forget_refusal(who)
         if line is not None:
             log.info("Kafka accepts the %s's transactions again (%s was refused before)", who.split(":", 1)[0],
                      _refused_what(line))
+
+    def _forget_refusal(self, who: str) -> str | None:
+        """Drop ``who``'s refusal and its backoff; returns its line, or None when it had none."""
+        line = self.refusals.pop(who, None)
         self._backoff.pop(who, None)
         self._retry_at.pop(who, None)
+        return line
 
     def _waiting(self, who: str) -> bool:
         """A refusal's backoff is not over yet."""
@@ -1144,10 +1149,8 @@ class Cluster:
         one of them is abandoned (closed by the consuming thread, never installed)."""
         self.worker.release(keys)
         for key in {self.worker.pair_key(k) for k in keys} if self.worker.pairs else ():
-            who = _restore_who(key)  # a refused restore of it: its new owner's to retry, no longer this replica's
-            self.refusals.pop(who, None)
-            self._backoff.pop(who, None)
-            self._retry_at.pop(who, None)
+            # a refused restore of it: its new owner's to retry, no longer this replica's
+            self._forget_refusal(_restore_who(key))
             partition_log = self.logs.pop(key, None)
             if partition_log is not None:
                 partition_log.close()

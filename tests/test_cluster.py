@@ -550,3 +550,34 @@ def test_the_recovery_line_of_a_refused_acl_names_the_whole_resource_and_princip
         assert [r.getMessage() for r in caplog.records] == [
             f"Kafka accepts the {who.split(':')[0]}'s transactions again ({kind} '{name}' for principal "
             "User:ANONYMOUS was refused before)"]
+
+
+def test_a_released_partition_forgets_its_refused_restore_without_a_line(labelled_setup, tmp_path, caplog):
+    """A partition released while its restore waits out a refusal's backoff: retrying it is its new owner's
+    job, so the refusal and its backoff go, without the line saying Kafka accepts the transactions again; the
+    refusals of others stay."""
+    import logging
+    from types import SimpleNamespace
+
+    import msgspec
+
+    from monitor.cluster import Cluster, _restore_who
+    from monitor.kafka_client import AuthorizationError
+
+    _tmp, config, baseline = labelled_setup
+    config = msgspec.structs.replace(config, state=msgspec.structs.replace(config.state, dir=str(tmp_path)))
+    cluster = Cluster(SimpleNamespace(config=config, baseline=baseline, pipeline=Pipeline(config, baseline),
+                                      alerts=SimpleNamespace(state_dict=lambda: {})))
+    who = _restore_who("t:1")
+    for _ in range(2):
+        cluster._refuse(who, AuthorizationError("the restore's id was refused"))
+    cluster._refuse("aggregator", AuthorizationError("the aggregator's id was refused"))
+    assert cluster._waiting(who) and cluster._backoff[who] == 2.0
+    caplog.set_level(logging.INFO, logger="monitor.cluster")
+    caplog.clear()
+    cluster.release(["l:1"])  # the label partition's key: its prediction partition's pair
+    assert caplog.records == []
+    assert not cluster._waiting(who) and who not in cluster._backoff
+    assert cluster.refusals == {"aggregator": "the aggregator's id was refused"} and cluster._waiting("aggregator")
+    cluster._refuse(who, AuthorizationError("the restore's id was refused"))  # taken again later: a fresh backoff
+    assert cluster._backoff[who] == 1.0
