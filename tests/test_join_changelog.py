@@ -286,9 +286,10 @@ def _kafka_python_transactions():
     with a sender that does nothing: the states are driven by hand, as the sender's responses would."""
     from kafka.producer.transaction_manager import ProducerIdAndEpoch, TransactionManager, TransactionState
 
-    from monitor.kafka_client import _KafkaPythonTransactions
+    from monitor.kafka_client import _KafkaPythonTransactions, _refuse_own_init
 
     manager = TransactionManager(transactional_id="join.0", transaction_timeout_ms=60000, api_version=(4, 0))
+    _refuse_own_init(manager)  # as _KafkaPythonTransactions.__init__ does
     manager._transition_to(TransactionState.INITIALIZING)
     manager.set_producer_id_and_epoch(ProducerIdAndEpoch(7, 0))
     manager._transition_to(TransactionState.READY)
@@ -353,5 +354,27 @@ def test_kafka_python_a_failed_batch_makes_the_commit_abortable_and_an_epoch_bum
     txn, manager = _kafka_python_transactions()
     manager.bump_producer_id_and_epoch()
     manager.transition_to_fatal_error(ProducerFencedError())  # the coordinator refused the bump: a new owner
+    with pytest.raises(FencedError):
+        txn.abort(timeout_s=0.1)
+
+
+def test_kafka_python_a_bump_refused_with_invalid_producer_epoch_is_a_fence_not_a_new_init():
+    """kafka-python 3.0 answers INVALID_PRODUCER_EPOCH to its own epoch bump with an InitProducerId without
+    producer id and epoch (a new init: it would fence the partition's new owner); a broker answers that code for
+    PRODUCER_FENCED below InitProducerId v4. With the guard it is fenced and queues nothing."""
+    from kafka.producer.transaction_manager import InitProducerIdHandler
+    from kafka.protocol.producer import InitProducerIdResponse
+
+    txn, manager = _kafka_python_transactions()
+    manager.bump_producer_id_and_epoch()  # what the sender does after a batch failed with InvalidProducerEpoch
+    [(_, _, bump)] = manager._pending_requests
+    manager._pending_requests.clear()  # the sender took it
+    assert isinstance(bump, InitProducerIdHandler)
+    assert (bump.request.producer_id, bump.request.producer_epoch) == (7, 0)  # a bump: granted to epoch 0 only
+    with manager._lock:  # as TxnRequestHandler.on_complete calls it
+        bump.handle_response(InitProducerIdResponse(throttle_time_ms=0, error_code=47, producer_id=-1,
+                                                    producer_epoch=-1))
+    assert manager._pending_requests == []  # no InitProducerId without producer id and epoch
+    assert manager.has_fatal_error() and bump.result.failed
     with pytest.raises(FencedError):
         txn.abort(timeout_s=0.1)

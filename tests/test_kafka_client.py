@@ -60,6 +60,48 @@ def test_a_second_transactional_producer_fences_the_first_and_readers_see_only_c
     assert records[0].offset < records[1].offset
 
 
+@pytest.mark.parametrize("init_producer_id_version", [None, 3])
+def test_kafka_python_the_old_owners_own_epoch_bump_fences_it_never_the_new_owner(kafka_broker, caplog,
+                                                                                  init_producer_id_version):
+    """After a take-over the old owner's next batch fails with INVALID_PRODUCER_EPOCH and kafka-python 3.0 bumps
+    the epoch by itself (KIP-360: InitProducerId with its producer id and epoch). Kafka refuses it with
+    PRODUCER_FENCED from InitProducerId v4 on, and with INVALID_PRODUCER_EPOCH below (Kafka 2.5 and 2.6 have no
+    v4; here the old owner's client is held to v3), to which kafka-python would initialize the id afresh and
+    fence the new owner (``_refuse_own_init``). Either way the old owner is fenced and the new owner commits."""
+    cfg = _cfg(kafka_broker, "kafka-python")
+    topic = kafka_broker.create_topic(f"join-{uuid.uuid4().hex[:8]}", partitions=1)
+    old = fence(cfg, topic)
+    new = None
+    try:
+        manager = old._producer._transaction_manager
+        if init_producer_id_version is not None:
+            versions = old._producer._sender._client._manager.broker_version_data.api_versions
+            versions[22] = (versions[22][0], init_producer_id_version)  # 22: InitProducerId
+        old.begin()
+        old.send(topic, b"before", key=b"k", partition=0)
+        old._producer.flush()  # the partition is in its transaction
+        epoch = manager.producer_id_and_epoch
+        new = fence(cfg, topic)  # the take-over: aborts the old owner's transaction under a later epoch
+        old.send(topic, b"after", key=b"k", partition=0)
+        old._producer.flush()  # refused: INVALID_PRODUCER_EPOCH, and kafka-python bumps the epoch
+        deadline = time.monotonic() + 60
+        while manager.is_bumping_epoch():
+            assert time.monotonic() < deadline, "the epoch bump was not answered within 60 s"
+            time.sleep(0.05)
+        assert "Bumping producer epoch" in caplog.text  # the path under test was taken
+        assert manager.has_fatal_error() and manager.producer_id_and_epoch == epoch  # not initialized again
+        with pytest.raises(FencedError):
+            old.commit()
+        new.begin()
+        new.send(topic, b"new owner", key=b"k", partition=0)
+        new.commit()
+    finally:
+        old.close()
+        if new is not None:
+            new.close()
+    assert [r.value for r in read_to_end(cfg, topic)] == [b"new owner"]
+
+
 @pytest.mark.parametrize("client", CLIENTS)
 def test_the_group_consumer_reads_what_was_acknowledged_and_seeks(kafka_broker, client):
     cfg = _cfg(kafka_broker, client)
