@@ -38,10 +38,10 @@ import threading
 import time
 
 from monitor.config import ConfigError
-from monitor.kafka_client import (AuthorizationError, FencedError, ProduceError, ProduceTimeoutError, RetryLog,
-                                  check_access, create_topics, end_transaction, make_group_consumer, make_producer,
-                                  fence, read_to_end)
+from monitor.kafka_client import (AuthorizationError, FencedError, ProduceError, RetryLog, check_access, create_topics,
+                                  make_group_consumer, make_producer, read_to_end)
 from monitor.join import RocksStore
+from monitor.join_changelog import TransactionalWriter
 from monitor.performance import LabelledWindow, PerformanceTracker
 from monitor.pipeline import Pipeline
 from monitor.window import Window
@@ -701,8 +701,8 @@ class Cluster:
         self.changed = False
         self.partitions = 0  # of the source topic
         self._producer = None  # partials (kafka_client.make_producer)
-        self._state_producer = None  # the changelog, transactional (the aggregator's)
-        self._state_in_doubt: str | None = None  # "commit" or "abort" of _state_producer that timed out
+        # the aggregator's changelog writer, fenced at each take-over
+        self._state_log = TransactionalWriter(kafka, self.changelog_topic, "aggregator state")
         self._consumer = None  # the aggregator group's member (kafka_client.make_group_consumer)
         self._last_commit = 0.0
         self.changelog_writes = 0
@@ -873,10 +873,10 @@ class Cluster:
         if self._consumer is not None:
             self._consumer.close(timeout_s=1.0)
             self._consumer = None
-        for producer in (self._producer, self._state_producer):
-            if producer is not None:
-                producer.close(timeout_s=1.0)
-        self._producer = self._state_producer = None
+        if self._producer is not None:
+            self._producer.close(timeout_s=1.0)
+            self._producer = None
+        self._state_log.close()
 
     # ---- work (under the daemon's lock) --------------------------------------------------------------
 
@@ -1235,23 +1235,13 @@ class Cluster:
         if not (self.changed or force):
             return True
         value = json.dumps(self._snapshot(), separators=(",", ":")).encode()
-        producer = self._state_producer
-        aborted = False  # the transaction failed and was aborted on the same producer: written again
+        state_log = self._state_log
         try:
-            if self._state_in_doubt is not None:  # the last commit timed out: finish it first (same epoch)
-                what, self._state_in_doubt = self._state_in_doubt, None
-                if self._end_state(what):
-                    self.changelog_writes += 1  # superseded by the state below
-            producer.begin()
-            try:
-                producer.send(self.changelog_topic, value, key=self.config.model.encode())
-            except (FencedError, AuthorizationError):
-                raise
-            except Exception:
-                aborted = not self._end_state("abort")
-                raise
-            aborted = not self._end_state("commit")
-            if aborted:
+            # the last commit timed out: finish it first (same epoch)
+            if state_log.in_doubt is not None and state_log.settle():
+                self.changelog_writes += 1  # superseded by the state below
+            key = self.config.model.encode()
+            if not state_log.transact(lambda producer: producer.send(self.changelog_topic, value, key=key)):
                 raise ProduceError("the transaction failed and was aborted")
         except FencedError:
             log.warning("fenced: another replica took over as the aggregator for %s", self.config.model)
@@ -1261,13 +1251,13 @@ class Cluster:
             self._retake_at = time.monotonic() + self.config.kafka.session_timeout_ms / 1000
             return False
         except Exception as exc:  # nothing is emitted until the state is durable
-            if self._state_in_doubt is not None:
+            if state_log.in_doubt is not None:
                 # outcome unknown (e.g. this process was stopped inside the commit): the producer and its
                 # transaction are kept, the next checkpoint finishes the commit on them (same epoch)
                 log.warning("aggregator state: the transaction's %s timed out, finished at the next checkpoint "
-                            "on the same producer: %s", self._state_in_doubt, exc)
+                            "on the same producer: %s", state_log.in_doubt, exc)
                 return False
-            if aborted:
+            if state_log.producer is not None:  # aborted on the same producer: written again
                 log.warning("aggregator state not written to %s, retrying: %s", self.changelog_topic, exc)
                 return False
             if isinstance(exc, AuthorizationError):  # a missing ACL (the take-over below retries with backoff)
@@ -1282,16 +1272,6 @@ class Cluster:
         self.changelog_writes += 1
         self.changed = False
         return True
-
-    def _end_state(self, what: str) -> bool:
-        """Commit (``what="commit"``) or abort the aggregator's open transaction; True when it committed. A
-        timeout keeps the producer and the transaction (:attr:`_state_in_doubt`: the next checkpoint finishes
-        the same call on them); a commit the broker says must be aborted is aborted here."""
-        try:
-            return end_transaction(self._state_producer, what, 10.0, "aggregator state")
-        except ProduceTimeoutError as exc:
-            self._state_in_doubt = exc.pending
-            raise
 
     def _read_changelog(self) -> dict | None:
         model, latest = self.config.model.encode(), None
@@ -1308,11 +1288,7 @@ class Cluster:
         that wakes up after its session expired cannot write a stale state), and the state is read with
         ``read_committed``.
         """
-        if self._state_producer is not None:  # a new epoch each take-over, even of our own partition
-            self._state_producer.close(timeout_s=1.0)
-            self._state_producer = None
-        self._state_in_doubt = None
-        self._state_producer = fence(self.config.kafka, self.changelog_topic, MAX_RECORD_BYTES, "gzip")
+        self._state_log.fence()  # a new epoch each take-over, even of our own partition
         return self._read_changelog()
 
     def _restore(self, state: dict | None) -> None:
@@ -1350,9 +1326,6 @@ class Cluster:
         self.active = False
         self.aggregator._reset()
         self.daemon._outgoing = None  # the next aggregator emits them from the changelog, or evaluates them again
-        if self._state_producer is not None:
-            self._state_producer.close(timeout_s=1.0)
-            self._state_producer = None
-        self._state_in_doubt = None
+        self._state_log.close()
         self.daemon.pipeline.last_result = None  # the global metrics are exported by the aggregator only
         log.info("no longer the aggregator for %s", self.config.model)

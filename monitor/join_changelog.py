@@ -37,7 +37,7 @@ import msgspec
 from monitor.kafka_client import (AuthorizationError, FencedError, ProduceError, ProduceTimeoutError, end_transaction,
                                   fence, read_to_end)
 
-__all__ = ["PartitionLog", "STATE_KEY", "take_change"]
+__all__ = ["PartitionLog", "STATE_KEY", "TransactionalWriter", "take_change"]
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,99 @@ def take_change(record, changes: dict, state: dict | None) -> dict | None:
     return state
 
 
-class PartitionLog:
+class TransactionalWriter:
+    """One transactional id's producer (:func:`~monitor.kafka_client.fence`) and its transactions, one at a time.
+
+    :meth:`transact` begins one, sends its records and commits it. A transaction that failed is aborted on the
+    same producer (to be written again). A commit or abort that timed out keeps the producer and its open
+    transaction (:attr:`in_doubt`) until :meth:`settle` finishes the same call on them (the same epoch: it
+    cannot fence an owner that took the id over meanwhile; it is fenced by it). Any other error closes the
+    producer (the next :meth:`fence` aborts what it left open). The writer of each :class:`PartitionLog` and
+    of the aggregator's state (``monitor.cluster.Cluster.checkpoint``).
+
+    Parameters
+    ----------
+    kafka : KafkaConfig
+    transactional_id : str
+    who : str
+        What its log lines name ("partition 3", "aggregator state").
+    """
+
+    def __init__(self, kafka, transactional_id: str, who: str):
+        self.kafka = kafka
+        self.transactional_id = transactional_id
+        self.who = who
+        self.producer = None  # kafka_client.fence: the transactional producer
+        self.in_doubt: str | None = None  # "commit" or "abort": timed out on :attr:`producer`, outcome unknown
+
+    def fence(self) -> None:
+        """Take the transactional id: aborts the previous owner's open transaction, fences it."""
+        self.close()
+        self.producer = fence(self.kafka, self.transactional_id, MAX_RECORD_BYTES, "gzip")
+
+    def transact(self, send, timeout_s: float = 10.0) -> bool:
+        """One transaction: ``send(producer)`` sends its records. True when it committed, False when it failed and
+        was aborted on the same producer (to be written again).
+
+        Raises kafka_client.FencedError when another owner took the id over (or the group's offsets were
+        refused: the member left the generation), and the producer is closed. When the commit times out
+        (:attr:`in_doubt`) the producer and its open transaction are kept: :meth:`settle` finishes the commit
+        before anything else is written. An error of ``send`` that leaves the producer usable is raised after
+        the transaction is aborted on it; only an error that leaves the producer unusable closes it."""
+        if self.in_doubt is not None:
+            raise ProduceError(f"the transaction's {self.in_doubt} that timed out is not settled")
+        producer = self.producer
+        try:
+            producer.begin()
+        except BaseException:
+            self.close()
+            raise
+        try:
+            send(producer)
+        except (FencedError, AuthorizationError):
+            self.close()
+            raise
+        except Exception as exc:  # e.g. a record refused: the transaction cannot commit, abort it
+            self._end("abort", timeout_s)
+            raise exc
+        except BaseException:
+            self.close()
+            raise
+        return self._end("commit", timeout_s)
+
+    def settle(self, timeout_s: float = 10.0) -> bool:
+        """Finish the commit (or abort) that timed out, on the same producer (the same epoch: it cannot fence
+        an owner that took the id over meanwhile; it is fenced by it). True when the transaction committed,
+        False when it was aborted (to be written again). Raises as :meth:`transact` (ProduceTimeoutError: still
+        unknown, still :attr:`in_doubt`)."""
+        what, self.in_doubt = self.in_doubt, None
+        if what is None:
+            raise ValueError("no transaction to settle")
+        return self._end(what, timeout_s)
+
+    def _end(self, what: str, timeout_s: float) -> bool:
+        """Commit (``what="commit"``) or abort the open transaction; True when it committed. A commit the
+        broker says must be aborted is aborted here (False). A timeout keeps the producer, :attr:`in_doubt`."""
+        try:
+            return end_transaction(self.producer, what, timeout_s, self.who)
+        except ProduceTimeoutError as exc:
+            self.in_doubt = exc.pending  # the same call again on the same producer finishes it (settle)
+            raise
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.producer is not None:
+            try:
+                self.producer.close(timeout_s=1.0)
+            except Exception as exc:  # a fenced producer may refuse to close cleanly
+                log.debug("closing the changelog producer of %s: %s", self.who, exc)
+            self.producer = None
+        self.in_doubt = None
+
+
+class PartitionLog(TransactionalWriter):
     """The transactional writer and the restoring reader of one source partition's changelog partition.
 
     Parameters
@@ -75,17 +167,10 @@ class PartitionLog:
     """
 
     def __init__(self, kafka, changelog: str, partition: int, group):
-        self.kafka = kafka
+        super().__init__(kafka, f"{changelog}.{partition}", f"partition {partition}")
         self.changelog = changelog
         self.partition = partition
         self.group = group
-        self.producer = None  # kafka_client.fence: the partition's transactional producer
-        self.in_doubt: str | None = None  # "commit" or "abort": timed out on :attr:`producer`, outcome unknown
-
-    def fence(self) -> None:
-        """Take the partition's transactional id: aborts the previous owner's open transaction, fences it."""
-        self.close()
-        self.producer = fence(self.kafka, f"{self.changelog}.{self.partition}", MAX_RECORD_BYTES, "gzip")
 
     def records(self):
         """The partition's committed records from its beginning to its end (``read_committed``), a generator
@@ -94,23 +179,10 @@ class PartitionLog:
 
     def write(self, partials_topic: str, model: bytes, partials: list[dict], changes: dict, state: dict,
               offsets: dict[tuple[str, int], int], timeout_s: float = 10.0) -> None:
-        """One transaction: partials, join changes, the state record and the consumed offsets.
+        """One transaction (:meth:`transact`): partials, join changes, the state record and the consumed
+        offsets; raises as it does, and ProduceError when the transaction failed and was aborted."""
 
-        Raises kafka_client.FencedError when another owner took the partition over (or the group's offsets
-        were refused: the member left the generation), and the producer is closed. When the commit times out
-        (:attr:`in_doubt`) the producer and its open transaction are kept: :meth:`settle` finishes the commit
-        before anything else is written. A transaction that failed is aborted on the same producer (to be
-        written again); only an error that leaves the producer unusable closes it (the next write fences
-        again, which aborts what it left open)."""
-        if self.in_doubt is not None:
-            raise ProduceError(f"the transaction's {self.in_doubt} that timed out is not settled")
-        producer = self.producer
-        try:
-            producer.begin()
-        except BaseException:
-            self.close()
-            raise
-        try:
+        def send(producer) -> None:
             for partial in partials:
                 producer.send(partials_topic, json.dumps(partial, separators=(",", ":")).encode(), key=model)
             for key, entry in changes.items():
@@ -120,45 +192,6 @@ class PartitionLog:
                           partition=self.partition)
             if offsets:
                 producer.send_offsets(offsets, self.group())
-        except (FencedError, AuthorizationError):
-            self.close()
-            raise
-        except Exception as exc:  # e.g. a record refused: the transaction cannot commit, abort it
-            self._end("abort", timeout_s)
-            raise exc
-        except BaseException:
-            self.close()
-            raise
-        if not self._end("commit", timeout_s):
+
+        if not self.transact(send, timeout_s):
             raise ProduceError("the transaction failed and was aborted: written again at the next cut")
-
-    def settle(self, timeout_s: float = 10.0) -> bool:
-        """Finish the commit (or abort) that timed out, on the same producer (the same epoch: it cannot fence
-        the partition's new owner, if another replica took it over meanwhile; it is fenced by it). True when
-        the transaction committed, False when it was aborted (its cut is to be written again). Raises as
-        :meth:`write` (ProduceTimeoutError: still unknown, still :attr:`in_doubt`)."""
-        what, self.in_doubt = self.in_doubt, None
-        if what is None:
-            raise ValueError("no transaction to settle")
-        return self._end(what, timeout_s)
-
-    def _end(self, what: str, timeout_s: float) -> bool:
-        """Commit (``what="commit"``) or abort the open transaction; True when it committed. A commit the
-        broker says must be aborted is aborted here (False). A timeout keeps the producer, :attr:`in_doubt`."""
-        try:
-            return end_transaction(self.producer, what, timeout_s, f"partition {self.partition}")
-        except ProduceTimeoutError as exc:
-            self.in_doubt = exc.pending  # the same call again on the same producer finishes it (settle)
-            raise
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        if self.producer is not None:
-            try:
-                self.producer.close(timeout_s=1.0)
-            except Exception as exc:  # a fenced producer may refuse to close cleanly
-                log.debug("closing the changelog producer of partition %d: %s", self.partition, exc)
-            self.producer = None
-        self.in_doubt = None

@@ -261,14 +261,14 @@ def test_the_aggregators_checkpoint_finishes_a_commit_that_timed_out_on_the_same
     _tmp, config, baseline = labelled_setup
     cluster = _cluster(config, baseline, tmp_path)
     broker: dict = {}
-    producer = cluster._state_producer = FakeTransactions(broker, ["timeout", "timeout", "ok"])
+    producer = cluster._state_log.producer = FakeTransactions(broker, ["timeout", "timeout", "ok"])
     cluster.active = cluster.changed = True
-    assert cluster.checkpoint() is False and cluster._state_in_doubt == "commit"
+    assert cluster.checkpoint() is False and cluster._state_log.in_doubt == "commit"
     assert cluster.active and cluster._retake_at is None and not producer.closed
-    assert cluster.checkpoint() is False and cluster._state_in_doubt == "commit"  # still unknown
-    assert cluster.checkpoint() is True and cluster._state_in_doubt is None
+    assert cluster.checkpoint() is False and cluster._state_log.in_doubt == "commit"  # still unknown
+    assert cluster.checkpoint() is True and cluster._state_log.in_doubt is None
     assert producer.calls.count("begin") == 2 and cluster.changelog_writes == 2  # the late one, then the newer
-    assert len(broker[cluster.changelog_topic]) == 2 and cluster._state_producer is producer
+    assert len(broker[cluster.changelog_topic]) == 2 and cluster._state_log.producer is producer
 
     producer.script = ["timeout", "fenced"]
     cluster.changed = True
@@ -277,6 +277,36 @@ def test_the_aggregators_checkpoint_finishes_a_commit_that_timed_out_on_the_same
     assert cluster._retake_at > time.monotonic() + config.kafka.session_timeout_ms / 1000 - 5
     assert len(broker[cluster.changelog_topic]) == 2
 
+
+
+def test_the_aggregators_checkpoint_writes_an_aborted_state_again_and_takes_over_when_the_producer_is_unusable(
+        labelled_setup, tmp_path, caplog):
+    """The aggregator's state write: a transaction the broker says must be aborted is aborted on the same
+    producer and the state is written at the next checkpoint (no resign, no take-over); an error that leaves the
+    producer unusable closes it, and the aggregator resigns and takes over again at once."""
+    import logging
+    import time
+
+    _tmp, config, baseline = labelled_setup
+    cluster = _cluster(config, baseline, tmp_path)
+    broker: dict = {}
+    producer = cluster._state_log.producer = FakeTransactions(broker, ["abortable"])
+    cluster.active = cluster.changed = True
+    caplog.set_level(logging.WARNING, logger="monitor.cluster")
+    assert cluster.checkpoint() is False and cluster.active and cluster.changed and cluster._retake_at is None
+    assert producer.calls == ["begin", "send", "commit", "abort"] and not producer.closed and broker == {}
+    assert [r.getMessage() for r in caplog.records] == [
+        f"aggregator state not written to {cluster.changelog_topic}, retrying: the transaction failed and was aborted"]
+    assert cluster.checkpoint() is True and not cluster.changed and cluster.changelog_writes == 1
+    assert len(broker[cluster.changelog_topic]) == 1 and cluster._state_log.producer is producer
+
+    caplog.clear()
+    producer.state = "committing"  # begin fails: the producer is unusable
+    assert cluster.checkpoint(force=True) is False and not cluster.active and producer.closed
+    assert cluster._state_log.producer is None and cluster._retake_at <= time.monotonic()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"aggregator state not written to {cluster.changelog_topic}: begin in state committing"]
+    assert len(broker[cluster.changelog_topic]) == 1 and cluster.changelog_writes == 1
 
 # ---- kafka-python: our mapping of its transaction manager's states (its real state machine, no network) ----
 
