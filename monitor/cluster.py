@@ -36,6 +36,7 @@ import math
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from monitor.config import ConfigError
 from monitor.kafka_client import (AuthorizationError, FencedError, ProduceError, RetryLog, check_access, create_topics,
@@ -551,6 +552,12 @@ RESTORE_CHUNK = 10_000
 RESTORE_SLICE_S = {"kafka-python": 0.5, "confluent-kafka": 0.1}
 RESTORE_POLL_MS = {"kafka-python": 50, "confluent-kafka": 0}
 
+#: Fences (``init_transactions``) run at once, each restore's on a thread of this pool and a producer of its own: a
+#: fence is mostly waiting for the transaction coordinator (about 1 s with confluent-kafka, a few tenths with
+#: kafka-python), so a replica given several partitions fences them together, not one after another (docs/DESIGN.md,
+#: "Restore time"; bench/restore_fences.py).
+FENCE_THREADS = 8
+
 
 class _Restoring:
     """The positions the source seeks to on assignment (``get(key, default)``), restoring partitions new to
@@ -587,8 +594,9 @@ def _restore_who(key: str) -> str:
 
 
 class _Restore:
-    """One partition's restore from its join changelog, run on the consuming thread a slice at a time (as
-    Kafka Streams restores on its stream thread): fence the partition's transactional id, then read the
+    """One partition's restore from its join changelog: its fence (the partition's transactional id, taken by
+    :meth:`Cluster._fence` on the fence pool, the fences of every restoring partition at once), then the read, run
+    on the consuming thread a slice at a time (as Kafka Streams restores on its stream thread): read the
     changelog partition to its end, applying it to the partition's fresh store a chunk of
     :data:`RESTORE_CHUNK` records at a time in log order (a put writes or replaces the entry, a tombstone
     deletes it), so that its memory is one chunk's, not the partition's. Between slices the consumer polls
@@ -600,6 +608,7 @@ class _Restore:
     def __init__(self, key: str, partition_log):
         self.key = key
         self.log = partition_log  # monitor.join_changelog.PartitionLog: fenced first, kept once installed
+        self.fencing = None  # its fence on the pool (a Future: True when fenced, False when not let through yet)
         self.chunk: dict = {}  # prediction id -> entry or None (a tombstone), read and not yet in the store
         self.state: dict | None = None  # the last state record read so far
         self.records = 0  # changelog records read
@@ -611,17 +620,23 @@ class _Restore:
 
     @property
     def phase(self) -> str:
-        return "fence" if self.log.producer is None else "read"
+        return "read" if self.fenced else "fence"
+
+    @property
+    def fenced(self) -> bool:
+        """The partition's transactional id is taken (the read can start)."""
+        return self.log.producer is not None and (self.fencing is None or self.fencing.done())
 
     def advance(self, worker: Worker, deadline: float) -> bool:
-        """Work until ``deadline`` (monotonic) or the end; True when the partition is ready to install.
-        Raises what the broker or the store raised (the caller gives the restore up)."""
+        """Read until ``deadline`` (monotonic) or the end, once :attr:`fenced`; True when the partition is ready
+        to install. Raises what the broker or the store raised (the caller gives the restore up)."""
         from monitor.join_changelog import take_change
 
         if self.done:
             return True
-        if self.log.producer is None:
-            self.log.fence()  # aborts the previous owner's open transaction, fences it
+        if not self.fenced:
+            raise ValueError(f"partition {self.key}: restore read before its fence")
+        if self.part is None:
             self._reader = self.log.records()
             self.part = worker.new_part(self.key)  # a fresh store: the chunks in log order give the final state
             if time.monotonic() >= deadline:
@@ -654,14 +669,18 @@ class _Restore:
                 "entries": self.pending, "seconds": round(time.monotonic() - self.started, 1)}
 
     def close(self) -> None:
-        """Give the restore up: the reader, the store being filled and the transactional producer."""
+        """Give the restore up: the reader, the store being filled and the transactional producer (a fence still
+        on the pool closes it when it ends)."""
         if self._reader is not None:
             self._reader.close()  # its finally closes the reading client
             self._reader = None
         if self.part is not None and self.part.tracker is not None:
             self.part.tracker.join.close()
             self.part = None
-        self.log.close()
+        if self.fencing is not None:
+            self.fencing.add_done_callback(lambda _done: self.log.close())  # at once if it has ended
+        else:
+            self.log.close()
 
 
 class Cluster:
@@ -726,6 +745,12 @@ class Cluster:
         self._abandoned: list[_Restore] = []  # revoked while restoring: closed by the consuming thread
         self._resuming: dict[str, dict] = {}  # installed, not yet sought and resumed by the source
         self._restoring_lock = threading.Lock()  # the assignment callback runs on kafka-python's IO thread
+        # the restores' fences, run together (FENCE_THREADS); a fence starts only for a partition the source holds
+        # and is not leaving, and a revocation waits for those in flight (see _fence)
+        self._fence_pool: ThreadPoolExecutor | None = None
+        self._fence_gate = threading.Condition()
+        self._fences_in_flight = 0
+        self._left = None  # the source leaving the group (Daemon._rejoin, shutdown): none of its partitions fenced
 
     @property
     def refused(self) -> str | None:
@@ -868,6 +893,9 @@ class Cluster:
             self.restoring, self._abandoned = {}, []
         for restore in restores:
             restore.close()
+        if self._fence_pool is not None:
+            self._fence_pool.shutdown(wait=False, cancel_futures=True)  # one in flight closes its producer at its end
+            self._fence_pool = None
         if self._thread is not None:
             self._thread.join(timeout=1.0)
         if self._consumer is not None:
@@ -924,6 +952,8 @@ class Cluster:
 
     def before_revoke(self) -> dict[str, int]:
         if self.worker.pairs:
+            # the source holds nothing now, so no fence starts; one in flight ends before the partitions go
+            self.await_fences(self.config.kafka.session_timeout_ms / 2000)
             self.cut(list(self.worker.parts), force=True)
             return {}  # committed in the transactions
         if not self.produce_partials():
@@ -1032,44 +1062,117 @@ class Cluster:
 
     def restore_step(self, source, budget_s: float) -> None:
         """Advance the restores for about ``budget_s`` seconds (on the consuming thread, between polls, without
-        the daemon's lock), each its share in turn so that a small partition is not held up behind a large
-        one; install a finished one and resume its partitions at the restored positions."""
+        the daemon's lock): start the fences of every restoring partition at once on the fence pool, then read
+        the fenced ones, each its share of the budget in turn so that a small partition is not held up behind a
+        large one; install a finished one and resume its partitions at the restored positions."""
         self._resume(source)
         self._drop_abandoned()  # first: an abandoned restore's store is closed before its successor's opens
         with self._restoring_lock:
             restores = list(self.restoring.values())
         if not restores:
             return
-        share = budget_s / len(restores)
+        self._start_fences(restores)
+        reading = []
         for restore in restores:
             if restore.abandoned or self._waiting(_restore_who(restore.key)):
                 continue
             try:
-                ready = restore.advance(self.worker, time.monotonic() + share)
-            except AuthorizationError as exc:
-                # A missing ACL on the partition's transactional id: no other owner, so a rejoin cannot cure it
-                # (and would restore every other partition again). The partition stays held (paused, nothing of
-                # it read or committed) and its restore starts afresh after the backoff.
-                self._refuse(_restore_who(restore.key), exc)
-                restore.close()
-                with self._restoring_lock:
-                    if self.restoring.get(restore.key) is restore:
-                        self.restoring[restore.key] = _Restore(restore.key, self._partition_log(restore.key))
+                if restore.fencing is not None:
+                    if not restore.fencing.done():
+                        continue  # in flight: read once it is fenced
+                    future, restore.fencing = restore.fencing, None
+                    if not future.result():  # raises what the fence raised
+                        continue  # not let through (the source did not hold the partition): started again
+            except Exception as exc:
+                self._restore_failed(restore, exc)
                 continue
-            except Exception as exc:  # the partition's records wait (see Worker.blocked) until the rejoin
-                log.warning("partition %s: state not restored from %s (%s); rejoining the group", restore.key,
-                            self.join_topic, exc)
-                restore.close()
-                with self.daemon.lock:
-                    with self._restoring_lock:
-                        if self.restoring.get(restore.key) is restore:
-                            del self.restoring[restore.key]
-                            self.worker.staged[restore.key] = None
-                            self.rejoin = True
+            if restore.fenced:
+                reading.append(restore)
+        for restore in reading:
+            try:
+                ready = restore.advance(self.worker, time.monotonic() + budget_s / len(reading))
+            except Exception as exc:
+                self._restore_failed(restore, exc)
                 continue
             if ready:
                 self._install(restore, source)
         self._drop_abandoned()
+
+    def _restore_failed(self, restore: _Restore, exc: Exception) -> None:
+        """A restore's fence or read failed: a refused id waits its backoff and restarts in place; anything else
+        gives the partition up until the rejoin."""
+        if isinstance(exc, AuthorizationError):
+            # A missing ACL on the partition's transactional id: no other owner, so a rejoin cannot cure it
+            # (and would restore every other partition again). The partition stays held (paused, nothing of
+            # it read or committed) and its restore starts afresh after the backoff.
+            self._refuse(_restore_who(restore.key), exc)
+            restore.close()
+            with self._restoring_lock:
+                if self.restoring.get(restore.key) is restore:
+                    self.restoring[restore.key] = _Restore(restore.key, self._partition_log(restore.key))
+            return
+        # the partition's records wait (see Worker.blocked) until the rejoin
+        log.warning("partition %s: state not restored from %s (%s); rejoining the group", restore.key,
+                    self.join_topic, exc)
+        restore.close()
+        with self.daemon.lock:
+            with self._restoring_lock:
+                if self.restoring.get(restore.key) is restore:
+                    del self.restoring[restore.key]
+                    self.worker.staged[restore.key] = None
+                    self.rejoin = True
+
+    # ---- the restores' fences, together on a pool -----------------------------------------------------
+
+    def _start_fences(self, restores) -> None:
+        """Start the fence of every restore not fenced yet whose partition the source holds (and whose refusal's
+        backoff is over), all at once on the fence pool."""
+        for restore in restores:
+            if restore.fencing is not None or restore.log.producer is not None or restore.abandoned \
+                    or self._waiting(_restore_who(restore.key)) or not self._holds(restore.key):
+                continue
+            if self._fence_pool is None:
+                self._fence_pool = ThreadPoolExecutor(FENCE_THREADS, thread_name_prefix="driftmon-fence")
+            restore.fencing = self._fence_pool.submit(self._fence, restore)
+
+    def _holds(self, key: str) -> bool:
+        """The source holds partition ``key`` and is not leaving the group (it clears what it holds when the
+        partitions are revoked or lost, before the revocation callback)."""
+        source = self.source
+        return source is not None and source is not self._left \
+            and any(f"{tp.topic}:{tp.partition}" == key for tp in source.assigned)
+
+    def _fence(self, restore: _Restore) -> bool:
+        """Take the partition's transactional id (on the fence pool), if it is still this replica's: a fence after
+        the partition went could fence its new owner. Let through and counted in flight in one step under the gate,
+        so that a revocation (the source cleared what it holds first) waits for it (:meth:`await_fences`). False
+        when not let through (started again once the source holds the partition, or abandoned)."""
+        with self._fence_gate:
+            if restore.abandoned or not self._holds(restore.key):
+                return False
+            self._fences_in_flight += 1
+        try:
+            restore.log.fence()  # aborts the previous owner's open transaction, fences it
+        finally:
+            with self._fence_gate:
+                self._fences_in_flight -= 1
+                self._fence_gate.notify_all()
+        return True
+
+    def await_fences(self, timeout_s: float) -> bool:
+        """Wait (at most ``timeout_s``) until no fence is in flight; False when one still is (logged)."""
+        with self._fence_gate:
+            if self._fence_gate.wait_for(lambda: self._fences_in_flight == 0, timeout_s):
+                return True
+        log.warning("a restore's fence still in flight after %.1f s while the partitions go", timeout_s)
+        return False
+
+    def leave(self, timeout_s: float) -> None:
+        """The source is about to leave the group (a rejoin, a shutdown): no fence starts for its partitions from
+        now on, and those in flight are waited for (at most ``timeout_s``) before it goes."""
+        with self._fence_gate:
+            self._left = self.source
+        self.await_fences(timeout_s)
 
     def _install(self, restore: _Restore, source) -> None:
         """A finished restore becomes the partition's pipeline, if the partition is still this replica's."""
@@ -1126,11 +1229,11 @@ class Cluster:
 
     @property
     def restore_poll_ms(self) -> int:
-        """The poll timeout between restore slices; 50 ms while every restore waits out a refusal's backoff (a
-        poll without a timeout would then spin)."""
+        """The poll timeout between restore slices; 50 ms while no restore has anything to read (every one waits
+        for its fence, or out a refusal's backoff: a poll without a timeout would then spin)."""
         with self._restoring_lock:
-            keys = list(self.restoring)
-        if keys and all(self._waiting(_restore_who(k)) for k in keys):
+            restores = list(self.restoring.values())
+        if restores and not any(r.fenced and not self._waiting(_restore_who(r.key)) for r in restores):
             return 50
         return RESTORE_POLL_MS[self.config.kafka.client]
 

@@ -427,6 +427,7 @@ class Daemon:
         partition assigned then is restored from its changelog (monitor/join_changelog.py)."""
         log.warning("leaving the consumer group to restore the partitions' state from %s", self.cluster.join_topic)
         source, self.source = self.source, None
+        self.cluster.leave(self.config.kafka.session_timeout_ms / 2000)  # no restore's fence after it left
         source.close(timeout_s=2.0)
         with self.lock:
             self.cluster.rejoin = False
@@ -670,6 +671,8 @@ class Daemon:
                         self._commit(timeout_ms=int(min(1.0, left - 2.0) * 1000))
                 except Exception as exc:
                     log.warning("final offset commit failed: %s", exc)
+            if self.cluster is not None:  # no restore's fence after it left
+                self.cluster.leave(min(1.0, max(0.1, self._stop_left() - 2.0)))
             self.source.close(timeout_s=min(0.5, max(0.1, (self._stop_left() - 0.5) / 3)))
             self.source = None
         if self.cluster is not None:

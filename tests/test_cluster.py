@@ -427,11 +427,12 @@ def test_a_restore_applies_the_changelog_a_bounded_chunk_at_a_time(labelled_setu
     records = _changelog(3 * RESTORE_CHUNK + 4321, ids=RESTORE_CHUNK // 2, seed=6)
     entries, state = read_whole(records)
     restore, slices = _Restore("t:1", _Log(records)), 0
+    restore.log.fence()  # the fence pool's part (Cluster._fence)
     while not restore.advance(worker, deadline=0.0):  # every slice is past its deadline at its first check
         slices += 1
         assert len(restore.chunk) < RESTORE_CHUNK + 1000 and not restore.part.store.changed
         assert restore.status()["entries"] == restore.pending <= len(entries) + RESTORE_CHUNK
-    assert slices == len(records) // 1000 + 1  # the fence, then one slice per thousand records read
+    assert slices == len(records) // 1000 + 1  # the reader opened, then one slice per thousand records read
     assert restore.records == len(records) and restore.chunk == {} and restore.state == state
     store = restore.part.store
     assert store.entries() == entries and len(store) == restore.pending == len(entries) > RESTORE_CHUNK // 4
@@ -468,6 +469,7 @@ def test_a_restore_of_an_empty_changelog_installs_an_empty_partition(labelled_se
     assert len(worker.parts["t:1"].store) == 500 and worker.parts["t:1"].store.changed
     worker.release(["t:1"])  # its store closed, its files left behind
     restore = _Restore("t:1", _Log([]))
+    restore.log.fence()
     assert restore.advance(worker, deadline=math.inf)
     part = worker.load("t:1", restore.part, restore.state)
     store = part.store
@@ -581,3 +583,159 @@ def test_a_released_partition_forgets_its_refused_restore_without_a_line(labelle
     assert cluster.refusals == {"aggregator": "the aggregator's id was refused"} and cluster._waiting("aggregator")
     cluster._refuse(who, AuthorizationError("the restore's id was refused"))  # taken again later: a fresh backoff
     assert cluster._backoff[who] == 1.0
+
+
+class _HeldSource:
+    """The source, as far as restores use it: the partitions it holds (cleared on a revocation, before the
+    callback), and the held partitions it resumes."""
+
+    def __init__(self, keys):
+        from kafka import TopicPartition
+
+        self.assigned = frozenset(TopicPartition(k.rsplit(":", 1)[0], int(k.rsplit(":", 1)[1])) for k in keys)
+        self.resumed = {}
+
+    def resume_held(self, positions) -> bool:
+        self.resumed.update(positions)
+        return True
+
+
+class _FenceLog(_Log):
+    """An empty changelog partition whose fence runs ``fence_hook(partition)`` first (a broker's answer)."""
+
+    def __init__(self, key, fence_hook):
+        super().__init__([])
+        self.key, self.fence_hook = key, fence_hook
+
+    def fence(self):
+        self.fence_hook(self.key)
+        super().fence()
+
+
+@pytest.fixture
+def restoring(labelled_setup, tmp_path):
+    """A scale-out daemon with labels (no broker): its Cluster restoring partitions through ``_FenceLog``s; set
+    ``cluster.fence_hook``. Its source holds partitions 0-5 of both topics."""
+    import msgspec
+
+    from monitor.daemon import Daemon
+
+    _tmp, config, baseline = labelled_setup
+    config = msgspec.structs.replace(config, state=msgspec.structs.replace(config.state, dir=str(tmp_path / "state")))
+    daemon = Daemon(config, baseline)
+    cluster = daemon.cluster
+    cluster.fence_hook = lambda key: None
+    cluster.fence_logs = {}
+    cluster._partition_log = lambda key: cluster.fence_logs.setdefault(
+        key, _FenceLog(key, lambda k: cluster.fence_hook(k)))
+    cluster.source = _HeldSource([f"{t}:{p}" for t in "tl" for p in range(6)])
+    yield cluster
+    cluster.close()
+    daemon.shutdown(quiet=True)
+
+
+def _restore_all(cluster, deadline_s: float = 60.0) -> None:
+    """The consuming thread's restore slices (its polls left out) until no restore is left."""
+    import time
+
+    deadline = time.monotonic() + deadline_s
+    while cluster.restoring_work and time.monotonic() < deadline:
+        cluster.restore_step(cluster.source, 0.1)
+        time.sleep(0.01)
+    assert not cluster.restoring_work, cluster.status()
+
+
+def test_the_fences_of_the_partitions_being_restored_run_together(restoring):
+    """Six partitions assigned at once, their changelogs empty: the fence (init_transactions, about 1 s with
+    confluent-kafka) is most of each restore, and they ran one after another on the consuming thread (6 s at
+    start-up). Each fence here returns only once all six are in flight: before, the first one waited for the
+    others for ever (the barrier broke, the restore failed and the replica rejoined)."""
+    import threading
+
+    cluster = restoring
+    barrier = threading.Barrier(6, timeout=30)
+    cluster.fence_hook = lambda key: barrier.wait()
+    for p in range(6):
+        cluster.begin_restore(f"t:{p}")
+    _restore_all(cluster)
+    assert not cluster.rejoin and not barrier.broken
+    assert sorted(cluster.worker.staged) == [f"t:{p}" for p in range(6)]
+    assert all(cluster.logs[f"t:{p}"] is cluster.fence_logs[f"t:{p}"] for p in range(6))  # one id per partition
+    assert set(cluster.source.resumed) == {f"{t}:{p}" for t in "tl" for p in range(6)}
+
+
+def test_no_fence_starts_after_a_revocation_and_the_revocation_waits_for_one_in_flight(restoring):
+    """A fence after its partition went to another replica would fence the new owner. The source clears what it
+    holds before the revocation callback (Cluster.before_revoke): no fence starts then, and the callback returns
+    only once the fence in flight has ended; assigned again, the partition's restore goes on; leaving the group,
+    none starts either."""
+    import threading
+
+    cluster = restoring
+    entered, release, order = threading.Event(), threading.Event(), []
+
+    def hook(key):
+        order.append(f"fence {key}")
+        if key == "t:0":
+            entered.set()
+            release.wait(30)
+
+    cluster.fence_hook = hook
+    held = cluster.source.assigned
+    cluster.begin_restore("t:0")
+    cluster.restore_step(cluster.source, 0.1)
+    assert entered.wait(30)
+    cluster.source.assigned = frozenset()  # revoked (KafkaSource.on_revoked, ConfluentSource._on_revoke)
+    revoking = threading.Thread(target=lambda: (cluster.before_revoke(), order.append("revoked")))
+    revoking.start()
+    cluster.begin_restore("t:1")
+    for _ in range(5):
+        cluster.restore_step(cluster.source, 0.1)
+    revoking.join(0.5)
+    assert revoking.is_alive()  # waits for the fence of t:0
+    release.set()
+    revoking.join(30)
+    assert order == ["fence t:0", "revoked"]
+    for _ in range(5):
+        cluster.restore_step(cluster.source, 0.1)
+    assert order == ["fence t:0", "revoked"]  # t:0 is read meanwhile (installed: a partition that stays goes on)
+    assert [(r["partition"], r["phase"]) for r in cluster.status()["restoring_partitions"]] == [("t:1", "fence")]
+    cluster.source.assigned = held  # both assigned again: t:0 goes on (fenced already), t:1 is fenced now
+    _restore_all(cluster)
+    assert order == ["fence t:0", "revoked", "fence t:1"]
+    assert sorted(cluster.worker.staged) == ["t:0", "t:1"] and not cluster.rejoin
+    cluster.begin_restore("t:2")
+    cluster.leave(1.0)  # Daemon._rejoin and shutdown, before the source leaves the group
+    for _ in range(5):
+        cluster.restore_step(cluster.source, 0.1)
+    assert order == ["fence t:0", "revoked", "fence t:1"]
+
+
+def test_a_refused_fence_on_the_pool_stays_held_and_is_retried_after_its_backoff(restoring):
+    """A fence the broker refuses (a missing ACL on the partition's transactional id) raises on the fence pool:
+    the partition stays restoring (held), the refusal is on /readyz, and no rejoin; the other partitions are
+    restored meanwhile, and once the backoff is over the fence is tried again and the partition restored."""
+    from monitor.kafka_client import AuthorizationError
+
+    cluster = restoring
+    refused = []
+
+    def hook(key):
+        if key == "t:3" and not refused:
+            refused.append(key)
+            raise AuthorizationError(f"Kafka refused transactional id '{cluster.join_topic}.3'")
+
+    cluster.fence_hook = hook
+    for p in range(6):
+        cluster.begin_restore(f"t:{p}")
+    for _ in range(200):
+        cluster.restore_step(cluster.source, 0.1)
+        if cluster.restoring_partitions == ["t:3"] and refused:
+            break
+    assert cluster.restoring_partitions == ["t:3"] and refused == ["t:3"]
+    assert cluster.refused.startswith("Kafka refused transactional id") and not cluster.rejoin
+    assert cluster.restore_poll_ms == 50  # waiting out the backoff: polls with a timeout
+    cluster._retry_at["worker:t:3"] = 0.0  # the backoff is over
+    _restore_all(cluster)
+    assert sorted(cluster.worker.staged) == [f"t:{p}" for p in range(6)]
+    assert cluster.refused is None and not cluster.rejoin
