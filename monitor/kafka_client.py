@@ -459,17 +459,22 @@ class KafkaSource:
         if released and self.on_release is not None:
             self.on_release([partition_key(tp) for tp in released])
         saved = self.positions()
-        for tp in assigned:
-            offset = saved.get(partition_key(tp), self._rewind.get(tp))
-            if offset is not None:
-                self._consumer.seek(tp, offset)
-        self._rewind = {}
+        for tp in assigned:  # (scale-out: records each partition new to the replica as restoring)
+            saved.get(partition_key(tp))
         with self._held_lock:
             held = self.held() if self.held is not None else set()
             self._held = frozenset(tp for tp in assigned if partition_key(tp) in held)
             self._held_rewind = {}
             if self._held:  # before any fetch of them: their records wait for the restored state
                 self._consumer.pause(*self._held)
+            # Sought after held() is asked: a restore installed (on the consuming thread) after its position was
+            # read and before held() is not held, so its restored position must be read again, or it would start
+            # at the committed offsets. Installed, it is staged before it leaves the restoring set.
+            for tp in assigned:
+                offset = saved.get(partition_key(tp), self._rewind.get(tp))
+                if offset is not None:
+                    self._consumer.seek(tp, offset)
+            self._rewind = {}
             # kafka-python keeps a partition's paused flag when it is assigned again: one held while restoring
             # and revoked before resume_held (restored in between) would stay paused, its records never read
             free = [tp for tp in assigned if tp not in self._held]

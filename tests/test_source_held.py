@@ -184,3 +184,35 @@ def test_kafka_python_a_restore_installed_while_the_assignment_asks_what_is_held
     assert not installer[0].is_alive()
     assert consumer.fetching() == {(TOPIC, 0), (TOPIC, 1)}
     assert consumer.sought == {(TOPIC, 0): 3, (TOPIC, 1): 5}
+
+
+def test_kafka_python_a_restore_installed_after_its_position_was_read_is_sought_to_the_restored_position():
+    """kafka-python calls on_assigned on its IO thread while the consuming thread restores: a restore installed
+    after the assignment read the partition's position (none yet: still restoring) and before it asked ``held()``
+    is not held, so resume_held does not seek it, and the assignment left it at the committed offsets instead of
+    the restored positions. The assignment now reads the positions of what is not held after asking ``held()``."""
+    restoring = set(KEYS)
+    restored: dict = {}
+    installer = []
+
+    class Positions:  # Cluster.positions(): a partition's restored positions once installed (staged), else none
+        def get(self, key, default=None):
+            if key == KEYS[1] and not installer:  # partition 0's position was read: it is installed right now
+                def install():
+                    restored[KEYS[0]] = 3  # staged first, then out of the restoring set (Cluster._install)
+                    restoring.discard(KEYS[0])
+                    assert source.resume_held({KEYS[0]: 3})
+
+                installer.append(threading.Thread(target=install))
+                installer[0].start()
+                installer[0].join(0.5)
+            return restored.get(key, default)
+
+    source = KafkaSource(KafkaConfig(bootstrap_servers="unused:9092", topic=TOPIC, group_id="g"), Positions,
+                         held=lambda: set(restoring))
+    consumer = source._consumer = _KafkaPython()
+    _kafka_python_rebalance(source, consumer, [0, 1])
+    installer[0].join(10)
+    assert not installer[0].is_alive()
+    assert consumer.fetching() == {(TOPIC, 0)}  # partition 1 still restoring: held
+    assert consumer.sought == {(TOPIC, 0): 3}  # before: {} (the committed offsets)
