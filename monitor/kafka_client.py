@@ -1701,10 +1701,14 @@ def _confluent_read_to_end(cfg: KafkaConfig, topic: str, partition: int, timeout
     # stable offset under read_committed: control records and aborted ones never show up as messages).
     # librdkafka requires a group.id and looks its coordinator up even so, which needs Describe on the group:
     # the source group's, which the principal has (a group of its own would need an ACL of its own).
+    # fetch.wait.max.ms: the broker answers a fetch at the end at once, not after 500 ms (an empty partition's end)
     reader = Consumer({**librdkafka_options(cfg), "group.id": cfg.group_id, "enable.auto.commit": False,
                        "isolation.level": "read_committed", "enable.partition.eof": True,
-                       "receive.message.max.bytes": 100_000_000})
+                       "receive.message.max.bytes": 100_000_000, "fetch.wait.max.ms": 10})
     try:
+        # the partition's leader known before it is assigned: else librdkafka looks its first offset up again
+        # only after 500 ms (an empty changelog partition took 1 s to read, most of its restore)
+        reader.list_topics(topic, timeout=timeout_s)
         reader.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
         deadline = time.monotonic() + timeout_s
         while True:
