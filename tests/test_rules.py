@@ -4,6 +4,7 @@
 - `promtool check rules` accepts it and `promtool test rules` passes its unit tests;
 - every alert has a severity, a `for`, a summary, a description and a runbook URL whose anchor
   is a section of docs/runbook.md, and is unit-tested both firing and not firing;
+- the metric table of docs/DESIGN.md lists every family of monitor/metrics.py, with its type, and no other;
 - the checks themselves can fail: promtool rejects a broken rule, and the unit tests reject
   rules generated with a different threshold.
 
@@ -187,3 +188,15 @@ def test_every_alert_is_unit_tested_firing_and_not_firing():
 def test_runbook_has_no_section_for_a_missing_alert():
     sections = set(re.findall(r"^## (Driftmon\w+)\s*$", RUNBOOK.read_text(), re.M))
     assert sections == set(ALERT_IDS)
+
+
+def test_design_metric_table_is_every_metric_of_monitor_metrics():
+    """The naming contract lists each family monitor/metrics.py defines, with its type, and nothing else."""
+    from monitor.metrics import NAMES, PREFIX
+
+    defined = {PREFIX + key + ("_total" if kind == "counter" else ""): kind for key, (kind, _help) in NAMES.items()}
+    documented = contract_metrics()
+    assert sorted(set(defined) - set(documented)) == [], "defined in monitor/metrics.py, missing from DESIGN.md"
+    assert sorted(set(documented) - set(defined)) == [], "in DESIGN.md's metric table, not in monitor/metrics.py"
+    wrong = {n: (documented[n], kind) for n, kind in defined.items() if documented[n].split()[0] != kind}
+    assert wrong == {}, "DESIGN.md type vs monitor/metrics.py type"
