@@ -12,10 +12,10 @@ per model). Whoever Kafka assigns that partition is the aggregator: it merges th
 (exact: counts and histograms add), closes the window when every source partition's watermark has
 passed its end (or ``cluster.grace`` after its end on the clock), evaluates it with the single-mode
 evaluator, and owns the alert lifecycle. Its whole state (open merged windows, watermarks, the last
-merged window per source partition, the alert engine, closed windows not yet emitted, and the partials
+merged offset per source partition, the alert engine, closed windows not yet emitted, and the partials
 offset it has consumed up to) is one record, keyed by model, on a compacted changelog topic, written
 before anything is emitted. A new aggregator restores that record and re-reads the partials after its
-offset. A partial for a window the aggregator already merged from that partition (a worker re-read
+offset. A partial whose offsets the aggregator already merged from that partition (a worker re-read
 after a crash) is a duplicate and is dropped; one for a window already closed is late: counted in
 ``driftmon_cluster_late_partials_total``, never merged.
 
