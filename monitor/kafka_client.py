@@ -6,19 +6,21 @@ several times faster). The rest of driftmon uses only what this module returns:
 
 - :func:`make_source` -> a consumer-group source with ``start(bootstrap_timeout_ms)``,
   ``poll(timeout_ms) -> [PartitionBatch]``, ``owns(batch)``, ``pause(bool)``, ``commit(positions,
-  timeout_ms)``, ``probe(positions, timeout_ms)``, ``lag(positions)``, ``dead_letter(items)``,
-  ``flush()``, ``close(timeout_s)`` and the attributes ``assigned`` and ``rebalances``; rebalance
+  timeout_ms)``, ``probe(positions, timeout_ms)``, ``group_metadata()``, ``close(timeout_s)`` and the
+  attributes ``assigned`` and ``rebalances``; rebalance
   hand-overs go through the ``on_revoke`` and ``on_release`` callbacks (see :class:`KafkaSource`, the
   kafka-python one, and :class:`ConfluentSource`); partitions named by ``held()`` at assignment stay
   paused (their state is being restored) until ``resume_held(positions)`` seeks and resumes them.
-- :func:`make_producer` -> ``send(topic, value, headers)``, ``flush(timeout_s)``, ``close(timeout_s)``
-  (alert sinks, dead letters), raising :class:`ProduceError` when a record is refused.
+- :func:`make_producer` -> ``send(...)``, ``send_async(...)``, ``poll()``, ``flush(timeout_s)``,
+  ``close(timeout_s)`` (alert sinks, dead letters, scale-out's partials), raising :class:`ProduceError` when a
+  record is refused.
 - :func:`create_topics` (the demo's, the tests' and scale-out's admin needs: partitions, replication,
   topic configs such as ``cleanup.policy=compact``).
 - Scale-out (:mod:`monitor.cluster`): :func:`make_group_consumer` (a plain group member over
   :class:`Record` objects, ``read_committed``), :func:`make_transactional_producer` (``init``, ``begin``,
-  ``send``, ``commit``; a fenced producer raises :class:`FencedError`) and :func:`read_to_end` (one
-  partition's committed records up to its end, for the changelog).
+  ``send``, ``send_offsets``, ``commit``, ``abort``; a fenced producer raises :class:`FencedError`),
+  :func:`fence` (one, initialized), :func:`end_transaction`, :func:`check_access` (the ACLs, at start) and
+  :func:`read_to_end` (one partition's committed records up to its end, for the changelogs).
 
 No other module of ``monitor`` imports a Kafka library. Both implementations read the same
 :class:`~monitor.config.KafkaConfig`, with the same TLS and SASL settings and the same start-up security
