@@ -20,8 +20,9 @@ twice, as in a Kafka Streams task with ``processing.guarantee: exactly_once`` an
 that times out (its outcome unknown: a broker that did not answer, a process paused inside it) is finished at
 the next cut on the same producer and epoch (:meth:`PartitionLog.settle`), never by taking the id again,
 which could fence a new owner that took the partition over meanwhile. As in
-Kafka Streams, the restore runs on the consuming thread a slice at a time while the partition is paused
-(``monitor.cluster._Restore``), so the member goes on polling and keeps its place in the group.
+Kafka Streams, the restore reads on the consuming thread a slice at a time while the partition is paused
+(``monitor.cluster._Restore``; its fence runs on the cluster's fence pool), so the member goes on polling and
+keeps its place in the group.
 The Kafka calls go through :mod:`monitor.kafka_client`, on either client: the group's offsets are committed
 with the source consumer's ``group_metadata()`` (kafka-python: the group id; confluent-kafka: the consumer's
 group metadata, which librdkafka requires).
