@@ -550,7 +550,7 @@ def operations(cfg: Config = CONFIG) -> dict:
                  "driftmon_checkpoints_total", w=8)
     b.per_minute("State write failures",
                  "Failed writes to the state directory per minute, per model and target (checkpoint, window_log, "
-                 "outbox): a full or read-only disk. driftmon retries with backoff and commits nothing past its "
+                 "outbox, labels: the join store): a full or read-only disk. driftmon retries with backoff and commits nothing past its "
                  "last durable checkpoint; the DriftmonStateWritesFailing alert fires on this.",
                  "driftmon_state_write_failures_total", ("target",), w=8)
     b.timeseries("Consumption paused",

@@ -42,7 +42,7 @@ from monitor.config import ConfigError
 from monitor.kafka_client import (AuthorizationError, FencedError, ProduceError, RetryLog, check_access, create_topics,
                                   make_group_consumer, make_producer, read_to_end)
 from monitor.join import RocksStore
-from monitor.join_changelog import TransactionalWriter
+from monitor.join_changelog import MAX_RECORD_BYTES, TransactionalWriter
 from monitor.performance import LabelledWindow, PerformanceTracker
 from monitor.pipeline import Pipeline
 from monitor.window import Window
@@ -537,9 +537,6 @@ class Aggregator:
             self._sum_counts()
         return self
 
-
-#: the largest partial or changelog record (a request, a topic's max.message.bytes)
-MAX_RECORD_BYTES = 16 * 1024 * 1024
 
 #: changelog records a restore applies to its store at a time: what it holds in memory (see _Restore)
 RESTORE_CHUNK = 10_000

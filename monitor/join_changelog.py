@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 #: The key of a partition's state record in its changelog partition (no prediction id starts with NUL).
 STATE_KEY = b"\x00state"
 
-#: the largest record (a state record holds the open windows)
+#: the largest partial or changelog record (a request, a topic's max.message.bytes: a state record holds the
+#: open windows)
 MAX_RECORD_BYTES = 16 * 1024 * 1024
 
 _encode = msgspec.msgpack.Encoder(enc_hook=lambda o: o.item() if hasattr(o, "item") else str(o)).encode

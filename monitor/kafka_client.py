@@ -879,7 +879,6 @@ class ConfluentSource:
         self._consumer = None
         self._probe_client = None
         self._probe_lock = threading.Lock()
-        self._producer: _ConfluentProducer | None = None
         self._paused = False
 
     def _consumer_options(self) -> dict:
@@ -1089,10 +1088,6 @@ class ConfluentSource:
                                            "enable.auto.commit": False})
         return self._probe_client
 
-    def lag(self, positions: dict[str, int]) -> dict[int, int]:
-        lag, _ = self.probe(positions, 10_000)
-        return lag
-
     def probe(self, positions: dict[str, int], timeout_ms: int) -> tuple[dict[int, int], bool]:
         """Lag of the prediction topic's assigned partitions and whether all were read to their end,
         on a client of its own (see :meth:`monitor.kafka_client.KafkaSource.probe`)."""
@@ -1122,22 +1117,7 @@ class ConfluentSource:
                 lag[tp.partition] = max(0, end - position)
         return lag, caught_up
 
-    def dead_letter(self, items: list[tuple[bytes, str, str]]) -> None:
-        if not self.cfg.dead_letter_topic or not items:
-            return
-        if self._producer is None:
-            self._producer = _ConfluentProducer(self.cfg)
-        for value, reason, origin in items:
-            self._producer.send(self.cfg.dead_letter_topic, value or b"",
-                                headers=[("driftmon-reason", reason.encode()), ("driftmon-source", origin.encode())])
-
-    def flush(self) -> None:
-        if self._producer is not None:
-            self._producer.flush(10)
-
     def close(self, timeout_s: float = 5.0) -> None:
-        if self._producer is not None:
-            self._producer.close(timeout_s)
         if self._probe_lock.acquire(timeout=timeout_s):
             try:
                 if self._probe_client is not None:

@@ -78,7 +78,7 @@ NAMES = {
     "restoring_partitions": ("gauge", "Source partitions this replica is restoring from the join changelog, paused "
                              "meanwhile (scale-out with labels)."),
     "state_write_failures": ("counter", "Failed writes to the state directory (full or read-only disk), by target "
-                             "(checkpoint, window_log, outbox); retried with backoff."),
+                             "(checkpoint, window_log, outbox, labels); retried with backoff."),
     "state_last_write_timestamp_seconds": ("gauge", "Last successful write to the state directory, by target, "
                                            "Unix time."),
     "consumption_paused": ("gauge", "1 while consumption is paused because closed windows cannot be made durable."),

@@ -95,7 +95,7 @@ class ServiceView:
     # ---- what the HTTP server reads ----------------------------------------------------------------
 
     def state_health(self) -> dict:
-        """Whether the state directory takes writes: per target (checkpoint, window_log, outbox) the
+        """Whether the state directory takes writes: per target (checkpoint, window_log, outbox; labels: the join store) the
         failures, whether it is failing now, the last error and the last success (Unix time)."""
         d = self.daemon
         out = d._outgoing
