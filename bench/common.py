@@ -257,3 +257,15 @@ class Timer:
 
 def log(*args) -> None:
     print(*args, file=sys.stderr, flush=True)
+
+
+def stop(proc, timeout_s: float = 30.0) -> None:
+    """Terminate a daemon started by a benchmark, killed if it has not exited within ``timeout_s``."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -32,6 +32,8 @@ import tempfile
 import time
 import urllib.request
 
+from bench.common import stop
+
 START = 1.7e9
 #: (slice seconds, poll timeout ms): the setting before (one poll per half-second slice)
 OLD = (0.5, 50)
@@ -166,12 +168,7 @@ def _round(tmp: str, tree: dict, broker, config, baseline, mode: str, setting: t
         else:
             raise RuntimeError("restore not done within 900 s")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
     text = open(log_path).read()
     done = re.search(rf"partition {re.escape(key)} restored from \S+ in ([0-9.]+) s: (\d+) records, (\d+) pending",
                      text)

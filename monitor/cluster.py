@@ -550,9 +550,9 @@ RESTORE_SLICE_S = {"kafka-python": 0.5, "confluent-kafka": 0.1}
 RESTORE_POLL_MS = {"kafka-python": 50, "confluent-kafka": 0}
 
 #: Fences (``init_transactions``) run at once, each restore's on a thread of this pool and a producer of its own: a
-#: fence is mostly waiting for the transaction coordinator (about 1 s with confluent-kafka, a few tenths with
-#: kafka-python), so a replica given several partitions fences them together, not one after another (docs/DESIGN.md,
-#: "Restore time"; bench/restore_fences.py).
+#: fence is waiting for the transaction coordinator (0.06-0.5 s, about 1 s for the first ones of a process), so a
+#: replica given several partitions fences them together, not one after another (docs/DESIGN.md, "Fences together";
+#: bench/restore_fences.py).
 FENCE_THREADS = 8
 
 
