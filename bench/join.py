@@ -1,15 +1,23 @@
-"""Figure 6: pending label joins on disk (RocksStore, the daemon's) against the in-memory join (MemoryStore).
+"""Figure 6: pending label joins on disk (RocksStore, the daemon's) against the join before the store.
 
-Three measurements, each in a child process of its own (``python -m bench.join child ...``):
+The reference is the label join as it was before pending entries moved into a store: ``monitor/join.py`` at
+commit 69a46bb^, kept verbatim in :mod:`bench.join_before` (two OrderedDicts, a Python loop per message,
+the whole join in every checkpoint). The target ("the join's per-message cost within 20% of today's") is
+against it. Today's :class:`~monitor.join.LabelJoin` with its in-memory store
+(:class:`~monitor.join.MemoryStore`) is slower than that join (about 0.3 us more per labelled pair, the
+join alone); the throughput rounds measure it too, as a second, labelled reference.
+
+Measurements, each in a child process of its own (``python -m bench.join child ...``):
 
 - **size**: a real :class:`monitor.daemon.Daemon` (config with ``kafka.labels_topic``; its Kafka
   consumer is not started) is fed predictions whose labels have not come, through
   ``daemon.pipeline.process``; at each pending size it reports VmRSS and the time of
   ``daemon.checkpoint()`` (encode + write + fsync, median of 3) and the checkpoint's size. Once with
-  the on-disk store up to 10,000,000 pending, once with the in-memory join (the store swapped for a
-  :class:`~monitor.join.MemoryStore`, as before the store existed) up to 1,000,000.
-- **throughput**: two pipelines in one process, one per store, each holding ``P`` pending
-  predictions; rounds alternate (ABBA) between them. A round feeds ``M`` new predictions and the ``M``
+  the on-disk store up to 10,000,000 pending, once with the join before the store (swapped in for the
+  daemon's) up to 1,000,000.
+- **throughput**: three pipelines in one process, each holding ``P`` pending predictions: the join before
+  the store, MemoryStore, RocksStore; rounds alternate between them (ABBA: in turn, reversed every other
+  round). A round feeds ``M`` new predictions and the ``M``
   labels of the oldest waiting ones (so the pending count stays at ``P``): the rate is labelled
   predictions (one prediction message + one label message) per second through ``Pipeline.process`` and
   ``Pipeline.process_labels``; the same rounds also time the join alone (``LabelJoin`` calls with
@@ -19,12 +27,15 @@ Three measurements, each in a child process of its own (``python -m bench.join c
 - **random ids**: the same at ``P`` with ids spread over the key space as UUIDs are (``--ids random``);
   the sequential ids above are neighbours in the store, so their lookups share cached blocks.
 - **throughput at the largest size**: the same rounds with 10,000,000 predictions waiting on disk
-  against the in-memory pipeline at 1,000,000 (a dict's cost per message hardly depends on its size,
-  and 10,000,000 in memory would take about 7 GiB), interleaved in one process as above.
-- **churn**: the throughput rounds run long enough (200,000 pending, 2,600,000 pairs per store) that the
+  against the two in-memory pipelines at 1,000,000 (a dict's cost per message hardly depends on its size,
+  and 10,000,000 in memory would take about 7 GiB each), interleaved in one process as above.
+- **churn**: the throughput rounds (the same three pipelines) run long enough (200,000 pending, 2,600,000
+  pairs per store) that the
   on-disk store's filter of stored ids is rebuilt several times inside them (its least capacity set to 0,
   so it rebuilds every 3x the count of new predictions, as a store above 524,288 pending does); the ratio
   of the totals, the number of rebuilds (``RocksStore.rebuilds``) and the time they took.
+- **checkpointed**: two daemon objects, the join before the store and the on-disk one, with their
+  checkpoints counted in (MemoryStore is left out there: a third daemon would add minutes).
 - the on-disk store's pair rate at 10,000,000 pending right after it was filled, from the end of the
   size run (compactions of the fill still running).
 """
@@ -40,10 +51,15 @@ import subprocess
 import sys
 import time
 
+from bench.join_before import LabelJoin as BeforeJoin
+
 START = 1.7e9
 RATE = 115.0  # predictions per second of event time: 10,000,000 pending is a day
 BATCH = 2000
-#: The on-disk join's per-message cost may be at most 20% above the in-memory join's.
+#: The pipelines of the throughput rounds: the join before the store (bench/join_before.py, the target's
+#: reference), today's LabelJoin with its in-memory store (MemoryStore, a second reference) and on disk (RocksStore).
+STORES = ("before", "memory", "disk")
+#: The on-disk join's per-message cost may be at most 20% above the join's before the store (bench/join_before.py).
 TARGET_RATIO = 1 / 1.2
 TARGET_RSS_MIB = 300.0
 
@@ -132,8 +148,8 @@ def run(quick: bool = False) -> dict:
     disk = _child("size", "--config", config, "--store", "disk", "--dir", os.path.join(tmp, "disk"),
                   "--sizes", ",".join(map(str, disk_sizes)), "--pairs", str(per_round))
     shutil.rmtree(os.path.join(tmp, "disk"), ignore_errors=True)  # (gigabytes at the largest size)
-    log(f"join: in memory up to {memory_sizes[-1]:,}")
-    memory = _child("size", "--config", config, "--store", "memory", "--dir", os.path.join(tmp, "memory"),
+    log(f"join: the join before the store (in memory) up to {memory_sizes[-1]:,}")
+    before = _child("size", "--config", config, "--store", "before", "--dir", os.path.join(tmp, "before"),
                     "--sizes", ",".join(map(str, memory_sizes)), "--pairs", str(per_round))
     log(f"join: throughput at {pending:,} pending, {rounds} rounds of {per_round:,} labelled predictions")
     tp = _child("throughput", "--config", config, "--dir", os.path.join(tmp, "tp"), "--pending", str(pending),
@@ -155,74 +171,66 @@ def run(quick: bool = False) -> dict:
         f"{churn_round:,}")
     churn = _child("churn", "--config", config, "--dir", os.path.join(tmp, "churn"), "--pending", str(churn_pending),
                    "--per-round", str(churn_round), "--rounds", str(churn_rounds), "--filter-min", "0")
-    ratios = [d / m for d, m in zip(tp["disk_rates"], tp["memory_rates"])]
-    join_ratios = [d / m for d, m in zip(tp["disk_join_rates"], tp["memory_join_rates"])]
     empty = disk["samples"][0]["checkpoint_s"]
     largest_sample = disk["samples"][-1]
-    memory_largest = memory["samples"][-1]
+    before_largest = before["samples"][-1]
     out = {
         "what": "pending label joins: RSS and checkpoint time by pending size, and labelled-prediction throughput, "
-                "on disk (RocksStore) vs in memory (MemoryStore)",
-        "sizes": {"disk": disk["samples"], "memory": memory["samples"]},
+                "on disk (RocksStore) vs the join before the store (bench/join_before.py, commit 69a46bb^), "
+                "and vs today's join in memory (MemoryStore) in the throughput rounds",
+        "sizes": {"disk": disk["samples"], "before": before["samples"]},
         "rss_mib_at_largest": largest_sample["rss_mib"],
         "largest_pending": largest_sample["pending"],
         "peak_rss_mib": disk["peak_mib"],
         "checkpoint_s_empty": empty,
         "checkpoint_s_at_largest": largest_sample["checkpoint_s"],
         "checkpoint_ratio_largest_over_empty": largest_sample["checkpoint_s"] / empty,
-        "memory_rss_mib_at_largest": memory_largest["rss_mib"],
-        "memory_checkpoint_s_at_largest": memory_largest["checkpoint_s"],
-        "memory_largest_pending": memory_largest["pending"],
+        "before_rss_mib_at_largest": before_largest["rss_mib"],
+        "before_checkpoint_s_at_largest": before_largest["checkpoint_s"],
+        "before_largest_pending": before_largest["pending"],
         "disk_pairs_per_s_at_largest": disk["pairs_per_s"],
-        "throughput": {
-            "pending": pending, "per_round": per_round, "rounds": rounds,
-            "disk_pairs_per_s": statistics.median(tp["disk_rates"]),
-            "memory_pairs_per_s": statistics.median(tp["memory_rates"]),
-            "ratio": statistics.median(ratios), "ratios": ratios,
-            "cpu_ratio": _ratio(tp, "cpu_rates"),
-            "join_alone_disk_per_s": statistics.median(tp["disk_join_rates"]),
-            "join_alone_memory_per_s": statistics.median(tp["memory_join_rates"]),
-            "join_alone_ratio": statistics.median(join_ratios),
-            "detail": tp,
-        },
-        "throughput_random_ids": {
-            "pending": pending, "per_round": per_round, "rounds": rounds,
-            "disk_pairs_per_s": statistics.median(tp_random["disk_rates"]),
-            "memory_pairs_per_s": statistics.median(tp_random["memory_rates"]),
-            "ratio": _ratio(tp_random, "rates"), "cpu_ratio": _ratio(tp_random, "cpu_rates"),
-            "join_alone_ratio": _ratio(tp_random, "join_rates"),
-            "detail": tp_random,
-        },
-        "throughput_largest": {
-            "pending": largest, "memory_pending": pending, "per_round": per_round, "rounds": rounds,
-            "disk_pairs_per_s": statistics.median(tp_largest["disk_rates"]),
-            "memory_pairs_per_s": statistics.median(tp_largest["memory_rates"]),
-            "ratio": _ratio(tp_largest, "rates"), "cpu_ratio": _ratio(tp_largest, "cpu_rates"),
-            "join_alone_ratio": _ratio(tp_largest, "join_rates"),
-            "detail": tp_largest,
-        },
+        "throughput": {"pending": pending, **_summary(tp, per_round, rounds)},
+        "throughput_random_ids": {"pending": pending, **_summary(tp_random, per_round, rounds)},
+        "throughput_largest": {"pending": largest, "memory_pending": pending, **_summary(tp_largest, per_round, rounds)},
         "throughput_checkpointed": {
             "pending": pending, "seconds_per_round": cp["seconds_per_round"],
             "every": {every: {"disk_pairs_per_s": statistics.median(e["disk_rates"]),
-                              "memory_pairs_per_s": statistics.median(e["memory_rates"]),
+                              "before_pairs_per_s": statistics.median(e["before_rates"]),
                               "ratio": _ratio(e, "rates"),
                               "disk_checkpoint_s": statistics.median([x for x in e["disk_checkpoint_s"] if x] or [0]),
-                              "memory_checkpoint_s": statistics.median([x for x in e["memory_checkpoint_s"] if x] or [0]),
+                              "before_checkpoint_s": statistics.median([x for x in e["before_checkpoint_s"] if x] or [0]),
                               "detail": e}
                       for every, e in cp["every"].items()},
         },
         "throughput_churn": churn,
         "disk_bytes_at_largest": largest_sample["store_bytes"],
-        "target": {"rss_mib": TARGET_RSS_MIB, "checkpoint_ratio": 2.0, "throughput_ratio": TARGET_RATIO},
+        "target": {"rss_mib": TARGET_RSS_MIB, "checkpoint_ratio": 2.0, "throughput_ratio": TARGET_RATIO,
+                   "reference": "the join before the store (bench/join_before.py)"},
     }
     out["met"] = (disk["peak_mib"] < TARGET_RSS_MIB and out["checkpoint_ratio_largest_over_empty"] < 2.0
                   and out["throughput"]["ratio"] >= TARGET_RATIO)
     return out
 
 
-def _ratio(tp: dict, what: str) -> float:
-    """The median of the per-round ratios, on disk over in memory."""
-    return statistics.median([d / m for d, m in zip(tp[f"disk_{what}"], tp[f"memory_{what}"])])
+def _summary(tp: dict, per_round: int, rounds: int) -> dict:
+    """A throughput child's medians; ``ratio`` (the target's) is on disk over the join before the store,
+    ``memory_ratio`` on disk over MemoryStore, each the median of the per-round ratios."""
+    out = {"per_round": per_round, "rounds": rounds}
+    for name in STORES:
+        out[f"{name}_pairs_per_s"] = statistics.median(tp[f"{name}_rates"])
+        out[f"join_alone_{name}_per_s"] = statistics.median(tp[f"{name}_join_rates"])
+    for reference, prefix in (("before", ""), ("memory", "memory_")):
+        out[f"{prefix}ratio"] = _ratio(tp, "rates", reference)
+        out[f"{prefix}cpu_ratio"] = _ratio(tp, "cpu_rates", reference)
+        out[f"{prefix}join_alone_ratio"] = _ratio(tp, "join_rates", reference)
+    out["ratios"] = [d / b for d, b in zip(tp["disk_rates"], tp["before_rates"])]
+    out["detail"] = tp
+    return out
+
+
+def _ratio(tp: dict, what: str, reference: str = "before") -> float:
+    """The median of the per-round ratios, on disk over ``reference`` (the join before the store, or MemoryStore)."""
+    return statistics.median([d / m for d, m in zip(tp[f"disk_{what}"], tp[f"{reference}_{what}"])])
 
 
 # ---- children ---------------------------------------------------------------------------------------
@@ -260,20 +268,36 @@ def _pairs(pipeline, first_label: int, first_new: int, n: int, cpu_seconds: list
     return time.perf_counter() - started
 
 
+class _DaemonBefore(BeforeJoin):
+    """The join before the store in a daemon object: :meth:`Daemon.checkpoint` also calls ``durable()`` and
+    :meth:`Daemon.close` ``close()``, which it did not have (nothing to release: no-ops)."""
+
+    def durable(self, state: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _before_in_daemon(daemon) -> None:
+    """Swap a daemon object's join for the one before the store (bench/join_before.py, commit 69a46bb^)."""
+    labels = daemon.config.labels
+    daemon.pipeline.tracker.join.close()
+    daemon.pipeline.tracker.join = _DaemonBefore(labels.ttl_seconds, labels.max_pending)
+
+
 def child_size(args) -> None:
     from bench.common import proc_status
     from monitor.baseline import Baseline
     from monitor.config import load_config
     from monitor.daemon import Daemon, streaming_gc
-    from monitor.join import MemoryStore
 
     config = load_config(args.config)
     config.state.dir = args.dir
     daemon = Daemon(config, Baseline.load(config.baseline))
+    if args.store == "before":  # the join as it was before the store: dicts, whole in every checkpoint
+        _before_in_daemon(daemon)
     join = daemon.pipeline.tracker.join
-    if args.store == "memory":  # the join as it was before the store: a dict, whole in every checkpoint
-        join.close()
-        join.store, join._unchecked = MemoryStore(), False
     samples, done = [], 0
     with streaming_gc():
         for size in map(int, args.sizes.split(",")):
@@ -296,28 +320,52 @@ def child_size(args) -> None:
     print(json.dumps({"samples": samples, "peak_mib": proc_status()["VmHWM"], "pairs_per_s": pairs / seconds}))
 
 
+def _before(pipeline) -> None:
+    """Give ``pipeline`` the join as it was before the store (bench/join_before.py, commit 69a46bb^)."""
+    labels = pipeline.config.labels
+    pipeline.tracker.join.close()
+    pipeline.tracker.join = BeforeJoin(labels.ttl_seconds, labels.max_pending)
+
+
+def _pipelines(config, baseline, names, path: str) -> dict:
+    """One pipeline per name: "before" (the pre-store join), "memory" (MemoryStore), "disk" (a RocksStore at path)."""
+    from monitor.pipeline import Pipeline
+
+    pipelines = {}
+    for name in names:
+        p = pipelines[name] = Pipeline(config, baseline)
+        if name == "before":
+            _before(p)
+        elif name == "disk":
+            p.tracker.join.open(path)
+    return pipelines
+
+
+def _order(r: int, names: tuple) -> list:
+    """ABBA: the stores in turn, reversed every other round."""
+    return list(names) if r % 2 == 0 else list(reversed(names))
+
+
 def child_throughput(args) -> None:
     from monitor.baseline import Baseline
     from monitor.config import load_config
     from monitor.daemon import streaming_gc
-    from monitor.pipeline import Pipeline
 
     config = load_config(args.config)
     baseline = Baseline.load(config.baseline)
     per_round = int(args.per_round)
-    sizes = {"memory": int(args.memory_pending or args.pending), "disk": int(args.pending)}
-    pipelines = {"memory": Pipeline(config, baseline), "disk": Pipeline(config, baseline)}
-    pipelines["disk"].tracker.join.open(os.path.join(args.dir, "labels"))
-    out = {"memory_rates": [], "disk_rates": [], "memory_join_rates": [], "disk_join_rates": [],
-           "memory_cpu_rates": [], "disk_cpu_rates": [],
-           "memory_pending": sizes["memory"], "disk_pending": sizes["disk"]}
-    cursor = {"memory": 0, "disk": 0}  # the oldest waiting prediction
+    names = STORES
+    reference = int(args.memory_pending or args.pending)
+    sizes = {"before": reference, "memory": reference, "disk": int(args.pending)}
+    pipelines = _pipelines(config, baseline, names, os.path.join(args.dir, "labels"))
+    out = {f"{name}_{what}": [] for name in names for what in ("rates", "join_rates", "cpu_rates")}
+    out.update({f"{name}_pending": sizes[name] for name in names})
+    cursor = dict.fromkeys(names, 0)  # the oldest waiting prediction
     with streaming_gc():
         for name, p in pipelines.items():
             _feed_predictions(p, 0, sizes[name])
         for r in range(int(args.rounds)):
-            order = ["memory", "disk"] if r % 2 == 0 else ["disk", "memory"]
-            for name in order:
+            for name in _order(r, names):
                 p, pending = pipelines[name], sizes[name]
                 first = cursor[name]
                 cpu = []
@@ -353,13 +401,12 @@ def child_churn(args) -> None:
     from monitor.baseline import Baseline
     from monitor.config import load_config
     from monitor.daemon import streaming_gc
-    from monitor.pipeline import Pipeline
 
     config = load_config(args.config)
     baseline = Baseline.load(config.baseline)
     per_round, pending = int(args.per_round), int(args.pending)
-    pipelines = {"memory": Pipeline(config, baseline), "disk": Pipeline(config, baseline)}
-    pipelines["disk"].tracker.join.open(os.path.join(args.dir, "labels"))
+    names = STORES
+    pipelines = _pipelines(config, baseline, names, os.path.join(args.dir, "labels"))
     store = pipelines["disk"].tracker.join.store
     if args.filter_min is not None:
         store.filter_min = int(args.filter_min)
@@ -374,18 +421,18 @@ def child_churn(args) -> None:
 
     store._rebuild = timed_rebuild
     out = {"pending": pending, "per_round": per_round, "rounds": int(args.rounds),
-           "filter_min": store.filter_min, "memory_rates": [], "disk_rates": [], "memory_cpu_rates": [],
-           "disk_cpu_rates": [], "disk_rebuilds_per_round": []}
-    seconds = {"memory": 0.0, "disk": 0.0}
-    cpu_seconds = {"memory": 0.0, "disk": 0.0}
-    cursor = {"memory": 0, "disk": 0}  # the oldest waiting prediction
+           "filter_min": store.filter_min, "disk_rebuilds_per_round": [],
+           **{f"{name}_{what}": [] for name in names for what in ("rates", "cpu_rates")}}
+    seconds = dict.fromkeys(names, 0.0)
+    cpu_seconds = dict.fromkeys(names, 0.0)
+    cursor = dict.fromkeys(names, 0)  # the oldest waiting prediction
     with streaming_gc():
         for p in pipelines.values():
             _feed_predictions(p, 0, pending)
         rebuild()  # the rounds start from a filter built at the steady count (the fill's were of growth)
         rebuilds, spent["wall"], spent["cpu"] = store.rebuilds, 0.0, 0.0
         for r in range(int(args.rounds)):
-            for name in (["memory", "disk"] if r % 2 == 0 else ["disk", "memory"]):
+            for name in _order(r, names):
                 before, cpu = store.rebuilds, []
                 took = _pairs(pipelines[name], cursor[name], pending + cursor[name], per_round, cpu)
                 cursor[name] += per_round
@@ -402,21 +449,22 @@ def child_churn(args) -> None:
     out.update({
         "pairs_per_store": pairs, "rebuilds": store.rebuilds - rebuilds,
         "rebuild_s": spent["wall"], "rebuild_cpu_s": spent["cpu"],
-        "disk_s": seconds["disk"], "memory_s": seconds["memory"],
-        "disk_cpu_s": cpu_seconds["disk"], "memory_cpu_s": cpu_seconds["memory"],
-        "disk_pairs_per_s": pairs / seconds["disk"], "memory_pairs_per_s": pairs / seconds["memory"],
-        "ratio": seconds["memory"] / seconds["disk"], "cpu_ratio": cpu_seconds["memory"] / cpu_seconds["disk"],
-        "ratio_without_rebuilds": seconds["memory"] / (seconds["disk"] - spent["wall"]),
-        "cpu_ratio_without_rebuilds": cpu_seconds["memory"] / (cpu_seconds["disk"] - spent["cpu"]),
+        **{f"{name}_s": seconds[name] for name in names}, **{f"{name}_cpu_s": cpu_seconds[name] for name in names},
+        **{f"{name}_pairs_per_s": pairs / seconds[name] for name in names},
+        # against the join before the store (the target's reference), and against MemoryStore
+        "ratio": seconds["before"] / seconds["disk"], "cpu_ratio": cpu_seconds["before"] / cpu_seconds["disk"],
+        "ratio_without_rebuilds": seconds["before"] / (seconds["disk"] - spent["wall"]),
+        "cpu_ratio_without_rebuilds": cpu_seconds["before"] / (cpu_seconds["disk"] - spent["cpu"]),
+        "memory_ratio": seconds["memory"] / seconds["disk"], "memory_cpu_ratio": cpu_seconds["memory"] / cpu_seconds["disk"],
         "rebuild_us_per_pair": spent["wall"] / pairs * 1e6,
     })
-    out["ratio_median_of_rounds"] = statistics.median([d / m for d, m in zip(out["disk_rates"], out["memory_rates"])])
+    out["ratio_median_of_rounds"] = _ratio(out, "rates")
     pipelines["disk"].tracker.join.close()
     print(json.dumps(out))
 
 
 def child_checkpointed(args) -> None:
-    """Two daemon objects (consumer not started), the in-memory join and the on-disk one, each holding
+    """Two daemon objects (consumer not started), the join before the store and the on-disk one, each holding
     ``--pending`` predictions, fed labelled pairs as a saturated consumer would (a backlog); each takes a
     checkpoint (``Daemon.checkpoint()``, as its loop and scheduler do) whenever ``every`` seconds of its own
     processing time have passed since its last one. The rate counts that checkpoint time in."""
@@ -425,19 +473,17 @@ def child_checkpointed(args) -> None:
     from monitor.baseline import Baseline
     from monitor.config import load_config
     from monitor.daemon import Daemon, streaming_gc
-    from monitor.join import MemoryStore
 
     base = load_config(args.config)
     baseline = Baseline.load(base.baseline)
     pending, seconds = int(args.pending), float(args.seconds)
     daemons = {}
-    for name in ("memory", "disk"):
+    for name in ("before", "disk"):
         config = copy.deepcopy(base)
         config.state.dir = os.path.join(args.dir, name)
         daemon = Daemon(config, baseline)
-        if name == "memory":  # the join as it was before the store: a dict, whole in every checkpoint
-            daemon.pipeline.tracker.join.close()
-            daemon.pipeline.tracker.join.store, daemon.pipeline.tracker.join._unchecked = MemoryStore(), False
+        if name == "before":  # the join as it was before the store: dicts, whole in every checkpoint
+            _before_in_daemon(daemon)
         daemons[name] = daemon
     cursor = dict.fromkeys(daemons, 0)  # the oldest waiting prediction
     out = {"pending": pending, "seconds_per_round": seconds, "every": {}}
@@ -446,10 +492,10 @@ def child_checkpointed(args) -> None:
             _feed_predictions(daemon.pipeline, 0, pending)
             assert daemon.checkpoint(force=True)
         for every in map(float, args.every.split(",")):
-            rates = {"memory": [], "disk": []}
-            checkpoints = {"memory": [], "disk": []}
+            rates = {"before": [], "disk": []}
+            checkpoints = {"before": [], "disk": []}
             for r in range(int(args.rounds)):
-                for name in (["memory", "disk"] if r % 2 == 0 else ["disk", "memory"]):
+                for name in _order(r, ("before", "disk")):
                     daemon, pairs, busy, since, taken = daemons[name], 0, 0.0, 0.0, []
                     while busy < seconds:
                         first = cursor[name]
@@ -476,8 +522,8 @@ def child_checkpointed(args) -> None:
                     print(f"every {every:g} s, round {r} {name}: {pairs / busy:,.0f} pairs/s, {len(taken)} checkpoints "
                           f"({statistics.median(taken) if taken else 0:.3f} s), pending "
                           f"{daemon.pipeline.tracker.join.pending:,}", file=sys.stderr, flush=True)
-            out["every"][f"{every:g}"] = {"memory_rates": rates["memory"], "disk_rates": rates["disk"],
-                                          "memory_checkpoint_s": checkpoints["memory"],
+            out["every"][f"{every:g}"] = {"before_rates": rates["before"], "disk_rates": rates["disk"],
+                                          "before_checkpoint_s": checkpoints["before"],
                                           "disk_checkpoint_s": checkpoints["disk"]}
     daemons["disk"].pipeline.tracker.join.close()
     print(json.dumps(out))
@@ -490,11 +536,12 @@ def main(argv=None) -> None:
     c.add_argument("kind", choices=("size", "throughput", "checkpointed", "churn"))
     c.add_argument("--config", required=True)
     c.add_argument("--dir", required=True)
-    c.add_argument("--store", choices=("disk", "memory"), default="disk")
+    c.add_argument("--store", choices=("disk", "before"), default="disk")
     c.add_argument("--sizes", default="0")
     c.add_argument("--pairs", default="10000")
     c.add_argument("--pending", default="100000")
-    c.add_argument("--memory-pending", default=None, help="pending in the in-memory pipeline (default: --pending)")
+    c.add_argument("--memory-pending", default=None,
+                   help="pending in the two in-memory pipelines, before the store and MemoryStore (default: --pending)")
     c.add_argument("--per-round", default="10000")
     c.add_argument("--rounds", default="2")
     c.add_argument("--ids", choices=("sequential", "random"), default="sequential")
