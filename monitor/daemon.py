@@ -628,7 +628,10 @@ class Daemon:
             try:
                 self.start()
             except BaseException:
-                self.shutdown(quiet=True)  # the error is the one line the user sees
+                # the error is the one line the user sees; kafka-python logs closing a connection still being
+                # set up (TLS, SASL) as an ERROR "Abort", which is not news when start-up failed
+                logging.getLogger("kafka").setLevel(logging.CRITICAL)
+                self.shutdown(quiet=True)
                 raise
         try:
             while not self.stopping.is_set():
