@@ -279,13 +279,6 @@ class _DaemonBefore(BeforeJoin):
         pass
 
 
-def _before_in_daemon(daemon) -> None:
-    """Swap a daemon object's join for the one before the store (bench/join_before.py, commit 69a46bb^)."""
-    labels = daemon.config.labels
-    daemon.pipeline.tracker.join.close()
-    daemon.pipeline.tracker.join = _DaemonBefore(labels.ttl_seconds, labels.max_pending)
-
-
 def child_size(args) -> None:
     from bench.common import proc_status
     from monitor.baseline import Baseline
@@ -296,7 +289,7 @@ def child_size(args) -> None:
     config.state.dir = args.dir
     daemon = Daemon(config, Baseline.load(config.baseline))
     if args.store == "before":  # the join as it was before the store: dicts, whole in every checkpoint
-        _before_in_daemon(daemon)
+        _before(daemon.pipeline, _DaemonBefore)
     join = daemon.pipeline.tracker.join
     samples, done = [], 0
     with streaming_gc():
@@ -320,11 +313,12 @@ def child_size(args) -> None:
     print(json.dumps({"samples": samples, "peak_mib": proc_status()["VmHWM"], "pairs_per_s": pairs / seconds}))
 
 
-def _before(pipeline) -> None:
-    """Give ``pipeline`` the join as it was before the store (bench/join_before.py, commit 69a46bb^)."""
+def _before(pipeline, join_class=BeforeJoin) -> None:
+    """Give ``pipeline`` the join as it was before the store (bench/join_before.py, commit 69a46bb^); a daemon
+    object's pipeline gets :class:`_DaemonBefore`."""
     labels = pipeline.config.labels
     pipeline.tracker.join.close()
-    pipeline.tracker.join = BeforeJoin(labels.ttl_seconds, labels.max_pending)
+    pipeline.tracker.join = join_class(labels.ttl_seconds, labels.max_pending)
 
 
 def _pipelines(config, baseline, names, path: str) -> dict:
@@ -483,7 +477,7 @@ def child_checkpointed(args) -> None:
         config.state.dir = os.path.join(args.dir, name)
         daemon = Daemon(config, baseline)
         if name == "before":  # the join as it was before the store: dicts, whole in every checkpoint
-            _before_in_daemon(daemon)
+            _before(daemon.pipeline, _DaemonBefore)
         daemons[name] = daemon
     cursor = dict.fromkeys(daemons, 0)  # the oldest waiting prediction
     out = {"pending": pending, "seconds_per_round": seconds, "every": {}}

@@ -62,7 +62,7 @@ def test_the_join_before_the_store_checkpoints_in_a_daemon(config, tmp_path):
     cfg = load_config(config)
     cfg.state.dir = str(tmp_path / "state")
     daemon = Daemon(cfg, Baseline.load(cfg.baseline))
-    bj._before_in_daemon(daemon)
+    bj._before(daemon.pipeline, bj._DaemonBefore)
     bj._feed_predictions(daemon.pipeline, 0, 500)
     assert daemon.checkpoint(force=True)
     with open(daemon.store.checkpoint_path, "rb") as fh:
