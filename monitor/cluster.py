@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from monitor.config import ConfigError
 from monitor.kafka_client import (AuthorizationError, FencedError, ProduceError, RetryLog, check_access, create_topics,
-                                  make_group_consumer, make_producer, read_to_end)
+                                  make_group_consumer, make_producer, partition_key, read_to_end)
 from monitor.join import RocksStore
 from monitor.join_changelog import MAX_RECORD_BYTES, TransactionalWriter
 from monitor.performance import LabelledWindow, PerformanceTracker
@@ -1137,7 +1137,7 @@ class Cluster:
         partitions are revoked or lost, before the revocation callback)."""
         source = self.source
         return source is not None and source is not self._left \
-            and any(f"{tp.topic}:{tp.partition}" == key for tp in source.assigned)
+            and any(partition_key(tp) == key for tp in source.assigned)
 
     def _fence(self, restore: _Restore) -> bool:
         """Take the partition's transactional id (on the fence pool), if it is still this replica's: a fence after
@@ -1269,7 +1269,7 @@ class Cluster:
     def tick(self, now: float, idle: bool) -> list[dict]:
         source = self.daemon.source
         # only partitions this replica holds: one it lost (a stall past the session timeout) has another owner
-        owned = {f"{tp.topic}:{tp.partition}" for tp in source.assigned} if source is not None else set()
+        owned = {partition_key(tp) for tp in source.assigned} if source is not None else set()
         self.worker.tick(now, idle, owned)
         return self.step(now)
 

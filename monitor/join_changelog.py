@@ -35,7 +35,7 @@ import logging
 
 import msgspec
 
-from monitor.kafka_client import (AuthorizationError, FencedError, ProduceError, ProduceTimeoutError, end_transaction,
+from monitor.kafka_client import (AbortableError, AuthorizationError, FencedError, ProduceError, ProduceTimeoutError,
                                   fence, read_to_end)
 
 __all__ = ["PartitionLog", "STATE_KEY", "TransactionalWriter", "take_change"]
@@ -136,9 +136,17 @@ class TransactionalWriter:
         """Commit (``what="commit"``) or abort the open transaction; True when it committed. A commit the
         broker says must be aborted is aborted here (False). A timeout keeps the producer, :attr:`in_doubt`."""
         try:
-            return end_transaction(self.producer, what, timeout_s, self.who)
-        except ProduceTimeoutError as exc:
-            self.in_doubt = exc.pending  # the same call again on the same producer finishes it (settle)
+            if what == "commit":
+                try:
+                    self.producer.commit(timeout_s=timeout_s)
+                    return True
+                except AbortableError as exc:
+                    log.info("%s: the transaction cannot commit (%s); aborting it", self.who, exc)
+                    what = "abort"
+            self.producer.abort(timeout_s=timeout_s)
+            return False
+        except ProduceTimeoutError:
+            self.in_doubt = what  # the same call again on the same producer finishes it (settle)
             raise
         except BaseException:
             self.close()

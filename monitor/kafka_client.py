@@ -19,7 +19,7 @@ several times faster). The rest of driftmon uses only what this module returns:
 - Scale-out (:mod:`monitor.cluster`): :func:`make_group_consumer` (a plain group member over
   :class:`Record` objects, ``read_committed``), :func:`make_transactional_producer` (``init``, ``begin``,
   ``send``, ``send_offsets``, ``commit``, ``abort``; a fenced producer raises :class:`FencedError`),
-  :func:`fence` (one, initialized), :func:`end_transaction`, :func:`check_access` (the ACLs, at start) and
+  :func:`fence` (one, initialized), :func:`check_access` (the ACLs, at start) and
   :func:`read_to_end` (one partition's committed records up to its end, for the changelogs).
 
 No other module of ``monitor`` imports a Kafka library. Both implementations read the same
@@ -44,7 +44,7 @@ from monitor.kafka_security import check_brokers, ssl_context
 
 __all__ = ["AbortableError", "AuthorizationError", "ConfluentSource", "FencedError", "KafkaSource", "PartitionBatch", "ProduceError", "ProduceTimeoutError",
            "Record", "RecordTooLargeError", "RetryLog", "client_options", "consumer_options", "create_topics",
-           "end_transaction", "make_group_consumer", "make_producer", "make_source", "make_transactional_producer",
+           "make_group_consumer", "make_producer", "make_source", "make_transactional_producer",
            "read_to_end", "refusal", "sasl_mechanism", "check_access"]
 
 log = logging.getLogger(__name__)
@@ -1144,27 +1144,6 @@ def make_group_consumer(cfg: KafkaConfig, group_id: str, topics: list[str], on_a
     if cfg.client == "confluent-kafka":
         return _ConfluentGroupConsumer(cfg, group_id, topics, on_assign, on_revoke, max_fetch_bytes)
     return _KafkaPythonGroupConsumer(cfg, group_id, topics, on_assign, on_revoke, max_fetch_bytes)
-
-
-def end_transaction(producer, what: str, timeout_s: float, who: str) -> bool:
-    """Commit (``what="commit"``) or abort the open transaction of a producer from
-    :func:`make_transactional_producer`; True when it committed. A commit the broker says must be aborted
-    (:class:`AbortableError`) is aborted here (False). A :class:`ProduceTimeoutError` names the call that did not
-    finish in its ``pending`` attribute ("commit" or "abort"): the same call again on the same producer finishes
-    it. ``who`` starts the log line of an abort that replaces a commit."""
-    try:
-        if what == "commit":
-            try:
-                producer.commit(timeout_s=timeout_s)
-                return True
-            except AbortableError as exc:
-                log.info("%s: the transaction cannot commit (%s); aborting it", who, exc)
-                what = "abort"
-        producer.abort(timeout_s=timeout_s)
-        return False
-    except ProduceTimeoutError as exc:
-        exc.pending = what
-        raise
 
 
 def make_transactional_producer(cfg: KafkaConfig, transactional_id: str, max_request_bytes: int | None = None,
