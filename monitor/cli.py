@@ -41,9 +41,12 @@ class _QuietKafka(logging.Filter):
 
 
 def _setup_logging(level: str = "INFO") -> None:
+    root = logging.getLogger()
+    theirs = list(root.handlers)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, _QuietKafka) for f in handler.filters):
+    # only the handler made here: one the embedding program (or pytest) installed is not driftmon's to filter
+    for handler in root.handlers:
+        if handler not in theirs and not any(isinstance(f, _QuietKafka) for f in handler.filters):
             handler.addFilter(_QuietKafka())
     logging.getLogger("kafka").setLevel(logging.WARNING)
     # ERROR: a job still running at its next time (a broker probe waiting out its timeout) is not news

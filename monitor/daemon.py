@@ -630,8 +630,13 @@ class Daemon:
             except BaseException:
                 # the error is the one line the user sees; kafka-python logs closing a connection still being
                 # set up (TLS, SASL) as an ERROR "Abort", which is not news when start-up failed
-                logging.getLogger("kafka").setLevel(logging.CRITICAL)
-                self.shutdown(quiet=True)
+                kafka_log = logging.getLogger("kafka")
+                level = kafka_log.level
+                kafka_log.setLevel(logging.CRITICAL)
+                try:
+                    self.shutdown(quiet=True)
+                finally:
+                    kafka_log.setLevel(level)  # (the clients are closed: an embedding program keeps its level)
                 raise
         try:
             while not self.stopping.is_set():
