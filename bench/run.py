@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # `python bench/run.py`: import the package from 
 
 from bench.common import REPO, log, machine_info  # noqa: E402
 
-BENCHES = ("pipeline", "kafka", "memory", "evidently", "multivariate", "join")
+BENCHES = ("pipeline", "kafka", "memory", "evidently", "multivariate", "join", "join_floor")
 OPTIONAL = ("soak", "restore")  # long: only with --only; their results are kept when other benchmarks run
 
 
@@ -49,6 +49,8 @@ def _module(name: str):
         from bench import multivariate as mod
     elif name == "join":
         from bench import join as mod
+    elif name == "join_floor":
+        from bench import join_floor as mod
     else:
         from bench import evidently_compare as mod
     return mod
@@ -155,6 +157,8 @@ def markdown(doc: dict) -> str:
                          f"(pipeline per 5000-event window) | {f['windows_per_evaluation']:.1f} | | |")
     if "join" in r:
         lines += join_rows(r["join"])
+    if "join_floor" in r:
+        lines += join_floor_rows(r["join_floor"])
     earlier = {}  # a partial run keeps the other figures: say which run each came from
     for name, entry in r.items():
         if name not in OPTIONAL and entry.get("run_at") not in (None, doc.get("started_at")):
@@ -309,6 +313,30 @@ def join_rows(j: dict) -> list[str]:
             + (f"; every 1 s (the consume loop's checkpoint before each offset commit, `kafka.commit_interval`): "
                f"{_rate(one['disk_pairs_per_s'])} vs {_rate(one['before_pairs_per_s'])}, {one['ratio']:.2f}" if one else "")
             + " | (not a target) | |")
+    return lines
+
+
+_FLOOR_TUNINGS = {"1kib_blocks": "1 KiB blocks", "unchecked": "no read checksums, no WAL"}
+
+
+def join_floor_rows(f: dict) -> list[str]:
+    """Figure 6's floor (bench/join_floor.py): RocksDB's own calls per labelled pair over the dict's, against the
+    budget the target leaves; one row per id kind, thread CPU (wall clock in brackets)."""
+    if "error" in f or "skipped" in f:
+        return [f"| 6. floor: RocksDB's calls per labelled pair | {f.get('error') or f.get('skipped')} | | | | |"]
+    lines = []
+    for kind, e in f["ids"].items():
+        s = e["stores"]["daemon"]
+        tuned = "; ".join(f"{_FLOOR_TUNINGS.get(v, v)} {t['ratio']['cpu']:.2f}" for v, t in e["stores"].items()
+                          if v != "daemon")
+        lines.append(
+            f"| 6. floor, {kind} ids, {f['pending']:,} entries: RocksDB's calls per labelled pair (get of a present "
+            f"key {s['get_us']['cpu']:.2f} us, write batch put + delete {s['batch_us']['cpu'] + s['write_us']['cpu']:.2f} "
+            f"us; RocksStore's options) minus the dict's (insert, move_to_end, pop: {e['dict_us']['cpu']:.2f} us) "
+            f"| {s['over_dict_us']['cpu']:.2f} us | budget {f['budget_us']['cpu']:.2f} us (0.2 x "
+            f"{f['pipeline_us']['cpu']:.2f} us, the pipeline per pair with the join before the store) "
+            f"| {s['ratio']['cpu']:.2f} ({s['ratio']['wall']:.2f}); minus the whole join before the store "
+            f"{s['over_join']['cpu']:.2f}; tuned: {tuned} | <= 1 for 0.83 to be reachable | |")
     return lines
 
 
