@@ -335,7 +335,8 @@ def join_floor_rows(f: dict) -> list[str]:
             f"us; RocksStore's options) minus the dict's (insert, move_to_end, pop: {e['dict_us']['cpu']:.2f} us) "
             f"| {s['over_dict_us']['cpu']:.2f} us | budget {f['budget_us']['cpu']:.2f} us (0.2 x "
             f"{f['pipeline_us']['cpu']:.2f} us, the pipeline per pair with the join before the store) "
-            f"| {s['ratio']['cpu']:.2f} ({s['ratio']['wall']:.2f}); minus the whole join before the store "
+            f"| {s['ratio']['cpu']:.2f} ({s['ratio']['wall']:.2f}; rounds {s['ratio_range'][0]:.2f} to "
+            f"{s['ratio_range'][1]:.2f}, of the means {s['ratio_of_means']['cpu']:.2f}); minus the whole join before the store "
             f"{s['over_join']['cpu']:.2f}; tuned: {tuned} | <= 1 for 0.83 to be reachable | |")
     return lines
 

@@ -73,5 +73,9 @@ def test_every_figure_is_positive_and_the_ratio_is_of_the_rounds(result):
                 assert s["rocks_us"][m] == pytest.approx(statistics.median(x[f"{m}_us"] for x in rounds))
         rocks = [x["cpu_us"] for x in result["detail"][f"{kind}/daemon"]]
         floor = [x["cpu_us"] for x in result["detail"][f"{kind}/dict"]]
-        assert result["ratio"][kind]["cpu"] == pytest.approx(
-            statistics.median((r - d) / b for r, d, b in zip(rocks, floor, budgets)))
+        ratios = [(r - d) / b for r, d, b in zip(rocks, floor, budgets)]
+        assert result["ratio"][kind]["cpu"] == pytest.approx(statistics.median(ratios))
+        assert result["ids"][kind]["stores"]["daemon"]["ratio_range"] == pytest.approx([min(ratios), max(ratios)])
+        assert result["ids"][kind]["stores"]["daemon"]["ratio_of_means"]["cpu"] == pytest.approx(
+            (statistics.fmean(rocks) - statistics.fmean(floor)) / (jf.BUDGET_SHARE * statistics.fmean(
+                x["cpu_us"] for x in result["detail"]["pipeline"])))
