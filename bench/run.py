@@ -164,8 +164,10 @@ def markdown(doc: dict) -> str:
         if name not in OPTIONAL and entry.get("run_at") not in (None, doc.get("started_at")):
             earlier.setdefault(entry["run_at"], []).append(name)
     if earlier:
-        lines += ["", "Kept from earlier runs: " + "; ".join(f"{', '.join(names)} ({at})" for at, names in earlier.items())
-                  + "."]
+        hosts = {at: r[names[0]].get("measured_on") for at, names in earlier.items()}
+        lines += ["", "Kept from earlier runs: " + "; ".join(
+            f"{', '.join(names)} ({at}" + (f"; {hosts[at]}" if hosts[at] else "") + ")" for at, names in earlier.items())
+            + ". The Machine table below is this run's; a kept figure compares only with the references of its own run."]
     if "soak" in r:
         lines += ["", *soak_markdown(r["soak"])]
     if "restore" in r:
@@ -399,6 +401,13 @@ def soak_markdown(k: dict) -> list[str]:
     return lines
 
 
+def measured_on(machine: dict) -> str:
+    """The host and code of a run, kept with each of its figures: a partial run rewrites the Machine table, and
+    figures kept from earlier runs may come from another host (these machines change between sessions)."""
+    commit = (machine.get("git") or {}).get("commit")
+    return f"{machine['cpu_model']}, {machine['cores']} cores" + (f", commit {commit[:8]}" if commit else "")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one or two rounds: a smoke run")
@@ -451,6 +460,7 @@ def main(argv=None) -> int:
             failed = True
         doc["results"][name]["bench_seconds"] = round(time.perf_counter() - t0, 1)
         doc["results"][name]["run_at"] = doc["started_at"]
+        doc["results"][name]["measured_on"] = measured_on(doc["machine"])
     doc["seconds"] = time.perf_counter() - started
     (out / "results.json").write_text(json.dumps(doc, indent=1, default=float) + "\n", encoding="utf-8")
     text = markdown(doc)
