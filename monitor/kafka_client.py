@@ -1126,6 +1126,10 @@ class ConfluentSource:
             finally:
                 self._probe_lock.release()
         if self._consumer is not None:
+            # The close revokes the partitions: no checkpoint and commit in _on_revoke, the caller's shutdown
+            # did them within its budget, and librdkafka's synchronous commit has no timeout (6 s, the
+            # session timeout, with the coordinator away)
+            self.on_revoke = None
             self._consumer.close()
             self._consumer = None
 
