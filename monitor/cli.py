@@ -30,7 +30,9 @@ class _QuietKafka(logging.Filter):
         if not record.name.startswith("kafka"):
             return True
         record.exc_info = record.exc_text = record.stack_info = None
-        key = (record.name, record.levelno, str(record.msg)[:80])
+        # librdkafka's format is "%s [%s] %s" for every line: its lines differ in their arguments
+        text = record.getMessage() if record.name == "kafka.librdkafka" else str(record.msg)
+        key = (record.name, record.levelno, text[:80])
         now = record.created
         if now - self._last.get(key, -1e9) < self.every:
             return False

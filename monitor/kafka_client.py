@@ -48,6 +48,10 @@ __all__ = ["AbortableError", "AuthorizationError", "ConfluentSource", "FencedErr
            "read_to_end", "refusal", "sasl_mechanism", "check_access"]
 
 log = logging.getLogger(__name__)
+#: librdkafka's lines, through logging (the CLI's once-a-minute filter of kafka's messages) instead of straight to
+#: stderr: a consumer whose broker is down logs a failed connect about 20 times a second. Served by the client's
+#: polls, so only the consumers that poll all the time (and the probe's, which polls after each probe) log here.
+LIBRDKAFKA_LOG = logging.getLogger("kafka.librdkafka")
 
 
 class ProduceError(Exception):
@@ -900,6 +904,7 @@ class ConfluentSource:
             # fetch.queue.backoff.ms (default 1000): a consumer faster than that drained the queue and then
             # waited out the second (the bare consume rate was 170,000 msg/s, 700,000 with 10 ms).
             "fetch.queue.backoff.ms": 10,
+            "logger": LIBRDKAFKA_LOG,
         }
 
     def start(self, bootstrap_timeout_ms: int = 30_000) -> "ConfluentSource":
@@ -1085,7 +1090,7 @@ class ConfluentSource:
             from confluent_kafka import Consumer
 
             self._probe_client = Consumer({**librdkafka_options(self.cfg), "group.id": self.cfg.group_id + "-probe",
-                                           "enable.auto.commit": False})
+                                           "enable.auto.commit": False, "logger": LIBRDKAFKA_LOG})
         return self._probe_client
 
     def probe(self, positions: dict[str, int], timeout_ms: int) -> tuple[dict[int, int], bool]:
@@ -1106,6 +1111,8 @@ class ConfluentSource:
                     ends = self._ends([_Record(cfg.topic, p) for p in parts], timeout_s)
             except KafkaException as exc:
                 raise ConnectionError(str(exc)) from None
+            finally:
+                client.poll(0)  # serves its log lines (it reads no records)
         lag, caught_up = {}, bool(assigned)
         for tp in assigned:
             end, position = ends.get(tp), positions.get(_key(tp.topic, tp.partition))
@@ -1474,7 +1481,7 @@ class _ConfluentGroupConsumer:
             "session.timeout.ms": cfg.session_timeout_ms,
             "heartbeat.interval.ms": max(100, cfg.session_timeout_ms // 3),
             "fetch.max.bytes": max_fetch_bytes, "max.partition.fetch.bytes": max_fetch_bytes // 4,
-            "receive.message.max.bytes": max_fetch_bytes + 1_000_000,
+            "receive.message.max.bytes": max_fetch_bytes + 1_000_000, "logger": LIBRDKAFKA_LOG,
         })
         self._consumer.subscribe(topics, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked)
 

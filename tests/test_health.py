@@ -134,13 +134,18 @@ def test_sigterm_while_the_broker_is_down_exits_0_within_5_s(tmp_path, own_broke
                     60, "ready")
         produce(own_broker.bootstrap, topic, car_loan(seed=6).messages(500))
         daemon.wait(lambda: daemon.status()["messages_consumed"] == 500, 60, "500 consumed")
+        lines = lambda: open(daemon.log_path, errors="replace").read().count("\n")  # noqa: E731
+        up_to_halt = lines()
         own_broker.halt()
         try:
             daemon.wait(lambda: (r := http_get(daemon.port, "/readyz")) and r[0] == 503, 60, "not ready")
+            down = lines() - up_to_halt
             code, seconds = daemon.terminate(timeout=30)
         finally:
             own_broker.restart()
         assert code == 0 and seconds < 5, (code, seconds, daemon.log())
+        # a few lines while it is down, not the client's every reconnect (librdkafka's: about 20 a second)
+        assert down < 20, daemon.log()
     finally:
         daemon.close()
     log = open(daemon.log_path, errors="replace").read()
