@@ -152,9 +152,12 @@ class Baseline:
 
     def save(self, path: str) -> None:
         tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(self.to_json())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(self.to_json())
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise BaselineError(f"cannot write baseline {path}: {exc.strerror}") from None
 
     @classmethod
     def load(cls, path: str) -> "Baseline":

@@ -193,6 +193,8 @@ def cmd_run(args) -> int:
     config, baseline = _load(args.config)
     _setup_logging(config.log_level)
     if args.port is not None:
+        if not 0 <= args.port <= 65535:  # the config's own check, which the override skips
+            raise ConfigError("http.port", f"--port {args.port}: must be between 0 and 65535")
         config.http.port = args.port
     daemon = Daemon(config, baseline)
     daemon.install_signal_handlers()
@@ -294,6 +296,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:
         return 0
+    except OSError as exc:
+        if exc.filename is None or args.command == "run":  # the daemon reports its own files (state.dir)
+            raise
+        print(f"{args.command} error: {exc.filename}: {exc.strerror}", file=sys.stderr)  # --input, --out
+        return 2
     except KeyboardInterrupt:
         return 130
 

@@ -810,7 +810,7 @@ def read_secret(env: str | None, path: str | None, key: str, required: bool = Fa
             with open(path, encoding="utf-8") as fh:
                 return fh.read().strip()
         except OSError as exc:
-            raise ConfigError(key.replace("_env", "_file"), f"cannot read: {exc.strerror}") from None
+            raise ConfigError(key.replace("_env", "_file"), f"cannot read {path}: {exc.strerror}") from None
     if not env:
         return None
     value = os.environ.get(env)

@@ -13,6 +13,7 @@ timeout) are left to the clients, which retry them.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import ssl
 import struct
@@ -58,8 +59,11 @@ def ssl_context(cfg: KafkaConfig, password: str | None) -> ssl.SSLContext:
             # An empty passphrase must not reach OpenSSL's terminal prompt for an encrypted key.
             ctx.load_cert_chain(cfg.ssl_certfile, cfg.ssl_keyfile, password=password or "")
         except FileNotFoundError as exc:
-            key = "kafka.ssl_keyfile" if exc.filename == cfg.ssl_keyfile else "kafka.ssl_certfile"
-            raise ConfigError(key, f"cannot read {exc.filename}: {exc.strerror}") from None
+            # load_cert_chain leaves exc.filename None: name the file that is not there
+            missing = exc.filename or next((p for p in (cfg.ssl_certfile, cfg.ssl_keyfile)
+                                            if p and not os.path.exists(p)), cfg.ssl_certfile)
+            key = "kafka.ssl_keyfile" if missing == cfg.ssl_keyfile else "kafka.ssl_certfile"
+            raise ConfigError(key, f"cannot read {missing}: {exc.strerror}") from None
         except (OSError, ssl.SSLError) as exc:
             hint = ("wrong or missing key passphrase (kafka.ssl_password_env / kafka.ssl_password_file)"
                     if "bad decrypt" in str(exc).lower() or "PEM lib" in str(exc) else _reason(exc))

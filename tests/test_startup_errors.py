@@ -178,3 +178,53 @@ def test_a_broker_nobody_listens_on_is_retried_not_ready_and_sigterm_exits_0_at_
     assert "Traceback" not in text, text
     retries = [line for line in text.splitlines() if "retrying in" in line]
     assert all(servers in line for line in retries), retries
+
+
+@pytest.mark.parametrize("missing", ["ssl_certfile", "ssl_keyfile"])
+def test_a_missing_client_certificate_or_key_is_named_by_its_path(setup, missing):
+    from tests.certs import make_pki
+
+    tmp, tree, _ = setup
+    pki = make_pki(tmp / "pki")
+    files = {"ssl_certfile": str(pki.client), "ssl_keyfile": str(pki.client_key), missing: f"absent-{missing}.pem"}
+    config = write(tmp, {**tree, "kafka": {**tree["kafka"], "security_protocol": "SSL", **files}},
+                   f"driftmon-{missing}.yaml")
+    line = assert_one_line(cli("check-config", "--config", config), f"kafka.{missing}",
+                           str(tmp / f"absent-{missing}.pem"), "No such file")
+    assert "None" not in line
+
+
+def test_a_missing_sasl_password_file_is_named_by_its_path(setup):
+    tmp, tree, _ = setup
+    sasl = {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN", "sasl_plain_username": "driftmon",
+            "sasl_password_file": "absent-password.txt"}
+    config = write(tmp, {**tree, "kafka": {**tree["kafka"], **sasl}}, "driftmon-password-file.yaml")
+    assert_one_line(cli("check-config", "--config", config), "kafka.sasl_password_file",
+                    str(tmp / "absent-password.txt"), "No such file")
+
+
+@pytest.mark.parametrize("port", ["-1", "70000"])
+def test_a_port_flag_out_of_range_is_one_line(setup, port):
+    tmp, tree, _ = setup
+    config = write(tmp, tree, "driftmon-port-flag.yaml")
+    assert_one_line(cli("run", "--config", config, "--port", port), "http.port", port, "between 0 and 65535")
+
+
+def test_a_missing_input_or_an_output_in_a_missing_folder_is_one_line(setup):
+    tmp, tree, _ = setup
+    config = write(tmp, tree, "driftmon-files.yaml")
+    nowhere = str(tmp / "no-such-folder")
+    cases = [(["replay", "--config", config, "--input", str(tmp / "absent.jsonl")], "replay error: ",
+              str(tmp / "absent.jsonl")),
+             (["replay", "--config", config, "--input", str(tmp / "logs.jsonl"), "--out", f"{nowhere}/w.jsonl"],
+              "replay error: ", f"{nowhere}/w.jsonl"),
+             (["replay", "--config", config, "--input", str(tmp / "logs.jsonl"), "--out", str(tmp / "w.jsonl"),
+               "--alerts", f"{nowhere}/a.jsonl"], "replay error: ", f"{nowhere}/a.jsonl"),
+             (["report", "--config", config, "--current", str(tmp / "train.parquet"), "--out", f"{nowhere}/r.html"],
+              "report error: ", f"{nowhere}/r.html"),
+             (["baseline", "--config", config, "--data", str(tmp / "train.parquet"), "--out", f"{nowhere}/b.json"],
+              "baseline error: ", f"{nowhere}/b.json")]
+    for command, prefix, name in cases:
+        line = assert_one_line(cli(*command), name, "No such file or directory")
+        assert line.startswith(prefix), line
+        assert ".tmp" not in line, line
