@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from monitor.baseline import read_table
+from monitor.values import category_name
 
 __all__ = ["Inference", "infer_columns", "starter_config"]
 
@@ -49,6 +50,7 @@ class Inference:
     features: list = field(default_factory=list)  # (column, type, reason)
     skipped: list = field(default_factory=list)  # (column, reason)
     dimensions: dict = field(default_factory=dict)  # embedding feature -> vector length
+    positive: tuple | None = None  # (label value the score is the probability of, reason)
 
 
 def _is_text(t) -> bool:
@@ -266,6 +268,18 @@ def infer_columns(path: str) -> Inference:
                                               f"{values_why}")
             taken.add(name)
 
+    # performance reads the score as the probability of `labels.positive`, whose default (the minority class)
+    # is the wrong one when the positive class is the majority: name the value the score ranks high
+    if "label" in out.roles and score_values is not None:
+        column = columns[out.roles["label"][0]]
+        values = _as_float(column) if pa.types.is_integer(column.type) or pa.types.is_floating(column.type) else None
+        auc = _auc(score_values, values) if values is not None and _binary(values) else None
+        if auc is not None:
+            low, high = np.unique(values[~np.isnan(values)])
+            value, shown = (high, auc) if auc >= 0.5 else (low, 1 - auc)
+            out.positive = (category_name(float(value)), f"the label value the score ranks high (ROC AUC "
+                                                         f"{shown:.2f}): the score is its probability")
+
     # the rest are features, except ids and free text
     for name, col in columns.items():
         if name in taken:
@@ -325,6 +339,8 @@ def starter_config(path: str, model: str = "my-model") -> str:
     if found.skipped:
         lines.append("  # not monitored:")
         lines += [f"  #   {name}: {reason}" for name, reason in found.skipped]
+    if found.positive is not None:
+        lines += ["labels:", f'  positive: "{found.positive[0]}"   # {found.positive[1]}']
     lines += [
         "baseline: baseline.json",
         "window:",

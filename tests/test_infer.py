@@ -74,6 +74,23 @@ def test_init_proposes_event_time_ids_and_model_outputs_with_reasons(training):
                                                                 str(tmp / "driftmon.yaml")).stdout
 
 
+def test_init_names_the_positive_class_the_score_is_for_when_it_is_the_majority(training):
+    """car_loan's `repaid` is 1 in 57% of rows and the score is P(repaid = 1): left to its default (the
+    minority class, 0), the baseline performance read the score backwards (ROC AUC 0.34, ECE 0.25)."""
+    import json
+
+    tmp, path = training
+    text = driftmon("init", "--data", str(path), "--model", "car-loan").stdout
+    assert yaml.safe_load(text)["labels"] == {"positive": "1"}
+    assert "the score is its probability" in next(x for x in text.splitlines() if x.strip().startswith("positive:"))
+    (tmp / "positive.yaml").write_text(text)
+    driftmon("baseline", "--config", str(tmp / "positive.yaml"), "--data", str(path), "--out",
+             str(tmp / "positive.json"))
+    performance = json.loads((tmp / "positive.json").read_text())["extras"]["performance"]
+    assert performance["positive"] == "1"
+    assert performance["metrics"]["roc_auc"] > 0.6 and performance["metrics"]["ece"] < 0.05, performance["metrics"]
+
+
 def test_init_reads_datetime_types_epoch_seconds_and_labels_by_name(tmp_path):
     n = 2000
     rng = np.random.default_rng(1)
