@@ -541,6 +541,10 @@ def test_schema_rejects_bad_values(helm, tmp_path, bad, key):
     ({"baseline": {"configMap": {"name": ""}}}, "baseline: driftmon needs a baseline file"),
     ({"baseline": {"secret": {"name": "b"}}}, "set only one baseline source"),
     ({"env": [{"name": "DRIFTMON_KAFKA_SASL_PASSWORD", "value": "hunter2"}]}, "env[0] (DRIFTMON_KAFKA_SASL_PASSWORD)"),
+    # the secrets whose variable names end otherwise: PagerDuty's routing key, any a config `*_env` key names
+    ({"env": [{"name": "DRIFTMON_PAGERDUTY_ROUTING_KEY", "value": "hunter2"}]}, "env[0] (DRIFTMON_PAGERDUTY_ROUTING_KEY)"),
+    ({"config": {"kafka": {"sasl_password_env": "KAFKA_PW"}}, "env": [{"name": "KAFKA_PW", "value": "hunter2"}]},
+     "env[0] (KAFKA_PW)"),
     ({"mode": "sidecar", "networkPolicy": {"enabled": True}}, "networkPolicy.enabled: only for mode=deployment"),
     ({"mode": "sidecar", "podDisruptionBudget": {"enabled": True}}, "podDisruptionBudget.enabled: only for"),
     ({"persistence": {"enabled": True}, "replicaCount": 2}, "persistence.enabled: needs replicaCount 1"),

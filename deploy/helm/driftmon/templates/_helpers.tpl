@@ -164,8 +164,13 @@ mode-specific switches. Renders nothing; fails with a message that names the val
 {{- end }}
 {{- end }}
 {{- include "driftmon.validateNoSecrets" (dict "path" "config" "value" $cfg) }}
+{{- /* the variables driftmon reads secrets from: its defaults and any a config `*_env` key names */}}
+{{- $secretVars := list "DRIFTMON_KAFKA_SASL_PASSWORD" "DRIFTMON_KAFKA_SSL_KEY_PASSWORD" "DRIFTMON_PAGERDUTY_ROUTING_KEY" }}
+{{- range regexFindAll "[a-z_]+_env: *[\"']?[A-Za-z_][A-Za-z0-9_]*" (toYaml $cfg) -1 }}
+{{- $secretVars = append $secretVars (regexReplaceAll "^[a-z_]+_env: *[\"']?" . "") }}
+{{- end }}
 {{- range $i, $e := .Values.env }}
-{{- if and (hasKey $e "value") (regexMatch "(?i)(password|passwd|secret|token|api_?key)$" ($e.name | default "")) }}
+{{- if and (hasKey $e "value") (or (regexMatch "(?i)(password|passwd|secret|token|api_?key)$" ($e.name | default "")) (has ($e.name | default "") $secretVars)) }}
 {{- fail (printf "env[%d] (%s): a secret must not be inline in values; use valueFrom.secretKeyRef" $i $e.name) }}
 {{- end }}
 {{- end }}
