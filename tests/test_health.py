@@ -213,3 +213,33 @@ def test_broker_health_turns_unready_after_unavailable_after_and_back():
     now[0] += 40
     health.probe_succeeded({0: 0}, caught_up=True)
     assert health.ready() == (True, "") and health.up and health.error is None and health.last_fetch == now[0]
+
+
+def test_scale_out_turns_unready_while_its_commits_wait_for_the_broker(tmp_path, own_broker):
+    """With cluster.enabled the consuming thread commits under the daemon's lock with a 10 s timeout, again and
+    again while the broker is down: the probe must not wait for that lock, or /readyz stays 200 (40 s of outage
+    with unavailable_after 3 s; this test failed 2 runs of 3 with the probe under the lock)."""
+    topic, path, config, daemon = setup_daemon(tmp_path, own_broker)
+    with open(path) as fh:
+        tree = yaml.safe_load(fh)
+    tree["kafka"]["unavailable_after"] = "2s"
+    tree["window"] = {"duration": "10s"}  # (scale-out needs time windows)
+    tree["cluster"] = {"enabled": True}
+    with open(path, "w") as fh:
+        yaml.safe_dump(tree, fh, sort_keys=False)
+    try:
+        daemon.start()
+        daemon.wait(lambda: http_get(daemon.port, "/readyz")[0] == 200, 90, "ready")
+        produce(own_broker.bootstrap, topic, car_loan(seed=6).messages(500))
+        daemon.wait(lambda: daemon.status()["messages_consumed"] == 500, 60, "500 consumed")
+        own_broker.halt()
+        try:
+            # probes every 0.67 s: well within this deadline, shorter than one commit's timeout
+            code, body = daemon.wait(lambda: (r := http_get(daemon.port, "/readyz")) and r[0] != 200 and r, 9,
+                                     "/readyz not ready")
+            assert code == 503 and b"unreachable" in body, body
+            assert sample(daemon.metrics(), "driftmon_broker_up") == 0
+        finally:
+            own_broker.restart()
+    finally:
+        daemon.close()
