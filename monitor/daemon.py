@@ -131,6 +131,7 @@ class Daemon:
         self.dead_letters = DeadLetters(kafka) if kafka is not None and kafka.dead_letter_topic else None
         self.scheduler: BackgroundScheduler | None = None
         self._gc_thresholds: tuple | None = None
+        self._topic_missing_logged = False  # the missing-topic warning is logged once per stretch
         self._publish()
 
     @property
@@ -359,6 +360,11 @@ class Daemon:
         except Exception as exc:  # the broker is down or slow: say so, never kill the job
             self.health.probe_failed(f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300])
             return
+        missing = getattr(source, "topic_missing", False)
+        if missing and not self._topic_missing_logged:
+            log.warning("kafka: topic %s does not exist on %s (check kafka.topic); waiting for it",
+                        self.config.kafka.topic, self.health.servers)
+        self._topic_missing_logged = missing
         self.health.probe_succeeded(lag, caught_up)
 
     def _tick(self) -> None:

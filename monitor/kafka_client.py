@@ -30,8 +30,10 @@ check (:func:`monitor.kafka_security.check_brokers`).
 from __future__ import annotations
 
 import logging
+import operator
 import threading
 import time
+from functools import partial
 
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
@@ -423,6 +425,7 @@ class KafkaSource:
         self._paused = False  # every partition paused (the daemon's backpressure)
         self._consumer: KafkaConsumer | None = None
         self._lag_client: KafkaConsumer | None = None
+        self.topic_missing = False  # the last probe found no partition of the topic (see probe)
         self._lag_lock = threading.Lock()
         self.poll_retries = RetryLog(log, "poll failed, retrying while the broker is unreachable: %s",
                                      "poll works again after %d failed polls")  # with a retriable error
@@ -613,8 +616,12 @@ class KafkaSource:
                                              request_timeout_ms=max(1000, timeout_ms),
                                              bootstrap_timeout_ms=timeout_ms, **client_options(cfg))
             assigned = list(self.assigned)
-            partitions = assigned or [TopicPartition(cfg.topic, p)
-                                      for p in sorted(self._lag_client.partitions_for_topic(cfg.topic) or {0})]
+            known = set() if assigned else self._lag_client.partitions_for_topic(cfg.topic)
+            # the broker answered the metadata request without the topic: not an outage (no end offsets to ask)
+            self.topic_missing = not assigned and not known
+            if self.topic_missing:
+                return {}, False
+            partitions = assigned or [TopicPartition(cfg.topic, p) for p in sorted(known)]
             ends = self._lag_client.end_offsets(partitions, timeout_ms=timeout_ms)
         lag, caught_up = {}, bool(assigned)
         for tp in assigned:
@@ -883,6 +890,7 @@ class ConfluentSource:
         self._consumer = None
         self._probe_client = None
         self._probe_lock = threading.Lock()
+        self.topic_missing = False  # the last probe found no partition of the topic (see probe)
         self._paused = False
 
     def _consumer_options(self) -> dict:
@@ -1033,8 +1041,8 @@ class ConfluentSource:
             return []
         # The usual poll: no errors, one partition. Checked with C calls over the list (no Python frame
         # per message); anything else takes the per-message path.
-        errors = list(map(Message.error, messages))
-        if errors.count(None) == len(messages):
+        # (by identity: confluent's KafkaError raises when compared with None, so list.count(None) would)
+        if all(map(partial(operator.is_, None), map(Message.error, messages))):
             first = messages[0]
             topic, partition = first.topic(), first.partition()
             if (list(map(Message.partition, messages)).count(partition) == len(messages)
@@ -1103,12 +1111,15 @@ class ConfluentSource:
             client = self._probe()
             assigned = list(self.assigned)
             try:
+                self.topic_missing = False
                 if assigned:
                     ends = self._ends(assigned, timeout_s)
                 else:
                     meta = client.list_topics(cfg.topic, timeout=timeout_s)
-                    parts = sorted(meta.topics[cfg.topic].partitions) or [0]
-                    ends = self._ends([_Record(cfg.topic, p) for p in parts], timeout_s)
+                    topic = meta.topics.get(cfg.topic)
+                    parts = sorted(topic.partitions) if topic is not None else []
+                    self.topic_missing = not parts  # the broker answered without it: not an outage
+                    ends = self._ends([_Record(cfg.topic, p) for p in parts], timeout_s) if parts else {}
             except KafkaException as exc:
                 raise ConnectionError(str(exc)) from None
             finally:

@@ -110,12 +110,17 @@ class ServiceView:
         broker_ok, why = self.health.ready()
         if not broker_ok:
             return False, why
-        if not d.consuming:
-            return False, "waiting for a partition assignment"
+        missing = getattr(d.source, "topic_missing", False)
+        gone = (f"the topic {self.config.kafka.topic} does not exist on the broker (check kafka.topic; or this "
+                "principal may not describe it)")
+        if not d.consuming:  # (confluent-kafka assigns nothing, not even an empty set, for a missing topic)
+            return False, "waiting for a partition assignment" + (f": {gone}" if missing else "")
         refused = d.cluster.refused if d.cluster is not None else None
         if refused:  # a missing ACL: scale-out retries with backoff (monitor/cluster.py)
             return False, refused
         if not self.assigned_partitions:
+            if missing:
+                return True, f"ready: idle, {gone}"
             # Still ready: an idle replica is healthy and takes partitions over in the next rebalance;
             # taking it out of the Service would take a sidecar's model server out with it.
             return True, (f"ready: idle, no partition of {self.config.kafka.topic} assigned (more replicas "

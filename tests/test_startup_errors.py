@@ -228,3 +228,35 @@ def test_a_missing_input_or_an_output_in_a_missing_folder_is_one_line(setup):
         line = assert_one_line(cli(*command), name, "No such file or directory")
         assert line.startswith(prefix), line
         assert ".tmp" not in line, line
+
+
+@pytest.mark.parametrize("client", ["kafka-python", "confluent-kafka"])
+def test_a_topic_that_does_not_exist_is_named_not_reported_as_a_broker_outage(setup, kafka_broker, tmp_path, client):
+    """A typo'd kafka.topic on a broker that does not create topics: the broker answers, so it is no
+    outage (before: /readyz said "more replicas than partitions", then 503 "broker unreachable" and
+    driftmon_broker_up 0 once the probe of partition 0 of no topic had timed out for unavailable_after)."""
+    import uuid
+
+    from tests.daemon_proc import DaemonProcess
+
+    tmp, tree, _ = setup
+    topic = f"predictionz-{uuid.uuid4().hex[:8]}"
+    kafka = {**tree["kafka"], "bootstrap_servers": kafka_broker.bootstrap, "topic": topic,
+             "unavailable_after": "2s", "lag_interval": "1s", "client": client}
+    config = write(tmp, {**tree, "kafka": kafka, "state": {"dir": str(tmp_path / "state")}}, f"driftmon-{client}.yaml")
+    daemon = DaemonProcess(config, free_port(), str(tmp_path / "daemon.log")).start()
+    try:
+        daemon.wait(lambda: f"the topic {topic} does not exist" in http_get(daemon.port, "/readyz")[1].decode(),
+                    60, "/readyz naming the topic")
+        started = daemon.status()["kafka"]["last_contact_timestamp"]
+        # probes go on answering past unavailable_after: the broker is up, the topic is what is missing
+        status = daemon.wait(lambda: (s := daemon.status()) and s["kafka"]["lag_timestamp"] and
+                             s["kafka"]["lag_timestamp"] - started > 4 and s, 60, "probes past unavailable_after")
+        reason = http_get(daemon.port, "/readyz")[1].decode()  # 200 idle (kafka-python), 503 unassigned (confluent)
+        assert f"the topic {topic} does not exist" in reason and "check kafka.topic" in reason, reason
+        assert "unreachable" not in reason, reason
+        assert status["kafka"]["up"] is True and status["kafka"]["error"] is None, status["kafka"]
+        assert daemon.metrics()[("driftmon_broker_up", (("model", "car-loan"),))] == 1.0
+        assert f"topic {topic} does not exist" in daemon.log()
+    finally:
+        daemon.close()
